@@ -1,0 +1,1 @@
+//! The multi-node test harness (placeholder).

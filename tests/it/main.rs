@@ -1,0 +1,1 @@
+//! Integration tests: one binary, real `redis-server` processes started by the harness.
