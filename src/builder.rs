@@ -1,0 +1,356 @@
+//! [`RedlockBuilder`]: every setting, its default and its validation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::node::Node;
+use crate::redlock::Redlock;
+
+/// Default attempts after the first one (node-redlock's default too).
+pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
+/// Default pause between attempts: long enough for a holder's short critical section
+/// to finish, short enough that a waiter is not left idle for long.
+pub(crate) const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Default random extra pause, so that contenders that failed together do not retry
+/// in lock step.
+pub(crate) const DEFAULT_RETRY_JITTER: Duration = Duration::from_millis(200);
+/// Default clock drift factor (the Redlock paper's and node-redlock's 1 %).
+pub(crate) const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Default bound on one request to one node. A healthy node on a LAN answers in well
+/// under a millisecond and an `appendfsync always` write in a few; 50 ms leaves room for
+/// a slow disk or a busy server while costing a lock on a sick node at most 50 ms, a
+/// small part of any sensible TTL.
+pub(crate) const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default bound on making a connection. Connecting runs in the background, so this does
+/// not slow any request beyond `node_timeout`; it only bounds how long a hanging connect
+/// keeps the node from trying again.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default suffix of the fencing counter key beside each lock key.
+pub(crate) const DEFAULT_FENCE_SUFFIX: &str = ":fence";
+
+/// The validated settings shared by every clone of a [`Redlock`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) retry_count: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) retry_jitter: Duration,
+    pub(crate) drift_factor: f64,
+    pub(crate) node_timeout: Duration,
+    pub(crate) key_prefix: String,
+    pub(crate) fencing: bool,
+    pub(crate) fence_suffix: String,
+}
+
+/// Builds a [`Redlock`]. Get one with [`Redlock::builder`].
+///
+/// Every setting has a default; only the nodes must be given. `build()` checks the
+/// whole configuration and returns [`Error::Config`] naming the setting that is wrong.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use tokio_redlock::Redlock;
+///
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .retry_count(5)
+///     .node_timeout(Duration::from_millis(30))
+///     .build()?;
+/// assert_eq!(redlock.quorum(), 2);
+/// # Ok::<(), tokio_redlock::Error>(())
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+#[derive(Clone)]
+pub struct RedlockBuilder {
+    nodes: Vec<String>,
+    retry_count: u32,
+    retry_delay: Duration,
+    retry_jitter: Duration,
+    drift_factor: f64,
+    node_timeout: Duration,
+    connect_timeout: Duration,
+    key_prefix: String,
+    fencing: bool,
+    fence_suffix: String,
+}
+
+impl fmt::Debug for RedlockBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            nodes,
+            retry_count,
+            retry_delay,
+            retry_jitter,
+            drift_factor,
+            node_timeout,
+            connect_timeout,
+            key_prefix,
+            fencing,
+            fence_suffix,
+        } = self;
+        let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedlockBuilder")
+            .field("nodes", &nodes)
+            .field("retry_count", retry_count)
+            .field("retry_delay", retry_delay)
+            .field("retry_jitter", retry_jitter)
+            .field("drift_factor", drift_factor)
+            .field("node_timeout", node_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("key_prefix", key_prefix)
+            .field("fencing", fencing)
+            .field("fence_suffix", fence_suffix)
+            .finish()
+    }
+}
+
+impl Default for RedlockBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            retry_count: DEFAULT_RETRY_COUNT,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            retry_jitter: DEFAULT_RETRY_JITTER,
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            key_prefix: String::new(),
+            fencing: false,
+            fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
+        }
+    }
+}
+
+impl RedlockBuilder {
+    /// Adds the node URLs: `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// with the `tls` feature. Each must be an independent master. Defaults to none.
+    pub fn nodes<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.nodes
+            .extend(urls.into_iter().map(|u| u.as_ref().to_owned()));
+        self
+    }
+
+    /// Adds one node URL (see [`nodes`](Self::nodes)).
+    pub fn node(mut self, url: impl AsRef<str>) -> Self {
+        self.nodes.push(url.as_ref().to_owned());
+        self
+    }
+
+    /// Attempts after the first one, for [`Redlock::acquire`]. Defaults to 10.
+    pub fn retry_count(mut self, count: u32) -> Self {
+        self.retry_count = count;
+        self
+    }
+
+    /// Pause between attempts. Defaults to 200 ms.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Upper bound of a uniform random pause added to each `retry_delay`. Defaults to 200 ms.
+    pub fn retry_jitter(mut self, jitter: Duration) -> Self {
+        self.retry_jitter = jitter;
+        self
+    }
+
+    /// Clock drift allowed, as a fraction of the TTL: validity is
+    /// `ttl − elapsed − (ttl × factor + 2 ms)`. Must be in `[0, 1)`. Defaults to 0.01.
+    pub fn drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = factor;
+        self
+    }
+
+    /// Bound on each request to one node, connecting included. A node that does not
+    /// answer within it counts as failed for that request. Defaults to 50 ms.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// Bound on making a connection to one node. Connections are made in the background
+    /// and requests never wait longer than `node_timeout` for one. Defaults to 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A prefix put before every resource name to make its key. Defaults to none: the
+    /// key is the resource name, as node-redlock and redsync use it, so locks taken by
+    /// those clients and by this crate exclude each other.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Hand out fencing tokens with every acquisition (see
+    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) and `docs/safety.md`).
+    /// Defaults to off.
+    pub fn fencing(mut self, enabled: bool) -> Self {
+        self.fencing = enabled;
+        self
+    }
+
+    /// The suffix of the fencing counter key kept beside each lock key
+    /// (`<key><suffix>`). Defaults to `":fence"`.
+    pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.fence_suffix = suffix.into();
+        self
+    }
+
+    /// Checks the configuration and makes the manager. No connection is made here:
+    /// each node connects on first use, and again after a failure, so a node that is
+    /// down now is not an error.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty node list, a URL that does not parse (or needs a
+    /// feature that is off), the same node listed twice, a drift factor outside
+    /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`.
+    pub fn build(self) -> Result<Redlock, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config(
+                "no nodes: add the lock nodes' URLs with nodes() or node()".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.drift_factor) {
+            return Err(Error::Config(format!(
+                "drift_factor {} is outside [0, 1): use a small fraction such as 0.01",
+                self.drift_factor
+            )));
+        }
+        if self.node_timeout.is_zero() {
+            return Err(Error::Config(
+                "node_timeout is zero: every request would time out; use a few tens of ms".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "connect_timeout is zero: no connection could ever be made".into(),
+            ));
+        }
+        if self.fencing && self.fence_suffix.is_empty() {
+            return Err(Error::Config(
+                "fence_suffix is empty: the counter key would be the lock key itself".into(),
+            ));
+        }
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (index, url) in self.nodes.iter().enumerate() {
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                Error::Config(format!(
+                    "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
+                    redact_url(url),
+                    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+                        " (rediss:// needs the `tls` feature)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
+            let node = Node::new(index, client, self.node_timeout, self.connect_timeout);
+            if let Some(first) = nodes
+                .iter()
+                .position(|n: &Node| n.endpoint == node.endpoint)
+            {
+                return Err(Error::Config(format!(
+                    "node {index} ({}) is node {first} again: each node must be listed once, \
+                     or the quorum would count it twice",
+                    node.endpoint
+                )));
+            }
+            nodes.push(node);
+        }
+        let config = Config {
+            retry_count: self.retry_count,
+            retry_delay: self.retry_delay,
+            retry_jitter: self.retry_jitter,
+            drift_factor: self.drift_factor,
+            node_timeout: self.node_timeout,
+            key_prefix: self.key_prefix,
+            fencing: self.fencing,
+            fence_suffix: self.fence_suffix,
+        };
+        Ok(Redlock::from_parts(Arc::from(nodes), config))
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`; anything else unchanged.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let hidden = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        "***".to_owned()
+    };
+    format!("{}{hidden}{}", &url[..scheme_end + 3], &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_err(b: RedlockBuilder) -> String {
+        match b.build() {
+            Err(Error::Config(msg)) => msg,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_impossible_settings_naming_them() {
+        assert!(config_err(Redlock::builder()).contains("no nodes"));
+        let one = || Redlock::builder().node("redis://127.0.0.1:1");
+        assert!(config_err(one().drift_factor(1.0)).contains("drift_factor"));
+        assert!(config_err(one().drift_factor(-0.1)).contains("drift_factor"));
+        assert!(config_err(one().drift_factor(f64::NAN)).contains("drift_factor"));
+        assert!(config_err(one().node_timeout(Duration::ZERO)).contains("node_timeout"));
+        assert!(config_err(one().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
+        assert!(config_err(one().fencing(true).fence_suffix("")).contains("fence_suffix"));
+        assert!(config_err(Redlock::builder().node("http://x")).contains("node 0"));
+        let dup = config_err(one().node("redis://127.0.0.1:1/"));
+        assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let b = RedlockBuilder::default();
+        assert_eq!(b.retry_count, 10);
+        assert_eq!(b.retry_delay, Duration::from_millis(200));
+        assert_eq!(b.retry_jitter, Duration::from_millis(200));
+        assert_eq!(b.drift_factor, 0.01);
+        assert_eq!(b.node_timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@h:6379/2"),
+            "redis://app:***@h:6379/2"
+        );
+        assert_eq!(redact_url("redis://:s3cret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        let b = Redlock::builder().node("redis://app:s3cret@127.0.0.1:1");
+        assert!(!format!("{b:?}").contains("s3cret"));
+        let bad = config_err(Redlock::builder().node("redis://app:s3cret@[bad"));
+        assert!(!bad.contains("s3cret"), "{bad}");
+        let r = Redlock::builder()
+            .node("redis://app:s3cret@127.0.0.1:1")
+            .build()
+            .unwrap();
+        assert!(!format!("{r:?}").contains("s3cret"));
+    }
+}

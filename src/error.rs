@@ -1,0 +1,323 @@
+//! The crate's one error type and the per-node causes it carries.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong when locking, extending or releasing.
+///
+/// Messages are short, say what happened and what to do. Per-node causes are kept
+/// as [`NodeError`]s (see [`Error::node_errors`]) and the first one is also the
+/// error's [`source`](std::error::Error::source), so nothing is flattened into a string.
+///
+/// # Example
+/// ```
+/// use tokio_redlock::{Error, Redlock};
+///
+/// let err = Redlock::builder().build().unwrap_err();
+/// assert!(matches!(err, Error::Config(_)));
+/// assert!(err.to_string().contains("nodes"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration given to [`RedlockBuilder`](crate::RedlockBuilder) (or to a
+    /// method such as `acquire`) is impossible; the message names the setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The lock is held by another owner on so many nodes that no quorum was possible.
+    #[error(
+        "`{resource}` is locked by another owner ({held_elsewhere} of {nodes} nodes) after \
+         {attempts} attempt(s); retry later, or raise retry_count/retry_delay to wait longer"
+    )]
+    Conflict {
+        /// The (first) resource that was asked for.
+        resource: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// On how many nodes the last attempt found another owner's value.
+        held_elsewhere: usize,
+        /// How many nodes the manager talks to.
+        nodes: usize,
+    },
+
+    /// Too few nodes answered (down, hanging, erroring) for a quorum.
+    #[error(
+        "no quorum for `{resource}`: {ok} of {nodes} nodes agreed, {needed} needed, \
+         {failed} failed, after {attempts} attempt(s); check that a majority of the nodes \
+         is up and reachable within node_timeout"
+    )]
+    NoQuorum {
+        /// The (first) resource that was asked for.
+        resource: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// How many nodes agreed in the last attempt.
+        ok: usize,
+        /// How many failed (timed out, unreachable, answered with an error).
+        failed: usize,
+        /// The quorum.
+        needed: usize,
+        /// How many nodes the manager talks to.
+        nodes: usize,
+        /// Why each failed node failed, in the last attempt.
+        #[source]
+        causes: NodeErrors,
+    },
+
+    /// A quorum agreed, but so late that no validity time was left.
+    #[error(
+        "`{resource}` was granted by a quorum only after {elapsed:?}, which leaves no validity \
+         of the {ttl:?} ttl ({attempts} attempt(s)); use a longer ttl or faster nodes"
+    )]
+    Expired {
+        /// The (first) resource that was asked for.
+        resource: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// How long the last attempt took.
+        elapsed: Duration,
+        /// The ttl asked for.
+        ttl: Duration,
+    },
+
+    /// The lock is no longer held by this owner on a quorum, or its validity ran out.
+    #[error("lock on `{resource}` lost: {reason}; stop the work it protected")]
+    LockLost {
+        /// The (first) resource of the lock.
+        resource: String,
+        /// What happened.
+        reason: LostReason,
+    },
+}
+
+/// Why a lock counts as lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The validity ended before the operation could complete.
+    Expired,
+    /// Too many nodes reported that the key is gone or belongs to someone else.
+    NotHeld {
+        /// How many nodes still hold this owner's value.
+        held: usize,
+        /// The quorum.
+        needed: usize,
+    },
+    /// Extensions failed (nodes did not answer) until the validity ran out.
+    ExtensionFailed,
+    /// The configured cap on hold time or extensions was reached.
+    CapReached,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Expired => f.write_str("its validity ended"),
+            Self::NotHeld { held, needed } => {
+                write!(f, "held on only {held} nodes, {needed} needed")
+            }
+            Self::ExtensionFailed => f.write_str("extensions failed until its validity ended"),
+            Self::CapReached => {
+                f.write_str("the configured hold time or extension cap was reached")
+            }
+        }
+    }
+}
+
+impl Error {
+    /// The per-node causes behind this error (empty for errors that have none).
+    ///
+    /// ```
+    /// # use tokio_redlock::Error;
+    /// # fn show(err: &Error) {
+    /// for cause in err.node_errors() {
+    ///     eprintln!("{cause}");
+    /// }
+    /// # }
+    /// ```
+    pub fn node_errors(&self) -> &[NodeError] {
+        match self {
+            Self::NoQuorum { causes, .. } => &causes.0,
+            _ => &[],
+        }
+    }
+
+    /// True when the lock could not be taken because another owner holds it.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
+    /// True when too few nodes answered.
+    pub fn is_no_quorum(&self) -> bool {
+        matches!(self, Self::NoQuorum { .. })
+    }
+
+    /// True when a held lock was lost.
+    pub fn is_lock_lost(&self) -> bool {
+        matches!(self, Self::LockLost { .. })
+    }
+
+    /// True when every node cause is a timeout (and there is at least one).
+    pub fn is_timeout(&self) -> bool {
+        let causes = self.node_errors();
+        !causes.is_empty() && causes.iter().all(NodeError::is_timeout)
+    }
+
+    /// How many attempts were made, for errors that come from acquisition.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Self::Conflict { attempts, .. }
+            | Self::NoQuorum { attempts, .. }
+            | Self::Expired { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
+}
+
+/// The per-node failures of one operation.
+///
+/// Displays as a `; `-separated list; its `source()` is the first node's error.
+#[derive(Debug, Clone, Default)]
+pub struct NodeErrors(pub(crate) Vec<NodeError>);
+
+impl NodeErrors {
+    /// The failures, one per failed node.
+    pub fn as_slice(&self) -> &[NodeError] {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NodeErrors {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.first().map(|e| e as _)
+    }
+}
+
+/// Why one node did not give a usable answer.
+#[derive(Debug, Clone)]
+pub struct NodeError {
+    pub(crate) node: usize,
+    pub(crate) endpoint: Arc<str>,
+    pub(crate) kind: NodeErrorKind,
+}
+
+/// The kind of a [`NodeError`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum NodeErrorKind {
+    /// No answer within `node_timeout`.
+    Timeout(Duration),
+    /// The connection could not be made, broke, or the server answered with an error.
+    Redis(Arc<redis::RedisError>),
+    /// The node answered, but not as Redis would (wrong type or shape).
+    Protocol(String),
+}
+
+impl NodeError {
+    pub(crate) fn new(node: usize, endpoint: Arc<str>, kind: NodeErrorKind) -> Self {
+        Self {
+            node,
+            endpoint,
+            kind,
+        }
+    }
+
+    /// The index of the node in the order given to the builder.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// The node's address, without credentials.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &NodeErrorKind {
+        &self.kind
+    }
+
+    /// True when the node did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, NodeErrorKind::Timeout(_))
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} ({}): ", self.node, self.endpoint)?;
+        match &self.kind {
+            NodeErrorKind::Timeout(d) => write!(f, "no answer within {d:?}"),
+            NodeErrorKind::Redis(e) => {
+                if let Some(code) = e.code() {
+                    if code == "NOPERM" {
+                        return write!(
+                            f,
+                            "permission denied ({e}); grant the user the commands in docs/operations.md"
+                        );
+                    }
+                }
+                write!(f, "{e}")
+            }
+            NodeErrorKind::Protocol(what) => write!(f, "unexpected reply: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            NodeErrorKind::Redis(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: std::error::Error + Send + Sync + 'static>() {}
+        check::<Error>();
+        check::<NodeError>();
+    }
+
+    #[test]
+    fn no_quorum_keeps_node_causes_as_sources() {
+        let causes = NodeErrors(vec![NodeError::new(
+            1,
+            "127.0.0.1:1".into(),
+            NodeErrorKind::Timeout(Duration::from_millis(50)),
+        )]);
+        let err = Error::NoQuorum {
+            resource: "r".into(),
+            attempts: 3,
+            ok: 1,
+            failed: 2,
+            needed: 2,
+            nodes: 3,
+            causes,
+        };
+        let source = std::error::Error::source(&err).expect("has a source");
+        assert!(source.to_string().contains("no answer within 50ms"));
+        assert!(err.is_timeout());
+        assert_eq!(err.attempts(), Some(3));
+        assert!(err.to_string().starts_with("no quorum for `r`"));
+    }
+}

@@ -1,0 +1,494 @@
+//! Keep-alive: [`Lease`], [`KeptGuard`] and [`Redlock::with_lock`].
+//!
+//! A background task owns the [`LockGuard`] and extends it before it runs out. Each
+//! extension counts its validity from its own start; none is sent once the local
+//! validity has ended; a failed extension never deletes the lock; and when no extension
+//! succeeded in time the lease is declared lost no later than its last known validity.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use crate::error::{Error, LostReason};
+use crate::guard::LockGuard;
+use crate::redlock::Redlock;
+
+/// The least pause between two extension tries after a failure: the node timeout is
+/// tens of ms, so retrying faster would only pile requests on a sick node.
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// How a keep-alive extends its lock.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio_redlock::LeaseOptions;
+///
+/// let opts = LeaseOptions::default()
+///     .extend_after(0.5)                          // extend when half the ttl has passed
+///     .max_hold(Some(Duration::from_secs(600)));  // never hold longer than 10 minutes
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct LeaseOptions {
+    extend_after: f64,
+    max_hold: Option<Duration>,
+    max_extensions: Option<u32>,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        Self {
+            // A third of the ttl: two more tries fit before the validity ends.
+            extend_after: 1.0 / 3.0,
+            max_hold: None,
+            max_extensions: None,
+        }
+    }
+}
+
+impl LeaseOptions {
+    /// Extend once this fraction of the ttl has passed since the last successful
+    /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
+    pub fn extend_after(mut self, fraction: f64) -> Self {
+        self.extend_after = if fraction.is_nan() {
+            1.0 / 3.0
+        } else {
+            fraction.clamp(0.05, 0.9)
+        };
+        self
+    }
+
+    /// Stop extending once the lock has been held this long in all; the lease is then
+    /// lost when its validity ends ([`LostReason::CapReached`]). Redlock's liveness
+    /// argument assumes holders do not keep a lock forever. Defaults to unlimited.
+    pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
+        self.max_hold = cap;
+        self
+    }
+
+    /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
+    /// unlimited.
+    pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
+        self.max_extensions = cap;
+        self
+    }
+}
+
+struct Shared {
+    resource: String,
+    token: Option<u64>,
+    valid_until: Mutex<Instant>,
+    lost: CancellationToken,
+    reason: Mutex<Option<LostReason>>,
+    extensions: Mutex<u32>,
+}
+
+/// A handle on a lock kept alive in the background: its token, whether it is still
+/// held, and a future that resolves when it is lost.
+///
+/// Cheap to clone; every clone sees the same lock.
+///
+/// # Example
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn do_step(_: Option<u64>) {}
+/// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+/// redlock
+///     .with_lock("export:daily", Duration::from_secs(10), |lease| async move {
+///         for _ in 0..100 {
+///             tokio::select! {
+///                 // Stop between steps, at a point of our choosing, if the lock is lost.
+///                 _ = lease.lost() => return,
+///                 _ = do_step(lease.fencing_token()) => {}
+///             }
+///         }
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Lease {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("resource", &self.shared.resource)
+            .field("fencing_token", &self.shared.token)
+            .field("is_held", &self.is_held())
+            .field("extensions", &self.extensions())
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The resource (the first one, for several).
+    pub fn resource(&self) -> &str {
+        &self.shared.resource
+    }
+
+    /// The fencing token of the acquisition; extensions keep it.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.shared.token
+    }
+
+    /// Whether the lock is still guaranteed: not declared lost, and within its validity.
+    pub fn is_held(&self) -> bool {
+        !self.shared.lost.is_cancelled() && Instant::now() < self.valid_until()
+    }
+
+    /// Until when the lock is guaranteed, as of the last successful extension.
+    pub fn valid_until(&self) -> Instant {
+        *self
+            .shared
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How much of the validity is left; zero once it has run out.
+    pub fn remaining_validity(&self) -> Duration {
+        self.valid_until().saturating_duration_since(Instant::now())
+    }
+
+    /// How many extensions have succeeded.
+    pub fn extensions(&self) -> u32 {
+        *self
+            .shared
+            .extensions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the lock was lost, once it was.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.shared
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Resolves once the lock is no longer guaranteed: an extension found it gone, or no
+    /// extension succeeded before the validity ended. It resolves no later than the last
+    /// known `valid_until` (give or take the timer's granularity).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn lost(&self) {
+        self.shared.lost.cancelled().await;
+    }
+
+    fn declare_lost(&self, reason: LostReason) {
+        {
+            let mut slot = self
+                .shared
+                .reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(reason.clone());
+            }
+        }
+        if !self.shared.lost.is_cancelled() {
+            tracing::warn!(resource = %self.shared.resource, %reason, "lock lost");
+        }
+        self.shared.lost.cancel();
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost {
+            resource: self.shared.resource.clone(),
+            reason: self.lost_reason().unwrap_or(LostReason::Expired),
+        }
+    }
+}
+
+/// A [`LockGuard`] kept alive by a background task; made by [`LockGuard::keep_alive`].
+///
+/// Dropping it stops the keep-alive and releases the lock in the background.
+#[must_use = "dropping it releases the lock at once"]
+pub struct KeptGuard {
+    lease: Lease,
+    stop: CancellationToken,
+    task: Option<AbortOnDropHandle<Option<LockGuard>>>,
+}
+
+impl fmt::Debug for KeptGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeptGuard")
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl KeptGuard {
+    /// The lease: token, state, and the `lost()` signal.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Stops the keep-alive and releases the lock.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] if the lock had been lost before; otherwise as for
+    /// [`LockGuard::release`].
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.stop.cancel();
+        let guard = match self.task.take() {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
+        match guard {
+            Some(guard) => guard.release().await,
+            None => Err(self.lease.lost_error()),
+        }
+    }
+}
+
+impl Drop for KeptGuard {
+    fn drop(&mut self) {
+        // Stop the task; it hands the guard back by dropping it, which releases in
+        // the background. Aborting (by the handle's drop) does the same if it was
+        // mid-extension.
+        self.stop.cancel();
+    }
+}
+
+impl LockGuard {
+    /// Keeps this lock alive in the background with the default [`LeaseOptions`]
+    /// until the returned guard is released or dropped.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("import:1", Duration::from_secs(3)).await?.keep_alive();
+    /// let lease = kept.lease().clone();
+    /// // ... long work, checking lease.is_held() before each irreversible step ...
+    /// # let _ = lease;
+    /// kept.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// Never; without a tokio runtime nothing is kept alive and the lease is lost when
+    /// the validity ends.
+    pub fn keep_alive(self) -> KeptGuard {
+        self.keep_alive_with(LeaseOptions::default())
+    }
+
+    /// Like [`keep_alive`](Self::keep_alive), with options.
+    pub fn keep_alive_with(self, options: LeaseOptions) -> KeptGuard {
+        let lease = Lease {
+            shared: Arc::new(Shared {
+                resource: self.resource().to_owned(),
+                token: self.fencing_token(),
+                valid_until: Mutex::new(self.valid_until()),
+                lost: CancellationToken::new(),
+                reason: Mutex::new(None),
+                extensions: Mutex::new(0),
+            }),
+        };
+        let stop = CancellationToken::new();
+        let task = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let span = tracing::debug_span!("keep_alive", resource = %self.resource());
+                let task = keep_alive_task(self, lease.clone(), options, stop.clone());
+                Some(AbortOnDropHandle::new(handle.spawn(task.instrument(span))))
+            }
+            Err(_) => {
+                // No runtime: the guard's own Drop does nothing either; the TTL frees it.
+                drop(self);
+                None
+            }
+        };
+        KeptGuard { lease, stop, task }
+    }
+}
+
+async fn keep_alive_task(
+    mut guard: LockGuard,
+    lease: Lease,
+    options: LeaseOptions,
+    stop: CancellationToken,
+) -> Option<LockGuard> {
+    let ttl = guard.ttl();
+    let acquired_at = Instant::now();
+    let mut last_ok = acquired_at;
+    let mut next = last_ok + ttl.mul_f64(options.extend_after);
+    let mut capped = false;
+    loop {
+        let valid_until = guard.valid_until();
+        // Wake to extend, to stop, or at the end of validity, whichever comes first.
+        let wake = if capped {
+            valid_until
+        } else {
+            next.min(valid_until)
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Some(guard),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if Instant::now() >= guard.valid_until() {
+            lease.declare_lost(if capped {
+                LostReason::CapReached
+            } else {
+                LostReason::ExtensionFailed
+            });
+            return None;
+        }
+        if capped {
+            continue;
+        }
+        let over_hold = options
+            .max_hold
+            .is_some_and(|cap| Instant::now() + ttl > acquired_at + cap);
+        let over_count = options
+            .max_extensions
+            .is_some_and(|cap| lease.extensions() >= cap);
+        if over_hold || over_count {
+            tracing::debug!("keep-alive cap reached; the lock runs out at its validity");
+            capped = true;
+            continue;
+        }
+        // Never past the local validity: the extension is abandoned at `valid_until`.
+        let deadline = guard.valid_until();
+        let result = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Some(guard),
+            r = tokio::time::timeout_at(deadline.into(), guard.extend(ttl)) => r,
+        };
+        match result {
+            Ok(Ok(())) => {
+                last_ok = Instant::now();
+                next = last_ok + ttl.mul_f64(options.extend_after);
+                *lease
+                    .shared
+                    .valid_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = guard.valid_until();
+                *lease
+                    .shared
+                    .extensions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) += 1;
+                tracing::debug!(remaining = ?guard.remaining_validity(), "extended");
+            }
+            Ok(Err(Error::LockLost { reason, .. })) => {
+                lease.declare_lost(reason);
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "extension failed; trying again before the validity ends");
+                // Retry soon, a few times before the validity ends.
+                let pause = (ttl / 10).max(MIN_RETRY_PAUSE);
+                next = Instant::now() + pause;
+            }
+            Err(_elapsed) => {
+                lease.declare_lost(LostReason::ExtensionFailed);
+                return None;
+            }
+        }
+    }
+}
+
+impl Redlock {
+    /// Runs `work` while holding the lock on `resource`, kept alive in the background,
+    /// and releases it when `work` ends.
+    ///
+    /// The lock is acquired with the manager's retries and extended each time a third
+    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)). If it cannot
+    /// be extended before its validity ends, `work` is **dropped** and this returns
+    /// [`Error::LockLost`]. Dropping a future is cancellation at whatever `.await` it was
+    /// suspended on: code between two awaits still runs to the next one. For work that
+    /// must stop at a point of its own choosing, select on [`Lease::lost`] (see the
+    /// example on [`Lease`]) and check [`Lease::is_held`] before each irreversible step.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn charge(_: Option<u64>) -> u64 { 7 }
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let receipt = redlock
+    ///     .with_lock("payment:42", Duration::from_secs(5), |lease| async move {
+    ///         charge(lease.fencing_token()).await
+    ///     })
+    ///     .await?;
+    /// # let _ = receipt;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// What [`acquire`](Self::acquire) returns; [`Error::LockLost`] when the lock was lost
+    /// while `work` ran. A failed release at the end is logged, not returned: the work
+    /// is done, and the lock expires with its TTL.
+    ///
+    /// # Panics
+    /// Never itself. If `work` panics, the panic goes on to the caller and the lock is
+    /// released in the background.
+    ///
+    /// # Cancel safety
+    /// Dropping this future drops `work`, stops the keep-alive and releases the lock in
+    /// the background.
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.with_lock_opts(resource, ttl, LeaseOptions::default(), work)
+            .await
+    }
+
+    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`].
+    ///
+    /// # Errors
+    /// As for [`with_lock`](Self::with_lock).
+    ///
+    /// # Cancel safety
+    /// As for [`with_lock`](Self::with_lock).
+    pub async fn with_lock_opts<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        options: LeaseOptions,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
+        let lease = kept.lease().clone();
+        let work = work(lease.clone());
+        tokio::select! {
+            // The loss is checked first: a lock lost at the same moment the work ends
+            // is reported as lost, since the work's end was not protected.
+            biased;
+            _ = lease.lost() => Err(lease.lost_error()),
+            out = work => {
+                if let Err(e) = kept.release().await {
+                    if e.is_lock_lost() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
+                }
+                Ok(out)
+            }
+        }
+    }
+}

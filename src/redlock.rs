@@ -1,0 +1,743 @@
+//! [`Redlock`]: the lock manager and its attempt loop.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use rand::Rng;
+use redis::Value;
+use tracing::Instrument;
+
+use crate::builder::{Config, RedlockBuilder};
+use crate::error::{Error, NodeError, NodeErrorKind, NodeErrors};
+use crate::guard::{Held, LockGuard};
+use crate::node::{Node, Request};
+use crate::quorum::{self, Outcome, Tally, Vote};
+use crate::scripts;
+
+/// Immediate re-attempts with a raised fencing candidate, before a stale round counts as
+/// a failed attempt. A stale reply only means this client's cached counter was behind;
+/// one more round with the counter the nodes reported normally succeeds, and a small
+/// cap keeps two clients that keep outbidding each other from spinning.
+const STALE_REROUNDS: u32 = 3;
+/// Fencing counters cached per manager before the cache is cleared. A missing entry only
+/// costs one extra round trip (a stale reply teaches the counter), so a crude bound is fine.
+const FENCE_CACHE_LIMIT: usize = 10_000;
+/// Lua numbers are doubles: a candidate must stay below 2^53 to be exact.
+pub(crate) const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
+/// Resource names longer than this are refused: keys are sent on every request and
+/// stored on every node, and 64 KiB is far beyond any real name.
+pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
+
+/// The Redlock manager: acquires, extends and releases locks on N independent Redis nodes.
+///
+/// A lock is held when a quorum (N/2 + 1) of the nodes agreed to it and its validity,
+/// `ttl − elapsed − drift`, has not run out. `Redlock` is cheap to clone: clones share
+/// the nodes' connections and settings.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use tokio_redlock::Redlock;
+///
+/// # async fn run() -> Result<(), tokio_redlock::Error> {
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .build()?;
+/// let guard = redlock.acquire("payment:42", Duration::from_secs(5)).await?;
+/// // ... charge the payment, within guard.remaining_validity() ...
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) nodes: Arc<[Node]>,
+    pub(crate) config: Config,
+    /// The highest fencing counter this manager has seen per resource key.
+    fences: Mutex<HashMap<String, u64>>,
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints: Vec<&str> = self.inner.nodes.iter().map(|n| &*n.endpoint).collect();
+        f.debug_struct("Redlock")
+            .field("nodes", &endpoints)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// A request to run on every node, shared by the per-node futures.
+pub(crate) enum Op {
+    Cmd(redis::Cmd),
+    Script(redis::ScriptInvocation<'static>),
+}
+
+impl Op {
+    fn request(&self) -> Request<'_> {
+        match self {
+            Self::Cmd(cmd) => Request::Cmd(cmd),
+            Self::Script(inv) => Request::Script(inv),
+        }
+    }
+
+    /// Compare-and-delete of `keys` held with `value`.
+    pub(crate) fn release(keys: &[String], value: &str) -> Self {
+        let mut inv = scripts::RELEASE.prepare_invoke();
+        for key in keys {
+            inv.key(key);
+        }
+        inv.arg(value);
+        Self::Script(inv)
+    }
+
+    /// Compare-and-pexpire of `keys` held with `value`.
+    pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Self {
+        let mut inv = scripts::EXTEND.prepare_invoke();
+        for key in keys {
+            inv.key(key);
+        }
+        inv.arg(value).arg(ttl_ms);
+        Self::Script(inv)
+    }
+}
+
+pub(crate) type Reply = (usize, Result<Value, NodeError>);
+pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
+
+/// Sends `op` to every node at once. Each reply comes back with its node's index.
+///
+/// The futures own what they use, so the caller can stop listening at any time and
+/// hand the stragglers to [`finish_in_background`].
+pub(crate) fn fan_out(inner: &Arc<Inner>, op: Arc<Op>) -> Replies {
+    (0..inner.nodes.len())
+        .map(|i| {
+            let inner = Arc::clone(inner);
+            let op = Arc::clone(&op);
+            async move {
+                let reply = inner.nodes[i].run(op.request()).await;
+                (i, reply)
+            }
+            .boxed()
+        })
+        .collect()
+}
+
+/// Lets requests that were already sent finish without anyone waiting for them, and
+/// logs their failures.
+pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
+    if rest.is_empty() {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        while let Some((node, reply)) = rest.next().await {
+            if let Err(e) = reply {
+                tracing::debug!(node, error = %e, "{what}: late request failed");
+            }
+        }
+    });
+}
+
+/// Releases `keys` held with `value` on every node, in a task of its own, and logs
+/// what failed. Used by `Drop` and by cancelled acquisitions; never blocks.
+pub(crate) fn release_in_background(
+    handle: &tokio::runtime::Handle,
+    inner: Arc<Inner>,
+    keys: Arc<[String]>,
+    value: Arc<str>,
+    what: &'static str,
+) {
+    handle.spawn(async move {
+        let mut replies = fan_out(&inner, Arc::new(Op::release(&keys, &value)));
+        let mut failed = 0usize;
+        while let Some((node, reply)) = replies.next().await {
+            if let Err(e) = reply {
+                failed += 1;
+                tracing::warn!(node, error = %e, "{what}: release failed on a node; its key expires with the ttl");
+            }
+        }
+        tracing::debug!(failed, "{what}: background release done");
+    });
+}
+
+/// Undoes an attempt if the attempt's future is dropped before it decided: a cancelled
+/// acquisition cleans up after itself in the background instead of leaving keys to
+/// the TTL. Armed before the first request is sent.
+struct Undo {
+    inner: Arc<Inner>,
+    keys: Arc<[String]>,
+    value: Arc<str>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Outside a runtime nothing can be sent; the TTL frees the keys.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            release_in_background(
+                &handle,
+                Arc::clone(&self.inner),
+                Arc::clone(&self.keys),
+                Arc::clone(&self.value),
+                "cancelled acquire",
+            );
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Won(LockGuard),
+    Lost {
+        tally: Tally,
+        causes: Vec<NodeError>,
+        /// The highest fencing counter a node reported, when one was stale.
+        stale: Option<u64>,
+        /// How many nodes found the key held by another owner.
+        locked: usize,
+    },
+    Expired(Duration),
+}
+
+impl Redlock {
+    /// Starts a builder; see [`RedlockBuilder`] for every setting and its default.
+    ///
+    /// ```
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .build()?;
+    /// assert_eq!(redlock.node_count(), 1);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn builder() -> RedlockBuilder {
+        RedlockBuilder::default()
+    }
+
+    pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                nodes,
+                config,
+                fences: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The number of nodes that must agree: N/2 + 1.
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder()
+    /// #     .nodes((1..=5).map(|p| format!("redis://127.0.0.1:700{p}"))).build()?;
+    /// assert_eq!(redlock.quorum(), 3);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn quorum(&self) -> usize {
+        quorum::quorum(self.inner.nodes.len())
+    }
+
+    /// The number of nodes (N).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder()
+    /// #     .nodes((1..=5).map(|p| format!("redis://127.0.0.1:700{p}"))).build()?;
+    /// assert_eq!(redlock.node_count(), 5);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn node_count(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// The Redis key that holds the lock of `resource`: the key prefix (none by default)
+    /// followed by the resource name.
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.key_of("payment:42"), "payment:42");
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn key_of(&self, resource: &str) -> String {
+        format!("{}{resource}", self.inner.config.key_prefix)
+    }
+
+    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.fence_key_of("payment:42"), "payment:42:fence");
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn fence_key_of(&self, resource: &str) -> String {
+        format!(
+            "{}{resource}{}",
+            self.inner.config.key_prefix, self.inner.config.fence_suffix
+        )
+    }
+
+    /// Acquires the lock on `resource` for `ttl`, retrying up to `retry_count` times.
+    ///
+    /// Each attempt sets the key with a fresh random value on all nodes at once and
+    /// succeeds when a quorum agreed and validity is left; a failed attempt removes what
+    /// it set, on every node, before the next one.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.acquire("payment:42", Duration::from_secs(5)).await?;
+    /// assert!(guard.is_valid());
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another owner holds it on too many nodes,
+    /// [`Error::NoQuorum`] when too few nodes answered, [`Error::Expired`] when a quorum
+    /// agreed too late; the last attempt decides which. [`Error::Config`] for an empty or
+    /// over-long resource name or a ttl under 3 ms or over `i64::MAX` ms.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any await point leaves nothing held: keys an unfinished
+    /// attempt may have set are released by a background task (and expire with `ttl`
+    /// anyway, also without a runtime).
+    pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard, Error> {
+        self.lock(&[resource], ttl, self.inner.config.retry_count)
+            .await
+    }
+
+    /// Like [`acquire`](Self::acquire), but makes exactly one attempt.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// match redlock.try_acquire("report:daily", Duration::from_secs(60)).await {
+    ///     Ok(guard) => { /* we run the report */ guard.release().await?; }
+    ///     Err(e) if e.is_conflict() => { /* someone else runs it */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire), with one attempt.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard, Error> {
+        self.lock(&[resource], ttl, 0).await
+    }
+
+    /// Acquires all of `resources` together, or none: on each node one script sets every
+    /// key only if none of them exists. Retries like [`acquire`](Self::acquire).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock
+    ///     .acquire_many(&["account:1", "account:2"], Duration::from_secs(5))
+    ///     .await?;
+    /// assert_eq!(guard.resources().len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire); also [`Error::Config`] for an empty list or a
+    /// resource listed twice.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire).
+    pub async fn acquire_many<S: AsRef<str>>(
+        &self,
+        resources: &[S],
+        ttl: Duration,
+    ) -> Result<LockGuard, Error> {
+        let names: Vec<&str> = resources.iter().map(AsRef::as_ref).collect();
+        self.lock(&names, ttl, self.inner.config.retry_count).await
+    }
+
+    /// Checks a lock request before anything is sent; returns the ttl in whole ms.
+    fn check_request(&self, resources: &[&str], ttl: Duration) -> Result<u64, Error> {
+        if resources.is_empty() {
+            return Err(Error::Config("no resources: name at least one".into()));
+        }
+        for (i, r) in resources.iter().enumerate() {
+            if r.is_empty() {
+                return Err(Error::Config(
+                    "empty resource name: name what you lock".into(),
+                ));
+            }
+            if r.len() > MAX_RESOURCE_LEN {
+                return Err(Error::Config(format!(
+                    "resource name of {} bytes is over the {MAX_RESOURCE_LEN}-byte limit; \
+                     lock a short id or a hash of it",
+                    r.len()
+                )));
+            }
+            if resources[..i].contains(r) {
+                return Err(Error::Config(format!("resource `{r}` is listed twice")));
+            }
+        }
+        // PX takes whole milliseconds, so the validity is computed from the ttl the
+        // nodes are actually given, never from a finer one they cannot honour.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let floor = quorum::DRIFT_FLOOR.as_millis() as u64;
+        if ttl_ms <= floor {
+            return Err(Error::Config(format!(
+                "ttl {ttl:?} leaves no validity after the {floor} ms drift floor; use a ttl of \
+                 at least a few times the nodes' round trip"
+            )));
+        }
+        if ttl_ms > i64::MAX as u64 {
+            return Err(Error::Config(format!("ttl {ttl:?} is too long for Redis")));
+        }
+        Ok(ttl_ms)
+    }
+
+    pub(crate) async fn lock(
+        &self,
+        resources: &[&str],
+        ttl: Duration,
+        retries: u32,
+    ) -> Result<LockGuard, Error> {
+        let ttl_ms = self.check_request(resources, ttl)?;
+        let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
+        self.lock_checked(resources, ttl_ms, retries)
+            .instrument(span)
+            .await
+    }
+
+    async fn lock_checked(
+        &self,
+        resources: &[&str],
+        ttl_ms: u64,
+        retries: u32,
+    ) -> Result<LockGuard, Error> {
+        let config = &self.inner.config;
+        let names: Arc<[String]> = resources.iter().map(|r| (*r).to_owned()).collect();
+        let keys: Arc<[String]> = resources.iter().map(|r| self.key_of(r)).collect();
+        let fence_keys: Option<Vec<String>> = config
+            .fencing
+            .then(|| resources.iter().map(|r| self.fence_key_of(r)).collect());
+        let mut candidate = fence_keys
+            .as_ref()
+            .map(|f| self.cached_fence(f).saturating_add(1));
+        let mut attempts: u32 = 0;
+        let mut failed_rounds: u32 = 0;
+        let mut rerounds: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            if let Some(t) = candidate {
+                if t > MAX_FENCING_TOKEN {
+                    return Err(Error::Config(format!(
+                        "fencing counter of `{}` reached 2^53, the largest token Lua can count \
+                         exactly; reset the counter keys",
+                        names[0]
+                    )));
+                }
+            }
+            let attempt = self
+                .attempt(&names, &keys, fence_keys.as_deref(), ttl_ms, candidate)
+                .await;
+            let err = match attempt {
+                Attempt::Won(guard) => {
+                    tracing::debug!(attempts, "acquired");
+                    return Ok(guard);
+                }
+                Attempt::Lost {
+                    tally,
+                    causes,
+                    stale,
+                    locked,
+                } => {
+                    if let (Some(seen), Some(fences)) = (stale, &fence_keys) {
+                        self.remember_fence(fences, seen);
+                        candidate = Some(seen.saturating_add(1));
+                        // Only stale, not held elsewhere: try at once with the counter
+                        // the nodes just told us.
+                        let failures_alone_lose = tally.failed > tally.nodes - tally.quorum;
+                        if locked == 0 && !failures_alone_lose && rerounds < STALE_REROUNDS {
+                            rerounds += 1;
+                            continue;
+                        }
+                    }
+                    if tally.lost_to_owner() {
+                        Error::Conflict {
+                            resource: names[0].clone(),
+                            attempts,
+                            held_elsewhere: if fence_keys.is_some() {
+                                locked
+                            } else {
+                                tally.no
+                            },
+                            nodes: tally.nodes,
+                        }
+                    } else {
+                        Error::NoQuorum {
+                            resource: names[0].clone(),
+                            attempts,
+                            ok: tally.yes,
+                            failed: tally.failed,
+                            needed: tally.quorum,
+                            nodes: tally.nodes,
+                            causes: NodeErrors(causes),
+                        }
+                    }
+                }
+                Attempt::Expired(elapsed) => Error::Expired {
+                    resource: names[0].clone(),
+                    attempts,
+                    elapsed,
+                    ttl: Duration::from_millis(ttl_ms),
+                },
+            };
+            rerounds = 0;
+            failed_rounds = failed_rounds.saturating_add(1);
+            if failed_rounds > retries {
+                tracing::debug!(attempts, error = %err, "giving up");
+                return Err(err);
+            }
+            let pause = quorum::backoff(config.retry_delay, config.retry_jitter, &mut rand::rng());
+            tracing::trace!(?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One round: set on all nodes, decide at the earliest certain moment, undo on loss.
+    async fn attempt(
+        &self,
+        names: &Arc<[String]>,
+        keys: &Arc<[String]>,
+        fence_keys: Option<&[String]>,
+        ttl_ms: u64,
+        candidate: Option<u64>,
+    ) -> Attempt {
+        let inner = &self.inner;
+        let value: Arc<str> = new_value().into();
+        let op = match (fence_keys, candidate) {
+            (Some(fences), Some(t)) => {
+                let mut inv = scripts::FENCED_ACQUIRE.prepare_invoke();
+                for key in keys.iter().chain(fences) {
+                    inv.key(key);
+                }
+                inv.arg(&*value).arg(ttl_ms).arg(t);
+                Op::Script(inv)
+            }
+            _ if keys.len() == 1 => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&keys[0])
+                    .arg(&*value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms);
+                Op::Cmd(cmd)
+            }
+            _ => {
+                let mut inv = scripts::ACQUIRE_MANY.prepare_invoke();
+                for key in keys.iter() {
+                    inv.key(key);
+                }
+                inv.arg(&*value).arg(ttl_ms);
+                Op::Script(inv)
+            }
+        };
+        // The clock starts before the first request is sent (the Redlock paper, step 1).
+        let start = Instant::now();
+        let mut undo = Undo {
+            inner: Arc::clone(inner),
+            keys: Arc::clone(keys),
+            value: Arc::clone(&value),
+            armed: true,
+        };
+        let mut replies = fan_out(inner, Arc::new(op));
+        let mut tally = Tally::new(inner.nodes.len());
+        let mut causes = Vec::new();
+        let mut answered = vec![false; inner.nodes.len()];
+        let mut stale: Option<u64> = None;
+        let mut locked = 0usize;
+        let mut outcome = None;
+        while let Some((node, reply)) = replies.next().await {
+            let vote = match reply {
+                Ok(value) => {
+                    answered[node] = true;
+                    match classify_acquire(&value, candidate.is_some()) {
+                        Ok((vote, counter)) => {
+                            match (vote, counter) {
+                                (Vote::No, Some(c)) => stale = Some(stale.map_or(c, |s| s.max(c))),
+                                (Vote::No, None) => locked += 1,
+                                _ => {}
+                            }
+                            vote
+                        }
+                        Err(what) => {
+                            causes.push(inner.nodes[node].protocol_error(what));
+                            Vote::Failed
+                        }
+                    }
+                }
+                Err(e) => {
+                    causes.push(e);
+                    Vote::Failed
+                }
+            };
+            tracing::debug!(node, ?vote, "acquire vote");
+            tally.record(vote);
+            outcome = tally.outcome();
+            if outcome.is_some() {
+                break;
+            }
+        }
+        // Requests to the stragglers were sent when the fan-out was first polled; their
+        // keys are ours and are released with the lock (or undone below). Nothing waits
+        // for them.
+        drop(replies);
+
+        if outcome == Some(Outcome::Won) {
+            let elapsed = start.elapsed();
+            let ttl = Duration::from_millis(ttl_ms);
+            let drift = quorum::drift(ttl, inner.config.drift_factor);
+            if quorum::validity(ttl, elapsed, drift).is_some() {
+                undo.armed = false;
+                // validity = ttl − elapsed − drift, counted from `start`, so the lock is
+                // promised until start + ttl − drift and not a moment longer.
+                let valid_until = start + ttl.saturating_sub(drift);
+                let guard = LockGuard::new(
+                    Arc::clone(names),
+                    valid_until,
+                    Duration::from_millis(ttl_ms),
+                    candidate.filter(|_| fence_keys.is_some()),
+                    Held {
+                        inner: Arc::clone(inner),
+                        keys: Arc::clone(keys),
+                        value,
+                        handle: tokio::runtime::Handle::try_current().ok(),
+                    },
+                );
+                if let (Some(fences), Some(t)) = (fence_keys, candidate) {
+                    self.remember_fence(fences, t);
+                }
+                return Attempt::Won(guard);
+            }
+            self.undo(&mut undo, &answered).await;
+            return Attempt::Expired(elapsed);
+        }
+        self.undo(&mut undo, &answered).await;
+        Attempt::Lost {
+            tally,
+            causes,
+            stale,
+            locked,
+        }
+    }
+
+    /// Undoes a failed attempt on every node, before the next attempt. Nodes that answered
+    /// the attempt are waited for (bounded by the node timeout); the silent ones get the
+    /// same release, in the background, since their SET may still land or have landed.
+    async fn undo(&self, undo: &mut Undo, answered: &[bool]) {
+        undo.armed = false;
+        let mut replies = fan_out(&self.inner, Arc::new(Op::release(&undo.keys, &undo.value)));
+        let mut waiting = answered.iter().filter(|a| **a).count();
+        while waiting > 0 {
+            let Some((node, reply)) = replies.next().await else {
+                break;
+            };
+            if answered[node] {
+                waiting -= 1;
+            }
+            if let Err(e) = reply {
+                tracing::debug!(node, error = %e, "undo failed on a node; its key expires with the ttl");
+            }
+        }
+        finish_in_background(replies, "undo");
+    }
+
+    fn cached_fence(&self, fence_keys: &[String]) -> u64 {
+        let cache = self
+            .inner
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fence_keys
+            .iter()
+            .filter_map(|k| cache.get(k).copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn remember_fence(&self, fence_keys: &[String], seen: u64) {
+        let mut cache = self
+            .inner
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= FENCE_CACHE_LIMIT {
+            cache.clear();
+        }
+        for key in fence_keys {
+            let entry = cache.entry(key.clone()).or_insert(0);
+            *entry = (*entry).max(seen);
+        }
+    }
+}
+
+impl Node {
+    pub(crate) fn protocol_error(&self, what: String) -> NodeError {
+        NodeError::new(
+            self.index,
+            self.endpoint.clone(),
+            NodeErrorKind::Protocol(what),
+        )
+    }
+}
+
+/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
+pub(crate) fn new_value() -> String {
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// Turns a node's reply to an acquire request into a vote (and, for the fenced script,
+/// the counter it reported). `Err` for a reply that no Redis would give.
+fn classify_acquire(value: &Value, fenced: bool) -> Result<(Vote, Option<u64>), String> {
+    if fenced {
+        let Value::Array(items) = value else {
+            return Err(format!("fenced acquire answered {value:?}"));
+        };
+        return match items.as_slice() {
+            [Value::Int(code), Value::Int(counter)] => {
+                let counter = u64::try_from(*counter).map_err(|_| "negative counter".to_owned())?;
+                match *code {
+                    scripts::FENCE_OK => Ok((Vote::Yes, Some(counter))),
+                    // Held by another owner: the counter is below our candidate,
+                    // so it teaches nothing.
+                    scripts::FENCE_LOCKED => Ok((Vote::No, None)),
+                    scripts::FENCE_STALE => Ok((Vote::No, Some(counter))),
+                    other => Err(format!("fenced acquire answered code {other}")),
+                }
+            }
+            _ => Err(format!("fenced acquire answered {value:?}")),
+        };
+    }
+    match value {
+        Value::Okay => Ok((Vote::Yes, None)),
+        Value::SimpleString(s) if s == "OK" => Ok((Vote::Yes, None)),
+        Value::Nil => Ok((Vote::No, None)),
+        Value::Int(1) => Ok((Vote::Yes, None)),
+        Value::Int(0) => Ok((Vote::No, None)),
+        other => Err(format!("acquire answered {other:?}")),
+    }
+}
