@@ -602,12 +602,11 @@ impl Redlock {
                 break;
             }
         }
-        // Requests to the stragglers were sent when the fan-out was first polled; their
-        // keys are ours and are released with the lock (or undone below). Nothing waits
-        // for them.
-        drop(replies);
-
         if outcome == Some(Outcome::Won) {
+            // The stragglers' SETs go on in the background: the lock then stands on every
+            // healthy node, not on a bare quorum. (Dropping them would let the driver skip
+            // requests nobody listens for.) Their keys are ours and go with the release.
+            finish_in_background(replies, "acquire");
             let elapsed = start.elapsed();
             let ttl = Duration::from_millis(ttl_ms);
             let drift = quorum::drift(ttl, inner.config.drift_factor);
@@ -636,6 +635,8 @@ impl Redlock {
             self.undo(&mut undo, &answered).await;
             return Attempt::Expired(elapsed);
         }
+        // Lost: whatever the stragglers would still set is undone below, on every node.
+        drop(replies);
         self.undo(&mut undo, &answered).await;
         Attempt::Lost {
             tally,

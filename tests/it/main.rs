@@ -1,1 +1,4 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
+
+mod core;
+mod support;

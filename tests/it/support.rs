@@ -1,0 +1,146 @@
+//! Shared helpers of the integration tests: clusters, managers with test timings, and
+//! direct (proxy-bypassing) looks at what each node holds.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use tokio_redlock::harness::{Cluster, Persistence};
+use tokio_redlock::{Redlock, RedlockBuilder};
+
+/// Every wait in the tests is bounded by this, so a hang fails instead of stalling CI.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts an `n`-node memory-only cluster.
+pub async fn cluster(n: usize) -> Cluster {
+    cluster_with(n, Persistence::Memory).await
+}
+
+pub async fn cluster_with(n: usize, persistence: Persistence) -> Cluster {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Cluster::builder().nodes(n).persistence(persistence).start(),
+    )
+    .await
+    .expect("cluster start timed out")
+    .expect("cluster starts")
+}
+
+/// A builder on the cluster's proxied URLs with test timings: quick retries and a node
+/// timeout generous enough for a loaded 2-core CI machine.
+pub fn builder(cluster: &Cluster) -> RedlockBuilder {
+    Redlock::builder()
+        .nodes(cluster.urls())
+        .retry_count(3)
+        .retry_delay(Duration::from_millis(20))
+        .retry_jitter(Duration::from_millis(20))
+        .node_timeout(Duration::from_millis(250))
+}
+
+pub fn redlock(cluster: &Cluster) -> Redlock {
+    builder(cluster).build().expect("valid config")
+}
+
+/// One connection per node, straight to the server (not through its proxy).
+pub async fn direct(cluster: &Cluster) -> Vec<MultiplexedConnection> {
+    let mut conns = Vec::new();
+    for url in cluster.direct_urls() {
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        conns.push(
+            client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .expect("direct connection"),
+        );
+    }
+    conns
+}
+
+/// The value of `key` on each node (None where it is absent).
+pub async fn values(conns: &mut [MultiplexedConnection], key: &str) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for c in conns.iter_mut() {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(c)
+            .await
+            .expect("GET");
+        out.push(v);
+    }
+    out
+}
+
+/// The PTTL of `key` on each node (-2 absent, -1 no expiry).
+pub async fn pttls(conns: &mut [MultiplexedConnection], key: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for c in conns.iter_mut() {
+        let v: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(c)
+            .await
+            .expect("PTTL");
+        out.push(v);
+    }
+    out
+}
+
+pub async fn set_on(conn: &mut MultiplexedConnection, key: &str, value: &str, ttl_ms: u64) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(conn)
+        .await
+        .expect("SET");
+}
+
+/// Polls `check` every 10 ms until it holds, failing after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `key` is absent on every node reachable directly.
+pub async fn eventually_gone(cluster: &Cluster, key: &str) {
+    assert_gone_within(cluster, key, WAIT).await;
+}
+
+/// Like [`eventually_gone`], but on failure says what each node still holds.
+pub async fn assert_gone_within(cluster: &Cluster, key: &str, within: Duration) {
+    let mut conns = direct(cluster).await;
+    let deadline = Instant::now() + within;
+    loop {
+        let vals = values(&mut conns, key).await;
+        if vals.iter().all(Option::is_none) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let ttls = pttls(&mut conns, key).await;
+            panic!("`{key}` still held: {vals:?}, pttl {ttls:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `fut` under [`WAIT`].
+pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("bounded wait timed out")
+}
