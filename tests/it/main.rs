@@ -1,1 +1,3 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
+
+mod harness;
