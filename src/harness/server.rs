@@ -480,4 +480,21 @@ mod tests {
         assert!(joined.contains("--appendonly yes --appendfsync always"));
         assert!(joined.ends_with("--logfile /d/redis.log --maxmemory 1mb"));
     }
+
+    /// A port taken between choosing and binding is reported as such (so `start` retries
+    /// with a new port), not as a generic exit.
+    #[tokio::test]
+    async fn taken_port_is_detected() {
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let config = ServerConfig {
+            binary: find_binary(None).unwrap(),
+            persistence: Persistence::Memory,
+            extra_args: Vec::new(),
+            ready_timeout: Duration::from_secs(10),
+        };
+        let dir = TempDir::new().unwrap();
+        let launched = launch(&config, dir.path(), port).await.unwrap();
+        assert!(matches!(launched, Launch::PortInUse(ref t) if t.contains("in use")));
+    }
 }

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
 
 mod core;
+mod harness;
 mod support;
