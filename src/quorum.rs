@@ -122,7 +122,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn quorum_is_a_strict_majority() {

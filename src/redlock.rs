@@ -262,6 +262,18 @@ impl Redlock {
         self.inner.nodes.len()
     }
 
+    /// The bound on each request to one node (see
+    /// [`RedlockBuilder::node_timeout`]).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.node_timeout(), std::time::Duration::from_millis(50));
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn node_timeout(&self) -> Duration {
+        self.inner.config.node_timeout
+    }
+
     /// The Redis key that holds the lock of `resource`: the key prefix (none by default)
     /// followed by the resource name.
     ///

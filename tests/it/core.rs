@@ -282,7 +282,7 @@ async fn release_and_extend_never_touch_a_foreign_value() {
 async fn extend_refreshes_ttl_and_fails_after_expiry() {
     let cluster = cluster(3).await;
     let redlock = redlock(&cluster);
-    let mut conns = direct(&cluster).await;
+    let conns = direct(&cluster).await;
     let mut guard = redlock
         .acquire("extend", Duration::from_secs(2))
         .await
