@@ -41,6 +41,7 @@ pub(crate) struct Config {
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
     pub(crate) fence_suffix: String,
+    pub(crate) wake_on_release: bool,
 }
 
 /// Builds a [`Redlock`]. Get one with [`Redlock::builder`].
@@ -74,6 +75,7 @@ pub struct RedlockBuilder {
     key_prefix: String,
     fencing: bool,
     fence_suffix: String,
+    wake_on_release: bool,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -89,6 +91,7 @@ impl fmt::Debug for RedlockBuilder {
             key_prefix,
             fencing,
             fence_suffix,
+            wake_on_release,
         } = self;
         let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
         f.debug_struct("RedlockBuilder")
@@ -102,6 +105,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("key_prefix", key_prefix)
             .field("fencing", fencing)
             .field("fence_suffix", fence_suffix)
+            .field("wake_on_release", wake_on_release)
             .finish()
     }
 }
@@ -119,6 +123,7 @@ impl Default for RedlockBuilder {
             key_prefix: String::new(),
             fencing: false,
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
+            wake_on_release: true,
         }
     }
 }
@@ -204,6 +209,17 @@ impl RedlockBuilder {
         self
     }
 
+    /// Wake waiting acquisitions when a lock is released: a release publishes on
+    /// `tokio-redlock:released:<key>` on each node, and a manager that found the lock
+    /// held subscribes and retries as soon as it hears of the release, instead of
+    /// sleeping out `retry_delay`. Correctness never depends on it: a woken waiter still
+    /// needs a quorum, and a missed message only means the retry delay applies.
+    /// Defaults to on.
+    pub fn wake_on_release(mut self, enabled: bool) -> Self {
+        self.wake_on_release = enabled;
+        self
+    }
+
     /// Checks the configuration and makes the manager. No connection is made here:
     /// each node connects on first use, and again after a failure, so a node that is
     /// down now is not an error.
@@ -274,6 +290,7 @@ impl RedlockBuilder {
             key_prefix: self.key_prefix,
             fencing: self.fencing,
             fence_suffix: self.fence_suffix,
+            wake_on_release: self.wake_on_release,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
     }

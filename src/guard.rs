@@ -82,6 +82,22 @@ pub struct ReleaseReport {
     /// Nodes still to answer when the release returned (it returns once a quorum
     /// answered; their requests finish in the background).
     pub pending: usize,
+    /// Waiting clients told of the release, summed over the nodes that answered.
+    pub woken: usize,
+}
+
+/// `(keys deleted, waiters woken)` from a release reply, or `None` for a reply no
+/// Redis running our script would give.
+fn release_reply(value: &Value) -> Option<(i64, usize)> {
+    match value {
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(deleted), Value::Int(woke)] => {
+                Some((*deleted, usize::try_from(*woke).unwrap_or(0)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 impl LockGuard {
@@ -340,6 +356,7 @@ impl LockGuard {
                 not_held: 0,
                 failed: 0,
                 pending: 0,
+                woken: 0,
             });
         };
         // If this future is dropped before its first poll, `held` still releases.
@@ -353,10 +370,12 @@ impl LockGuard {
                     not_held: 0,
                     failed: 0,
                     pending: 0,
+                    woken: 0,
                 });
             };
             let inner = &held.inner;
-            let mut replies = fan_out(inner, Arc::new(Op::release(&held.keys, &held.value)));
+            let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
+            let mut replies = fan_out(inner, Arc::new(op));
             let n = inner.nodes.len();
             let quorum = quorum::quorum(n);
             let mut report = ReleaseReport {
@@ -364,19 +383,29 @@ impl LockGuard {
                 not_held: 0,
                 failed: 0,
                 pending: n,
+                woken: 0,
             };
             let mut causes = Vec::new();
             while let Some((node, reply)) = replies.next().await {
                 report.pending -= 1;
                 match reply {
-                    Ok(Value::Int(k)) if k > 0 => report.released += 1,
-                    Ok(Value::Int(_)) => report.not_held += 1,
-                    Ok(other) => {
-                        report.failed += 1;
-                        causes.push(
-                            inner.nodes[node].protocol_error(format!("release answered {other:?}")),
-                        );
-                    }
+                    Ok(value) => match release_reply(&value) {
+                        Some((deleted, woke)) => {
+                            if deleted > 0 {
+                                report.released += 1;
+                            } else {
+                                report.not_held += 1;
+                            }
+                            report.woken += woke;
+                        }
+                        None => {
+                            report.failed += 1;
+                            causes.push(
+                                inner.nodes[node]
+                                    .protocol_error(format!("release answered {value:?}")),
+                            );
+                        }
+                    },
                     Err(e) => {
                         report.failed += 1;
                         causes.push(e);

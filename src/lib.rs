@@ -14,6 +14,7 @@ mod node;
 mod quorum;
 mod redlock;
 mod scripts;
+mod wake;
 
 #[cfg(feature = "harness")]
 #[cfg_attr(docsrs, doc(cfg(feature = "harness")))]

@@ -81,6 +81,11 @@ impl Node {
         }
     }
 
+    /// The node's client, for connections of another kind (pub/sub).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn error(&self, kind: NodeErrorKind) -> NodeError {
         NodeError::new(self.index, self.endpoint.clone(), kind)
     }

@@ -18,6 +18,7 @@ use crate::guard::{Held, LockGuard};
 use crate::node::{Node, Request};
 use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::scripts;
+use crate::wake::{self, Subscription, Wakeups};
 
 /// Immediate re-attempts with a raised fencing candidate, before a stale round counts as
 /// a failed attempt. A stale reply only means this client's cached counter was behind;
@@ -62,6 +63,7 @@ pub struct Redlock {
 pub(crate) struct Inner {
     pub(crate) nodes: Arc<[Node]>,
     pub(crate) config: Config,
+    wakeups: Wakeups,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
 }
@@ -90,13 +92,15 @@ impl Op {
         }
     }
 
-    /// Compare-and-delete of `keys` held with `value`.
-    pub(crate) fn release(keys: &[String], value: &str) -> Self {
+    /// Compare-and-delete of `keys` held with `value`; with `notify`, waiters on the
+    /// released keys are woken.
+    pub(crate) fn release(keys: &[String], value: &str, notify: bool) -> Self {
         let mut inv = scripts::RELEASE.prepare_invoke();
         for key in keys {
             inv.key(key);
         }
-        inv.arg(value);
+        inv.arg(value)
+            .arg(if notify { wake::CHANNEL_PREFIX } else { "" });
         Self::Script(inv)
     }
 
@@ -160,7 +164,8 @@ pub(crate) fn release_in_background(
     what: &'static str,
 ) {
     handle.spawn(async move {
-        let mut replies = fan_out(&inner, Arc::new(Op::release(&keys, &value)));
+        let notify = inner.config.wake_on_release;
+        let mut replies = fan_out(&inner, Arc::new(Op::release(&keys, &value, notify)));
         let mut failed = 0usize;
         while let Some((node, reply)) = replies.next().await {
             if let Err(e) = reply {
@@ -231,6 +236,7 @@ impl Redlock {
     pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
             inner: Arc::new(Inner {
+                wakeups: Wakeups::new(nodes.len()),
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
@@ -452,6 +458,7 @@ impl Redlock {
         let mut attempts: u32 = 0;
         let mut failed_rounds: u32 = 0;
         let mut rerounds: u32 = 0;
+        let mut waiting: Option<Subscription> = None;
         loop {
             attempts = attempts.saturating_add(1);
             if let Some(t) = candidate {
@@ -525,8 +532,22 @@ impl Redlock {
                 return Err(err);
             }
             let pause = quorum::backoff(config.retry_delay, config.retry_jitter, &mut rand::rng());
+            // Held by another owner: listen for its release from now on, so that the
+            // wait ends when the lock is free rather than when the timer says.
+            if err.is_conflict() && config.wake_on_release && waiting.is_none() {
+                let sub = self.inner.wakeups.subscribe(&self.inner.nodes, &keys[0]);
+                waiting = Some(sub.await);
+            }
             tracing::trace!(?pause, "retrying");
-            tokio::time::sleep(pause).await;
+            match waiting.as_mut() {
+                Some(sub) => {
+                    tokio::select! {
+                        _ = sub.released() => tracing::trace!("woken by a release"),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                None => tokio::time::sleep(pause).await,
+            }
         }
     }
 
@@ -663,7 +684,9 @@ impl Redlock {
     /// same release, in the background, since their SET may still land or have landed.
     async fn undo(&self, undo: &mut Undo, answered: &[bool]) {
         undo.armed = false;
-        let mut replies = fan_out(&self.inner, Arc::new(Op::release(&undo.keys, &undo.value)));
+        // No wake-ups: the resource is still held by whoever beat this attempt.
+        let op = Op::release(&undo.keys, &undo.value, false);
+        let mut replies = fan_out(&self.inner, Arc::new(op));
         let mut waiting = answered.iter().filter(|a| **a).count();
         while waiting > 0 {
             let Some((node, reply)) = replies.next().await else {

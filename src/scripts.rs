@@ -9,17 +9,24 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Deletes each key of `KEYS` whose value is `ARGV[1]`; returns how many it deleted.
+/// Deletes each key of `KEYS` whose value is `ARGV[1]`. With a channel prefix in
+/// `ARGV[2]`, publishes each deleted key on `<prefix><key>` to wake waiters. Returns
+/// `{keys deleted, waiters reached}`.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = 0
+local woke = 0
+local prefix = ARGV[2]
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then
     n = n + redis.call('DEL', key)
+    if prefix and prefix ~= '' then
+      woke = woke + redis.call('PUBLISH', prefix .. key, '1')
+    end
   end
 end
-return n
+return {n, woke}
 ",
     )
 });

@@ -606,3 +606,66 @@ async fn nodes_down_at_build_time_are_fine() {
     assert!(err.is_no_quorum(), "{err}");
     assert!(err.to_string().contains("reachable"), "{err}");
 }
+
+/// A waiter that found the lock held is woken by the release instead of sleeping out its
+/// retry delay; the wake-up only triggers an attempt, which still needs a quorum.
+#[tokio::test]
+async fn release_wakes_a_waiter_before_its_retry_delay() {
+    let cluster = cluster(3).await;
+    let holder = redlock(&cluster);
+    let waiter = builder(&cluster)
+        .retry_count(5)
+        .retry_delay(Duration::from_secs(20))
+        .retry_jitter(Duration::ZERO)
+        .build()
+        .unwrap();
+    let held = holder.acquire("wake", TTL).await.unwrap();
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let guard = waiter.acquire("wake", TTL).await;
+        (guard, start.elapsed())
+    });
+    // Wait until the waiter listens on every node.
+    let conns = direct(&cluster).await;
+    eventually("the waiter subscribed on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            let mut all = true;
+            for c in conns.iter_mut() {
+                let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("tokio-redlock:released:wake")
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                all &= n >= 1;
+            }
+            all
+        }
+    })
+    .await;
+    let report = held.release_with_report().await.unwrap();
+    assert!(report.woken >= 1, "{report:?}");
+    let (guard, waited) = bounded(task).await.unwrap();
+    let guard = guard.unwrap();
+    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
+    guard.release().await.unwrap();
+    // The last waiter gone, its subscriptions are dropped in the background.
+    eventually("unsubscribed everywhere", || {
+        let mut conns = conns.clone();
+        async move {
+            let mut none = true;
+            for c in conns.iter_mut() {
+                let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("tokio-redlock:released:wake")
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                none &= n == 0;
+            }
+            none
+        }
+    })
+    .await;
+}
