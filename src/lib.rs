@@ -1,6 +1,76 @@
-//! tokio-redlock: the Redlock distributed lock on N independent Redis nodes, for tokio.
+//! The Redlock distributed lock on N independent Redis (or Valkey) nodes, for tokio.
 //!
-//! (Crate documentation is filled in as the crate grows.)
+//! A lock taken with this crate is held only while a majority of N independent Redis
+//! nodes agreed to it within its validity time. Use it where workers in several
+//! processes or pods must not do the same job twice, such as charging a payment.
+//!
+//! - [`Redlock::acquire`] sets the key with a fresh 128-bit random value on all nodes at
+//!   once (`SET key value NX PX ttl`), each request bounded by a node timeout, and
+//!   decides as soon as the outcome is certain: success at a quorum (N/2 + 1) with
+//!   validity left, `ttl − elapsed − (ttl × drift_factor + 2 ms)`; failure as soon as a
+//!   quorum is out of reach. A failed attempt is undone on every node before the next.
+//! - [`LockGuard`] releases on drop, in the background; [`LockGuard::release`] and
+//!   [`LockGuard::extend`] compare the owner's value in Lua before touching a key.
+//! - [`Redlock::with_lock`] keeps the lock alive while a future runs and stops the future
+//!   if the lock is lost; [`Lease::lost`] tells work that wants to stop on its own terms.
+//! - With [`RedlockBuilder::fencing`], every acquisition carries a fencing token that is
+//!   strictly greater than every earlier one for the resource; [`FenceGate`] and
+//!   [`FENCE_CHECK_LUA`] let the protected storage refuse a stale holder.
+//! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
+//!   your own tests (see `harness`).
+//!
+//! # Example: a guard around a critical section
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio_redlock::{Error, Redlock};
+//!
+//! # async fn charge(_: &str) {}
+//! # async fn run() -> Result<(), Error> {
+//! let redlock = Redlock::builder()
+//!     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+//!     .build()?;
+//! match redlock.acquire("payment:42", Duration::from_secs(5)).await {
+//!     Ok(guard) => {
+//!         charge("payment:42").await;
+//!         guard.release().await?;
+//!     }
+//!     Err(e) if e.is_conflict() => println!("another worker has it"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Example: long work, kept alive, with a fencing token
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio_redlock::Redlock;
+//!
+//! # async fn write_with_token(_: Option<u64>) {}
+//! # async fn run(redlock: Redlock) -> Result<(), tokio_redlock::Error> {
+//! redlock
+//!     .with_lock("report:2026-11", Duration::from_secs(10), |lease| async move {
+//!         // Extended every ~3 s in the background; dropped if the lock is lost.
+//!         write_with_token(lease.fencing_token()).await;
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Crate features
+//! - `harness`: the multi-node test harness, `tokio_redlock::harness` (off by default).
+//! - `tls`: `rediss://` node URLs through rustls (off by default).
+//!
+//! # What the lock does and does not promise
+//! A lock is guaranteed until [`LockGuard::valid_until`] and not a moment longer, and
+//! only if the nodes are independent masters that keep their data across restarts (or
+//! restart later than the longest TTL), never evict keys (`maxmemory-policy noeviction`),
+//! and have clocks that are slewed, never stepped. A holder that is paused past its
+//! validity (a GC pause, a stopped VM) cannot know it lost the lock; only storage that
+//! checks fencing tokens can refuse it. `docs/safety.md` states the guarantees and their
+//! assumptions precisely, and `docs/design.md` explains the algorithm and its timing
+//! constants.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -26,3 +96,8 @@ pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::Redlock;
+
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
