@@ -76,6 +76,7 @@ pub struct RedlockBuilder {
     fencing: bool,
     fence_suffix: String,
     wake_on_release: bool,
+    restart_quarantine: Option<Duration>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -92,6 +93,7 @@ impl fmt::Debug for RedlockBuilder {
             fencing,
             fence_suffix,
             wake_on_release,
+            restart_quarantine,
         } = self;
         let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
         f.debug_struct("RedlockBuilder")
@@ -106,6 +108,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("fencing", fencing)
             .field("fence_suffix", fence_suffix)
             .field("wake_on_release", wake_on_release)
+            .field("restart_quarantine", restart_quarantine)
             .finish()
     }
 }
@@ -124,6 +127,7 @@ impl Default for RedlockBuilder {
             fencing: false,
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
             wake_on_release: true,
+            restart_quarantine: None,
         }
     }
 }
@@ -220,6 +224,26 @@ impl RedlockBuilder {
         self
     }
 
+    /// Keep a node that restarted recently out of every quorum until `period` has passed
+    /// since it started, unless it proves its data survives restarts (AOF with
+    /// `appendfsync always`). Set `period` to at least the longest TTL you lock with.
+    ///
+    /// A node that restarts without its data forgets the locks it held, and a second
+    /// owner can then win a quorum with it: the most common way Redlock loses safety in
+    /// practice (Debian's packaged service restarts at once, without AOF). The Redlock
+    /// remedy is a delayed restart; this lets the client enforce it. Each new connection
+    /// reads the node's uptime and persistence (`INFO`, `CONFIG GET appendfsync`; what
+    /// cannot be read counts as unproven).
+    ///
+    /// Defaults to off, so that a fresh set of nodes without persistence (a first run,
+    /// a test) can be locked on at once; turn it on in production unless every node
+    /// runs `appendfsync always`. A quarantined node's vote is a failure whose cause is
+    /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
+    pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
+        self.restart_quarantine = period;
+        self
+    }
+
     /// Checks the configuration and makes the manager. No connection is made here:
     /// each node connects on first use, and again after a failure, so a node that is
     /// down now is not an error.
@@ -268,7 +292,13 @@ impl RedlockBuilder {
                     }
                 ))
             })?;
-            let node = Node::new(index, client, self.node_timeout, self.connect_timeout);
+            let node = Node::new(
+                index,
+                client,
+                self.node_timeout,
+                self.connect_timeout,
+                self.restart_quarantine,
+            );
             if let Some(first) = nodes
                 .iter()
                 .position(|n: &Node| n.endpoint == node.endpoint)

@@ -225,6 +225,10 @@ pub enum NodeErrorKind {
     Redis(Arc<redis::RedisError>),
     /// The node answered, but not as Redis would (wrong type or shape).
     Protocol(String),
+    /// The node restarted recently without proof that its data survived (see
+    /// [`RedlockBuilder::restart_quarantine`](crate::RedlockBuilder::restart_quarantine));
+    /// its votes count again after this long.
+    Quarantined(Duration),
 }
 
 impl NodeError {
@@ -274,6 +278,11 @@ impl fmt::Display for NodeError {
                 write!(f, "{e}")
             }
             NodeErrorKind::Protocol(what) => write!(f, "unexpected reply: {what}"),
+            NodeErrorKind::Quarantined(left) => write!(
+                f,
+                "restarted recently without appendfsync always, so it may have lost lock \
+                 keys; it votes again in {left:?}"
+            ),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
@@ -42,6 +42,11 @@ pub(crate) struct Node {
     slot: Mutex<Slot>,
     generation: AtomicU32,
     timeouts_in_a_row: AtomicU32,
+    /// With a restart quarantine: how long after its start a node without proof that
+    /// its data survives may not vote.
+    quarantine: Option<Duration>,
+    /// Until when this node's votes do not count (set on each new connection).
+    votes_from: Arc<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for Node {
@@ -61,6 +66,7 @@ impl Node {
         client: Client,
         timeout: Duration,
         connect_timeout: Duration,
+        quarantine: Option<Duration>,
     ) -> Self {
         let info = client.get_connection_info();
         let db = info.redis_settings().db();
@@ -78,6 +84,8 @@ impl Node {
             slot: Mutex::new(Slot::Idle),
             generation: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
+            quarantine,
+            votes_from: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -126,10 +134,24 @@ impl Node {
         }
     }
 
+    /// Runs `request` once more on a new connection if the shared one turned out to be
+    /// dead (the node restarted, or closed it): every request this crate sends is
+    /// idempotent for its owner value, so a second try cannot do harm, and without it
+    /// the first request after every restart would fail.
     async fn run_unbounded(
         &self,
         request: Request<'_>,
     ) -> Result<Value, (RedisError, Option<u64>)> {
+        match self.run_once(request).await {
+            Err((e, Some(generation))) if e.is_connection_dropped() || e.is_io_error() => {
+                self.reset(Some(generation));
+                self.run_once(request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn run_once(&self, request: Request<'_>) -> Result<Value, (RedisError, Option<u64>)> {
         let (mut conn, generation) = self.connection().await.map_err(|e| {
             // A failed connect already cleared its slot.
             ((*e).clone(), None)
@@ -186,10 +208,26 @@ impl Node {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
+        let quarantine = self.quarantine;
+        let votes_from = Arc::clone(&self.votes_from);
+        let (index, endpoint) = (self.index, Arc::clone(&self.endpoint));
         let task = tokio::spawn(async move {
-            client
+            let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
-                .await
+                .await?;
+            if let Some(period) = quarantine {
+                // Read on every new connection: a restart breaks the old one, so a
+                // restarted node is always looked at again before it votes.
+                let until = quarantine_until(&mut conn, period).await;
+                if let Some(until) = until {
+                    tracing::warn!(
+                        node = index, %endpoint, remaining = ?until.saturating_duration_since(Instant::now()),
+                        "node restarted recently without proof its data survived; it does not vote until the quarantine ends"
+                    );
+                }
+                *votes_from.lock().unwrap_or_else(PoisonError::into_inner) = until;
+            }
+            Ok(conn)
         });
         async move {
             match task.await {
@@ -201,6 +239,22 @@ impl Node {
         }
         .boxed()
         .shared()
+    }
+
+    /// While the node is in restart quarantine: until when.
+    pub(crate) fn quarantined_until(&self) -> Option<Instant> {
+        let until = (*self
+            .votes_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// The error a quarantined node's vote turns into.
+    pub(crate) fn quarantine_error(&self, until: Instant) -> NodeError {
+        self.error(NodeErrorKind::Quarantined(
+            until.saturating_duration_since(Instant::now()),
+        ))
     }
 
     /// Forgets the connection of `generation` (or any connection, for `None`), so that
@@ -217,4 +271,40 @@ impl Node {
             *slot = Slot::Idle;
         }
     }
+}
+
+/// When a node may vote again, or `None` if it may now. A node may vote when it proves
+/// its data survives restarts (AOF with `appendfsync always`) or has been up at least
+/// `period`. What cannot be read (an error, an ACL that denies `CONFIG GET`) proves
+/// nothing, so the node is treated as unproven.
+async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) -> Option<Instant> {
+    let now = Instant::now();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .arg("persistence")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let aof = field("aof_enabled") == Some("1");
+    let always = if aof {
+        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async(conn)
+            .await;
+        matches!(reply.as_deref(), Ok([_, policy]) if policy == "always")
+    } else {
+        false
+    };
+    if always {
+        return None;
+    }
+    // Whole seconds, rounded down: the quarantine errs on the long side.
+    let uptime = Duration::from_secs(field("uptime_in_seconds")?.parse().ok()?);
+    period.checked_sub(uptime).map(|left| now + left)
 }

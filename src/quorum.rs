@@ -111,11 +111,11 @@ impl Tally {
 
     /// For a lost round: was it lost to another owner rather than to sick nodes?
     ///
-    /// Another owner is blamed when at least as many nodes said no as failed: with
-    /// nodes healthy that is the usual contention, and it is what a caller can act on
-    /// by waiting.
+    /// Another owner is blamed when more nodes said no than failed: with healthy nodes
+    /// that is the usual contention, which a caller can wait out. A tie goes to the
+    /// failures, whose causes the caller then gets to see.
     pub(crate) fn lost_to_owner(&self) -> bool {
-        self.no > 0 && self.no >= self.failed
+        self.no > self.failed
     }
 }
 

@@ -605,7 +605,15 @@ impl Redlock {
         let mut locked = 0usize;
         let mut outcome = None;
         while let Some((node, reply)) = replies.next().await {
+            let quarantined = inner.nodes[node].quarantined_until();
             let vote = match reply {
+                Ok(_) if quarantined.is_some() => {
+                    answered[node] = true;
+                    if let Some(until) = quarantined {
+                        causes.push(inner.nodes[node].quarantine_error(until));
+                    }
+                    Vote::Failed
+                }
                 Ok(value) => {
                     answered[node] = true;
                     match classify_acquire(&value, candidate.is_some()) {
