@@ -9,6 +9,7 @@ use redis::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, LostReason, NodeErrors};
+use crate::metrics;
 use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::redlock::{fan_out, finish_in_background, release_in_background, Inner, Op};
 
@@ -53,6 +54,7 @@ pub struct LockGuard {
     valid_until: Instant,
     ttl: Duration,
     token: Option<u64>,
+    attempts: u32,
     /// `Some` until `release` takes it; `Drop` releases only what is still here.
     held: Option<Held>,
 }
@@ -113,8 +115,26 @@ impl LockGuard {
             valid_until,
             ttl,
             token,
+            attempts: 1,
             held: Some(held),
         }
+    }
+
+    pub(crate) fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts;
+    }
+
+    /// How many attempts the acquisition took.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
+    /// assert!(guard.attempts() >= 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// The first (or only) resource.
@@ -227,6 +247,12 @@ impl LockGuard {
     /// Dropping the future leaves `valid_until` as it was; nodes that already extended
     /// keep the key longer, which is still this owner's and is released with it.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
+        let result = self.extend_inner(ttl).await;
+        metrics::extended(result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn extend_inner(&mut self, ttl: Duration) -> Result<(), Error> {
         let resource = self.resource().to_owned();
         let lost = |reason| Error::LockLost {
             resource: resource.clone(),
@@ -427,6 +453,7 @@ impl LockGuard {
             finish_in_background(replies, "release");
             tracing::debug!(?report, "released");
             let answered = report.released + report.not_held;
+            metrics::released(answered >= quorum);
             if answered >= quorum {
                 Ok(report)
             } else {

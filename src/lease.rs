@@ -200,6 +200,7 @@ impl Lease {
         }
         if !self.shared.lost.is_cancelled() {
             tracing::warn!(resource = %self.shared.resource, %reason, "lock lost");
+            crate::metrics::lost(&reason);
         }
         self.shared.lost.cancel();
     }

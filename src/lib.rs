@@ -61,6 +61,8 @@
 //! # Crate features
 //! - `harness`: the multi-node test harness, `tokio_redlock::harness` (off by default).
 //! - `tls`: `rediss://` node URLs through rustls (off by default).
+//! - `metrics`: counters and histograms through the `metrics` facade (off by default;
+//!   the names are listed in `docs/operations.md`).
 //!
 //! # What the lock does and does not promise
 //! A lock is guaranteed until [`LockGuard::valid_until`] and not a moment longer, and
@@ -80,6 +82,7 @@ mod error;
 mod fencing;
 mod guard;
 mod lease;
+mod metrics;
 mod node;
 mod quorum;
 mod redlock;

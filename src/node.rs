@@ -121,7 +121,9 @@ impl Node {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                     self.reset(generation);
                 }
-                Err(self.error(NodeErrorKind::Redis(Arc::new(e))))
+                let err = self.error(NodeErrorKind::Redis(Arc::new(e)));
+                crate::metrics::node_error(&err);
+                Err(err)
             }
             Err(_) => {
                 let n = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
@@ -129,7 +131,9 @@ impl Node {
                     self.timeouts_in_a_row.store(0, Ordering::Relaxed);
                     self.reset(None);
                 }
-                Err(self.error(NodeErrorKind::Timeout(timeout)))
+                let err = self.error(NodeErrorKind::Timeout(timeout));
+                crate::metrics::node_error(&err);
+                Err(err)
             }
         }
     }

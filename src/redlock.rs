@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::builder::{Config, RedlockBuilder};
 use crate::error::{Error, NodeError, NodeErrorKind, NodeErrors};
 use crate::guard::{Held, LockGuard};
+use crate::metrics;
 use crate::node::{Node, Request};
 use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::scripts;
@@ -163,6 +164,7 @@ pub(crate) fn release_in_background(
     value: Arc<str>,
     what: &'static str,
 ) {
+    metrics::background_release(what);
     handle.spawn(async move {
         let notify = inner.config.wake_on_release;
         let mut replies = fan_out(&inner, Arc::new(Op::release(&keys, &value, notify)));
@@ -435,9 +437,17 @@ impl Redlock {
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(resources, ttl)?;
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
-        self.lock_checked(resources, ttl_ms, retries)
+        let start = Instant::now();
+        let result = self
+            .lock_checked(resources, ttl_ms, retries)
             .instrument(span)
-            .await
+            .await;
+        let attempts = match &result {
+            Ok(guard) => guard.attempts(),
+            Err(e) => e.attempts().unwrap_or(1),
+        };
+        metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
+        result
     }
 
     async fn lock_checked(
@@ -474,8 +484,9 @@ impl Redlock {
                 .attempt(&names, &keys, fence_keys.as_deref(), ttl_ms, candidate)
                 .await;
             let err = match attempt {
-                Attempt::Won(guard) => {
+                Attempt::Won(mut guard) => {
                     tracing::debug!(attempts, "acquired");
+                    guard.set_attempts(attempts);
                     return Ok(guard);
                 }
                 Attempt::Lost {

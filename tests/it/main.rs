@@ -2,5 +2,6 @@
 
 mod core;
 mod harness;
+mod metrics;
 mod quarantine;
 mod support;
