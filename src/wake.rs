@@ -33,6 +33,22 @@ struct Channel {
 pub(crate) struct Wakeups {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     sinks: Arc<[tokio::sync::Mutex<Option<PubSubSink>>]>,
+    /// The reader tasks, stopped with the manager: a pub/sub connection is not closed
+    /// by dropping its sink.
+    readers: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        for reader in self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            reader.abort();
+        }
+    }
 }
 
 impl fmt::Debug for Wakeups {
@@ -115,6 +131,7 @@ impl Wakeups {
         Self {
             channels: Arc::new(Mutex::new(HashMap::new())),
             sinks: (0..nodes).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            readers: Mutex::new(Vec::new()),
         }
     }
 
@@ -158,7 +175,7 @@ impl Wakeups {
                 let channels = Arc::clone(&self.channels);
                 // The reader lives as long as the connection: it ends when the node
                 // closes it (the next waiter then finds the sink broken and reconnects).
-                tokio::spawn(async move {
+                let reader = tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
                         let name = msg.get_channel_name();
                         let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,6 +184,10 @@ impl Wakeups {
                         }
                     }
                 });
+                let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+                readers.retain(|r| !r.is_finished());
+                readers.push(reader.abort_handle());
+                drop(readers);
                 *slot = Some(sink);
             }
             let Some(sink) = slot.as_mut() else {

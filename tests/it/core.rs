@@ -669,3 +669,40 @@ async fn release_wakes_a_waiter_before_its_retry_delay() {
     })
     .await;
 }
+
+/// A manager that waited holds pub/sub connections; dropping it closes them.
+#[tokio::test]
+async fn dropping_a_manager_closes_its_wake_up_connections() {
+    let cluster = cluster(3).await;
+    let conns = direct(&cluster).await;
+    let clients = |conns: Vec<redis::aio::MultiplexedConnection>| async move {
+        let mut total = 0;
+        for mut c in conns {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            total += list.lines().count();
+        }
+        total
+    };
+    let holder = redlock(&cluster);
+    let held = holder.acquire("pubsub", TTL).await.unwrap();
+    let baseline = clients(conns.clone()).await;
+    let waiter = builder(&cluster).retry_count(1).build().unwrap();
+    assert!(waiter
+        .acquire("pubsub", TTL)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    // One command connection and one pub/sub connection per node.
+    assert_eq!(clients(conns.clone()).await, baseline + 6);
+    drop(waiter);
+    eventually("the manager's connections closed", || {
+        let conns = conns.clone();
+        async move { clients(conns).await == baseline }
+    })
+    .await;
+    held.release().await.unwrap();
+}
