@@ -155,3 +155,6 @@ mod tests {
         assert_eq!(gate.refusals(), 1);
     }
 }
+
+#[cfg(test)]
+mod model;
