@@ -21,6 +21,12 @@ use crate::redlock::Redlock;
 /// The least pause between two extension tries after a failure: the node timeout is
 /// tens of ms, so retrying faster would only pile requests on a sick node.
 const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// How long before `valid_until` the keep-alive gives up and declares the lock lost.
+/// tokio's timer rounds a deadline up to its next 1 ms tick and the woken task still has
+/// to be scheduled, so waking exactly at `valid_until` would declare the loss a little
+/// after it; waking 2 ms early keeps the promise "lost no later than `valid_until`"
+/// up to scheduling delay, and costs nothing but 2 ms of a lock that is being lost anyway.
+const LOSS_MARGIN: Duration = Duration::from_millis(2);
 
 /// How a keep-alive extends its lock.
 ///
@@ -140,7 +146,8 @@ impl Lease {
         self.shared.token
     }
 
-    /// Whether the lock is still guaranteed: not declared lost, and within its validity.
+    /// Whether the lock is still guaranteed: not declared lost, not released (by
+    /// [`KeptGuard::release`] or its drop), and within its validity.
     pub fn is_held(&self) -> bool {
         !self.shared.lost.is_cancelled() && Instant::now() < self.valid_until()
     }
@@ -168,7 +175,7 @@ impl Lease {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Why the lock was lost, once it was.
+    /// Why the lock was lost, once it was; `None` while it is held and after a release.
     pub fn lost_reason(&self) -> Option<LostReason> {
         self.shared
             .reason
@@ -178,8 +185,16 @@ impl Lease {
     }
 
     /// Resolves once the lock is no longer guaranteed: an extension found it gone, or no
-    /// extension succeeded before the validity ended. It resolves no later than the last
-    /// known `valid_until` (give or take the timer's granularity).
+    /// extension succeeded before the validity ended. The keep-alive gives up a couple
+    /// of milliseconds before the last known [`valid_until`](Self::valid_until), so this
+    /// resolves no later than it, up to the delay of scheduling the waiting task.
+    ///
+    /// It also resolves once the holder released the lock ([`KeptGuard::release`] or
+    /// its drop); [`lost_reason`](Self::lost_reason) then stays `None`.
+    ///
+    /// Use it with `tokio::select!` to stop work at a point of your choosing (see the
+    /// example on [`Lease`]). Without a tokio runtime nothing keeps the lock alive and
+    /// nothing resolves this; [`is_held`](Self::is_held) still turns false in time.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
@@ -201,6 +216,11 @@ impl Lease {
         if !self.shared.lost.is_cancelled() {
             tracing::warn!(resource = %self.shared.resource, %reason, "lock lost");
         }
+        self.shared.lost.cancel();
+    }
+
+    /// The holder gave the lock up: not held any more, and `lost()` waiters wake.
+    fn mark_released(&self) {
         self.shared.lost.cancel();
     }
 
@@ -247,6 +267,8 @@ impl KeptGuard {
             Some(task) => task.await.ok().flatten(),
             None => None,
         };
+        // From here on the lock is not guaranteed: the release is under way.
+        self.lease.mark_released();
         match guard {
             Some(guard) => guard.release().await,
             None => Err(self.lease.lost_error()),
@@ -260,6 +282,7 @@ impl Drop for KeptGuard {
         // the background. Aborting (by the handle's drop) does the same if it was
         // mid-extension.
         self.stop.cancel();
+        self.lease.mark_released();
     }
 }
 
@@ -322,24 +345,31 @@ async fn keep_alive_task(
     stop: CancellationToken,
 ) -> Option<LockGuard> {
     let ttl = guard.ttl();
-    let acquired_at = Instant::now();
-    let mut last_ok = acquired_at;
-    let mut next = last_ok + ttl.mul_f64(options.extend_after);
+    // The acquisition started at `valid_until − (ttl − drift)`; `valid_until − ttl` is a
+    // little earlier, so counting the hold time and the first extension from it errs on
+    // the early side without needing the drift here.
+    let acquired_at = guard
+        .valid_until()
+        .checked_sub(ttl)
+        .unwrap_or_else(Instant::now);
+    let mut next = acquired_at + ttl.mul_f64(options.extend_after);
     let mut capped = false;
     loop {
-        let valid_until = guard.valid_until();
-        // Wake to extend, to stop, or at the end of validity, whichever comes first.
+        let give_up_at = give_up_at(&guard);
+        // Wake to extend, to stop, or when the validity ends, whichever comes first.
         let wake = if capped {
-            valid_until
+            give_up_at
         } else {
-            next.min(valid_until)
+            next.min(give_up_at)
         };
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        if Instant::now() >= guard.valid_until() {
+        // No extension is sent once the local validity has (nearly) ended: a quorum
+        // reached now could not be told from one that came too late.
+        if Instant::now() >= give_up_at {
             lease.declare_lost(if capped {
                 LostReason::CapReached
             } else {
@@ -361,8 +391,10 @@ async fn keep_alive_task(
             capped = true;
             continue;
         }
-        // Never past the local validity: the extension is abandoned at `valid_until`.
-        let deadline = guard.valid_until();
+        // Never past the local validity: the extension is abandoned when it ends, and
+        // the lock declared lost. Abandoning never deletes: nodes that extended keep
+        // this owner's key a little longer, and the guard's release removes it.
+        let deadline = give_up_at;
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
@@ -370,8 +402,7 @@ async fn keep_alive_task(
         };
         match result {
             Ok(Ok(())) => {
-                last_ok = Instant::now();
-                next = last_ok + ttl.mul_f64(options.extend_after);
+                next = Instant::now() + ttl.mul_f64(options.extend_after);
                 *lease
                     .shared
                     .valid_until
@@ -389,6 +420,8 @@ async fn keep_alive_task(
                 return None;
             }
             Ok(Err(e)) => {
+                // NoQuorum (nodes down or slow) or Expired (a quorum too late): the lock
+                // may still stand, so nothing is deleted and the next try comes soon.
                 tracing::warn!(error = %e, "extension failed; trying again before the validity ends");
                 // Retry soon, a few times before the validity ends.
                 let pause = (ttl / 10).max(MIN_RETRY_PAUSE);
@@ -402,17 +435,63 @@ async fn keep_alive_task(
     }
 }
 
+/// The instant the keep-alive treats as the end of `guard`'s validity (see [`LOSS_MARGIN`]).
+fn give_up_at(guard: &LockGuard) -> Instant {
+    let valid_until = guard.valid_until();
+    valid_until.checked_sub(LOSS_MARGIN).unwrap_or(valid_until)
+}
+
 impl Redlock {
     /// Runs `work` while holding the lock on `resource`, kept alive in the background,
     /// and releases it when `work` ends.
     ///
     /// The lock is acquired with the manager's retries and extended each time a third
-    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)). If it cannot
-    /// be extended before its validity ends, `work` is **dropped** and this returns
-    /// [`Error::LockLost`]. Dropping a future is cancellation at whatever `.await` it was
-    /// suspended on: code between two awaits still runs to the next one. For work that
-    /// must stop at a point of its own choosing, select on [`Lease::lost`] (see the
-    /// example on [`Lease`]) and check [`Lease::is_held`] before each irreversible step.
+    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)); each extension
+    /// counts its validity from its own start. It is released when `work` finishes, when
+    /// it panics, and when this future is dropped.
+    ///
+    /// # When the lock is lost
+    /// If no extension succeeds before the validity ends (or the nodes say the lock is
+    /// gone), `work` is **dropped** and this returns [`Error::LockLost`], no later than
+    /// the last [`Lease::valid_until`] up to scheduling delay.
+    ///
+    /// Dropping a future is cancellation *at the `.await` it is suspended on*: nothing
+    /// interrupts code that is running between two awaits, so a step that started while
+    /// the lock was held runs on to its next await, and whatever state it left half
+    /// done stays that way. A long CPU-bound stretch or a blocking call is not stopped
+    /// at all. Work that must stop at a point of its own choosing should watch
+    /// [`Lease::lost`] itself, with `tokio::select!`, and check [`Lease::is_held`]
+    /// before each irreversible step; storage that must refuse a paused holder should
+    /// check the fencing token (see [`FenceGate`](crate::FenceGate)).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn copy_batch(_: usize) {}
+    /// # async fn commit(_: Option<u64>) {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let copied = redlock
+    ///     .with_lock("import:daily", Duration::from_secs(5), |lease| async move {
+    ///         let mut done = 0;
+    ///         for batch in 0..1_000 {
+    ///             tokio::select! {
+    ///                 // Checked first: stop between batches, never inside one.
+    ///                 biased;
+    ///                 _ = lease.lost() => break,
+    ///                 _ = copy_batch(batch) => done += 1,
+    ///             }
+    ///         }
+    ///         if lease.is_held() {
+    ///             commit(lease.fencing_token()).await;
+    ///         }
+    ///         done
+    ///     })
+    ///     .await?;
+    /// # let _ = copied;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A plain use:
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -434,12 +513,14 @@ impl Redlock {
     /// is done, and the lock expires with its TTL.
     ///
     /// # Panics
-    /// Never itself. If `work` panics, the panic goes on to the caller and the lock is
-    /// released in the background.
+    /// Never itself. If `work` panics, the panic goes on to the caller (to the
+    /// `JoinHandle` when this runs in a spawned task) and, while it unwinds, the
+    /// keep-alive is stopped and the lock released in the background.
     ///
     /// # Cancel safety
-    /// Dropping this future drops `work`, stops the keep-alive and releases the lock in
-    /// the background.
+    /// Dropping this future (a `timeout`, a `select!` that took another branch, an
+    /// aborted task) drops `work`, stops the keep-alive and releases the lock in the
+    /// background; while it is still acquiring, what the attempt set is undone.
     pub async fn with_lock<F, Fut, T>(
         &self,
         resource: &str,
