@@ -1,4 +1,4 @@
-//! Keep-alive: [`Lease`], [`KeptGuard`] and [`Redlock::with_lock`].
+//! Keep-alive: [`Lease`], [`KeptGuard`] and [`Redlock::with_lock`](crate::Redlock::with_lock).
 //!
 //! A background task owns the [`LockGuard`] and extends it before it runs out. Each
 //! extension counts its validity from its own start; none is sent once the local
@@ -6,7 +6,6 @@
 //! succeeded in time the lease is declared lost no later than its last known validity.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,8 @@ use tracing::Instrument;
 
 use crate::error::{Error, LostReason};
 use crate::guard::LockGuard;
-use crate::redlock::Redlock;
+
+mod with_lock;
 
 /// The least pause between two extension tries after a failure: the node timeout is
 /// tens of ms, so retrying faster would only pile requests on a sick node.
@@ -61,6 +61,11 @@ impl Default for LeaseOptions {
 impl LeaseOptions {
     /// Extend once this fraction of the ttl has passed since the last successful
     /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default().extend_after(0.5);
+    /// # let _ = opts;
+    /// ```
     pub fn extend_after(mut self, fraction: f64) -> Self {
         self.extend_after = if fraction.is_nan() {
             1.0 / 3.0
@@ -73,6 +78,12 @@ impl LeaseOptions {
     /// Stop extending once the lock has been held this long in all; the lease is then
     /// lost when its validity ends ([`LostReason::CapReached`]). Redlock's liveness
     /// argument assumes holders do not keep a lock forever. Defaults to unlimited.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default()
+    ///     .max_hold(Some(std::time::Duration::from_secs(300)));
+    /// # let _ = opts;
+    /// ```
     pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
         self.max_hold = cap;
         self
@@ -80,6 +91,11 @@ impl LeaseOptions {
 
     /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
     /// unlimited.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default().max_extensions(Some(10));
+    /// # let _ = opts;
+    /// ```
     pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
         self.max_extensions = cap;
         self
@@ -137,22 +153,61 @@ impl fmt::Debug for Lease {
 
 impl Lease {
     /// The resource (the first one, for several).
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.resource(), "job:1");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resource(&self) -> &str {
         &self.shared.resource
     }
 
     /// The fencing token of the acquisition; extensions keep it.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// let token = lease.fencing_token(); // Some(..) with `fencing(true)`
+    /// # let _ = token;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.shared.token
     }
 
     /// Whether the lock is still guaranteed: not declared lost, not released (by
     /// [`KeptGuard::release`] or its drop), and within its validity.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// if lease.is_held() {
+    ///     // the irreversible step
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_held(&self) -> bool {
         !self.shared.lost.is_cancelled() && Instant::now() < self.valid_until()
     }
 
     /// Until when the lock is guaranteed, as of the last successful extension.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert!(lease.valid_until() > std::time::Instant::now());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn valid_until(&self) -> Instant {
         *self
             .shared
@@ -162,11 +217,29 @@ impl Lease {
     }
 
     /// How much of the validity is left; zero once it has run out.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert!(lease.remaining_validity() <= std::time::Duration::from_secs(3));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remaining_validity(&self) -> Duration {
         self.valid_until().saturating_duration_since(Instant::now())
     }
 
     /// How many extensions have succeeded.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.extensions(), 0); // none yet, just after acquiring
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn extensions(&self) -> u32 {
         *self
             .shared
@@ -176,6 +249,15 @@ impl Lease {
     }
 
     /// Why the lock was lost, once it was; `None` while it is held and after a release.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.lost_reason(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lost_reason(&self) -> Option<LostReason> {
         self.shared
             .reason
@@ -198,6 +280,16 @@ impl Lease {
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// lease.lost().await;
+    /// assert!(!lease.is_held());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn lost(&self) {
         self.shared.lost.cancelled().await;
     }
@@ -252,11 +344,29 @@ impl fmt::Debug for KeptGuard {
 
 impl KeptGuard {
     /// The lease: token, state, and the `lost()` signal.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// let lease = kept.lease().clone(); // hand it to whoever must watch the lock
+    /// # let _ = lease;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 
     /// Stops the keep-alive and releases the lock.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// // ... the work ...
+    /// kept.release().await?; // Err(LockLost) if it was lost meanwhile
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::LockLost`] if the lock had been lost before; otherwise as for
@@ -310,6 +420,22 @@ impl LockGuard {
     }
 
     /// Like [`keep_alive`](Self::keep_alive), with options.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tokio_redlock::LeaseOptions;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock
+    ///     .acquire("job:1", Duration::from_secs(3))
+    ///     .await?
+    ///     .keep_alive_with(LeaseOptions::default().max_hold(Some(Duration::from_secs(60))));
+    /// # kept.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// Never; see [`keep_alive`](Self::keep_alive).
     pub fn keep_alive_with(self, options: LeaseOptions) -> KeptGuard {
         let lease = Lease {
             shared: Arc::new(Shared {
@@ -441,135 +567,55 @@ fn give_up_at(guard: &LockGuard) -> Instant {
     valid_until.checked_sub(LOSS_MARGIN).unwrap_or(valid_until)
 }
 
-impl Redlock {
-    /// Runs `work` while holding the lock on `resource`, kept alive in the background,
-    /// and releases it when `work` ends.
-    ///
-    /// The lock is acquired with the manager's retries and extended each time a third
-    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)); each extension
-    /// counts its validity from its own start. It is released when `work` finishes, when
-    /// it panics, and when this future is dropped.
-    ///
-    /// # When the lock is lost
-    /// If no extension succeeds before the validity ends (or the nodes say the lock is
-    /// gone), `work` is **dropped** and this returns [`Error::LockLost`], no later than
-    /// the last [`Lease::valid_until`] up to scheduling delay.
-    ///
-    /// Dropping a future is cancellation *at the `.await` it is suspended on*: nothing
-    /// interrupts code that is running between two awaits, so a step that started while
-    /// the lock was held runs on to its next await, and whatever state it left half
-    /// done stays that way. A long CPU-bound stretch or a blocking call is not stopped
-    /// at all. Work that must stop at a point of its own choosing should watch
-    /// [`Lease::lost`] itself, with `tokio::select!`, and check [`Lease::is_held`]
-    /// before each irreversible step; storage that must refuse a paused holder should
-    /// check the fencing token (see [`FenceGate`](crate::FenceGate)).
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn copy_batch(_: usize) {}
-    /// # async fn commit(_: Option<u64>) {}
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let copied = redlock
-    ///     .with_lock("import:daily", Duration::from_secs(5), |lease| async move {
-    ///         let mut done = 0;
-    ///         for batch in 0..1_000 {
-    ///             tokio::select! {
-    ///                 // Checked first: stop between batches, never inside one.
-    ///                 biased;
-    ///                 _ = lease.lost() => break,
-    ///                 _ = copy_batch(batch) => done += 1,
-    ///             }
-    ///         }
-    ///         if lease.is_held() {
-    ///             commit(lease.fencing_token()).await;
-    ///         }
-    ///         done
-    ///     })
-    ///     .await?;
-    /// # let _ = copied;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// A plain use:
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn charge(_: Option<u64>) -> u64 { 7 }
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let receipt = redlock
-    ///     .with_lock("payment:42", Duration::from_secs(5), |lease| async move {
-    ///         charge(lease.fencing_token()).await
-    ///     })
-    ///     .await?;
-    /// # let _ = receipt;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// What [`acquire`](Self::acquire) returns; [`Error::LockLost`] when the lock was lost
-    /// while `work` ran. A failed release at the end is logged, not returned: the work
-    /// is done, and the lock expires with its TTL.
-    ///
-    /// # Panics
-    /// Never itself. If `work` panics, the panic goes on to the caller (to the
-    /// `JoinHandle` when this runs in a spawned task) and, while it unwinds, the
-    /// keep-alive is stopped and the lock released in the background.
-    ///
-    /// # Cancel safety
-    /// Dropping this future (a `timeout`, a `select!` that took another branch, an
-    /// aborted task) drops `work`, stops the keep-alive and releases the lock in the
-    /// background; while it is still acquiring, what the attempt set is undone.
-    pub async fn with_lock<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        self.with_lock_opts(resource, ttl, LeaseOptions::default(), work)
-            .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redlock::Redlock;
+
+    #[test]
+    fn options_default_to_a_third_and_no_cap() {
+        let o = LeaseOptions::default();
+        assert!((o.extend_after - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(o.max_hold, None);
+        assert_eq!(o.max_extensions, None);
     }
 
-    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`].
-    ///
-    /// # Errors
-    /// As for [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel safety
-    /// As for [`with_lock`](Self::with_lock).
-    pub async fn with_lock_opts<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        options: LeaseOptions,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
+    #[test]
+    fn extend_after_is_clamped_and_nan_means_default() {
+        assert_eq!(LeaseOptions::default().extend_after(0.0).extend_after, 0.05);
+        assert_eq!(LeaseOptions::default().extend_after(2.0).extend_after, 0.9);
+        assert_eq!(LeaseOptions::default().extend_after(0.5).extend_after, 0.5);
+        let nan = LeaseOptions::default().extend_after(f64::NAN).extend_after;
+        assert!((nan - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn keep_alive_without_a_runtime_neither_panics_nor_holds_past_validity() {
+        // No server and no runtime: the guard is made straight from its parts.
+        let redlock = Redlock::builder()
+            .node("redis://127.0.0.1:1")
+            .build()
+            .unwrap();
+        let guard = LockGuard::new(
+            Arc::from(vec!["r".to_owned()]),
+            Instant::now() + Duration::from_millis(20),
+            Duration::from_millis(30),
+            None,
+            crate::guard::Held {
+                inner: Arc::clone(&redlock.inner),
+                keys: Arc::from(vec!["r".to_owned()]),
+                value: Arc::from("v"),
+                handle: None,
+            },
+        );
+        let kept = guard.keep_alive();
         let lease = kept.lease().clone();
-        let work = work(lease.clone());
-        tokio::select! {
-            // The loss is checked first: a lock lost at the same moment the work ends
-            // is reported as lost, since the work's end was not protected.
-            biased;
-            _ = lease.lost() => Err(lease.lost_error()),
-            out = work => {
-                if let Err(e) = kept.release().await {
-                    if e.is_lock_lost() {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
-                }
-                Ok(out)
-            }
-        }
+        assert!(lease.is_held());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(
+            !lease.is_held(),
+            "held past its validity with nothing extending it"
+        );
+        drop(kept);
     }
 }
