@@ -13,9 +13,13 @@ use crate::support::*;
 
 const TTL: Duration = Duration::from_secs(5);
 
+/// A fenced manager. Tokens are about order, not time, so it is patient: a slow node
+/// on a loaded CI box must not turn a test of ordering into a flaky test of latency.
 fn fenced(cluster: &Cluster) -> Redlock {
     builder(cluster)
         .fencing(true)
+        .node_timeout(Duration::from_secs(1))
+        .retry_count(20)
         .build()
         .expect("valid config")
 }
@@ -50,22 +54,19 @@ async fn tokens_strictly_increase_across_managers() {
         assert!(token > last, "token {token} after {last} (acquisition {i})");
         last = token;
     }
-    // The counter stays behind on every node: no ttl, not deleted by release, and at
-    // the last token (stragglers' writes land in the background).
-    let expect = last.to_string();
-    eventually("counters at the last token", || {
-        let cluster = &cluster;
-        let expect = expect.clone();
-        async move {
-            counters(cluster, "fence:many:fence")
-                .await
-                .iter()
-                .all(|(v, _)| v.as_deref() == Some(expect.as_str()))
+    // The counter stays behind: no ttl, not deleted by release; a quorum holds the last
+    // token (a straggler that timed out may leave a node behind), and none is above it.
+    let found = counters(&cluster, "fence:many:fence").await;
+    let at_last = found
+        .iter()
+        .filter(|(v, _)| v.as_deref() == Some(last.to_string().as_str()))
+        .count();
+    assert!(at_last >= 2, "{found:?}");
+    for (v, pttl) in &found {
+        if let Some(v) = v {
+            assert!(v.parse::<u64>().unwrap() <= last, "{found:?}");
+            assert_eq!(*pttl, -1, "the counter must never expire");
         }
-    })
-    .await;
-    for (_, pttl) in counters(&cluster, "fence:many:fence").await {
-        assert_eq!(pttl, -1, "the counter must never expire");
     }
     // A manager without fencing hands out no token.
     let plain = bounded(redlock(&cluster).acquire("fence:plain", TTL))
@@ -99,6 +100,8 @@ async fn tokens_survive_a_crash_of_every_node_with_aof_always() {
     for _ in 0..10 {
         last = token_of(&before, "fence:crash").await;
     }
+    // As in the rolling test: no lock key comes back from the AOF to wait out.
+    eventually_gone(&cluster, "fence:crash").await;
     // The counter must be on disk on every node before the crash: it was fsynced
     // with the write, so killing at once loses nothing.
     for i in 0..cluster.len() {
@@ -130,6 +133,10 @@ async fn one_node_restarting_keeps_tokens_increasing() {
         let node = cluster.node(round);
         for i in 0..6 {
             if i == 3 {
+                // Let the last release land everywhere first: a release cut off by the
+                // crash would come back from the AOF as a held lock (safe, but it would
+                // make this a test of waiting out its ttl).
+                eventually_gone(&cluster, "fence:rolling").await;
                 node.kill().await.unwrap();
                 node.restart().await.unwrap();
             }
