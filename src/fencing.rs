@@ -67,6 +67,11 @@ impl fmt::Debug for FenceGate {
 
 impl FenceGate {
     /// An empty gate.
+    ///
+    /// ```
+    /// let gate = tokio_redlock::FenceGate::new();
+    /// assert_eq!(gate.refusals(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -76,6 +81,15 @@ impl FenceGate {
     ///
     /// # Errors
     /// [`StaleToken`] if a higher token was seen before; the refusal is counted.
+    ///
+    /// ```
+    /// # let gate = tokio_redlock::FenceGate::new();
+    /// # let token = 1;
+    /// // Before each read or write of the protected resource:
+    /// if let Err(stale) = gate.check("payment:1", token) {
+    ///     eprintln!("{stale}"); // refuse the request
+    /// }
+    /// ```
     pub fn check(&self, resource: &str, token: u64) -> Result<(), StaleToken> {
         let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
         let mark = marks.entry(resource.to_owned()).or_insert(0);
@@ -92,6 +106,13 @@ impl FenceGate {
     }
 
     /// The high-water mark of `resource`, if any token was seen for it.
+    ///
+    /// ```
+    /// let gate = tokio_redlock::FenceGate::new();
+    /// gate.check("payment:1", 4).unwrap();
+    /// assert_eq!(gate.high_water("payment:1"), Some(4));
+    /// assert_eq!(gate.high_water("payment:2"), None);
+    /// ```
     pub fn high_water(&self, resource: &str) -> Option<u64> {
         self.marks
             .lock()
@@ -101,6 +122,13 @@ impl FenceGate {
     }
 
     /// How many checks were refused.
+    ///
+    /// ```
+    /// let gate = tokio_redlock::FenceGate::new();
+    /// gate.check("payment:1", 4).unwrap();
+    /// assert!(gate.check("payment:1", 3).is_err());
+    /// assert_eq!(gate.refusals(), 1);
+    /// ```
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
     }
@@ -155,3 +183,6 @@ mod tests {
         assert_eq!(gate.refusals(), 1);
     }
 }
+
+#[cfg(test)]
+mod model;

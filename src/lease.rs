@@ -1,4 +1,4 @@
-//! Keep-alive: [`Lease`], [`KeptGuard`] and [`Redlock::with_lock`].
+//! Keep-alive: [`Lease`], [`KeptGuard`] and [`Redlock::with_lock`](crate::Redlock::with_lock).
 //!
 //! A background task owns the [`LockGuard`] and extends it before it runs out. Each
 //! extension counts its validity from its own start; none is sent once the local
@@ -6,7 +6,6 @@
 //! succeeded in time the lease is declared lost no later than its last known validity.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,18 @@ use tracing::Instrument;
 
 use crate::error::{Error, LostReason};
 use crate::guard::LockGuard;
-use crate::redlock::Redlock;
+
+mod with_lock;
 
 /// The least pause between two extension tries after a failure: the node timeout is
 /// tens of ms, so retrying faster would only pile requests on a sick node.
 const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// How long before `valid_until` the keep-alive gives up and declares the lock lost.
+/// tokio's timer rounds a deadline up to its next 1 ms tick and the woken task still has
+/// to be scheduled, so waking exactly at `valid_until` would declare the loss a little
+/// after it; waking 2 ms early keeps the promise "lost no later than `valid_until`"
+/// up to scheduling delay, and costs nothing but 2 ms of a lock that is being lost anyway.
+const LOSS_MARGIN: Duration = Duration::from_millis(2);
 
 /// How a keep-alive extends its lock.
 ///
@@ -55,6 +61,11 @@ impl Default for LeaseOptions {
 impl LeaseOptions {
     /// Extend once this fraction of the ttl has passed since the last successful
     /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default().extend_after(0.5);
+    /// # let _ = opts;
+    /// ```
     pub fn extend_after(mut self, fraction: f64) -> Self {
         self.extend_after = if fraction.is_nan() {
             1.0 / 3.0
@@ -67,6 +78,12 @@ impl LeaseOptions {
     /// Stop extending once the lock has been held this long in all; the lease is then
     /// lost when its validity ends ([`LostReason::CapReached`]). Redlock's liveness
     /// argument assumes holders do not keep a lock forever. Defaults to unlimited.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default()
+    ///     .max_hold(Some(std::time::Duration::from_secs(300)));
+    /// # let _ = opts;
+    /// ```
     pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
         self.max_hold = cap;
         self
@@ -74,6 +91,11 @@ impl LeaseOptions {
 
     /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
     /// unlimited.
+    ///
+    /// ```
+    /// let opts = tokio_redlock::LeaseOptions::default().max_extensions(Some(10));
+    /// # let _ = opts;
+    /// ```
     pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
         self.max_extensions = cap;
         self
@@ -131,21 +153,61 @@ impl fmt::Debug for Lease {
 
 impl Lease {
     /// The resource (the first one, for several).
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.resource(), "job:1");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resource(&self) -> &str {
         &self.shared.resource
     }
 
     /// The fencing token of the acquisition; extensions keep it.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// let token = lease.fencing_token(); // Some(..) with `fencing(true)`
+    /// # let _ = token;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.shared.token
     }
 
-    /// Whether the lock is still guaranteed: not declared lost, and within its validity.
+    /// Whether the lock is still guaranteed: not declared lost, not released (by
+    /// [`KeptGuard::release`] or its drop), and within its validity.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// if lease.is_held() {
+    ///     // the irreversible step
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_held(&self) -> bool {
         !self.shared.lost.is_cancelled() && Instant::now() < self.valid_until()
     }
 
     /// Until when the lock is guaranteed, as of the last successful extension.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert!(lease.valid_until() > std::time::Instant::now());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn valid_until(&self) -> Instant {
         *self
             .shared
@@ -155,11 +217,29 @@ impl Lease {
     }
 
     /// How much of the validity is left; zero once it has run out.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert!(lease.remaining_validity() <= std::time::Duration::from_secs(3));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remaining_validity(&self) -> Duration {
         self.valid_until().saturating_duration_since(Instant::now())
     }
 
     /// How many extensions have succeeded.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.extensions(), 0); // none yet, just after acquiring
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn extensions(&self) -> u32 {
         *self
             .shared
@@ -168,7 +248,16 @@ impl Lease {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Why the lock was lost, once it was.
+    /// Why the lock was lost, once it was; `None` while it is held and after a release.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// assert_eq!(lease.lost_reason(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lost_reason(&self) -> Option<LostReason> {
         self.shared
             .reason
@@ -178,11 +267,29 @@ impl Lease {
     }
 
     /// Resolves once the lock is no longer guaranteed: an extension found it gone, or no
-    /// extension succeeded before the validity ended. It resolves no later than the last
-    /// known `valid_until` (give or take the timer's granularity).
+    /// extension succeeded before the validity ended. The keep-alive gives up a couple
+    /// of milliseconds before the last known [`valid_until`](Self::valid_until), so this
+    /// resolves no later than it, up to the delay of scheduling the waiting task.
+    ///
+    /// It also resolves once the holder released the lock ([`KeptGuard::release`] or
+    /// its drop); [`lost_reason`](Self::lost_reason) then stays `None`.
+    ///
+    /// Use it with `tokio::select!` to stop work at a point of your choosing (see the
+    /// example on [`Lease`]). Without a tokio runtime nothing keeps the lock alive and
+    /// nothing resolves this; [`is_held`](Self::is_held) still turns false in time.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// # let lease = kept.lease();
+    /// lease.lost().await;
+    /// assert!(!lease.is_held());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn lost(&self) {
         self.shared.lost.cancelled().await;
     }
@@ -202,6 +309,11 @@ impl Lease {
             tracing::warn!(resource = %self.shared.resource, %reason, "lock lost");
             crate::metrics::lost(&reason);
         }
+        self.shared.lost.cancel();
+    }
+
+    /// The holder gave the lock up: not held any more, and `lost()` waiters wake.
+    fn mark_released(&self) {
         self.shared.lost.cancel();
     }
 
@@ -233,11 +345,29 @@ impl fmt::Debug for KeptGuard {
 
 impl KeptGuard {
     /// The lease: token, state, and the `lost()` signal.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// let lease = kept.lease().clone(); // hand it to whoever must watch the lock
+    /// # let _ = lease;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 
     /// Stops the keep-alive and releases the lock.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// // ... the work ...
+    /// kept.release().await?; // Err(LockLost) if it was lost meanwhile
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::LockLost`] if the lock had been lost before; otherwise as for
@@ -248,6 +378,8 @@ impl KeptGuard {
             Some(task) => task.await.ok().flatten(),
             None => None,
         };
+        // From here on the lock is not guaranteed: the release is under way.
+        self.lease.mark_released();
         match guard {
             Some(guard) => guard.release().await,
             None => Err(self.lease.lost_error()),
@@ -261,6 +393,7 @@ impl Drop for KeptGuard {
         // the background. Aborting (by the handle's drop) does the same if it was
         // mid-extension.
         self.stop.cancel();
+        self.lease.mark_released();
     }
 }
 
@@ -288,6 +421,22 @@ impl LockGuard {
     }
 
     /// Like [`keep_alive`](Self::keep_alive), with options.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tokio_redlock::LeaseOptions;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock
+    ///     .acquire("job:1", Duration::from_secs(3))
+    ///     .await?
+    ///     .keep_alive_with(LeaseOptions::default().max_hold(Some(Duration::from_secs(60))));
+    /// # kept.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// Never; see [`keep_alive`](Self::keep_alive).
     pub fn keep_alive_with(self, options: LeaseOptions) -> KeptGuard {
         let lease = Lease {
             shared: Arc::new(Shared {
@@ -323,24 +472,31 @@ async fn keep_alive_task(
     stop: CancellationToken,
 ) -> Option<LockGuard> {
     let ttl = guard.ttl();
-    let acquired_at = Instant::now();
-    let mut last_ok = acquired_at;
-    let mut next = last_ok + ttl.mul_f64(options.extend_after);
+    // The acquisition started at `valid_until − (ttl − drift)`; `valid_until − ttl` is a
+    // little earlier, so counting the hold time and the first extension from it errs on
+    // the early side without needing the drift here.
+    let acquired_at = guard
+        .valid_until()
+        .checked_sub(ttl)
+        .unwrap_or_else(Instant::now);
+    let mut next = acquired_at + ttl.mul_f64(options.extend_after);
     let mut capped = false;
     loop {
-        let valid_until = guard.valid_until();
-        // Wake to extend, to stop, or at the end of validity, whichever comes first.
+        let give_up_at = give_up_at(&guard);
+        // Wake to extend, to stop, or when the validity ends, whichever comes first.
         let wake = if capped {
-            valid_until
+            give_up_at
         } else {
-            next.min(valid_until)
+            next.min(give_up_at)
         };
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        if Instant::now() >= guard.valid_until() {
+        // No extension is sent once the local validity has (nearly) ended: a quorum
+        // reached now could not be told from one that came too late.
+        if Instant::now() >= give_up_at {
             lease.declare_lost(if capped {
                 LostReason::CapReached
             } else {
@@ -362,8 +518,10 @@ async fn keep_alive_task(
             capped = true;
             continue;
         }
-        // Never past the local validity: the extension is abandoned at `valid_until`.
-        let deadline = guard.valid_until();
+        // Never past the local validity: the extension is abandoned when it ends, and
+        // the lock declared lost. Abandoning never deletes: nodes that extended keep
+        // this owner's key a little longer, and the guard's release removes it.
+        let deadline = give_up_at;
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
@@ -371,8 +529,7 @@ async fn keep_alive_task(
         };
         match result {
             Ok(Ok(())) => {
-                last_ok = Instant::now();
-                next = last_ok + ttl.mul_f64(options.extend_after);
+                next = Instant::now() + ttl.mul_f64(options.extend_after);
                 *lease
                     .shared
                     .valid_until
@@ -390,6 +547,8 @@ async fn keep_alive_task(
                 return None;
             }
             Ok(Err(e)) => {
+                // NoQuorum (nodes down or slow) or Expired (a quorum too late): the lock
+                // may still stand, so nothing is deleted and the next try comes soon.
                 tracing::warn!(error = %e, "extension failed; trying again before the validity ends");
                 // Retry soon, a few times before the validity ends.
                 let pause = (ttl / 10).max(MIN_RETRY_PAUSE);
@@ -403,93 +562,61 @@ async fn keep_alive_task(
     }
 }
 
-impl Redlock {
-    /// Runs `work` while holding the lock on `resource`, kept alive in the background,
-    /// and releases it when `work` ends.
-    ///
-    /// The lock is acquired with the manager's retries and extended each time a third
-    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)). If it cannot
-    /// be extended before its validity ends, `work` is **dropped** and this returns
-    /// [`Error::LockLost`]. Dropping a future is cancellation at whatever `.await` it was
-    /// suspended on: code between two awaits still runs to the next one. For work that
-    /// must stop at a point of its own choosing, select on [`Lease::lost`] (see the
-    /// example on [`Lease`]) and check [`Lease::is_held`] before each irreversible step.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn charge(_: Option<u64>) -> u64 { 7 }
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let receipt = redlock
-    ///     .with_lock("payment:42", Duration::from_secs(5), |lease| async move {
-    ///         charge(lease.fencing_token()).await
-    ///     })
-    ///     .await?;
-    /// # let _ = receipt;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// What [`acquire`](Self::acquire) returns; [`Error::LockLost`] when the lock was lost
-    /// while `work` ran. A failed release at the end is logged, not returned: the work
-    /// is done, and the lock expires with its TTL.
-    ///
-    /// # Panics
-    /// Never itself. If `work` panics, the panic goes on to the caller and the lock is
-    /// released in the background.
-    ///
-    /// # Cancel safety
-    /// Dropping this future drops `work`, stops the keep-alive and releases the lock in
-    /// the background.
-    pub async fn with_lock<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        self.with_lock_opts(resource, ttl, LeaseOptions::default(), work)
-            .await
+/// The instant the keep-alive treats as the end of `guard`'s validity (see [`LOSS_MARGIN`]).
+fn give_up_at(guard: &LockGuard) -> Instant {
+    let valid_until = guard.valid_until();
+    valid_until.checked_sub(LOSS_MARGIN).unwrap_or(valid_until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redlock::Redlock;
+
+    #[test]
+    fn options_default_to_a_third_and_no_cap() {
+        let o = LeaseOptions::default();
+        assert!((o.extend_after - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(o.max_hold, None);
+        assert_eq!(o.max_extensions, None);
     }
 
-    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`].
-    ///
-    /// # Errors
-    /// As for [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel safety
-    /// As for [`with_lock`](Self::with_lock).
-    pub async fn with_lock_opts<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        options: LeaseOptions,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
+    #[test]
+    fn extend_after_is_clamped_and_nan_means_default() {
+        assert_eq!(LeaseOptions::default().extend_after(0.0).extend_after, 0.05);
+        assert_eq!(LeaseOptions::default().extend_after(2.0).extend_after, 0.9);
+        assert_eq!(LeaseOptions::default().extend_after(0.5).extend_after, 0.5);
+        let nan = LeaseOptions::default().extend_after(f64::NAN).extend_after;
+        assert!((nan - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn keep_alive_without_a_runtime_neither_panics_nor_holds_past_validity() {
+        // No server and no runtime: the guard is made straight from its parts.
+        let redlock = Redlock::builder()
+            .node("redis://127.0.0.1:1")
+            .build()
+            .unwrap();
+        let guard = LockGuard::new(
+            Arc::from(vec!["r".to_owned()]),
+            Instant::now() + Duration::from_millis(20),
+            Duration::from_millis(30),
+            None,
+            crate::guard::Held {
+                inner: Arc::clone(&redlock.inner),
+                keys: Arc::from(vec!["r".to_owned()]),
+                value: Arc::from("v"),
+                handle: None,
+            },
+        );
+        let kept = guard.keep_alive();
         let lease = kept.lease().clone();
-        let work = work(lease.clone());
-        tokio::select! {
-            // The loss is checked first: a lock lost at the same moment the work ends
-            // is reported as lost, since the work's end was not protected.
-            biased;
-            _ = lease.lost() => Err(lease.lost_error()),
-            out = work => {
-                if let Err(e) = kept.release().await {
-                    if e.is_lock_lost() {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
-                }
-                Ok(out)
-            }
-        }
+        assert!(lease.is_held());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(
+            !lease.is_held(),
+            "held past its validity with nothing extending it"
+        );
+        drop(kept);
     }
 }

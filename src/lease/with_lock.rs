@@ -1,0 +1,157 @@
+//! [`Redlock::with_lock`]: scoped work under a lock kept alive in the background.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{Lease, LeaseOptions};
+use crate::error::Error;
+use crate::redlock::Redlock;
+
+impl Redlock {
+    /// Runs `work` while holding the lock on `resource`, kept alive in the background,
+    /// and releases it when `work` ends.
+    ///
+    /// The lock is acquired with the manager's retries and extended each time a third
+    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)); each extension
+    /// counts its validity from its own start. It is released when `work` finishes, when
+    /// it panics, and when this future is dropped.
+    ///
+    /// # When the lock is lost
+    /// If no extension succeeds before the validity ends (or the nodes say the lock is
+    /// gone), `work` is **dropped** and this returns [`Error::LockLost`], no later than
+    /// the last [`Lease::valid_until`] up to scheduling delay.
+    ///
+    /// Dropping a future is cancellation *at the `.await` it is suspended on*: nothing
+    /// interrupts code that is running between two awaits, so a step that started while
+    /// the lock was held runs on to its next await, and whatever state it left half
+    /// done stays that way. A long CPU-bound stretch or a blocking call is not stopped
+    /// at all. Work that must stop at a point of its own choosing should watch
+    /// [`Lease::lost`] itself, with `tokio::select!`, and check [`Lease::is_held`]
+    /// before each irreversible step; storage that must refuse a paused holder should
+    /// check the fencing token (see [`FenceGate`](crate::FenceGate)).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn copy_batch(_: usize) {}
+    /// # async fn commit(_: Option<u64>) {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let copied = redlock
+    ///     .with_lock("import:daily", Duration::from_secs(5), |lease| async move {
+    ///         let mut done = 0;
+    ///         for batch in 0..1_000 {
+    ///             tokio::select! {
+    ///                 // Checked first: stop between batches, never inside one.
+    ///                 biased;
+    ///                 _ = lease.lost() => break,
+    ///                 _ = copy_batch(batch) => done += 1,
+    ///             }
+    ///         }
+    ///         if lease.is_held() {
+    ///             commit(lease.fencing_token()).await;
+    ///         }
+    ///         done
+    ///     })
+    ///     .await?;
+    /// # let _ = copied;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A plain use:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn charge(_: Option<u64>) -> u64 { 7 }
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let receipt = redlock
+    ///     .with_lock("payment:42", Duration::from_secs(5), |lease| async move {
+    ///         charge(lease.fencing_token()).await
+    ///     })
+    ///     .await?;
+    /// # let _ = receipt;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// What [`acquire`](Self::acquire) returns; [`Error::LockLost`] when the lock was lost
+    /// while `work` ran. A failed release at the end is logged, not returned: the work
+    /// is done, and the lock expires with its TTL.
+    ///
+    /// # Panics
+    /// Never itself. If `work` panics, the panic goes on to the caller (to the
+    /// `JoinHandle` when this runs in a spawned task) and, while it unwinds, the
+    /// keep-alive is stopped and the lock released in the background.
+    ///
+    /// # Cancel safety
+    /// Dropping this future (a `timeout`, a `select!` that took another branch, an
+    /// aborted task) drops `work`, stops the keep-alive and releases the lock in the
+    /// background; while it is still acquiring, what the attempt set is undone.
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.with_lock_opts(resource, ttl, LeaseOptions::default(), work)
+            .await
+    }
+
+    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`].
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tokio_redlock::LeaseOptions;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// // Extend at half the ttl, and give the lock up after at most 20 extensions.
+    /// let opts = LeaseOptions::default().extend_after(0.5).max_extensions(Some(20));
+    /// redlock
+    ///     .with_lock_opts("report:daily", Duration::from_secs(30), opts, |lease| async move {
+    ///         // ... at most ~10 minutes of work ...
+    /// #       let _ = lease;
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`with_lock`](Self::with_lock).
+    ///
+    /// # Cancel safety
+    /// As for [`with_lock`](Self::with_lock).
+    pub async fn with_lock_opts<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        options: LeaseOptions,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
+        let lease = kept.lease().clone();
+        let work = work(lease.clone());
+        tokio::select! {
+            // The loss is checked first: a lock lost at the same moment the work ends
+            // is reported as lost, since the work's end was not protected.
+            biased;
+            _ = lease.lost() => Err(lease.lost_error()),
+            out = work => {
+                if let Err(e) = kept.release().await {
+                    if e.is_lock_lost() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
+                }
+                Ok(out)
+            }
+        }
+    }
+}
