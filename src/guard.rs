@@ -13,6 +13,11 @@ use crate::metrics;
 use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::redlock::{fan_out, finish_in_background, release_in_background, Inner, Op};
 
+/// The least and most a releaser that woke a waiter holds back its own next
+/// acquisition of the key: about one round trip on loopback at least, never long.
+const MIN_HEAD_START: Duration = Duration::from_micros(200);
+const MAX_HEAD_START: Duration = Duration::from_millis(20);
+
 /// What a guard must give back: the keys it set and the value that proves it owns them.
 pub(crate) struct Held {
     pub(crate) inner: Arc<Inner>,
@@ -407,6 +412,7 @@ impl LockGuard {
                 });
             };
             let inner = &held.inner;
+            let started = Instant::now();
             let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
             let mut replies = fan_out(inner, Arc::new(op));
             let n = inner.nodes.len();
@@ -451,6 +457,12 @@ impl LockGuard {
                 }
             }
             finish_in_background(replies, "release");
+            if report.woken > 0 {
+                // One release round trip: about what the woken waiter needs to get its
+                // SET to the nodes first. Bounded, so a slow release costs little.
+                let head_start = started.elapsed().clamp(MIN_HEAD_START, MAX_HEAD_START);
+                inner.yield_to(&held.keys[0], head_start);
+            }
             tracing::debug!(?report, "released");
             let answered = report.released + report.not_held;
             metrics::released(answered >= quorum);

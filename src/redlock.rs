@@ -19,7 +19,7 @@ use crate::metrics;
 use crate::node::{Node, Request};
 use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::scripts;
-use crate::wake::{self, Subscription, Wakeups};
+use crate::wake::{self, Waiter, Wakeups};
 
 /// Immediate re-attempts with a raised fencing candidate, before a stale round counts as
 /// a failed attempt. A stale reply only means this client's cached counter was behind;
@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) nodes: Arc<[Node]>,
     pub(crate) config: Config,
     wakeups: Wakeups,
+    /// Per key: until when this manager lets woken waiters go first (see `yield_to`).
+    yields: Mutex<HashMap<String, Instant>>,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
 }
@@ -100,8 +102,15 @@ impl Op {
         for key in keys {
             inv.key(key);
         }
-        inv.arg(value)
-            .arg(if notify { wake::CHANNEL_PREFIX } else { "" });
+        if notify {
+            for key in keys {
+                inv.key(format!("{key}{}", wake::QUEUE_SUFFIX));
+            }
+            let release_id = format!("{:016x}", rand::rng().random::<u64>());
+            inv.arg(value).arg(wake::CHANNEL_PREFIX).arg(release_id);
+        } else {
+            inv.arg(value).arg("");
+        }
         Self::Script(inv)
     }
 
@@ -239,6 +248,7 @@ impl Redlock {
         Self {
             inner: Arc::new(Inner {
                 wakeups: Wakeups::new(nodes.len()),
+                yields: Mutex::new(HashMap::new()),
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
@@ -468,7 +478,18 @@ impl Redlock {
         let mut attempts: u32 = 0;
         let mut failed_rounds: u32 = 0;
         let mut rerounds: u32 = 0;
-        let mut waiting: Option<Subscription> = None;
+        let mut waiter: Option<Waiter> = None;
+        let mut woken = false;
+        // A release by this manager just woke a waiter: let it go first.
+        let yield_until = self
+            .inner
+            .yields
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&keys[0]);
+        if let Some(until) = yield_until.filter(|u| *u > Instant::now()) {
+            tokio::time::sleep_until(until.into()).await;
+        }
         loop {
             attempts = attempts.saturating_add(1);
             if let Some(t) = candidate {
@@ -543,17 +564,28 @@ impl Redlock {
                 return Err(err);
             }
             let pause = quorum::backoff(config.retry_delay, config.retry_jitter, &mut rand::rng());
-            // Held by another owner: listen for its release from now on, so that the
-            // wait ends when the lock is free rather than when the timer says.
-            if err.is_conflict() && config.wake_on_release && waiting.is_none() {
-                let sub = self.inner.wakeups.subscribe(&self.inner.nodes, &keys[0]);
-                waiting = Some(sub.await);
+            // Held by another owner: queue up for its release, so that the wait ends
+            // when the lock is free (and in order of arrival) rather than when the
+            // timer says. A waiter that was woken but beaten goes back to the front.
+            if err.is_conflict() && config.wake_on_release {
+                match &waiter {
+                    None => {
+                        waiter = Some(
+                            self.inner
+                                .wakeups
+                                .wait_for(&self.inner.nodes, &keys[0])
+                                .await,
+                        )
+                    }
+                    Some(w) => w.rejoin(woken).await,
+                }
             }
+            woken = false;
             tracing::trace!(?pause, "retrying");
-            match waiting.as_mut() {
-                Some(sub) => {
+            match waiter.as_ref() {
+                Some(w) => {
                     tokio::select! {
-                        _ = sub.released() => tracing::trace!("woken by a release"),
+                        _ = w.woken() => woken = true,
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -747,6 +779,19 @@ impl Redlock {
             let entry = cache.entry(key.clone()).or_insert(0);
             *entry = (*entry).max(seen);
         }
+    }
+}
+
+impl Inner {
+    /// After a release of `key` that woke a waiter, this manager's next acquisition of
+    /// `key` waits `head_start` first, so that the woken waiter, which hears of the
+    /// release about when this manager does, wins the race instead of the releaser.
+    pub(crate) fn yield_to(&self, key: &str, head_start: Duration) {
+        let mut yields = self.yields.lock().unwrap_or_else(PoisonError::into_inner);
+        if yields.len() >= FENCE_CACHE_LIMIT {
+            yields.clear();
+        }
+        yields.insert(key.to_owned(), Instant::now() + head_start);
     }
 }
 

@@ -9,24 +9,60 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Deletes each key of `KEYS` whose value is `ARGV[1]`. With a channel prefix in
-/// `ARGV[2]`, publishes each deleted key on `<prefix><key>` to wake waiters. Returns
-/// `{keys deleted, waiters reached}`.
+/// Deletes each lock key whose value is `ARGV[1]`; returns `{keys deleted, waiters woken}`.
+///
+/// Without wake-ups (`ARGV[2]` empty), `KEYS` are the lock keys. With them, `KEYS` are
+/// m lock keys then their m wait queues, `ARGV[2]` the channel prefix and `ARGV[3]` an id
+/// of this release: for each deleted key the queue's oldest members are popped and the
+/// key is published to their channels, until one live listener was reached. The
+/// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local prefix = ARGV[2]
+local notify = prefix and prefix ~= ''
+local m = #KEYS
+if notify then m = #KEYS / 2 end
 local n = 0
 local woke = 0
-local prefix = ARGV[2]
-for _, key in ipairs(KEYS) do
+for i = 1, m do
+  local key = KEYS[i]
   if redis.call('GET', key) == ARGV[1] then
     n = n + redis.call('DEL', key)
-    if prefix and prefix ~= '' then
-      woke = woke + redis.call('PUBLISH', prefix .. key, '1')
+    if notify then
+      local live = 0
+      for _ = 1, 64 do
+        local top = redis.pcall('ZPOPMIN', KEYS[m + i])
+        if type(top) ~= 'table' or #top == 0 then break end
+        local heard = redis.pcall('PUBLISH', prefix .. top[1], key .. '\n' .. ARGV[3])
+        if type(heard) == 'number' and heard > 0 then
+          live = 1
+          break
+        end
+      end
+      woke = woke + live
     end
   end
 end
 return {n, woke}
+",
+    )
+});
+
+/// Joins the wait queue `KEYS[1]` as member `ARGV[1]`: at the front if `ARGV[2]` is `1`,
+/// else in arrival order by the node's clock (an existing member keeps its place);
+/// the queue expires `ARGV[3]` ms after the last join.
+pub(crate) static WAIT_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] == '1' then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+else
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[1], 'NX', t[1] * 1000000 + t[2], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 ",
     )
 });

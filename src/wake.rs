@@ -1,8 +1,16 @@
-//! Wake-ups for waiters: a release publishes on a per-key channel, and a waiting
-//! acquisition retries as soon as it hears it instead of sleeping out its retry delay.
+//! Wake-ups for waiters, in order of arrival.
 //!
-//! Correctness never depends on this: a woken waiter still needs a quorum, and a missed
-//! message (a subscriber connection down, a release by a client that does not publish)
+//! A manager that lost an attempt to another owner joins a per-resource wait queue on
+//! every node (a sorted set beside the lock key, `<key>:waiters`, ordered by the node's
+//! clock) and listens on its own channel (`tokio-redlock:wake:<manager id>`, one
+//! subscription per node for the manager's lifetime). A release pops the queue's head on
+//! each node and publishes the released key to the head's channel, skipping members that
+//! are no longer listening, and waking at most two live ones. So a release wakes one or
+//! two waiters, the oldest, instead of all of them: no thundering herd, and service in
+//! order of arrival.
+//!
+//! Correctness never depends on any of this: a woken waiter still needs a quorum, and a
+//! missed message (a release by another client library, a subscriber connection down)
 //! only means the waiter falls back to its retry delay.
 
 use std::collections::HashMap;
@@ -11,202 +19,226 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
+use rand::Rng;
 use redis::aio::PubSubSink;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
-use crate::node::Node;
+use crate::node::{Node, Request};
+use crate::scripts;
 
-/// The channel a release of `key` publishes on is this prefix followed by the key.
-pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:released:";
-
+/// A release publishes on this prefix followed by the waiting manager's id.
+pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
+/// The wait queue of a lock key is this key followed by this suffix.
+pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
+/// A wait queue nobody joined for this long expires: members of crashed clients do not
+/// pile up, and a live waiter joins again after every failed attempt anyway.
+const QUEUE_TTL_MS: u64 = 60_000;
 /// Bound on making a subscriber connection and on each (un)subscribe. Waiting longer
 /// buys nothing: the retry delay is the fallback anyway.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-struct Channel {
-    tx: watch::Sender<u64>,
+/// The local waiters of one key.
+struct KeyWaiters {
+    notify: Arc<Notify>,
     waiters: usize,
+    /// The release last heard of, so that the same release heard from several nodes
+    /// wakes one local waiter, not one per node.
+    last_release: String,
 }
 
-/// One subscriber connection per node, shared by every waiter of a manager, made on
-/// first need; and the channels waiters listen on.
+type Registry = Arc<Mutex<HashMap<String, KeyWaiters>>>;
+
+/// A manager's wake-up machinery: its id, its subscriber connections, its waiters.
 pub(crate) struct Wakeups {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    sinks: Arc<[tokio::sync::Mutex<Option<PubSubSink>>]>,
-    /// The reader tasks, stopped with the manager: a pub/sub connection is not closed
-    /// by dropping its sink.
-    readers: Mutex<Vec<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Wakeups {
-    fn drop(&mut self) {
-        for reader in self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            reader.abort();
-        }
-    }
+    id: String,
+    registry: Registry,
+    /// Per node: the subscriber connection's sink and its reader task. The reader is
+    /// aborted with the manager, since dropping a sink does not close its connection.
+    sinks: Vec<tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>>,
 }
 
 impl fmt::Debug for Wakeups {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let channels = self
-            .channels
+        let keys = self
+            .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         f.debug_struct("Wakeups")
-            .field("channels", &channels)
+            .field("waited_keys", &keys)
             .finish()
     }
 }
 
-/// A waiter's registration; dropping it unsubscribes once no waiter is left.
-pub(crate) struct Subscription {
-    channel: String,
-    rx: watch::Receiver<u64>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    sinks: Arc<[tokio::sync::Mutex<Option<PubSubSink>>]>,
-}
-
-impl Subscription {
-    /// Resolves on the next release message after the last one this waiter saw.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a message that arrives while nobody waits is seen by the next call.
-    pub(crate) async fn released(&mut self) {
-        if self.rx.changed().await.is_err() {
-            // The sender is gone (cannot happen while we are registered); never resolve.
-            futures::future::pending::<()>().await;
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        for slot in &mut self.sinks {
+            if let Some((_, reader)) = slot.get_mut().take() {
+                reader.abort();
+            }
         }
     }
 }
 
-impl Drop for Subscription {
+/// A waiter's place: in the nodes' queues and among the manager's local waiters.
+/// Dropping it leaves the queues (in the background) once no local waiter is left.
+pub(crate) struct Waiter {
+    key: String,
+    notify: Arc<Notify>,
+    registry: Registry,
+    nodes: Arc<[Node]>,
+    member: String,
+}
+
+impl Waiter {
+    /// Resolves when a release of the key names this manager. A wake-up that came while
+    /// nobody waited is kept (one permit), so none is lost between attempt and wait.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(crate) async fn woken(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Joins the queue again after an attempt failed: at the front when this waiter was
+    /// just woken (the release popped it, and it was the oldest), else in arrival order
+    /// (a no-op for a member already queued).
+    pub(crate) async fn rejoin(&self, front: bool) {
+        join_queues(&self.nodes, &self.key, &self.member, front).await;
+    }
+}
+
+impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(ch) = channels.get_mut(&self.channel) else {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = registry.get_mut(&self.key) else {
             return;
         };
-        ch.waiters = ch.waiters.saturating_sub(1);
-        if ch.waiters > 0 {
+        entry.waiters = entry.waiters.saturating_sub(1);
+        if entry.waiters > 0 {
             return;
         }
-        channels.remove(&self.channel);
-        drop(channels);
-        // The last waiter is gone: unsubscribe in the background, so that the nodes do
-        // not keep one channel per resource ever waited on.
+        registry.remove(&self.key);
+        drop(registry);
+        // Leave the queues, so that a release does not spend its wake-up on us.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (channel, channels, sinks) = (
-            std::mem::take(&mut self.channel),
-            Arc::clone(&self.channels),
-            Arc::clone(&self.sinks),
-        );
+        let queue = format!("{}{QUEUE_SUFFIX}", self.key);
+        let (nodes, member) = (Arc::clone(&self.nodes), std::mem::take(&mut self.member));
         handle.spawn(async move {
-            for slot in sinks.iter() {
-                let Some(mut sink) = slot.lock().await.clone() else {
-                    continue;
-                };
-                // A new waiter may have come meanwhile; it needs the subscription.
-                let wanted = channels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(&channel);
-                if wanted {
-                    return;
-                }
-                let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(&channel)).await;
-            }
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&queue).arg(&member);
+            let leaves = nodes.iter().map(|n| n.run(Request::Cmd(&cmd)));
+            futures::future::join_all(leaves).await;
         });
+    }
+}
+
+/// Adds `member` to the wait queue of `key` on every node, bounded by the node timeout.
+async fn join_queues(nodes: &[Node], key: &str, member: &str, front: bool) {
+    let mut inv = scripts::WAIT_JOIN.prepare_invoke();
+    inv.key(format!("{key}{QUEUE_SUFFIX}"))
+        .arg(member)
+        .arg(if front { "1" } else { "0" })
+        .arg(QUEUE_TTL_MS);
+    let joins = nodes.iter().map(|n| n.run(Request::Script(&inv)));
+    for result in futures::future::join_all(joins).await {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not join a wait queue; the retry delay applies there");
+        }
     }
 }
 
 impl Wakeups {
     pub(crate) fn new(nodes: usize) -> Self {
         Self {
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            id: format!("{:016x}", rand::rng().random::<u64>()),
+            registry: Arc::new(Mutex::new(HashMap::new())),
             sinks: (0..nodes).map(|_| tokio::sync::Mutex::new(None)).collect(),
-            readers: Mutex::new(Vec::new()),
         }
     }
 
-    /// Registers a waiter for releases of `key` and makes sure every reachable node
-    /// will tell us. Never fails: a node that cannot be subscribed to is skipped.
-    pub(crate) async fn subscribe(&self, nodes: &[Node], key: &str) -> Subscription {
-        let channel = format!("{CHANNEL_PREFIX}{key}");
-        let rx = {
-            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            let ch = channels.entry(channel.clone()).or_insert_with(|| Channel {
-                tx: watch::Sender::new(0),
-                waiters: 0,
-            });
-            ch.waiters += 1;
-            ch.tx.subscribe()
+    /// Starts waiting for releases of `key`: listens on this manager's channel on every
+    /// node (made once), registers a local waiter and joins the nodes' queues. Never
+    /// fails: a node that cannot be reached is skipped, and the retry delay covers it.
+    pub(crate) async fn wait_for(&self, nodes: &Arc<[Node]>, key: &str) -> Waiter {
+        let notify = {
+            let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = registry
+                .entry(key.to_owned())
+                .or_insert_with(|| KeyWaiters {
+                    notify: Arc::new(Notify::new()),
+                    waiters: 0,
+                    last_release: String::new(),
+                });
+            entry.waiters += 1;
+            Arc::clone(&entry.notify)
         };
-        let subscribes = nodes
+        let listens = nodes
             .iter()
             .zip(self.sinks.iter())
-            .map(|(node, sink)| self.subscribe_on(node, sink, &channel));
-        futures::future::join_all(subscribes).await;
-        Subscription {
-            channel,
-            rx,
-            channels: Arc::clone(&self.channels),
-            sinks: Arc::clone(&self.sinks),
+            .map(|(node, sink)| self.listen_on(node, sink));
+        futures::future::join_all(listens).await;
+        join_queues(nodes, key, &self.id, false).await;
+        Waiter {
+            key: key.to_owned(),
+            notify,
+            registry: Arc::clone(&self.registry),
+            nodes: Arc::clone(nodes),
+            member: self.id.clone(),
         }
     }
 
-    async fn subscribe_on(
+    /// Makes sure this manager's channel is subscribed on `node`.
+    async fn listen_on(
         &self,
         node: &Node,
-        slot: &tokio::sync::Mutex<Option<PubSubSink>>,
-        channel: &str,
+        slot: &tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>,
     ) {
         let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
             let mut slot = slot.lock().await;
-            if slot.is_none() {
-                let pubsub = node.client().get_async_pubsub().await?;
-                let (sink, mut stream) = pubsub.split();
-                let channels = Arc::clone(&self.channels);
-                // The reader lives as long as the connection: it ends when the node
-                // closes it (the next waiter then finds the sink broken and reconnects).
-                let reader = tokio::spawn(async move {
-                    while let Some(msg) = stream.next().await {
-                        let name = msg.get_channel_name();
-                        let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
-                        if let Some(ch) = channels.get(name) {
-                            ch.tx.send_modify(|n| *n = n.wrapping_add(1));
+            // A reader that ended means the node closed the connection (a restart):
+            // make a new one.
+            if slot
+                .as_ref()
+                .is_some_and(|(_, reader)| !reader.is_finished())
+            {
+                return Ok(());
+            }
+            let pubsub = node.client().get_async_pubsub().await?;
+            let (mut sink, mut stream) = pubsub.split();
+            sink.subscribe(format!("{CHANNEL_PREFIX}{}", self.id))
+                .await?;
+            let registry = Arc::clone(&self.registry);
+            // The reader lives as long as the connection, or the manager.
+            let reader = tokio::spawn(async move {
+                while let Some(msg) = stream.next().await {
+                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                    let Ok(payload) = String::from_utf8(payload) else {
+                        continue;
+                    };
+                    let Some((key, release)) = payload.rsplit_once('\n') else {
+                        continue;
+                    };
+                    let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(entry) = registry.get_mut(key) {
+                        if entry.last_release != release {
+                            entry.last_release = release.to_owned();
+                            entry.notify.notify_one();
                         }
                     }
-                });
-                let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-                readers.retain(|r| !r.is_finished());
-                readers.push(reader.abort_handle());
-                drop(readers);
-                *slot = Some(sink);
-            }
-            let Some(sink) = slot.as_mut() else {
-                return Ok(());
-            };
-            let result = sink.subscribe(channel).await;
-            if result.is_err() {
-                // A broken connection: make a new one next time.
-                *slot = None;
-            }
-            result
+                }
+            });
+            *slot = Some((sink, reader.abort_handle()));
+            Ok::<(), redis::RedisError>(())
         })
         .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(node = node.index, error = %e, "no release wake-ups from this node")
-            }
-            Err(_) => tracing::debug!(node = node.index, "subscribing for wake-ups timed out"),
-        }
+        let failed = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        tracing::debug!(node = node.index, error = %failed, "no wake-ups from this node");
     }
 }

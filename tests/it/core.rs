@@ -607,6 +607,21 @@ async fn nodes_down_at_build_time_are_fine() {
     assert!(err.to_string().contains("reachable"), "{err}");
 }
 
+/// How many members the wait queue of `key` has on each node.
+async fn queue_lengths(conns: &[redis::aio::MultiplexedConnection], key: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for c in conns {
+        let mut c = c.clone();
+        let n: i64 = redis::cmd("ZCARD")
+            .arg(format!("{key}:waiters"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.push(n);
+    }
+    out
+}
+
 /// A waiter that found the lock held is woken by the release instead of sleeping out its
 /// retry delay; the wake-up only triggers an attempt, which still needs a quorum.
 #[tokio::test]
@@ -625,23 +640,11 @@ async fn release_wakes_a_waiter_before_its_retry_delay() {
         let guard = waiter.acquire("wake", TTL).await;
         (guard, start.elapsed())
     });
-    // Wait until the waiter listens on every node.
+    // Wait until the waiter queued up on every node.
     let conns = direct(&cluster).await;
-    eventually("the waiter subscribed on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            let mut all = true;
-            for c in conns.iter_mut() {
-                let (_, n): (String, i64) = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg("tokio-redlock:released:wake")
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                all &= n >= 1;
-            }
-            all
-        }
+    eventually("the waiter queued on every node", || {
+        let conns = conns.clone();
+        async move { queue_lengths(&conns, "wake").await.iter().all(|n| *n == 1) }
     })
     .await;
     let report = held.release_with_report().await.unwrap();
@@ -650,24 +653,60 @@ async fn release_wakes_a_waiter_before_its_retry_delay() {
     let guard = guard.unwrap();
     assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
     guard.release().await.unwrap();
-    // The last waiter gone, its subscriptions are dropped in the background.
-    eventually("unsubscribed everywhere", || {
-        let mut conns = conns.clone();
-        async move {
-            let mut none = true;
-            for c in conns.iter_mut() {
-                let (_, n): (String, i64) = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg("tokio-redlock:released:wake")
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                none &= n == 0;
-            }
-            none
-        }
+    // Woken waiters were popped; nobody is left queued.
+    eventually("queues empty", || {
+        let conns = conns.clone();
+        async move { queue_lengths(&conns, "wake").await.iter().all(|n| *n == 0) }
     })
     .await;
+}
+
+/// Waiters are woken one (or two) at a time, oldest first, not all at once.
+#[tokio::test]
+async fn waiters_are_woken_in_order_of_arrival() {
+    let cluster = cluster(3).await;
+    let holder = redlock(&cluster);
+    let mut held = holder.acquire("fifo", TTL).await.unwrap();
+    let conns = direct(&cluster).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..4usize {
+        let waiter = builder(&cluster)
+            .retry_count(50)
+            .retry_delay(Duration::from_secs(20))
+            .retry_jitter(Duration::ZERO)
+            .build()
+            .unwrap();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = waiter.acquire("fifo", TTL).await.unwrap();
+            tx.send(i).unwrap();
+            // Hold briefly, then hand over by releasing.
+            g.release().await.unwrap();
+        }));
+        // Queue them up one after the other.
+        let want = i as i64 + 1;
+        eventually("the waiter queued", || {
+            let conns = conns.clone();
+            async move {
+                queue_lengths(&conns, "fifo")
+                    .await
+                    .iter()
+                    .all(|n| *n == want)
+            }
+        })
+        .await;
+    }
+    held.extend(TTL).await.unwrap();
+    held.release().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(bounded(rx.recv()).await.unwrap());
+    }
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    assert_eq!(order, vec![0, 1, 2, 3], "served in order of arrival");
 }
 
 /// A manager that waited holds pub/sub connections; dropping it closes them.
