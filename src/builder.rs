@@ -151,7 +151,11 @@ impl RedlockBuilder {
         self
     }
 
-    /// Attempts after the first one, for [`Redlock::acquire`]. Defaults to 10.
+    /// Attempts after the first one, for [`Redlock::acquire`], each after `retry_delay`
+    /// plus jitter (or sooner, when woken by the release; see
+    /// [`wake_on_release`](Self::wake_on_release)). A waiter that queues for wake-ups
+    /// makes one more attempt at once, atomically with joining the queue, which does not
+    /// count against this budget. Defaults to 10.
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self

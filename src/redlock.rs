@@ -480,6 +480,8 @@ impl Redlock {
         let mut rerounds: u32 = 0;
         let mut waiter: Option<Waiter> = None;
         let mut woken = false;
+        let mut woken_last = false;
+        let queue_atomically = keys.len() == 1 && fence_keys.is_none();
         // A release by this manager just woke a waiter: let it go first.
         let yield_until = self
             .inner
@@ -501,8 +503,19 @@ impl Redlock {
                     )));
                 }
             }
+            let queue = waiter
+                .as_ref()
+                .filter(|_| queue_atomically)
+                .map(|w| (w.member(), woken_last));
             let attempt = self
-                .attempt(&names, &keys, fence_keys.as_deref(), ttl_ms, candidate)
+                .attempt(
+                    &names,
+                    &keys,
+                    fence_keys.as_deref(),
+                    ttl_ms,
+                    candidate,
+                    queue,
+                )
                 .await;
             let err = match attempt {
                 Attempt::Won(mut guard) => {
@@ -557,6 +570,22 @@ impl Redlock {
                     ttl: Duration::from_millis(ttl_ms),
                 },
             };
+            // Held by another owner and a retry to come: wait for its release in the
+            // nodes' queues, so that the wait ends when the lock is free (and in order
+            // of arrival) rather than when the timer says. A single-key acquire joins
+            // the queue atomically with its next attempt, made at once: a release in
+            // between the failed attempt and the join would otherwise go unheard.
+            let wait = err.is_conflict() && config.wake_on_release;
+            if wait && waiter.is_none() && failed_rounds < retries {
+                let w = self
+                    .inner
+                    .wakeups
+                    .wait_for(&self.inner.nodes, &keys[0], !queue_atomically);
+                waiter = Some(w.await);
+                if queue_atomically {
+                    continue;
+                }
+            }
             rerounds = 0;
             failed_rounds = failed_rounds.saturating_add(1);
             if failed_rounds > retries {
@@ -564,22 +593,11 @@ impl Redlock {
                 return Err(err);
             }
             let pause = quorum::backoff(config.retry_delay, config.retry_jitter, &mut rand::rng());
-            // Held by another owner: queue up for its release, so that the wait ends
-            // when the lock is free (and in order of arrival) rather than when the
-            // timer says. A waiter that was woken but beaten goes back to the front.
-            if err.is_conflict() && config.wake_on_release {
-                match &waiter {
-                    None => {
-                        waiter = Some(
-                            self.inner
-                                .wakeups
-                                .wait_for(&self.inner.nodes, &keys[0])
-                                .await,
-                        )
-                    }
-                    Some(w) => w.rejoin(woken).await,
-                }
+            // A waiter that was woken but beaten goes back to the front.
+            if let (true, Some(w), false) = (wait, &waiter, queue_atomically) {
+                w.rejoin(woken).await;
             }
+            woken_last = woken;
             woken = false;
             tracing::trace!(?pause, "retrying");
             match waiter.as_ref() {
@@ -602,10 +620,23 @@ impl Redlock {
         fence_keys: Option<&[String]>,
         ttl_ms: u64,
         candidate: Option<u64>,
+        queue: Option<(&str, bool)>,
     ) -> Attempt {
         let inner = &self.inner;
         let value: Arc<str> = new_value().into();
         let op = match (fence_keys, candidate) {
+            (None, _) if keys.len() == 1 && queue.is_some() => {
+                let (member, front) = queue.unwrap_or_default();
+                let mut inv = scripts::ACQUIRE_OR_QUEUE.prepare_invoke();
+                inv.key(&keys[0])
+                    .key(format!("{}{}", keys[0], wake::QUEUE_SUFFIX))
+                    .arg(&*value)
+                    .arg(ttl_ms)
+                    .arg(member)
+                    .arg(if front { "1" } else { "0" })
+                    .arg(wake::queue_ttl_ms());
+                Op::Script(inv)
+            }
             (Some(fences), Some(t)) => {
                 let mut inv = scripts::FENCED_ACQUIRE.prepare_invoke();
                 for key in keys.iter().chain(fences) {

@@ -26,6 +26,11 @@ use tokio::sync::Notify;
 use crate::node::{Node, Request};
 use crate::scripts;
 
+/// A wait queue nobody joined for this long expires (see `QUEUE_TTL_MS`).
+pub(crate) fn queue_ttl_ms() -> u64 {
+    QUEUE_TTL_MS
+}
+
 /// A release publishes on this prefix followed by the waiting manager's id.
 pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
 /// The wait queue of a lock key is this key followed by this suffix.
@@ -100,6 +105,11 @@ impl Waiter {
         self.notify.notified().await;
     }
 
+    /// This manager's member name in the queues.
+    pub(crate) fn member(&self) -> &str {
+        &self.member
+    }
+
     /// Joins the queue again after an attempt failed: at the front when this waiter was
     /// just woken (the release popped it, and it was the oldest), else in arrival order
     /// (a no-op for a member already queued).
@@ -162,7 +172,10 @@ impl Wakeups {
     /// Starts waiting for releases of `key`: listens on this manager's channel on every
     /// node (made once), registers a local waiter and joins the nodes' queues. Never
     /// fails: a node that cannot be reached is skipped, and the retry delay covers it.
-    pub(crate) async fn wait_for(&self, nodes: &Arc<[Node]>, key: &str) -> Waiter {
+    ///
+    /// With `join` false the caller joins the queues itself (atomically with its next
+    /// attempt, see `ACQUIRE_OR_QUEUE`).
+    pub(crate) async fn wait_for(&self, nodes: &Arc<[Node]>, key: &str, join: bool) -> Waiter {
         let notify = {
             let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = registry
@@ -180,7 +193,9 @@ impl Wakeups {
             .zip(self.sinks.iter())
             .map(|(node, sink)| self.listen_on(node, sink));
         futures::future::join_all(listens).await;
-        join_queues(nodes, key, &self.id, false).await;
+        if join {
+            join_queues(nodes, key, &self.id, false).await;
+        }
         Waiter {
             key: key.to_owned(),
             notify,

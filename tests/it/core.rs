@@ -106,9 +106,17 @@ async fn conflict_when_held_elsewhere() {
         err.to_string().contains("retry"),
         "message says what to do: {err}"
     );
-    // With retries, the attempts are counted.
+    // With retries, the attempts are counted: the first, the immediate one that joins
+    // the wait queue, and the three retries.
     let err = b.acquire("conflict", TTL).await.unwrap_err();
-    assert_eq!(err.attempts(), Some(4));
+    assert_eq!(err.attempts(), Some(5));
+    let quiet = builder(&cluster).wake_on_release(false).build().unwrap();
+    let err = quiet.acquire("conflict", TTL).await.unwrap_err();
+    assert_eq!(
+        err.attempts(),
+        Some(4),
+        "without wake-ups: the first and three retries"
+    );
     held.release().await.unwrap();
     b.try_acquire("conflict", TTL)
         .await
@@ -229,7 +237,7 @@ async fn failed_attempts_leave_nothing_behind() {
     }
     let err = redlock.acquire("partial", TTL).await.unwrap_err();
     assert!(err.is_conflict(), "{err}");
-    assert_eq!(err.attempts(), Some(4));
+    assert_eq!(err.attempts(), Some(5));
     let vals = values(&mut conns, "partial").await;
     assert_eq!(vals[..3].to_vec(), vec![Some("someone-else".to_owned()); 3]);
     // Nodes 3 and 4 took our SET in each attempt; the undo removed it every time.
