@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
@@ -41,6 +42,7 @@ pub(crate) struct Config {
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
     pub(crate) fence_suffix: String,
+    pub(crate) check_on_connect: CheckMode,
 }
 
 /// Builds a [`Redlock`]. Get one with [`Redlock::builder`].
@@ -74,6 +76,17 @@ pub struct RedlockBuilder {
     key_prefix: String,
     fencing: bool,
     fence_suffix: String,
+    check_on_connect: CheckMode,
+    #[cfg(feature = "tls")]
+    tls: TlsSettings,
+}
+
+/// PEM bytes for `rediss://` nodes. Never printed.
+#[cfg(feature = "tls")]
+#[derive(Clone, Default)]
+struct TlsSettings {
+    root_ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -89,10 +102,13 @@ impl fmt::Debug for RedlockBuilder {
             key_prefix,
             fencing,
             fence_suffix,
+            check_on_connect,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
-        f.debug_struct("RedlockBuilder")
-            .field("nodes", &nodes)
+        let mut f = f.debug_struct("RedlockBuilder");
+        f.field("nodes", &nodes)
             .field("retry_count", retry_count)
             .field("retry_delay", retry_delay)
             .field("retry_jitter", retry_jitter)
@@ -102,7 +118,14 @@ impl fmt::Debug for RedlockBuilder {
             .field("key_prefix", key_prefix)
             .field("fencing", fencing)
             .field("fence_suffix", fence_suffix)
-            .finish()
+            .field("check_on_connect", check_on_connect);
+        #[cfg(feature = "tls")]
+        {
+            let set = |o: bool| if o { "set" } else { "unset" };
+            f.field("tls_root_ca", &set(tls.root_ca.is_some()))
+                .field("tls_client_cert", &set(tls.client.is_some()));
+        }
+        f.finish()
     }
 }
 
@@ -119,6 +142,9 @@ impl Default for RedlockBuilder {
             key_prefix: String::new(),
             fencing: false,
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
+            check_on_connect: CheckMode::Off,
+            #[cfg(feature = "tls")]
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -204,6 +230,68 @@ impl RedlockBuilder {
         self
     }
 
+    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
+    /// finds, [`CheckMode::Strict`] refuses to lock with
+    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
+    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    ///
+    /// ```
+    /// use tokio_redlock::{CheckMode, Redlock};
+    /// let redlock = Redlock::builder()
+    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .check_on_connect(CheckMode::Strict)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
+        self.check_on_connect = mode;
+        self
+    }
+
+    /// Trusts only these CA certificates (PEM, one or more) for `rediss://` nodes,
+    /// instead of the system's roots: for a private CA. Defaults to the system's roots.
+    ///
+    /// ```no_run
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
+    ///     .tls_root_ca(ca)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and private key (PEM) to `rediss://`
+    /// nodes, for servers that require client certificates (`tls-auth-clients yes`,
+    /// Redis's default). Defaults to none.
+    ///
+    /// ```no_run
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
+    ///     .tls_root_ca(std::fs::read("ca.crt")?)
+    ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Checks the configuration and makes the manager. No connection is made here:
     /// each node connects on first use, and again after a failure, so a node that is
     /// down now is not an error.
@@ -241,7 +329,7 @@ impl RedlockBuilder {
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, url) in self.nodes.iter().enumerate() {
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
+            let client = self.client(url).map_err(|e| {
                 Error::Config(format!(
                     "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
                     redact_url(url),
@@ -274,8 +362,43 @@ impl RedlockBuilder {
             key_prefix: self.key_prefix,
             fencing: self.fencing,
             fence_suffix: self.fence_suffix,
+            check_on_connect: self.check_on_connect,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
+    }
+}
+
+impl RedlockBuilder {
+    #[cfg(not(feature = "tls"))]
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(url)
+    }
+
+    #[cfg(feature = "tls")]
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        if !url.starts_with("rediss://") {
+            return redis::Client::open(url);
+        }
+        // redis-rs builds its rustls config with the process-wide crypto provider. Install
+        // ring (the one this crate enables) unless the application chose one already;
+        // otherwise rustls cannot tell which provider to use when several are compiled in.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let TlsSettings { root_ca, client } = &self.tls;
+        if root_ca.is_none() && client.is_none() {
+            return redis::Client::open(url);
+        }
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: root_ca.clone(),
+            },
+        )
     }
 }
 

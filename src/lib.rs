@@ -6,6 +6,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod diagnose;
 mod error;
 mod fencing;
 mod guard;
@@ -20,6 +21,7 @@ mod scripts;
 pub mod harness;
 
 pub use builder::RedlockBuilder;
+pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};

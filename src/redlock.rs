@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
+    /// State of the `check_on_connect` health checks.
+    pub(crate) health: crate::diagnose::HealthState,
 }
 
 impl fmt::Debug for Redlock {
@@ -234,6 +236,7 @@ impl Redlock {
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
+                health: Default::default(),
             }),
         }
     }
@@ -428,6 +431,9 @@ impl Redlock {
         retries: u32,
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(resources, ttl)?;
+        if self.inner.config.check_on_connect != crate::diagnose::CheckMode::Off {
+            self.health_gate().await?;
+        }
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
         self.lock_checked(resources, ttl_ms, retries)
             .instrument(span)
