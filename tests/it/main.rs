@@ -2,4 +2,6 @@
 
 mod core;
 mod harness;
+mod hostile;
+mod ops;
 mod support;
