@@ -528,7 +528,7 @@ fn judge(reports: &[NodeReport], node_timeout: Duration) -> Vec<Finding> {
             None,
             FindingKind::TooFewNodes(n),
         ));
-    } else if n % 2 == 0 {
+    } else if n.is_multiple_of(2) {
         findings.push(Finding::new(
             Severity::Warning,
             None,
