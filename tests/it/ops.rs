@@ -550,7 +550,11 @@ mod tls {
         let base = || {
             Redlock::builder()
                 .nodes(&urls)
-                .node_timeout(Duration::from_millis(500))
+                // Generous: a first TLS handshake in a debug build on a loaded 2-core
+                // machine can take a good part of a second, and a timeout would hide
+                // the certificate error this test looks for.
+                .node_timeout(Duration::from_secs(3))
+                .connect_timeout(Duration::from_secs(3))
                 .retry_count(0)
         };
         let redlock = base().tls_root_ca(pki.ca.as_bytes()).build().unwrap();
