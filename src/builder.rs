@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
@@ -42,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) fencing: bool,
     pub(crate) fence_suffix: String,
     pub(crate) wake_on_release: bool,
+    pub(crate) check_on_connect: CheckMode,
 }
 
 /// Builds a [`Redlock`]. Get one with [`Redlock::builder`].
@@ -77,6 +79,17 @@ pub struct RedlockBuilder {
     fence_suffix: String,
     wake_on_release: bool,
     restart_quarantine: Option<Duration>,
+    check_on_connect: CheckMode,
+    #[cfg(feature = "tls")]
+    tls: TlsSettings,
+}
+
+/// PEM bytes for `rediss://` nodes. Never printed.
+#[cfg(feature = "tls")]
+#[derive(Clone, Default)]
+struct TlsSettings {
+    root_ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -94,10 +107,13 @@ impl fmt::Debug for RedlockBuilder {
             fence_suffix,
             wake_on_release,
             restart_quarantine,
+            check_on_connect,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
-        f.debug_struct("RedlockBuilder")
-            .field("nodes", &nodes)
+        let mut f = f.debug_struct("RedlockBuilder");
+        f.field("nodes", &nodes)
             .field("retry_count", retry_count)
             .field("retry_delay", retry_delay)
             .field("retry_jitter", retry_jitter)
@@ -109,7 +125,14 @@ impl fmt::Debug for RedlockBuilder {
             .field("fence_suffix", fence_suffix)
             .field("wake_on_release", wake_on_release)
             .field("restart_quarantine", restart_quarantine)
-            .finish()
+            .field("check_on_connect", check_on_connect);
+        #[cfg(feature = "tls")]
+        {
+            let set = |o: bool| if o { "set" } else { "unset" };
+            f.field("tls_root_ca", &set(tls.root_ca.is_some()))
+                .field("tls_client_cert", &set(tls.client.is_some()));
+        }
+        f.finish()
     }
 }
 
@@ -128,6 +151,9 @@ impl Default for RedlockBuilder {
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
             wake_on_release: true,
             restart_quarantine: None,
+            check_on_connect: CheckMode::Off,
+            #[cfg(feature = "tls")]
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -217,12 +243,13 @@ impl RedlockBuilder {
         self
     }
 
-    /// Wake waiting acquisitions when a lock is released: a release publishes on
-    /// `tokio-redlock:released:<key>` on each node, and a manager that found the lock
-    /// held subscribes and retries as soon as it hears of the release, instead of
-    /// sleeping out `retry_delay`. Correctness never depends on it: a woken waiter still
-    /// needs a quorum, and a missed message only means the retry delay applies.
-    /// Defaults to on.
+    /// Wake waiting acquisitions when a lock is released, oldest waiter first. A manager
+    /// that found the lock held joins a wait queue on each node (`<key>:waiters`, a
+    /// sorted set) and listens on its own channel (`tokio-redlock:wake:<id>`); a release
+    /// pops the oldest live waiter and publishes to it, and that waiter retries at once
+    /// instead of sleeping out `retry_delay`. Correctness never depends on it: a woken
+    /// waiter still needs a quorum, and a missed message only means the retry delay
+    /// applies. Defaults to on.
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
         self
@@ -245,6 +272,68 @@ impl RedlockBuilder {
     /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
     pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
         self.restart_quarantine = period;
+        self
+    }
+
+    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
+    /// finds, [`CheckMode::Strict`] refuses to lock with
+    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
+    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    ///
+    /// ```
+    /// use tokio_redlock::{CheckMode, Redlock};
+    /// let redlock = Redlock::builder()
+    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .check_on_connect(CheckMode::Strict)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
+        self.check_on_connect = mode;
+        self
+    }
+
+    /// Trusts only these CA certificates (PEM, one or more) for `rediss://` nodes,
+    /// instead of the system's roots: for a private CA. Defaults to the system's roots.
+    ///
+    /// ```no_run
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
+    ///     .tls_root_ca(ca)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and private key (PEM) to `rediss://`
+    /// nodes, for servers that require client certificates (`tls-auth-clients yes`,
+    /// Redis's default). Defaults to none.
+    ///
+    /// ```no_run
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
+    ///     .tls_root_ca(std::fs::read("ca.crt")?)
+    ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
+    ///     .build()?;
+    /// # let _ = redlock;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -285,7 +374,7 @@ impl RedlockBuilder {
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, url) in self.nodes.iter().enumerate() {
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
+            let client = self.client(url).map_err(|e| {
                 Error::Config(format!(
                     "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
                     redact_url(url),
@@ -325,8 +414,43 @@ impl RedlockBuilder {
             fencing: self.fencing,
             fence_suffix: self.fence_suffix,
             wake_on_release: self.wake_on_release,
+            check_on_connect: self.check_on_connect,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
+    }
+}
+
+impl RedlockBuilder {
+    #[cfg(not(feature = "tls"))]
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(url)
+    }
+
+    #[cfg(feature = "tls")]
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        if !url.starts_with("rediss://") {
+            return redis::Client::open(url);
+        }
+        // redis-rs builds its rustls config with the process-wide crypto provider. Install
+        // ring (the one this crate enables) unless the application chose one already;
+        // otherwise rustls cannot tell which provider to use when several are compiled in.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let TlsSettings { root_ca, client } = &self.tls;
+        if root_ca.is_none() && client.is_none() {
+            return redis::Client::open(url);
+        }
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: root_ca.clone(),
+            },
+        )
     }
 }
 

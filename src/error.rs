@@ -90,6 +90,19 @@ pub enum Error {
         /// What happened.
         reason: LostReason,
     },
+
+    /// The health check of [`CheckMode::Strict`](crate::CheckMode::Strict) found a
+    /// configuration that breaks mutual exclusion, so no lock is taken.
+    #[error(
+        "refusing to lock: the health check found {} configuration error(s), first: {}; fix \
+         the nodes' configuration (see docs/operations.md), or use CheckMode::Warn to lock anyway",
+        findings.len(),
+        findings.first().map(ToString::to_string).unwrap_or_default()
+    )]
+    Unhealthy {
+        /// The error-severity findings, each saying what to change.
+        findings: Vec<crate::diagnose::Finding>,
+    },
 }
 
 /// Why a lock counts as lost.

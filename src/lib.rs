@@ -78,6 +78,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod diagnose;
 mod error;
 mod fencing;
 mod guard;
@@ -94,6 +95,7 @@ mod wake;
 pub mod harness;
 
 pub use builder::RedlockBuilder;
+pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};

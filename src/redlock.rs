@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     yields: Mutex<HashMap<String, Instant>>,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
+    /// State of the `check_on_connect` health checks.
+    pub(crate) health: crate::diagnose::HealthState,
 }
 
 impl fmt::Debug for Redlock {
@@ -252,6 +254,7 @@ impl Redlock {
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
+                health: Default::default(),
             }),
         }
     }
@@ -446,6 +449,9 @@ impl Redlock {
         retries: u32,
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(resources, ttl)?;
+        if self.inner.config.check_on_connect != crate::diagnose::CheckMode::Off {
+            self.health_gate().await?;
+        }
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
         let start = Instant::now();
         let result = self

@@ -51,19 +51,22 @@ return {n, woke}
 
 /// A single-key acquire that queues up when it fails: `SET KEYS[1] ARGV[1] NX PX ARGV[2]`,
 /// and if the key is held, joins the wait queue `KEYS[2]` as `ARGV[3]` (at the front if
-/// `ARGV[4]` is `1`) with expiry `ARGV[5]` ms. Returns 1 if set, 0 if queued. Joining in
+/// `ARGV[4]` is `1`) with expiry `ARGV[5]` ms. Returns 1 if set, 0 if not. Joining in
 /// the same step as failing leaves no moment in which a release could miss the waiter.
+/// The queueing runs under `pcall`: a user whose ACL denies it still locks.
 pub(crate) static ACQUIRE_OR_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+  redis.pcall('ZADD', KEYS[2], 0, ARGV[3])
 else
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], 'NX', t[1] * 1000000 + t[2], ARGV[3])
+  local t = redis.pcall('TIME')
+  if type(t) == 'table' and t[1] then
+    redis.pcall('ZADD', KEYS[2], 'NX', t[1] * 1000000 + t[2], ARGV[3])
+  end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.pcall('PEXPIRE', KEYS[2], ARGV[5])
 return 0
 ",
     )

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::proxy::Proxy;
-use super::server::{self, Server, ServerConfig};
+use super::server::{self, Server, ServerConfig, TlsPem};
 use super::{HarnessError, Persistence};
 
 /// Default bound on a server becoming ready. Generous: AOF loading or a loaded CI machine can
@@ -24,6 +24,7 @@ pub struct ClusterBuilder {
     extra_args: Vec<String>,
     redis_server: Option<PathBuf>,
     ready_timeout: Duration,
+    tls: Option<TlsPem>,
 }
 
 impl Default for ClusterBuilder {
@@ -34,6 +35,7 @@ impl Default for ClusterBuilder {
             extra_args: Vec::new(),
             redis_server: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -84,6 +86,26 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes every server also listen for TLS on a port of its own (see
+    /// [`Node::tls_url`]), with this certificate chain and key (PEM), checking client
+    /// certificates against `ca_pem` when a client presents one (`tls-auth-clients
+    /// optional`). The plain port and its proxy stay as they are. Defaults to no TLS.
+    ///
+    /// The server must be built with TLS (Debian's and most packaged builds are).
+    pub fn tls(
+        mut self,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+        ca_pem: impl Into<String>,
+    ) -> Self {
+        self.tls = Some(TlsPem {
+            cert: cert_pem.into(),
+            key: key_pem.into(),
+            ca: ca_pem.into(),
+        });
+        self
+    }
+
     /// Starts every server and its proxy, concurrently, and waits until each answers `PING`.
     ///
     /// # Errors
@@ -107,6 +129,7 @@ impl ClusterBuilder {
             persistence: self.persistence,
             extra_args: self.extra_args,
             ready_timeout: self.ready_timeout,
+            tls: self.tls,
         };
         let starts = (0..self.nodes).map(|i| Node::start(i, config.clone()));
         // On an error the `Ok` nodes in the vector are dropped, which stops them.
@@ -244,6 +267,14 @@ impl Node {
     /// `redis://127.0.0.1:<server port>`: the server itself, bypassing the proxy's faults.
     pub fn direct_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.server.port())
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`, straight to the server (the proxies carry plain
+    /// TCP only), when the cluster was built with [`ClusterBuilder::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.server
+            .tls_port()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
     }
 
     /// The port the proxy listens on.

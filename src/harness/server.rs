@@ -41,6 +41,24 @@ pub(crate) struct ServerConfig {
     pub(crate) persistence: Persistence,
     pub(crate) extra_args: Vec<String>,
     pub(crate) ready_timeout: Duration,
+    /// When set, the server also listens for TLS on a port of its own.
+    pub(crate) tls: Option<TlsPem>,
+}
+
+/// The PEM files of a TLS server: its certificate chain, its key, and the CA that client
+/// certificates are checked against.
+#[derive(Clone)]
+pub(crate) struct TlsPem {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    pub(crate) ca: String,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret.
+        f.write_str("TlsPem { .. }")
+    }
 }
 
 /// A `redis-server` process owned by the harness. Dropping it kills and reaps the process, then
@@ -49,6 +67,7 @@ pub(crate) struct ServerConfig {
 pub(crate) struct Server {
     index: usize,
     port: u16,
+    tls_port: Option<u16>,
     config: ServerConfig,
     // `None` once killed. A std mutex: never held across an `.await`.
     child: Mutex<Option<Child>>,
@@ -71,14 +90,29 @@ impl Server {
             .prefix(&format!("tokio-redlock-node{index}-"))
             .tempdir()
             .map_err(|e| HarnessError::io("could not create a temp dir for redis-server", e))?;
+        if let Some(tls) = &config.tls {
+            for (name, pem) in [
+                ("tls.crt", &tls.cert),
+                ("tls.key", &tls.key),
+                ("ca.crt", &tls.ca),
+            ] {
+                std::fs::write(dir.path().join(name), pem)
+                    .map_err(|e| HarnessError::io(format!("could not write {name}"), e))?;
+            }
+        }
         let mut last = (0, String::new());
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            match launch(&config, dir.path(), port).await? {
+            let tls_port = match config.tls {
+                Some(_) => Some(free_port()?),
+                None => None,
+            };
+            match launch(&config, dir.path(), port, tls_port).await? {
                 Launch::Ready(child) => {
                     return Ok(Self {
                         index,
                         port,
+                        tls_port,
                         config,
                         child: Mutex::new(Some(child)),
                         paused: AtomicBool::new(false),
@@ -98,6 +132,10 @@ impl Server {
 
     pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+
+    pub(crate) fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -154,7 +192,7 @@ impl Server {
                 // foreign process grabbed the port; give it a moment to go away.
                 tokio::time::sleep(RESTART_BACKOFF).await;
             }
-            match launch(&self.config, self.dir.path(), self.port).await? {
+            match launch(&self.config, self.dir.path(), self.port, self.tls_port).await? {
                 Launch::Ready(child) => {
                     *self.lock_child() = Some(child);
                     return Ok(());
@@ -263,7 +301,7 @@ fn free_port() -> Result<u16, HarnessError> {
         .map_err(|e| HarnessError::io("could not find a free loopback port", e))
 }
 
-fn args(config: &ServerConfig, dir: &Path, port: u16) -> Vec<OsString> {
+fn args(config: &ServerConfig, dir: &Path, port: u16, tls_port: Option<u16>) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     for s in [
@@ -286,6 +324,21 @@ fn args(config: &ServerConfig, dir: &Path, port: u16) -> Vec<OsString> {
             .into_iter()
             .for_each(&mut push),
     }
+    if let Some(tls_port) = tls_port {
+        a.push("--tls-port".into());
+        a.push(tls_port.to_string().into());
+        for (flag, name) in [
+            ("--tls-cert-file", "tls.crt"),
+            ("--tls-key-file", "tls.key"),
+            ("--tls-ca-cert-file", "ca.crt"),
+        ] {
+            a.push(flag.into());
+            a.push(dir.join(name).into());
+        }
+        // Client certificates are checked when presented, not required: tests can try both.
+        a.push("--tls-auth-clients".into());
+        a.push("optional".into());
+    }
     a.push("--dir".into());
     a.push(dir.into());
     a.push("--logfile".into());
@@ -295,7 +348,12 @@ fn args(config: &ServerConfig, dir: &Path, port: u16) -> Vec<OsString> {
 }
 
 /// Spawns one server on `port` and waits until it answers, or reports that the port was taken.
-async fn launch(config: &ServerConfig, dir: &Path, port: u16) -> Result<Launch, HarnessError> {
+async fn launch(
+    config: &ServerConfig,
+    dir: &Path,
+    port: u16,
+    tls_port: Option<u16>,
+) -> Result<Launch, HarnessError> {
     // Truncated per attempt, so "Address already in use" from an earlier attempt is not
     // mistaken for this one's failure. Server output before the log file opens goes to stdio.log.
     File::create(dir.join("redis.log"))
@@ -306,7 +364,7 @@ async fn launch(config: &ServerConfig, dir: &Path, port: u16) -> Result<Launch, 
         .try_clone()
         .map_err(|e| HarnessError::io("could not open stdio.log", e))?;
     let mut child = Command::new(&config.binary)
-        .args(args(config, dir, port))
+        .args(args(config, dir, port, tls_port))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(stdio)
@@ -472,8 +530,9 @@ mod tests {
             persistence: Persistence::AofAlways,
             extra_args: vec!["--maxmemory".into(), "1mb".into()],
             ready_timeout: Duration::from_secs(1),
+            tls: None,
         };
-        let a = args(&config, Path::new("/d"), 7000);
+        let a = args(&config, Path::new("/d"), 7000, None);
         let a: Vec<_> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         let joined = a.join(" ");
         assert!(joined.contains("--port 7000 --bind 127.0.0.1 --save  --daemonize no"));
@@ -492,9 +551,10 @@ mod tests {
             persistence: Persistence::Memory,
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(10),
+            tls: None,
         };
         let dir = TempDir::new().unwrap();
-        let launched = launch(&config, dir.path(), port).await.unwrap();
+        let launched = launch(&config, dir.path(), port, None).await.unwrap();
         assert!(matches!(launched, Launch::PortInUse(ref t) if t.contains("in use")));
     }
 }

@@ -3,7 +3,9 @@
 mod core;
 mod fencing;
 mod harness;
+mod hostile;
 mod lease;
 mod metrics;
+mod ops;
 mod quarantine;
 mod support;

@@ -1,0 +1,307 @@
+//! The types of a health report: [`Report`], [`NodeReport`], [`Finding`] and its
+//! [`Display`](fmt::Display) that says what to change.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+/// How serious a [`Finding`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Severity {
+    /// Weakens a guarantee in some failure, or could not be checked.
+    Warning,
+    /// Breaks mutual exclusion (or the quorum arithmetic) in ordinary operation.
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Warning => "warning",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// What a [`Finding`] is about.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// The node did not answer, or not as Redis would.
+    Unreachable(NodeError),
+    /// This node is the same server (same `run_id`) as an earlier one.
+    SameServer {
+        /// The earlier node's index.
+        first: usize,
+    },
+    /// The node is a replica.
+    Replica,
+    /// The node runs in Redis Cluster mode.
+    ClusterMode,
+    /// `maxmemory-policy` is not `noeviction`.
+    Eviction {
+        /// The policy found.
+        policy: String,
+    },
+    /// Writes are not fsynced before they are acknowledged.
+    NoFsyncAlways {
+        /// Whether AOF is on.
+        aof_enabled: bool,
+        /// The `appendfsync` setting, when it could be read.
+        appendfsync: Option<String>,
+    },
+    /// A setting could not be read (e.g. `CONFIG` denied by an ACL).
+    Unchecked {
+        /// What could not be checked.
+        what: &'static str,
+        /// Why.
+        cause: NodeError,
+    },
+    /// Fewer than 3 nodes.
+    TooFewNodes(usize),
+    /// An even number of nodes.
+    EvenNodes(usize),
+    /// `node_timeout` is long compared with typical lock TTLs.
+    SlowNodeTimeout(Duration),
+}
+
+/// One problem found by [`Redlock::diagnose`](crate::Redlock::diagnose): [`Display`](fmt::Display) says what is
+/// wrong, why it matters and what to change.
+///
+/// ```no_run
+/// # async fn run(redlock: tokio_redlock::Redlock) {
+/// use tokio_redlock::Severity;
+/// for finding in redlock.diagnose().await.findings() {
+///     if finding.severity() == Severity::Error {
+///         eprintln!("{finding}");
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub(super) severity: Severity,
+    node: Option<(usize, Arc<str>)>,
+    kind: FindingKind,
+    /// Set for a fenced manager: the persistence advice then covers the counters.
+    pub(super) fencing: bool,
+}
+
+impl Finding {
+    pub(super) fn new(severity: Severity, node: Option<&NodeReport>, kind: FindingKind) -> Self {
+        Self {
+            severity,
+            node: node.map(|n| (n.index, n.endpoint.clone())),
+            kind,
+            fencing: false,
+        }
+    }
+
+    /// How serious it is.
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+
+    /// The index of the node it is about, or `None` for the node set as a whole.
+    pub fn node(&self) -> Option<usize> {
+        self.node.as_ref().map(|(i, _)| *i)
+    }
+
+    /// What it is about.
+    pub fn kind(&self) -> &FindingKind {
+        &self.kind
+    }
+
+    /// Whether strict mode refuses to lock because of it: errors, except an unreachable
+    /// node (which the quorum tolerates; it is checked again when it is back).
+    pub(crate) fn blocks(&self) -> bool {
+        self.severity == Severity::Error && !matches!(self.kind, FindingKind::Unreachable(_))
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.severity)?;
+        if let Some((i, endpoint)) = &self.node {
+            write!(f, "node {i} ({endpoint}) ")?;
+        }
+        match &self.kind {
+            FindingKind::Unreachable(e) => write!(
+                f,
+                "did not answer the health check ({e}); it cannot vote, so fewer failures \
+                 are tolerated: bring it back or check its address and credentials"
+            ),
+            FindingKind::SameServer { first } => write!(
+                f,
+                "is the same server as node {first} (same run_id); its votes count twice and \
+                 the quorum is wrong: list each independent server once"
+            ),
+            FindingKind::Replica => f.write_str(
+                "is a replica; writes fail there, and if it is promoted after a failover it \
+                 may lack locks that were granted: use independent masters only",
+            ),
+            FindingKind::ClusterMode => f.write_str(
+                "runs in cluster mode; a failover to a replica can lose locks (replication is \
+                 asynchronous): use standalone masters, or accept that risk knowingly",
+            ),
+            FindingKind::Eviction { policy } => write!(
+                f,
+                "has maxmemory-policy {policy}; every policy but noeviction can evict lock \
+                 keys (they all carry a TTL, so volatile-* can too, and volatile-ttl takes \
+                 them first), silently freeing held locks: set `maxmemory-policy noeviction`"
+            ),
+            FindingKind::NoFsyncAlways {
+                aof_enabled,
+                appendfsync,
+            } => {
+                if *aof_enabled {
+                    write!(
+                        f,
+                        "fsyncs its AOF with appendfsync {}, not always; a crash can lose \
+                         acknowledged locks",
+                        appendfsync.as_deref().unwrap_or("(unknown)")
+                    )?;
+                } else {
+                    f.write_str(
+                        "has no AOF; a restart loses every lock it granted (Debian's packaged \
+                         service restarts at once without AOF)",
+                    )?;
+                }
+                if self.fencing {
+                    f.write_str(
+                        ", and fencing counters too, so tokens could repeat: set \
+                         `appendonly yes` and `appendfsync always`",
+                    )
+                } else {
+                    f.write_str(
+                        ": set `appendonly yes` and `appendfsync always`, or delay restarts \
+                         beyond the longest lock TTL",
+                    )
+                }
+            }
+            FindingKind::Unchecked { what, cause } => write!(
+                f,
+                "could not be checked for {what} ({cause}); grant the user `CONFIG GET` \
+                 (see docs/operations.md) or check it by hand"
+            ),
+            FindingKind::TooFewNodes(n) => write!(
+                f,
+                "{n} node(s): with fewer than 3, one node failing stops all locking, and a \
+                 single node is a single point of failure: use 3 or 5 independent nodes"
+            ),
+            FindingKind::EvenNodes(n) => write!(
+                f,
+                "{n} nodes: an even count tolerates no more failures than one node fewer, \
+                 and costs a node: use an odd number"
+            ),
+            FindingKind::SlowNodeTimeout(t) => write!(
+                f,
+                "node_timeout is {t:?}; a request to a sick node may take that long, which \
+                 eats into every lock's validity: keep it to tens of milliseconds, far below \
+                 the TTL"
+            ),
+        }
+    }
+}
+
+/// What [`Redlock::diagnose`](crate::Redlock::diagnose) learned about one node. Fields are `None` where the node
+/// did not say (unreachable, or the setting could not be read).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeReport {
+    /// The node's index in the order given to the builder.
+    pub index: usize,
+    /// `host:port[/db]`, without credentials.
+    pub endpoint: Arc<str>,
+    /// Whether it answered `PING`.
+    pub reachable: bool,
+    /// The `PING` round trip.
+    pub latency: Option<Duration>,
+    /// `redis` or `valkey` (INFO `server_name`, else `redis`).
+    pub server: Option<String>,
+    /// The server's version.
+    pub version: Option<String>,
+    /// `master` or `slave`.
+    pub role: Option<String>,
+    /// The server's `run_id`: new at every start.
+    pub run_id: Option<String>,
+    /// `maxmemory-policy`.
+    pub maxmemory_policy: Option<String>,
+    /// Whether AOF is on.
+    pub aof_enabled: Option<bool>,
+    /// `appendfsync` (`always`, `everysec`, `no`).
+    pub appendfsync: Option<String>,
+    /// How long the server has been up.
+    pub uptime: Option<Duration>,
+    /// Whether it runs in cluster mode.
+    pub cluster_enabled: Option<bool>,
+    /// Why it could not be checked, when it could not.
+    pub error: Option<NodeError>,
+}
+
+impl NodeReport {
+    pub(super) fn empty(node: &Node) -> Self {
+        Self {
+            index: node.index,
+            endpoint: node.endpoint.clone(),
+            reachable: false,
+            latency: None,
+            server: None,
+            version: None,
+            role: None,
+            run_id: None,
+            maxmemory_policy: None,
+            aof_enabled: None,
+            appendfsync: None,
+            uptime: None,
+            cluster_enabled: None,
+            error: None,
+        }
+    }
+}
+
+/// The result of [`Redlock::diagnose`](crate::Redlock::diagnose): one [`NodeReport`] per node and the
+/// [`Finding`]s.
+///
+/// Displays as one line per finding (or "healthy").
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub(super) nodes: Vec<NodeReport>,
+    pub(super) findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when no finding has [`Severity::Error`].
+    pub fn is_healthy(&self) -> bool {
+        !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// Every finding, errors first, then by node.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// What each node reported, in node order.
+    pub fn nodes(&self) -> &[NodeReport] {
+        &self.nodes
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.findings.is_empty() {
+            return f.write_str("healthy: no findings");
+        }
+        for (i, finding) in self.findings.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{finding}")?;
+        }
+        Ok(())
+    }
+}
