@@ -169,7 +169,7 @@ pub(crate) fn parse(
             cfg.processes, cfg.workers
         ));
     }
-    if cfg.chaos && !cfg.nodes.is_empty() {
+    if cfg.chaos && !cfg.nodes.is_empty() && !worker_mode {
         return Err("--chaos needs the local lock nodes; leave out --nodes/REDLOCK_NODES".into());
     }
     if worker_mode {
@@ -182,6 +182,7 @@ pub(crate) fn parse(
             store_url,
             prefix,
             lock: cfg.lock,
+            chaos: cfg.chaos,
             workers: cfg.workers,
             pick_among: pick_among.unwrap_or(cfg.workers),
             process,
@@ -215,6 +216,9 @@ pub(crate) fn worker_args(spec: &WorkerSpec) -> Vec<String> {
     ];
     if !spec.lock {
         args.push("--no-lock".to_owned());
+    }
+    if spec.chaos {
+        args.push("--chaos".to_owned());
     }
     args
 }
@@ -289,7 +293,7 @@ impl Summary {
             "== summary ({}, {ending})\n",
             if self.lock { "locks on" } else { "NO LOCK" }
         );
-        let rows: [(&str, String); 11] = [
+        let rows: [(&str, String); 12] = [
             (
                 "payments completed",
                 format!("{} / {}", self.completed, self.payments),
@@ -304,6 +308,10 @@ impl Summary {
                 format!("p50 {}, p99 {}", ms(self.latency_p50), ms(self.latency_p99)),
             ),
             ("stale writes refused", self.stat("refused").to_string()),
+            (
+                "stale reads refused",
+                self.stat("refused_reads").to_string(),
+            ),
             ("faults injected", self.faults.to_string()),
             ("store errors", self.stat("store_errors").to_string()),
             ("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64())),
@@ -398,6 +406,7 @@ pub(crate) async fn run(cfg: Config, stop: CancellationToken) -> Result<Summary,
         store_url,
         prefix,
         lock: cfg.lock,
+        chaos: cfg.chaos,
         workers: cfg.workers,
         pick_among: cfg.workers,
         process: 0,
@@ -451,7 +460,14 @@ pub(crate) async fn run(cfg: Config, stop: CancellationToken) -> Result<Summary,
     let chaos = async {
         match (&lock_cluster, cfg.chaos) {
             (Some(cluster), true) => {
-                chaos(cluster, cfg.payments, progress_rx, &faults, cfg.progress).await
+                let ctx = Chaos {
+                    cluster,
+                    store: store.clone(),
+                    keys: &keys,
+                    faults: &faults,
+                    verbose: cfg.progress,
+                };
+                chaos(ctx, cfg.payments, progress_rx).await
             }
             _ => Ok(()),
         }
@@ -614,17 +630,34 @@ async fn reached(rx: &mut watch::Receiver<usize>, done: usize) -> bool {
     rx.wait_for(|&d| d >= done).await.is_ok()
 }
 
+/// What `--chaos` works on.
+struct Chaos<'a> {
+    cluster: &'a Cluster,
+    store: MultiplexedConnection,
+    keys: &'a Keys,
+    faults: &'a AtomicU64,
+    verbose: bool,
+}
+
 /// `--chaos`: at 10%, 20% and 30% of the payments, pause lock node 0, kill lock node 1
 /// and partition lock node 2; each fault is undone after its own time. Up to three
 /// nodes of five can be out at once, which leaves no quorum for a moment: workers then
-/// wait, and the run still ends with every payment charged once.
+/// wait. At 40%, one worker is made to stall past its lock's ttl between reading a
+/// payment and recording its charge: another worker takes the payment over, and the
+/// store refuses the stalled worker's write by its fencing token. The run still ends
+/// with every payment charged once.
 async fn chaos(
-    cluster: &Cluster,
+    ctx: Chaos<'_>,
     payments: usize,
     progress: watch::Receiver<usize>,
-    faults: &AtomicU64,
-    verbose: bool,
 ) -> Result<(), String> {
+    let Chaos {
+        cluster,
+        mut store,
+        keys,
+        faults,
+        verbose,
+    } = ctx;
     let say = |msg: String| {
         if verbose {
             eprintln!("chaos: {msg}");
@@ -632,7 +665,12 @@ async fn chaos(
     };
     let injected = || faults.fetch_add(1, Ordering::Relaxed);
     let err = |what: &str, e: tokio_redlock::harness::HarnessError| format!("{what}: {e}");
-    let (mut rx0, mut rx1, mut rx2) = (progress.clone(), progress.clone(), progress);
+    let (mut rx0, mut rx1, mut rx2, mut rx3) = (
+        progress.clone(),
+        progress.clone(),
+        progress.clone(),
+        progress,
+    );
     let pause = async {
         if reached(&mut rx0, payments / 10).await {
             let node = cluster.node(0);
@@ -671,7 +709,20 @@ async fn chaos(
         }
         Ok(())
     };
-    tokio::try_join!(pause, kill, partition).map(|_| ())
+    let stall = async {
+        if reached(&mut rx3, payments * 2 / 5).await {
+            let _: () = redis::cmd("SET")
+                .arg(keys.stall())
+                .arg(1)
+                .query_async(&mut store)
+                .await
+                .map_err(|e| format!("arming the stall: {e}"))?;
+            injected();
+            say("the next worker to read a payment stalls past its lock's ttl".into());
+        }
+        Ok(())
+    };
+    tokio::try_join!(pause, kill, partition, stall).map(|_| ())
 }
 
 #[cfg(test)]
@@ -735,6 +786,7 @@ mod tests {
             store_url: "redis://s".into(),
             prefix: "p".into(),
             lock: false,
+            chaos: true,
             workers: 3,
             pick_among: 8,
             process: 1,

@@ -13,6 +13,10 @@ use redis::AsyncConnectionConfig;
 use tokio_redlock::{Redlock, FENCE_CHECK_LUA};
 use tokio_util::sync::CancellationToken;
 
+/// How long the worker stalled by `--chaos` sleeps between reading a payment and
+/// recording its charge, like a GC pause or a provider call that hangs: well past its
+/// lock's ttl, so that another worker takes the payment over meanwhile.
+const STALL_FOR: Duration = Duration::from_millis(LOCK_TTL.as_millis() as u64 + 500);
 /// How long a worker holds `lock:payment:<id>`. The work under it is one status read,
 /// a provider call of at most 50 ms and one script: a 1 s ttl leaves a wide margin on a
 /// loaded 2-core machine, and is short enough that a node killed by `--chaos` can stay
@@ -75,11 +79,15 @@ impl Keys {
     pub(crate) fn amounts(&self) -> String {
         format!("{}:amount", self.prefix)
     }
+    /// Set by `--chaos` to make the next worker that reads it stall past its lock's ttl.
+    pub(crate) fn stall(&self) -> String {
+        format!("{}:stall", self.prefix)
+    }
     /// The store's fencing high-water mark for one payment.
     fn fence(&self, id: u64) -> String {
         format!("{}:fence:{id}", self.prefix)
     }
-    fn all_fixed(&self) -> [String; 7] {
+    fn all_fixed(&self) -> [String; 8] {
         [
             self.status(),
             self.pending(),
@@ -88,6 +96,7 @@ impl Keys {
             self.stats(),
             self.latencies(),
             self.amounts(),
+            self.stall(),
         ]
     }
 }
@@ -103,15 +112,21 @@ redis.call('ZREM', KEYS[5], ARGV[2])
 return {1, n}
 ";
 
-/// [`RECORD_BODY`] behind the crate's fencing check: a token lower than the highest one
-/// the store has seen for this payment is refused, and the refusal counted, before any
-/// write. The check is wrapped in a function so that its early `return` comes back here.
-fn fenced_record_script() -> String {
+/// Reads a payment's status. KEYS: fence, status, stats. ARGV: token, id.
+const READ_BODY: &str = r"
+return {1, redis.call('HGET', KEYS[2], ARGV[2]) or ''}
+";
+
+/// `body` behind the crate's fencing check: a token lower than the highest one the
+/// store has seen for this payment is refused, and the refusal counted in the stats
+/// hash (`KEYS[stats_key]`) under `counter`, before anything else runs. The check is
+/// wrapped in a function so that its early `return` comes back here.
+fn fenced(body: &str, stats_key: usize, counter: &str) -> String {
     format!(
         "local function fence_check()\n{FENCE_CHECK_LUA}\nreturn nil\nend\n\
          local refused = fence_check()\n\
-         if refused then redis.call('HINCRBY', KEYS[6], 'refused', 1) return refused end\n\
-         {RECORD_BODY}"
+         if refused then redis.call('HINCRBY', KEYS[{stats_key}], '{counter}', 1) return refused end\n\
+         {body}"
     )
 }
 
@@ -156,8 +171,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) store_url: String,
     /// Key prefix of the run in the store.
     pub(crate) prefix: String,
-    /// Take the lock (and fence writes) or not.
+    /// Take the lock (and fence reads and writes) or not.
     pub(crate) lock: bool,
+    /// `--chaos`: one worker may be told (through the store) to stall past its ttl.
+    pub(crate) chaos: bool,
     /// How many workers to run.
     pub(crate) workers: usize,
     /// Workers pick among this many payments at the head of the queue: the number of
@@ -185,6 +202,7 @@ struct Shared {
     spec: WorkerSpec,
     keys: Keys,
     store: MultiplexedConnection,
+    read: redis::Script,
     record: redis::Script,
 }
 
@@ -192,15 +210,25 @@ struct Shared {
 /// worker finishes the payment it is on before it stops, and releases its lock.
 pub(crate) async fn run_workers(spec: WorkerSpec, stop: CancellationToken) -> Result<(), String> {
     let store = connect_store(&spec.store_url).await?;
-    let record = if spec.lock {
-        redis::Script::new(&fenced_record_script())
+    // Both steps are fenced with the lock: the read raises the store's mark to this
+    // holder's token at once, so a holder whose lock ran out is refused even if it
+    // writes before its successor does.
+    let (read, record) = if spec.lock {
+        (
+            redis::Script::new(&fenced(READ_BODY, 3, "refused_reads")),
+            redis::Script::new(&fenced(RECORD_BODY, 6, "refused")),
+        )
     } else {
-        redis::Script::new(RECORD_BODY)
+        (
+            redis::Script::new(READ_BODY),
+            redis::Script::new(RECORD_BODY),
+        )
     };
     let shared = Arc::new(Shared {
         keys: Keys::new(&spec.prefix),
         spec,
         store,
+        read,
         record,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -343,15 +371,24 @@ async fn charge_if_pending(
     stats: &mut Stats,
 ) {
     let keys = &shared.keys;
-    let status: redis::RedisResult<Option<String>> = redis::cmd("HGET")
-        .arg(keys.status())
+    let status: redis::RedisResult<(u64, String)> = shared
+        .read
+        .key(keys.fence(id))
+        .key(keys.status())
+        .key(keys.stats())
+        .arg(token)
         .arg(id)
-        .query_async(conn)
+        .invoke_async(conn)
         .await;
-    match status.as_ref().map(Option::as_deref) {
-        Ok(Some("pending")) => {}
-        Ok(_) => {
+    match status.as_ref().map(|(ok, s)| (*ok, s.as_str())) {
+        Ok((1, "pending")) => {}
+        Ok((1, _)) => {
             stats.already_done += 1;
+            return;
+        }
+        Ok(_) => {
+            // A successor already read this payment with a newer token; counted.
+            tracing::info!(worker = %name, id, token, "stale read refused");
             return;
         }
         Err(e) => {
@@ -359,6 +396,10 @@ async fn charge_if_pending(
             tracing::warn!(worker = %name, error = %e, "reading a status failed");
             return;
         }
+    }
+    if shared.spec.chaos && take_stall(shared, conn).await {
+        tracing::info!(worker = %name, id, "stalling past the lock's ttl (chaos)");
+        tokio::time::sleep(STALL_FOR).await;
     }
     provider(stats).await;
     let amount: redis::RedisResult<u64> = redis::cmd("HGET")
@@ -391,6 +432,15 @@ async fn charge_if_pending(
             tracing::warn!(worker = %name, error = %e, "recording a charge failed");
         }
     }
+}
+
+/// Whether this worker is the one `--chaos` asked to stall (at most one is).
+async fn take_stall(shared: &Shared, conn: &mut MultiplexedConnection) -> bool {
+    let taken: redis::RedisResult<Option<String>> = redis::cmd("GETDEL")
+        .arg(shared.keys.stall())
+        .query_async(conn)
+        .await;
+    matches!(taken, Ok(Some(_)))
 }
 
 /// The simulated payment provider: only its latency matters here. The charge itself

@@ -2,4 +2,5 @@
 
 mod core;
 mod harness;
+mod payment;
 mod support;
