@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-// The unit tests at the end of app.rs run here too (payment::app::tests).
-#[allow(dead_code)]
+// The unit tests of app.rs and cli.rs run here too (payment::app::...). What only
+// main.rs uses is unused here.
+#[allow(dead_code, unused_imports)]
 #[path = "../../examples/payment_processor/app.rs"]
 mod app;
 
