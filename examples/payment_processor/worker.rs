@@ -13,10 +13,14 @@ use redis::AsyncConnectionConfig;
 use tokio_redlock::{Redlock, FENCE_CHECK_LUA};
 use tokio_util::sync::CancellationToken;
 
-/// How long the worker stalled by `--chaos` sleeps between reading a payment and
-/// recording its charge, like a GC pause or a provider call that hangs: well past its
-/// lock's ttl, so that another worker takes the payment over meanwhile.
-const STALL_FOR: Duration = Duration::from_millis(LOCK_TTL.as_millis() as u64 + 500);
+/// The longest the worker stalled by `--chaos` waits, between reading a payment and
+/// recording its charge (like a GC pause or a provider call that hangs), for another
+/// worker to take the payment over after its lock ran out. The takeover normally
+/// comes right after the 1 s ttl; 10 s covers a moment without quorum under chaos on
+/// a loaded machine.
+const STALL_MAX: Duration = Duration::from_secs(10);
+/// How often the stalled worker looks whether a successor has read the payment.
+const STALL_POLL: Duration = Duration::from_millis(20);
 /// How long a worker holds `lock:payment:<id>`. The work under it is one status read,
 /// a provider call of at most 50 ms and one script: a 1 s ttl leaves a wide margin on a
 /// loaded 2-core machine, and is short enough that a node killed by `--chaos` can stay
@@ -397,9 +401,9 @@ async fn charge_if_pending(
             return;
         }
     }
-    if shared.spec.chaos && take_stall(shared, conn).await {
+    if shared.spec.chaos && shared.spec.lock && take_stall(shared, conn).await {
         tracing::info!(worker = %name, id, "stalling past the lock's ttl (chaos)");
-        tokio::time::sleep(STALL_FOR).await;
+        stall_until_taken_over(shared, conn, id, token).await;
     }
     provider(stats).await;
     let amount: redis::RedisResult<u64> = redis::cmd("HGET")
@@ -441,6 +445,29 @@ async fn take_stall(shared: &Shared, conn: &mut MultiplexedConnection) -> bool {
         .query_async(conn)
         .await;
     matches!(taken, Ok(Some(_)))
+}
+
+/// Waits until the store has seen a newer token for payment `id` than ours, that is,
+/// until a successor read it under a newer lock (or [`STALL_MAX`] passed). Waiting for
+/// that event rather than a fixed time makes the stale write that follows certain to
+/// be the one the store refuses.
+async fn stall_until_taken_over(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    id: u64,
+    token: u64,
+) {
+    let deadline = Instant::now() + STALL_MAX;
+    while Instant::now() < deadline {
+        tokio::time::sleep(STALL_POLL).await;
+        let mark: redis::RedisResult<Option<u64>> = redis::cmd("GET")
+            .arg(shared.keys.fence(id))
+            .query_async(conn)
+            .await;
+        if matches!(mark, Ok(Some(m)) if m > token) {
+            return;
+        }
+    }
 }
 
 /// The simulated payment provider: only its latency matters here. The charge itself
