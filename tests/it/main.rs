@@ -7,5 +7,6 @@ mod hostile;
 mod lease;
 mod metrics;
 mod ops;
+mod payment;
 mod quarantine;
 mod support;

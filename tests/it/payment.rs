@@ -1,0 +1,164 @@
+//! The payment-processor example (`examples/payment_processor/`), run in-process on its
+//! own local servers: the lock keeps every payment charged exactly once, also under node
+//! faults and across worker processes, and without it the same workers charge twice.
+//!
+//! The example's logic is included here as a module, so these tests run the very code
+//! `cargo run --example payment_processor` runs. Only `--processes` needs the example's
+//! binary (the worker processes are copies of it); that test has cargo build it first.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+// The unit tests of app.rs and cli.rs run here too (payment::app::...). What only
+// main.rs uses is unused here.
+#[allow(dead_code, unused_imports)]
+#[path = "../../examples/payment_processor/app.rs"]
+mod app;
+
+/// Runs are a few seconds; this bounds a hang (a cluster start included).
+const RUN_BOUND: Duration = Duration::from_secs(90);
+/// Building the example when it is missing or stale (only its own crate recompiles).
+const BUILD_BOUND: Duration = Duration::from_secs(300);
+
+/// Small runs: 40 payments for 8 workers collide often enough and finish in seconds.
+fn config() -> app::Config {
+    app::Config {
+        payments: 40,
+        workers: 8,
+        progress: false,
+        timeout: Duration::from_secs(60),
+        ..app::Config::default()
+    }
+}
+
+async fn run(cfg: app::Config) -> app::Summary {
+    tokio::time::timeout(RUN_BOUND, app::run(cfg, CancellationToken::new()))
+        .await
+        .expect("the run did not end within its bound")
+        .expect("the run completes")
+}
+
+/// What every run with the lock must show: each payment completed and charged once.
+fn assert_each_charged_once(s: &app::Summary) {
+    let text = s.render();
+    assert_eq!(s.ending, app::Ending::Finished, "{text}");
+    assert_eq!(s.completed, s.payments, "every payment completed:\n{text}");
+    assert_eq!(s.charges, s.payments, "one charge per payment:\n{text}");
+    assert_eq!(s.double_charges, 0, "{text}");
+    assert!(s.stat("acquisitions") >= s.payments as u64, "{text}");
+    assert!(
+        s.latency_p50.is_some() && s.latency_p99 >= s.latency_p50,
+        "{text}"
+    );
+    assert_eq!(s.exit_code(), 0, "{text}");
+    assert!(text.ends_with("double charges: 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lock_every_payment_is_charged_once() {
+    let s = run(config()).await;
+    assert_each_charged_once(&s);
+    // The workers did race: they collided on payments and the lock turned them away.
+    assert!(s.stat("conflicts") > 0, "{}", s.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_pause_kill_partition_still_charges_each_once() {
+    let s = run(app::Config {
+        chaos: true,
+        ..config()
+    })
+    .await;
+    assert_each_charged_once(&s);
+    assert_eq!(
+        s.faults,
+        4,
+        "pause, kill, partition and a stalled worker all happened:\n{}",
+        s.render()
+    );
+    // The stalled worker's charge came after its lock ran out and a successor had
+    // taken the payment: the store refused it by its fencing token.
+    assert_eq!(s.stat("refused"), 1, "{}", s.render());
+    assert!(s.warnings.is_empty(), "{}", s.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_share_the_store_and_charge_each_once() {
+    let exe = example_binary().await;
+    let s = run(app::Config {
+        processes: 2,
+        worker_exe: Some(exe),
+        ..config()
+    })
+    .await;
+    assert_each_charged_once(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_payments_are_charged_twice() {
+    let s = run(app::Config {
+        lock: false,
+        ..config()
+    })
+    .await;
+    let text = s.render();
+    assert_eq!(s.completed, s.payments, "{text}");
+    assert!(s.double_charges > 0, "the race is real:\n{text}");
+    assert!(s.charges > s.payments, "{text}");
+    assert_eq!(s.stat("acquisitions"), 0, "{text}");
+    assert!(
+        text.ends_with(&format!("double charges: {}", s.double_charges)),
+        "{text}"
+    );
+}
+
+/// The example's binary, built (or found up to date) by cargo in this test's target dir.
+///
+/// `cargo test` builds examples anyway, but `cargo test --test it` does not, and a binary
+/// left from an earlier build could be stale; a no-op build costs well under a second.
+async fn example_binary() -> PathBuf {
+    // <target>/<profile>/deps/it-<hash>  ->  <target>/<profile>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in <target>/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    // The same features as this test build, so that the library is not rebuilt.
+    let mut features = vec!["harness"];
+    if cfg!(feature = "tls") {
+        features.push("tls");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = tokio::process::Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "payment_processor",
+            "--features",
+        ])
+        .arg(features.join(","))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .kill_on_drop(true);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = tokio::time::timeout(BUILD_BOUND, cmd.output())
+        .await
+        .expect("cargo build of the example timed out")
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo build --example payment_processor failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("examples").join("payment_processor");
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
