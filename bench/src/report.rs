@@ -146,15 +146,16 @@ pub(crate) fn contended(title: &str, rows: &[(Kind, Summary)]) {
     println!();
     let rs = find(rows, Kind::Rslock);
     let (rs_ops, rs_p99) = rs.map_or((f64::NAN, f64::NAN), |s| (s.ops_per_sec, s.p99_us));
-    println!("| subject | acq/s | wait p50 µs | wait p99 µs | CPU µs/acq | least ÷ mean | most ÷ mean | re-take | overlaps | failed acquire calls | waits cut at round end | acq/s ÷ rslock | p99 ÷ rslock |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| subject | acq/s | wait p50 µs | wait p99 µs | longest wait µs | CPU µs/acq | least ÷ mean | most ÷ mean | re-take | overlaps | failed acquire calls | waits cut at round end | acq/s ÷ rslock | p99 ÷ rslock |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (kind, s) in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} % | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} % | {} | {} | {} | {} | {} |",
             kind.name(),
             num(s.ops_per_sec),
             num(s.p50_us),
             num(s.p99_us),
+            num(s.max_us),
             num(s.cpu_us_per_success),
             s.fair_min,
             s.fair_max,
