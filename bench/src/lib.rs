@@ -239,17 +239,32 @@ fn run_round(
     round
 }
 
-/// Runs `kinds` interleaved (A B C, B C A, ...) for `rounds` rounds after a warm-up.
+/// One scenario of lock + unlock loops, for [`interleaved`].
+struct Phase<'a> {
+    scenario: &'a str,
+    kinds: &'a [Kind],
+    urls: &'a [String],
+    /// Tasks per subject: 1 for the sequential scenarios.
+    tasks: usize,
+    /// Length of one measured round.
+    dur: Duration,
+}
+
+/// Runs the phase's subjects interleaved (A B C, B C A, ...) for `rounds` rounds after a
+/// warm-up; with `fault`, makes a node sick between the warm-up and the rounds.
 fn interleaved(
     rt: &Runtime,
     s: &Settings,
-    scenario: &str,
-    kinds: &[Kind],
-    urls: &[String],
-    tasks: usize,
-    dur: Duration,
+    phase: Phase<'_>,
     fault: Option<&dyn Fn() -> Result<(), String>>,
 ) -> Result<Vec<(Kind, Summary)>, String> {
+    let Phase {
+        scenario,
+        kinds,
+        urls,
+        tasks,
+        dur,
+    } = phase;
     let mut subjects = Vec::new();
     for &kind in kinds {
         let mut subject = connect(rt, kind, urls)?;
@@ -387,7 +402,18 @@ fn try_run() -> Result<(), String> {
     }
 
     eprintln!("scenario 1: uncontended, direct");
-    let s1 = interleaved(&rt, &s, "s1", &all, &direct, 1, s.secs(1.0), None)?;
+    let s1 = interleaved(
+        &rt,
+        &s,
+        Phase {
+            scenario: "s1",
+            kinds: &all,
+            urls: &direct,
+            tasks: 1,
+            dur: s.secs(1.0),
+        },
+        None,
+    )?;
     report::table(
         "1. Uncontended: one task, lock + unlock of fresh keys (direct to the nodes)",
         &s1,
@@ -399,11 +425,13 @@ fn try_run() -> Result<(), String> {
     let s2 = interleaved(
         &rt,
         &s,
-        "s2",
-        &par,
-        &direct,
-        PARALLEL_TASKS,
-        s.secs(1.0),
+        Phase {
+            scenario: "s2",
+            kinds: &par,
+            urls: &direct,
+            tasks: PARALLEL_TASKS,
+            dur: s.secs(1.0),
+        },
         None,
     )?;
     report::table(
@@ -420,7 +448,18 @@ fn try_run() -> Result<(), String> {
     );
 
     eprintln!("scenario 1p: uncontended, through the proxies");
-    let s1p = interleaved(&rt, &s, "s1p", &all, &proxied, 1, s.secs(1.0), None)?;
+    let s1p = interleaved(
+        &rt,
+        &s,
+        Phase {
+            scenario: "s1p",
+            kinds: &all,
+            urls: &proxied,
+            tasks: 1,
+            dur: s.secs(1.0),
+        },
+        None,
+    )?;
     report::table(
         "1p. Uncontended through the fault proxies, all nodes healthy (baseline of 4 and 5)",
         &s1p,
@@ -430,7 +469,18 @@ fn try_run() -> Result<(), String> {
     let sick = [Kind::TokioRedlock, Kind::Rslock];
     eprintln!("scenario 4: node {SICK} paused");
     let pause = || harness.on_harness(&rt, |c| async move { c.node(SICK).pause().await });
-    let s4 = interleaved(&rt, &s, "s4", &sick, &proxied, 1, s.secs(3.0), Some(&pause));
+    let s4 = interleaved(
+        &rt,
+        &s,
+        Phase {
+            scenario: "s4",
+            kinds: &sick,
+            urls: &proxied,
+            tasks: 1,
+            dur: s.secs(3.0),
+        },
+        Some(&pause),
+    );
     harness.on_harness(&rt, |c| async move { c.node(SICK).resume().await })?;
     harness.on_harness(&rt, |c| async move {
         c.wait_healthy(Duration::from_secs(10)).await
@@ -446,11 +496,13 @@ fn try_run() -> Result<(), String> {
     let s5 = interleaved(
         &rt,
         &s,
-        "s5",
-        &sick,
-        &proxied,
-        1,
-        s.secs(2.0),
+        Phase {
+            scenario: "s5",
+            kinds: &sick,
+            urls: &proxied,
+            tasks: 1,
+            dur: s.secs(3.0),
+        },
         Some(&partition),
     );
     harness.on_harness(&rt, |c| async move { c.node(SICK).heal().await })?;
