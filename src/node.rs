@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::error::{NodeError, NodeErrorKind};
 
@@ -29,7 +29,7 @@ enum Slot {
 #[derive(Clone, Copy)]
 pub(crate) enum Request<'a> {
     Cmd(&'a redis::Cmd),
-    Script(&'a redis::ScriptInvocation<'a>),
+    Script(&'a crate::scripts::Call),
 }
 
 pub(crate) struct Node {
@@ -164,7 +164,15 @@ impl Node {
             Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
             // EVALSHA first; on NOSCRIPT (a restarted or flushed node) the script is
             // loaded and run again, once.
-            Request::Script(inv) => inv.invoke_async::<Value>(&mut conn).await,
+            Request::Script(call) => match call.cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    match call.script.load_async(&mut conn).await {
+                        Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            },
         };
         reply.map_err(|e| (e, Some(generation)))
     }

@@ -86,7 +86,7 @@ impl fmt::Debug for Redlock {
 /// A request to run on every node, shared by the per-node futures.
 pub(crate) enum Op {
     Cmd(redis::Cmd),
-    Script(redis::ScriptInvocation<'static>),
+    Script(scripts::Call),
 }
 
 impl Op {
@@ -100,30 +100,26 @@ impl Op {
     /// Compare-and-delete of `keys` held with `value`; with `notify`, waiters on the
     /// released keys are woken.
     pub(crate) fn release(keys: &[String], value: &str, notify: bool) -> Self {
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        for key in keys {
-            inv.key(key);
-        }
-        if notify {
-            for key in keys {
-                inv.key(format!("{key}{}", wake::QUEUE_SUFFIX));
-            }
+        let call = if notify {
+            let queues = keys.iter().map(|k| format!("{k}{}", wake::QUEUE_SUFFIX));
+            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
+            let mut call = scripts::Call::new(&scripts::RELEASE, &all);
             let release_id = format!("{:016x}", rand::rng().random::<u64>());
-            inv.arg(value).arg(wake::CHANNEL_PREFIX).arg(release_id);
+            call.arg(value).arg(wake::CHANNEL_PREFIX).arg(release_id);
+            call
         } else {
-            inv.arg(value).arg("");
-        }
-        Self::Script(inv)
+            let mut call = scripts::Call::new(&scripts::RELEASE, keys);
+            call.arg(value).arg("");
+            call
+        };
+        Self::Script(call)
     }
 
     /// Compare-and-pexpire of `keys` held with `value`.
     pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Self {
-        let mut inv = scripts::EXTEND.prepare_invoke();
-        for key in keys {
-            inv.key(key);
-        }
-        inv.arg(value).arg(ttl_ms);
-        Self::Script(inv)
+        let mut call = scripts::Call::new(&scripts::EXTEND, keys);
+        call.arg(value).arg(ttl_ms);
+        Self::Script(call)
     }
 }
 
@@ -633,10 +629,10 @@ impl Redlock {
         let op = match (fence_keys, candidate) {
             (None, _) if keys.len() == 1 && queue.is_some() => {
                 let (member, front) = queue.unwrap_or_default();
-                let mut inv = scripts::ACQUIRE_OR_QUEUE.prepare_invoke();
-                inv.key(&keys[0])
-                    .key(format!("{}{}", keys[0], wake::QUEUE_SUFFIX))
-                    .arg(&*value)
+                let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
+                let mut inv =
+                    scripts::Call::new(&scripts::ACQUIRE_OR_QUEUE, &[&*keys[0], &queue_key]);
+                inv.arg(&*value)
                     .arg(ttl_ms)
                     .arg(member)
                     .arg(if front { "1" } else { "0" })
@@ -644,10 +640,8 @@ impl Redlock {
                 Op::Script(inv)
             }
             (Some(fences), Some(t)) => {
-                let mut inv = scripts::FENCED_ACQUIRE.prepare_invoke();
-                for key in keys.iter().chain(fences) {
-                    inv.key(key);
-                }
+                let all: Vec<&str> = keys.iter().chain(fences).map(String::as_str).collect();
+                let mut inv = scripts::Call::new(&scripts::FENCED_ACQUIRE, &all);
                 inv.arg(&*value).arg(ttl_ms).arg(t);
                 Op::Script(inv)
             }
@@ -661,10 +655,7 @@ impl Redlock {
                 Op::Cmd(cmd)
             }
             _ => {
-                let mut inv = scripts::ACQUIRE_MANY.prepare_invoke();
-                for key in keys.iter() {
-                    inv.key(key);
-                }
+                let mut inv = scripts::Call::new(&scripts::ACQUIRE_MANY, keys);
                 inv.arg(&*value).arg(ttl_ms);
                 Op::Script(inv)
             }
@@ -756,8 +747,10 @@ impl Redlock {
             self.undo(&mut undo, &answered).await;
             return Attempt::Expired(elapsed);
         }
-        // Lost: whatever the stragglers would still set is undone below, on every node.
-        drop(replies);
+        // Lost: the stragglers' requests still go out (a queued acquire must reach every
+        // node's wait queue), and whatever they set is undone below: the undo follows
+        // them on each node's connection, so it runs after them.
+        finish_in_background(replies, "failed attempt");
         self.undo(&mut undo, &answered).await;
         Attempt::Lost {
             tally,

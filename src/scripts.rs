@@ -7,7 +7,32 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{Script, ToRedisArgs};
+
+/// One script request, packed once and sent to every node as `EVALSHA`; a node that
+/// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.
+/// (`redis::ScriptInvocation` would rebuild the command for each node.)
+pub(crate) struct Call {
+    pub(crate) script: &'static Script,
+    pub(crate) cmd: redis::Cmd,
+}
+
+impl Call {
+    /// `EVALSHA <sha> <number of keys> <keys...>`; the arguments follow with [`arg`](Self::arg).
+    pub(crate) fn new<K: ToRedisArgs>(script: &'static Script, keys: &[K]) -> Self {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len());
+        for key in keys {
+            cmd.arg(key);
+        }
+        Self { script, cmd }
+    }
+
+    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+}
 
 /// Deletes each lock key whose value is `ARGV[1]`; returns `{keys deleted, waiters woken}`.
 ///

@@ -147,9 +147,8 @@ impl Drop for Waiter {
 
 /// Adds `member` to the wait queue of `key` on every node, bounded by the node timeout.
 async fn join_queues(nodes: &[Node], key: &str, member: &str, front: bool) {
-    let mut inv = scripts::WAIT_JOIN.prepare_invoke();
-    inv.key(format!("{key}{QUEUE_SUFFIX}"))
-        .arg(member)
+    let mut inv = scripts::Call::new(&scripts::WAIT_JOIN, &[format!("{key}{QUEUE_SUFFIX}")]);
+    inv.arg(member)
         .arg(if front { "1" } else { "0" })
         .arg(QUEUE_TTL_MS);
     let joins = nodes.iter().map(|n| n.run(Request::Script(&inv)));
