@@ -161,6 +161,17 @@ impl Default for RedlockBuilder {
 impl RedlockBuilder {
     /// Adds the node URLs: `redis://[user:password@]host:port[/db]`, or `rediss://`
     /// with the `tls` feature. Each must be an independent master. Defaults to none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn nodes<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -172,6 +183,18 @@ impl RedlockBuilder {
     }
 
     /// Adds one node URL (see [`nodes`](Self::nodes)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://10.0.0.1:6379")
+    ///     .node("redis://app:secret@10.0.0.2:6379/1")
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn node(mut self, url: impl AsRef<str>) -> Self {
         self.nodes.push(url.as_ref().to_owned());
         self
@@ -182,18 +205,51 @@ impl RedlockBuilder {
     /// [`wake_on_release`](Self::wake_on_release)). A waiter that queues for wake-ups
     /// makes one more attempt at once, atomically with joining the queue, which does not
     /// count against this budget. Defaults to 10.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").retry_count(3).build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
     /// Pause between attempts. Defaults to 200 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .retry_delay(Duration::from_millis(50))
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
     }
 
     /// Upper bound of a uniform random pause added to each `retry_delay`. Defaults to 200 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .retry_jitter(Duration::from_millis(50))
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
         self.retry_jitter = jitter;
         self
@@ -201,6 +257,15 @@ impl RedlockBuilder {
 
     /// Clock drift allowed, as a fraction of the TTL: validity is
     /// `ttl − elapsed − (ttl × factor + 2 ms)`. Must be in `[0, 1)`. Defaults to 0.01.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").drift_factor(0.02).build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
         self
@@ -208,6 +273,18 @@ impl RedlockBuilder {
 
     /// Bound on each request to one node, connecting included. A node that does not
     /// answer within it counts as failed for that request. Defaults to 50 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .node_timeout(Duration::from_millis(20))
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -215,6 +292,18 @@ impl RedlockBuilder {
 
     /// Bound on making a connection to one node. Connections are made in the background
     /// and requests never wait longer than `node_timeout` for one. Defaults to 1 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .connect_timeout(Duration::from_millis(300))
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -223,6 +312,16 @@ impl RedlockBuilder {
     /// A prefix put before every resource name to make its key. Defaults to none: the
     /// key is the resource name, as node-redlock and redsync use it, so locks taken by
     /// those clients and by this crate exclude each other.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").key_prefix("locks:").build()?;
+    /// assert_eq!(redlock.key_of("payment:42"), "locks:payment:42");
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -231,6 +330,15 @@ impl RedlockBuilder {
     /// Hand out fencing tokens with every acquisition (see
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) and `docs/safety.md`).
     /// Defaults to off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").fencing(true).build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self
@@ -238,6 +346,20 @@ impl RedlockBuilder {
 
     /// The suffix of the fencing counter key kept beside each lock key
     /// (`<key><suffix>`). Defaults to `":fence"`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .fencing(true)
+    ///     .fence_suffix(":token")
+    ///     .build()?;
+    /// assert_eq!(redlock.fence_key_of("job"), "job:token");
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.fence_suffix = suffix.into();
         self
@@ -250,6 +372,15 @@ impl RedlockBuilder {
     /// instead of sleeping out `retry_delay`. Correctness never depends on it: a woken
     /// waiter still needs a quorum, and a missed message only means the retry delay
     /// applies. Defaults to on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").wake_on_release(false).build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
         self
@@ -270,6 +401,18 @@ impl RedlockBuilder {
     /// a test) can be locked on at once; turn it on in production unless every node
     /// runs `appendfsync always`. A quarantined node's vote is a failure whose cause is
     /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .restart_quarantine(Some(Duration::from_secs(60)))
+    ///     .build()?;
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
         self.restart_quarantine = period;
         self
@@ -345,6 +488,16 @@ impl RedlockBuilder {
     /// [`Error::Config`] for an empty node list, a URL that does not parse (or needs a
     /// feature that is off), the same node listed twice, a drift factor outside
     /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert!(Redlock::builder().build().is_err());
+    /// # let _ = (redlock, Duration::ZERO);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
     pub fn build(self) -> Result<Redlock, Error> {
         if self.nodes.is_empty() {
             return Err(Error::Config(

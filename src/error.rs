@@ -158,27 +158,52 @@ impl Error {
     }
 
     /// True when the lock could not be taken because another owner holds it.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert!(!err.is_conflict());
+    /// ```
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
 
     /// True when too few nodes answered.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert!(!err.is_no_quorum());
+    /// ```
     pub fn is_no_quorum(&self) -> bool {
         matches!(self, Self::NoQuorum { .. })
     }
 
     /// True when a held lock was lost.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert!(!err.is_lock_lost());
+    /// ```
     pub fn is_lock_lost(&self) -> bool {
         matches!(self, Self::LockLost { .. })
     }
 
     /// True when every node cause is a timeout (and there is at least one).
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert!(!err.is_timeout());
+    /// ```
     pub fn is_timeout(&self) -> bool {
         let causes = self.node_errors();
         !causes.is_empty() && causes.iter().all(NodeError::is_timeout)
     }
 
     /// How many attempts were made, for errors that come from acquisition.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert_eq!(err.attempts(), None);
+    /// ```
     pub fn attempts(&self) -> Option<u32> {
         match self {
             Self::Conflict { attempts, .. }
@@ -197,6 +222,11 @@ pub struct NodeErrors(pub(crate) Vec<NodeError>);
 
 impl NodeErrors {
     /// The failures, one per failed node.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// let _ = err; // NoQuorum's `causes` field holds one of these
+    /// ```
     pub fn as_slice(&self) -> &[NodeError] {
         &self.0
     }
@@ -254,21 +284,81 @@ impl NodeError {
     }
 
     /// The index of the node in the order given to the builder.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Nothing listens on port 1: the node fails, and says why.
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:1")
+    ///     .retry_count(0)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
+    /// let cause = &err.node_errors()[0];
+    /// assert_eq!(cause.node(), 0);
+    /// # }
+    /// ```
     pub fn node(&self) -> usize {
         self.node
     }
 
     /// The node's address, without credentials.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Nothing listens on port 1: the node fails, and says why.
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:1")
+    ///     .retry_count(0)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
+    /// let cause = &err.node_errors()[0];
+    /// assert_eq!(cause.endpoint(), "127.0.0.1:1");
+    /// # }
+    /// ```
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// What went wrong.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Nothing listens on port 1: the node fails, and says why.
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:1")
+    ///     .retry_count(0)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
+    /// let cause = &err.node_errors()[0];
+    /// assert!(matches!(cause.kind(), tokio_redlock::NodeErrorKind::Redis(_)));
+    /// # }
+    /// ```
     pub fn kind(&self) -> &NodeErrorKind {
         &self.kind
     }
 
     /// True when the node did not answer in time.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Nothing listens on port 1: the node fails, and says why.
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:1")
+    ///     .retry_count(0)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
+    /// let cause = &err.node_errors()[0];
+    /// assert!(!cause.is_timeout());
+    /// # }
+    /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, NodeErrorKind::Timeout(_))
     }

@@ -226,6 +226,14 @@ impl LockGuard {
     }
 
     /// The ttl the lock was taken (or last extended) with.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(2)).await?;
+    /// assert_eq!(guard.ttl(), std::time::Duration::from_secs(2));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
