@@ -104,8 +104,7 @@ impl Op {
             let queues = keys.iter().map(|k| format!("{k}{}", wake::QUEUE_SUFFIX));
             let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
             let mut call = scripts::Call::new(&scripts::RELEASE, &all);
-            let release_id = format!("{:016x}", rand::rng().random::<u64>());
-            call.arg(value).arg(wake::CHANNEL_PREFIX).arg(release_id);
+            call.arg(value).arg(wake::CHANNEL_PREFIX);
             call
         } else {
             let mut call = scripts::Call::new(&scripts::RELEASE, keys);
@@ -131,7 +130,17 @@ pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
 /// The futures own what they use, so the caller can stop listening at any time and
 /// hand the stragglers to [`finish_in_background`].
 pub(crate) fn fan_out(inner: &Arc<Inner>, op: Arc<Op>) -> Replies {
+    fan_out_where(inner, op, |_| true)
+}
+
+/// Like [`fan_out`], to the nodes `to` picks.
+pub(crate) fn fan_out_where(
+    inner: &Arc<Inner>,
+    op: Arc<Op>,
+    to: impl Fn(usize) -> bool,
+) -> Replies {
     (0..inner.nodes.len())
+        .filter(|i| to(*i))
         .map(|i| {
             let inner = Arc::clone(inner);
             let op = Arc::clone(&op);
@@ -147,6 +156,13 @@ pub(crate) fn fan_out(inner: &Arc<Inner>, op: Arc<Op>) -> Replies {
 /// Lets requests that were already sent finish without anyone waiting for them, and
 /// logs their failures.
 pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
+    // Replies that are in already need no task: on a healthy cluster the stragglers
+    // usually are, and a spawn per operation is most of what this would cost.
+    while let Some(Some((node, reply))) = rest.next().now_or_never() {
+        if let Err(e) = reply {
+            tracing::debug!(node, error = %e, "{what}: late request failed");
+        }
+    }
     if rest.is_empty() {
         return;
     }
@@ -482,7 +498,6 @@ impl Redlock {
         let mut rerounds: u32 = 0;
         let mut waiter: Option<Waiter> = None;
         let mut woken = false;
-        let mut woken_last = false;
         let queue_atomically = keys.len() == 1 && fence_keys.is_none();
         // A release by this manager just woke a waiter: let it go first.
         let yield_until = self
@@ -508,7 +523,7 @@ impl Redlock {
             let queue = waiter
                 .as_ref()
                 .filter(|_| queue_atomically)
-                .map(|w| (w.member(), woken_last));
+                .map(|w| (w.member(), woken));
             let attempt = self
                 .attempt(
                     &names,
@@ -599,7 +614,6 @@ impl Redlock {
             if let (true, Some(w), false) = (wait, &waiter, queue_atomically) {
                 w.rejoin(woken).await;
             }
-            woken_last = woken;
             woken = false;
             tracing::trace!(?pause, "retrying");
             match waiter.as_ref() {
@@ -672,6 +686,8 @@ impl Redlock {
         let mut tally = Tally::new(inner.nodes.len());
         let mut causes = Vec::new();
         let mut answered = vec![false; inner.nodes.len()];
+        // Nodes that answered "not set": nothing of this attempt is there to undo.
+        let mut refused = vec![false; inner.nodes.len()];
         let mut stale: Option<u64> = None;
         let mut locked = 0usize;
         let mut outcome = None;
@@ -689,6 +705,7 @@ impl Redlock {
                     answered[node] = true;
                     match classify_acquire(&value, candidate.is_some()) {
                         Ok((vote, counter)) => {
+                            refused[node] = vote == Vote::No;
                             match (vote, counter) {
                                 (Vote::No, Some(c)) => stale = Some(stale.map_or(c, |s| s.max(c))),
                                 (Vote::No, None) => locked += 1,
@@ -744,14 +761,14 @@ impl Redlock {
                 }
                 return Attempt::Won(guard);
             }
-            self.undo(&mut undo, &answered).await;
+            self.undo(&mut undo, &answered, &refused).await;
             return Attempt::Expired(elapsed);
         }
         // Lost: the stragglers' requests still go out (a queued acquire must reach every
         // node's wait queue), and whatever they set is undone below: the undo follows
         // them on each node's connection, so it runs after them.
         finish_in_background(replies, "failed attempt");
-        self.undo(&mut undo, &answered).await;
+        self.undo(&mut undo, &answered, &refused).await;
         Attempt::Lost {
             tally,
             causes,
@@ -763,12 +780,21 @@ impl Redlock {
     /// Undoes a failed attempt on every node, before the next attempt. Nodes that answered
     /// the attempt are waited for (bounded by the node timeout); the silent ones get the
     /// same release, in the background, since their SET may still land or have landed.
-    async fn undo(&self, undo: &mut Undo, answered: &[bool]) {
+    async fn undo(&self, undo: &mut Undo, answered: &[bool], refused: &[bool]) {
         undo.armed = false;
+        // A node that answered "not set" holds nothing of this attempt: under contention
+        // that is every node, and the undo costs nothing.
+        if refused.iter().all(|r| *r) {
+            return;
+        }
         // No wake-ups: the resource is still held by whoever beat this attempt.
         let op = Op::release(&undo.keys, &undo.value, false);
-        let mut replies = fan_out(&self.inner, Arc::new(op));
-        let mut waiting = answered.iter().filter(|a| **a).count();
+        let mut replies = fan_out_where(&self.inner, Arc::new(op), |i| !refused[i]);
+        let mut waiting = answered
+            .iter()
+            .zip(refused)
+            .filter(|(a, r)| **a && !**r)
+            .count();
         while waiting > 0 {
             let Some((node, reply)) = replies.next().await else {
                 break;

@@ -37,8 +37,8 @@ impl Call {
 /// Deletes each lock key whose value is `ARGV[1]`; returns `{keys deleted, waiters woken}`.
 ///
 /// Without wake-ups (`ARGV[2]` empty), `KEYS` are the lock keys. With them, `KEYS` are
-/// m lock keys then their m wait queues, `ARGV[2]` the channel prefix and `ARGV[3]` an id
-/// of this release: for each deleted key the queue's oldest members are popped and the
+/// m lock keys then their m wait queues and `ARGV[2]` the channel prefix: for each
+/// deleted key the queue's oldest members are popped and the
 /// key is published to their channels, until one live listener was reached. The
 /// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -59,7 +59,7 @@ for i = 1, m do
       for _ = 1, 64 do
         local top = redis.pcall('ZPOPMIN', KEYS[m + i])
         if type(top) ~= 'table' or #top == 0 then break end
-        local heard = redis.pcall('PUBLISH', prefix .. top[1], key .. '\n' .. ARGV[3])
+        local heard = redis.pcall('PUBLISH', prefix .. top[1], key)
         if type(heard) == 'number' and heard > 0 then
           live = 1
           break

@@ -46,9 +46,6 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 struct KeyWaiters {
     notify: Arc<Notify>,
     waiters: usize,
-    /// The release last heard of, so that the same release heard from several nodes
-    /// wakes one local waiter, not one per node.
-    last_release: String,
 }
 
 type Registry = Arc<Mutex<HashMap<String, KeyWaiters>>>;
@@ -182,7 +179,6 @@ impl Wakeups {
                 .or_insert_with(|| KeyWaiters {
                     notify: Arc::new(Notify::new()),
                     waiters: 0,
-                    last_release: String::new(),
                 });
             entry.waiters += 1;
             Arc::clone(&entry.notify)
@@ -228,19 +224,16 @@ impl Wakeups {
             // The reader lives as long as the connection, or the manager.
             let reader = tokio::spawn(async move {
                 while let Some(msg) = stream.next().await {
-                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                    let Ok(payload) = String::from_utf8(payload) else {
+                    // The payload is the released key. Every node that popped this
+                    // manager sends one: the first wakes a waiter, the rest leave a
+                    // permit, which gives a waiter that lost the race to a node not yet
+                    // done with the release one more try at once.
+                    let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) else {
                         continue;
                     };
-                    let Some((key, release)) = payload.rsplit_once('\n') else {
-                        continue;
-                    };
-                    let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(entry) = registry.get_mut(key) {
-                        if entry.last_release != release {
-                            entry.last_release = release.to_owned();
-                            entry.notify.notify_one();
-                        }
+                    let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(entry) = registry.get(key) {
+                        entry.notify.notify_one();
                     }
                 }
             });

@@ -350,15 +350,22 @@ async fn acquire_many_is_all_or_nothing() {
 
     let both = b.acquire_many(&["acct:1", "acct:2"], TTL).await.unwrap();
     assert_eq!(both.resources(), ["acct:1", "acct:2"]);
-    let conns2 = conns.clone();
-    eventually("both set everywhere", || {
-        let mut c = conns2.clone();
-        async move {
-            values(&mut c, "acct:1").await.iter().all(Option::is_some)
-                && values(&mut c, "acct:2").await.iter().all(Option::is_some)
-        }
-    })
-    .await;
+    // Both keys stand together on a quorum (a node still finishing the holder's
+    // release may have refused the pair: all or nothing there too).
+    let one = values(&mut conns, "acct:1").await;
+    let two = values(&mut conns, "acct:2").await;
+    let both_on = one
+        .iter()
+        .zip(&two)
+        .filter(|(a, b)| a.is_some() && b.is_some())
+        .count();
+    assert!(both_on >= 2, "{one:?} {two:?}");
+    assert!(
+        one.iter()
+            .zip(&two)
+            .all(|(a, b)| a.is_some() == b.is_some()),
+        "never one without the other: {one:?} {two:?}"
+    );
     assert!(a
         .try_acquire("acct:1", TTL)
         .await
@@ -548,7 +555,9 @@ async fn sixteen_contending_clients_never_overlap() {
                 tokio::task::yield_now().await;
                 assert!(guard.is_valid());
                 inside.store(false, Ordering::SeqCst);
-                guard.release().await.unwrap();
+                if let Err(e) = guard.release().await {
+                    panic!("release: {e}");
+                }
                 total.fetch_add(1, Ordering::SeqCst);
                 mine += 1;
             }
