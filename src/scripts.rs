@@ -11,6 +11,9 @@ use redis::Script;
 
 /// Deletes each key of `KEYS` whose value is `ARGV[1]`; returns how many it deleted.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    // MUTANT (safety suite only): delete whoever holds the key.
+    #[cfg(redlock_mutant = "plain_del")]
+    return Script::new("local n = 0 for _, k in ipairs(KEYS) do n = n + redis.call('DEL', k) end return n");
     Script::new(
         r"
 local n = 0
@@ -71,6 +74,24 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// Counters never get a TTL and nothing else writes them, so on each node they only
 /// grow. Candidates stay below 2^53, where Lua's doubles are exact.
 pub(crate) static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    // MUTANT (safety suite only): no candidate; each node INCRs its own counter and the
+    // client takes the highest reply as its token.
+    #[cfg(redlock_mutant = "incr_max")]
+    return Script::new(
+        r"
+local m = #KEYS / 2
+for i = 1, m do
+  local v = redis.call('GET', KEYS[i])
+  if v and v ~= ARGV[1] then return {1, 0} end
+end
+local c = 0
+for i = 1, m do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  c = math.max(c, redis.call('INCR', KEYS[m + i]))
+end
+return {2, c}
+",
+    );
     Script::new(
         r"
 local m = #KEYS / 2
