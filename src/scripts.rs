@@ -13,7 +13,9 @@ use redis::Script;
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     // MUTANT (safety suite only): delete whoever holds the key.
     #[cfg(redlock_mutant = "plain_del")]
-    return Script::new("local n = 0 for _, k in ipairs(KEYS) do n = n + redis.call('DEL', k) end return n");
+    return Script::new(
+        "local n = 0 for _, k in ipairs(KEYS) do n = n + redis.call('DEL', k) end return n",
+    );
     Script::new(
         r"
 local n = 0

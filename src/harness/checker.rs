@@ -488,8 +488,10 @@ mod tests {
 
     #[test]
     fn use_is_clean_when_counts_match_and_sections_are_disjoint() {
-        let hist = h("10 1 0 r enter\n20 1 0 r exit 1\n30 2 0 r enter\n40 2 0 r exit 1\n\
-                      35 3 0 r enter\n45 3 0 r exit 0\n");
+        let hist = h(
+            "10 1 0 r enter\n20 1 0 r exit 1\n30 2 0 r enter\n40 2 0 r exit 1\n\
+                      35 3 0 r enter\n45 3 0 r exit 0\n",
+        );
         // Client 3's write was refused (exit 0): its overlap does not count.
         assert_eq!(uses(&History::merge([hist]), &counters(&[("r", 2)])), []);
     }
@@ -506,8 +508,10 @@ mod tests {
 
     #[test]
     fn increasing_tokens_are_clean() {
-        let hist = h("10 1 0 r start\n20 1 0 r ok 30 5\n25 2 0 r start\n35 2 0 r ok 60 6\n\
-                      40 3 0 s start\n41 3 0 s ok 60 1\n");
+        let hist = h(
+            "10 1 0 r start\n20 1 0 r ok 30 5\n25 2 0 r start\n35 2 0 r ok 60 6\n\
+                      40 3 0 s start\n41 3 0 s ok 60 1\n",
+        );
         assert_eq!(fencing(&hist), []);
     }
 

@@ -430,7 +430,10 @@ mod tests {
         let before = now_ns();
         let mapped = instant_ns(Instant::now());
         let after = now_ns();
-        assert!(before <= mapped && mapped <= after, "{before} {mapped} {after}");
+        assert!(
+            before <= mapped && mapped <= after,
+            "{before} {mapped} {after}"
+        );
         let past = instant_ns(Instant::now() - std::time::Duration::from_millis(5));
         assert!(past + 4_000_000 < now_ns());
     }

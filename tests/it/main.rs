@@ -2,4 +2,6 @@
 
 mod core;
 mod harness;
+mod safety;
 mod support;
+mod workload;
