@@ -257,7 +257,10 @@ pub fn liveness(
     leftover_keys: Vec<String>,
     extra: Duration,
 ) -> LivenessSpec {
-    let attempt = (NODE_TIMEOUT * 2 + RETRY_DELAY + RETRY_JITTER) * (RETRIES + 1);
+    // A round waits at most one node timeout for votes and one for the undo; a fenced
+    // acquisition may re-run a round up to 3 times at once (a stale counter) before it
+    // counts as a failed attempt, so up to 4 rounds per attempt.
+    let attempt = (NODE_TIMEOUT * 2 * 4 + RETRY_DELAY + RETRY_JITTER) * (RETRIES + 1);
     LivenessSpec {
         heals_ns,
         // Minority faults never excuse a lack of progress, so none are listed.
