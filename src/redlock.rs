@@ -691,6 +691,8 @@ impl Redlock {
         let mut stale: Option<u64> = None;
         let mut locked = 0usize;
         let mut outcome = None;
+        #[cfg(redlock_mutant = "incr_max")]
+        let mut incr_max: Option<u64> = None;
         while let Some((node, reply)) = replies.next().await {
             let quarantined = inner.nodes[node].quarantined_until();
             let vote = match reply {
@@ -707,6 +709,8 @@ impl Redlock {
                         Ok((vote, counter)) => {
                             refused[node] = vote == Vote::No;
                             match (vote, counter) {
+                                #[cfg(redlock_mutant = "incr_max")]
+                                (Vote::Yes, Some(c)) => incr_max = incr_max.max(Some(c)),
                                 (Vote::No, Some(c)) => stale = Some(stale.map_or(c, |s| s.max(c))),
                                 (Vote::No, None) => locked += 1,
                                 _ => {}
@@ -739,11 +743,17 @@ impl Redlock {
             let elapsed = start.elapsed();
             let ttl = Duration::from_millis(ttl_ms);
             let drift = quorum::drift(ttl, inner.config.drift_factor);
-            if quorum::validity(ttl, elapsed, drift).is_some() {
+            // MUTANT (safety suite only): a round won too late still counts as won.
+            let skip_validity = cfg!(redlock_mutant = "skip_validity");
+            if quorum::validity(ttl, elapsed, drift).is_some() || skip_validity {
                 undo.armed = false;
                 // validity = ttl − elapsed − drift, counted from `start`, so the lock is
                 // promised until start + ttl − drift and not a moment longer.
                 let valid_until = start + ttl.saturating_sub(drift);
+                // MUTANT (safety suite only): the token is the highest counter a
+                // yes-voter reported after its own INCR.
+                #[cfg(redlock_mutant = "incr_max")]
+                let candidate = incr_max;
                 let guard = LockGuard::new(
                     Arc::clone(names),
                     valid_until,
@@ -863,6 +873,9 @@ impl Node {
 
 /// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
 pub(crate) fn new_value() -> String {
+    // MUTANT (safety suite only): every acquisition gets the same value.
+    #[cfg(redlock_mutant = "constant_value")]
+    return "0".repeat(32);
     format!("{:032x}", rand::rng().random::<u128>())
 }
 

@@ -42,6 +42,12 @@ impl Call {
 /// key is published to their channels, until one live listener was reached. The
 /// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    // MUTANT (safety suite only): delete whoever holds the key.
+    #[cfg(redlock_mutant = "plain_del")]
+    return Script::new(
+        "local m = #KEYS if ARGV[2] and ARGV[2] ~= '' then m = #KEYS / 2 end \
+         local n = 0 for i = 1, m do n = n + redis.call('DEL', KEYS[i]) end return {n, 0}",
+    );
     Script::new(
         r"
 local prefix = ARGV[2]
@@ -162,6 +168,24 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// Counters never get a TTL and nothing else writes them, so on each node they only
 /// grow. Candidates stay below 2^53, where Lua's doubles are exact.
 pub(crate) static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    // MUTANT (safety suite only): no candidate; each node INCRs its own counter and the
+    // client takes the highest reply as its token.
+    #[cfg(redlock_mutant = "incr_max")]
+    return Script::new(
+        r"
+local m = #KEYS / 2
+for i = 1, m do
+  local v = redis.call('GET', KEYS[i])
+  if v and v ~= ARGV[1] then return {1, 0} end
+end
+local c = 0
+for i = 1, m do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  c = math.max(c, redis.call('INCR', KEYS[m + i]))
+end
+return {2, c}
+",
+    );
     Script::new(
         r"
 local m = #KEYS / 2

@@ -53,7 +53,9 @@
 use std::io;
 use std::time::Duration;
 
+pub mod checker;
 mod cluster;
+pub mod history;
 mod proxy;
 mod server;
 

@@ -9,4 +9,6 @@ mod metrics;
 mod ops;
 mod payment;
 mod quarantine;
+mod safety;
 mod support;
+mod workload;

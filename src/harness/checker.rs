@@ -1,0 +1,620 @@
+//! Checkers over a [`History`]: the lock's promises, stated as properties of what happened.
+//!
+//! | check | property |
+//! |-------|----------|
+//! | [`Check::Claim`] (C1) | per resource, no two intervals `[success, min(valid_until, release)]` overlap, and no success comes with no validity left |
+//! | [`Check::Use`] (C2) | per protected resource, the counter equals the acknowledged increments, and no two acknowledged critical sections overlap |
+//! | [`Check::Fencing`] (C3) | per resource, tokens are unique, and if A succeeded before B started, `token(A) < token(B)` |
+//! | [`Check::Liveness`] (C4) | every attempt ends within a bound, and after each heal someone acquires each contended resource within a bound |
+//!
+//! Everything here is pure: the workload driver gathers what only it can see (the final
+//! counters, keys left on nodes) and passes it in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use super::history::{EventKind, History};
+
+/// Which promise a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Check {
+    /// C1: no two holders' claims overlap.
+    Claim,
+    /// C2: the protected resource saw no lost update and no overlapping use.
+    Use,
+    /// C3: fencing tokens are unique and follow real-time order.
+    Fencing,
+    /// C4: progress after faults heal; no hang; no leaked keys.
+    Liveness,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Claim => "C1 claim",
+            Self::Use => "C2 use",
+            Self::Fencing => "C3 fencing",
+            Self::Liveness => "C4 liveness",
+        })
+    }
+}
+
+/// One broken promise, with enough detail to find it in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The check that found it.
+    pub check: Check,
+    /// What was seen.
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.check, self.what)
+    }
+}
+
+fn violation(check: Check, what: String) -> Violation {
+    Violation { check, what }
+}
+
+/// One successful acquisition, as the history tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The client.
+    pub client: u32,
+    /// The acquisition of that client.
+    pub op: u64,
+    /// The resource.
+    pub resource: String,
+    /// When the attempt started.
+    pub start_ns: u64,
+    /// When it succeeded.
+    pub success_ns: u64,
+    /// The claim's end: the last validity end, or the release if earlier.
+    pub end_ns: u64,
+    /// The fencing token, if any.
+    pub token: Option<u64>,
+}
+
+/// Pairs the events of each acquisition into [`Hold`]s. A hold that was never released
+/// claims until its last validity end.
+pub fn holds(h: &History) -> Vec<Hold> {
+    let mut starts: HashMap<(u32, u64, &str), u64> = HashMap::new();
+    let mut open: BTreeMap<(u32, u64, &str), Hold> = BTreeMap::new();
+    for e in &h.events {
+        let id = (e.client, e.op, e.resource.as_str());
+        match &e.kind {
+            EventKind::Start => {
+                starts.insert(id, e.t_ns);
+            }
+            EventKind::Acquired {
+                valid_until_ns,
+                token,
+            } => {
+                open.insert(
+                    id,
+                    Hold {
+                        client: e.client,
+                        op: e.op,
+                        resource: e.resource.clone(),
+                        start_ns: starts.get(&id).copied().unwrap_or(e.t_ns),
+                        success_ns: e.t_ns,
+                        end_ns: *valid_until_ns,
+                        token: *token,
+                    },
+                );
+            }
+            EventKind::Extended { valid_until_ns } => {
+                if let Some(hold) = open.get_mut(&id) {
+                    // An extension made after the claim had lapsed does not close the gap:
+                    // the claim is the first unbroken stretch only.
+                    if e.t_ns <= hold.end_ns {
+                        hold.end_ns = hold.end_ns.max(*valid_until_ns);
+                    }
+                }
+            }
+            EventKind::Released => {
+                if let Some(hold) = open.get_mut(&id) {
+                    hold.end_ns = hold.end_ns.min(e.t_ns);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: Vec<Hold> = open.into_values().collect();
+    out.sort_by_key(|h| h.success_ns);
+    out
+}
+
+/// C1: per resource, no two claims overlap, and no success comes without validity.
+pub fn claims(h: &History) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut by_resource: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+    let all = holds(h);
+    for hold in &all {
+        if hold.end_ns <= hold.success_ns {
+            out.push(violation(
+                Check::Claim,
+                format!(
+                    "client {} op {} acquired `{}` at {} with no validity left (valid until {})",
+                    hold.client, hold.op, hold.resource, hold.success_ns, hold.end_ns
+                ),
+            ));
+            continue;
+        }
+        by_resource.entry(&hold.resource).or_default().push(hold);
+    }
+    for (resource, list) in by_resource {
+        // Sorted by success; compare each claim with the one reaching furthest so far.
+        let mut reach: Option<&Hold> = None;
+        for hold in list {
+            if let Some(prev) = reach {
+                if hold.success_ns < prev.end_ns {
+                    out.push(violation(
+                        Check::Claim,
+                        format!(
+                            "`{resource}`: client {} op {} claims [{}, {}] while client {} op {} claims [{}, {}]",
+                            hold.client, hold.op, hold.success_ns, hold.end_ns,
+                            prev.client, prev.op, prev.success_ns, prev.end_ns
+                        ),
+                    ));
+                }
+            }
+            if reach.is_none_or(|p| hold.end_ns > p.end_ns) {
+                reach = Some(hold);
+            }
+        }
+    }
+    out
+}
+
+/// C2: for each resource in `final_counters`, the counter equals the acknowledged
+/// increments, and no two acknowledged critical sections overlap.
+///
+/// Resources not in `final_counters` are not checked (for instance, unfenced ones in a
+/// run that pauses holders past their validity, where C2 is expected to fail).
+pub fn uses(h: &History, final_counters: &HashMap<String, u64>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut entered: HashMap<(u32, u64, &str), u64> = HashMap::new();
+    let mut sections: BTreeMap<&str, Vec<(u64, u64, u32, u64)>> = BTreeMap::new();
+    let mut acked: HashMap<&str, u64> = HashMap::new();
+    for e in &h.events {
+        let id = (e.client, e.op, e.resource.as_str());
+        match e.kind {
+            EventKind::Enter => {
+                entered.insert(id, e.t_ns);
+            }
+            EventKind::Exit { acked: true } => {
+                *acked.entry(&e.resource).or_default() += 1;
+                let enter = entered.get(&id).copied().unwrap_or(e.t_ns);
+                sections
+                    .entry(&e.resource)
+                    .or_default()
+                    .push((enter, e.t_ns, e.client, e.op));
+            }
+            _ => {}
+        }
+    }
+    let mut checked: Vec<(&String, &u64)> = final_counters.iter().collect();
+    checked.sort();
+    for (resource, counter) in checked {
+        let n = acked.get(resource.as_str()).copied().unwrap_or(0);
+        if *counter != n {
+            out.push(violation(
+                Check::Use,
+                format!("`{resource}`: counter is {counter} after {n} acknowledged increments"),
+            ));
+        }
+        let Some(list) = sections.get_mut(resource.as_str()) else {
+            continue;
+        };
+        list.sort();
+        let mut reach: Option<(u64, u64, u32, u64)> = None;
+        for s in list.iter() {
+            if let Some(p) = reach {
+                if s.0 < p.1 {
+                    out.push(violation(
+                        Check::Use,
+                        format!(
+                            "`{resource}`: client {} op {} used it in [{}, {}] while client {} op {} did in [{}, {}]",
+                            s.2, s.3, s.0, s.1, p.2, p.3, p.0, p.1
+                        ),
+                    ));
+                }
+            }
+            if reach.is_none_or(|p| s.1 > p.1) {
+                reach = Some(*s);
+            }
+        }
+    }
+    out
+}
+
+/// C3: per resource, tokens are unique, and an acquisition that started after another
+/// succeeded has the higher token. Acquisitions without a token are ignored.
+pub fn fencing(h: &History) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut by_resource: BTreeMap<String, Vec<Hold>> = BTreeMap::new();
+    for hold in holds(h) {
+        if hold.token.is_some() {
+            by_resource
+                .entry(hold.resource.clone())
+                .or_default()
+                .push(hold);
+        }
+    }
+    for (resource, list) in by_resource {
+        let mut seen: HashMap<u64, &Hold> = HashMap::new();
+        for hold in &list {
+            let t = hold.token.unwrap_or(0);
+            if let Some(other) = seen.insert(t, hold) {
+                out.push(violation(
+                    Check::Fencing,
+                    format!(
+                        "`{resource}`: token {t} handed to client {} op {} and to client {} op {}",
+                        other.client, other.op, hold.client, hold.op
+                    ),
+                ));
+            }
+        }
+        // `list` is sorted by success. For each B, the highest token of any A that
+        // succeeded before B started must be below B's token.
+        let succ: Vec<u64> = list.iter().map(|h| h.success_ns).collect();
+        let mut prefix_max: Vec<(u64, usize)> = Vec::with_capacity(list.len());
+        for (i, hold) in list.iter().enumerate() {
+            let t = hold.token.unwrap_or(0);
+            let best = match prefix_max.last() {
+                Some(&(m, j)) if m >= t => (m, j),
+                _ => (t, i),
+            };
+            prefix_max.push(best);
+        }
+        for b in &list {
+            let before = succ.partition_point(|&s| s < b.start_ns);
+            if before == 0 {
+                continue;
+            }
+            let (max, j) = prefix_max[before - 1];
+            let tb = b.token.unwrap_or(0);
+            if max >= tb && (list[j].client, list[j].op) != (b.client, b.op) {
+                let a = &list[j];
+                out.push(violation(
+                    Check::Fencing,
+                    format!(
+                        "`{resource}`: client {} op {} got token {tb} after client {} op {} had succeeded with token {max}",
+                        b.client, b.op, a.client, a.op
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The bounds [`liveness`] holds a run to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivenessSpec {
+    /// When each fault was healed (in [`now_ns`](super::history::now_ns) time). A heal
+    /// followed by another fault within `progress_within` is not judged.
+    pub heals_ns: Vec<u64>,
+    /// When faults were injected; progress is not required while one is active.
+    pub faults_ns: Vec<u64>,
+    /// Someone must acquire a contended resource this soon after a heal: the longest
+    /// TTL plus the longest backoff, plus slack for a loaded machine.
+    pub progress_within: Duration,
+    /// Every attempt must end this soon after it started.
+    pub attempt_within: Duration,
+    /// When the run ended: attempts still open then are judged against it.
+    pub end_ns: u64,
+    /// Keys the driver found on reachable nodes after every client had stopped and
+    /// released (lock keys that nobody holds).
+    pub leftover_keys: Vec<String>,
+}
+
+/// C4: every attempt ends in time; after each heal every resource that someone tried
+/// to lock is acquired in time; no keys are left behind.
+pub fn liveness(h: &History, spec: &LivenessSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let within = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let attempt_ns = within(spec.attempt_within);
+    let progress_ns = within(spec.progress_within);
+    let mut starts: HashMap<(u32, u64, &str), u64> = HashMap::new();
+    for e in &h.events {
+        let id = (e.client, e.op, e.resource.as_str());
+        match e.kind {
+            EventKind::Start => {
+                starts.insert(id, e.t_ns);
+            }
+            EventKind::Acquired { .. } | EventKind::Failed { .. } => {
+                if let Some(s) = starts.remove(&id) {
+                    if e.t_ns.saturating_sub(s) > attempt_ns {
+                        out.push(violation(
+                            Check::Liveness,
+                            format!(
+                                "client {} op {} on `{}` took {} ms to decide (bound {:?})",
+                                e.client,
+                                e.op,
+                                e.resource,
+                                (e.t_ns - s) / 1_000_000,
+                                spec.attempt_within
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut hung: Vec<_> = starts.into_iter().collect();
+    hung.sort();
+    for ((client, op, resource), s) in hung {
+        if spec.end_ns.saturating_sub(s) > attempt_ns {
+            out.push(violation(
+                Check::Liveness,
+                format!("client {client} op {op} on `{resource}` never decided (started at {s})"),
+            ));
+        }
+    }
+    for &heal in &spec.heals_ns {
+        let deadline = heal.saturating_add(progress_ns);
+        if deadline > spec.end_ns || spec.faults_ns.iter().any(|&f| f > heal && f <= deadline) {
+            continue;
+        }
+        let mut tried: BTreeMap<&str, bool> = BTreeMap::new();
+        for e in &h.events {
+            if e.t_ns < heal || e.t_ns > deadline {
+                continue;
+            }
+            match e.kind {
+                EventKind::Start => {
+                    tried.entry(&e.resource).or_insert(false);
+                }
+                EventKind::Acquired { .. } => {
+                    tried.insert(&e.resource, true);
+                }
+                _ => {}
+            }
+        }
+        for (resource, acquired) in tried {
+            if !acquired {
+                out.push(violation(
+                    Check::Liveness,
+                    format!(
+                        "`{resource}`: nobody acquired it within {:?} of the heal at {heal}",
+                        spec.progress_within
+                    ),
+                ));
+            }
+        }
+    }
+    for key in &spec.leftover_keys {
+        out.push(violation(
+            Check::Liveness,
+            format!("`{key}` was left on a reachable node after every client released"),
+        ));
+    }
+    out
+}
+
+/// Every violation of a run, and a count per check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// All violations, C1 first.
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// Runs C1-C4 on `h`.
+    pub fn run(h: &History, final_counters: &HashMap<String, u64>, live: &LivenessSpec) -> Self {
+        let mut violations = claims(h);
+        violations.extend(uses(h, final_counters));
+        violations.extend(fencing(h));
+        violations.extend(liveness(h, live));
+        Self { violations }
+    }
+
+    /// How many violations `check` found.
+    pub fn count(&self, check: Check) -> usize {
+        self.violations.iter().filter(|v| v.check == check).count()
+    }
+
+    /// The checks that found something, in order, without repeats.
+    pub fn flagged(&self) -> Vec<Check> {
+        let mut c: Vec<Check> = self.violations.iter().map(|v| v.check).collect();
+        c.sort();
+        c.dedup();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(text: &str) -> History {
+        History::parse(text).unwrap()
+    }
+
+    #[test]
+    fn disjoint_claims_are_clean() {
+        // Client 1 holds [20, 40] (released at 40), client 2 then holds [50, 90].
+        let hist = h("10 1 0 r start\n20 1 0 r ok 100 -\n40 1 0 r release\n\
+                      30 2 0 r start\n50 2 0 r ok 90 -\n60 2 0 r release\n");
+        assert_eq!(claims(&History::merge([hist])), []);
+    }
+
+    #[test]
+    fn a_claim_ends_at_validity_even_without_release() {
+        // Client 1 never released but its validity ended at 45; client 2 got it at 50.
+        let hist = h("20 1 0 r ok 45 -\n50 2 0 r ok 90 -\n");
+        assert_eq!(claims(&hist), []);
+    }
+
+    #[test]
+    fn overlapping_claims_are_flagged() {
+        let hist = h("20 1 0 r ok 100 -\n50 2 0 r ok 90 -\n95 2 0 r release\n");
+        let v = claims(&hist);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, Check::Claim);
+    }
+
+    #[test]
+    fn an_extension_lengthens_the_claim() {
+        let hist = h("20 1 0 r ok 45 -\n40 1 0 r extend 80\n50 2 0 r ok 90 -\n");
+        assert_eq!(claims(&hist).len(), 1);
+        // Extended after the claim had lapsed: the gap stays open for client 2.
+        let lapsed = h("20 1 0 r ok 45 -\n60 1 0 r extend 80\n50 2 0 r ok 55 -\n");
+        assert_eq!(claims(&History::merge([lapsed])), []);
+    }
+
+    #[test]
+    fn resources_are_independent_and_a_far_claim_still_counts() {
+        // A long claim on r spans two later ones: both overlap it.
+        let hist = h("10 1 0 r ok 100 -\n10 9 0 s ok 100 -\n20 2 0 r ok 30 -\n\
+                      40 3 0 r ok 50 -\n");
+        assert_eq!(claims(&hist).len(), 2);
+    }
+
+    #[test]
+    fn success_without_validity_is_flagged() {
+        assert_eq!(claims(&h("20 1 0 r ok 20 -\n")).len(), 1);
+    }
+
+    fn counters(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn use_is_clean_when_counts_match_and_sections_are_disjoint() {
+        let hist = h(
+            "10 1 0 r enter\n20 1 0 r exit 1\n30 2 0 r enter\n40 2 0 r exit 1\n\
+                      35 3 0 r enter\n45 3 0 r exit 0\n",
+        );
+        // Client 3's write was refused (exit 0): its overlap does not count.
+        assert_eq!(uses(&History::merge([hist]), &counters(&[("r", 2)])), []);
+    }
+
+    #[test]
+    fn a_lost_update_and_an_overlap_are_flagged() {
+        let hist = h("10 1 0 r enter\n20 2 0 r enter\n30 2 0 r exit 1\n40 1 0 r exit 1\n");
+        let v = uses(&hist, &counters(&[("r", 1)]));
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|v| v.check == Check::Use));
+        // Not asked about: not checked.
+        assert_eq!(uses(&hist, &counters(&[])), []);
+    }
+
+    #[test]
+    fn increasing_tokens_are_clean() {
+        let hist = h(
+            "10 1 0 r start\n20 1 0 r ok 30 5\n25 2 0 r start\n35 2 0 r ok 60 6\n\
+                      40 3 0 s start\n41 3 0 s ok 60 1\n",
+        );
+        assert_eq!(fencing(&hist), []);
+    }
+
+    #[test]
+    fn concurrent_attempts_may_get_tokens_in_either_order() {
+        // Client 2 started before client 1 succeeded: no order is required.
+        let hist = h("10 1 0 r start\n12 2 0 r start\n20 1 0 r ok 30 6\n35 2 0 r ok 60 5\n");
+        assert_eq!(fencing(&hist), []);
+    }
+
+    #[test]
+    fn a_repeated_or_backward_token_is_flagged() {
+        let dup = h("10 1 0 r start\n20 1 0 r ok 30 5\n25 2 0 r start\n35 2 0 r ok 60 5\n");
+        let v = fencing(&dup);
+        // Both: not unique, and not greater than an earlier success.
+        assert_eq!(v.len(), 2, "{v:?}");
+        let back = h("10 1 0 r start\n20 1 0 r ok 30 5\n25 2 0 r start\n35 2 0 r ok 60 4\n");
+        assert_eq!(fencing(&back).len(), 1);
+    }
+
+    /// The naive oracle for the order part of C3: compare every pair.
+    fn naive_order_violations(holds: &[Hold]) -> usize {
+        holds
+            .iter()
+            .filter(|b| {
+                holds.iter().any(|a| {
+                    a.resource == b.resource
+                        && a.success_ns < b.start_ns
+                        && a.token.unwrap_or(0) >= b.token.unwrap_or(0)
+                })
+            })
+            .count()
+    }
+
+    #[test]
+    fn token_order_matches_the_naive_oracle() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..500 {
+            let mut text = String::new();
+            let mut token = 100u64;
+            for i in 0..12u64 {
+                let start = rng.random_range(0..1000u64);
+                let success = start + rng.random_range(1..100u64);
+                // Mostly increasing tokens, sometimes repeated or lower.
+                token = match rng.random_range(0..10) {
+                    0 => token.saturating_sub(rng.random_range(1..5)),
+                    _ => token + rng.random_range(1..5),
+                };
+                // Unique tokens here: only the order part is compared.
+                let t = token * 100 + i;
+                text.push_str(&format!(
+                    "{start} {i} 0 r start\n{success} {i} 0 r ok {} {t}\n",
+                    success + 10
+                ));
+            }
+            let hist = History::merge([h(&text)]);
+            let expected = naive_order_violations(&holds(&hist));
+            assert_eq!(fencing(&hist).len(), expected, "{text}");
+        }
+    }
+
+    fn spec(heals: &[u64], end: u64) -> LivenessSpec {
+        LivenessSpec {
+            heals_ns: heals.to_vec(),
+            faults_ns: Vec::new(),
+            progress_within: Duration::from_nanos(50),
+            attempt_within: Duration::from_nanos(30),
+            end_ns: end,
+            leftover_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn progress_after_a_heal_is_clean() {
+        let hist = h("100 1 0 r start\n110 1 0 r fail busy\n120 2 0 r start\n130 2 0 r ok 200 -\n");
+        assert_eq!(liveness(&hist, &spec(&[100], 300)), []);
+    }
+
+    #[test]
+    fn no_progress_a_hang_a_slow_attempt_and_a_leftover_are_flagged() {
+        let hist = h("100 1 0 r start\n140 1 0 r fail timeout\n150 2 0 r start\n");
+        let mut s = spec(&[100], 300);
+        s.leftover_keys.push("r".into());
+        let v = liveness(&hist, &s);
+        // Slow (40 > 30), hung (client 2), no acquisition of r in [100, 150], leftover.
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(v.iter().all(|v| v.check == Check::Liveness));
+    }
+
+    #[test]
+    fn a_heal_followed_by_a_fault_is_not_judged() {
+        let hist = h("100 1 0 r start\n110 1 0 r fail down\n");
+        let mut s = spec(&[100], 300);
+        s.faults_ns.push(120);
+        assert_eq!(liveness(&hist, &s), []);
+    }
+
+    #[test]
+    fn report_counts_per_check() {
+        let hist = h("20 1 0 r ok 100 -\n50 2 0 r ok 90 -\n");
+        let r = Report::run(&hist, &HashMap::new(), &spec(&[], 100));
+        assert_eq!(r.count(Check::Claim), 1);
+        assert_eq!(r.flagged(), [Check::Claim]);
+    }
+}
