@@ -656,3 +656,46 @@ async fn mutant_incr_max() {
     }
     judge_mutant("incr_max", Check::Fencing, &rec);
 }
+
+/// The same immediate restart, with the restart quarantine on (issue 8): the restarted
+/// nodes do not vote until the quarantine (at least the ttl) has passed since they
+/// started, so the second holder gets in only after the first one's validity ended, and
+/// C1 is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_without_persistence_with_quarantine() {
+    let ttl = Duration::from_secs(2);
+    let cluster = cluster(3, Persistence::Memory).await;
+    // Let the nodes age past the quarantine (uptime counts whole seconds), so that only
+    // the restarted ones are young.
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    let rec = Recorder::new();
+    let a = workload::patient(&cluster, false);
+    let b = tokio_redlock::Redlock::builder()
+        .nodes(cluster.urls())
+        .retry_count(60)
+        .retry_delay(Duration::from_millis(100))
+        .retry_jitter(Duration::from_millis(20))
+        .node_timeout(Duration::from_millis(300))
+        .restart_quarantine(Some(ttl))
+        .build()
+        .expect("valid config");
+    let held = workload::acquire(&rec, (1, 1), &a, "r", ttl, false).await;
+    assert!(held.is_some(), "the first holder acquires");
+    for i in 0..2 {
+        cluster.node(i).restart().await.expect("restart");
+    }
+    let second = workload::acquire(&rec, (2, 1), &b, "r", ttl, true).await;
+    assert!(
+        second.is_some(),
+        "the second holder gets in once the quarantine is over"
+    );
+    let report = plain_report(&rec, Default::default());
+    workload::verdict(
+        "restart_with_quarantine",
+        0,
+        &rec.history(),
+        2,
+        &report,
+        &[],
+    );
+}
