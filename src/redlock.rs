@@ -29,6 +29,10 @@ const STALE_REROUNDS: u32 = 3;
 /// Fencing counters cached per manager before the cache is cleared. A missing entry only
 /// costs one extra round trip (a stale reply teaches the counter), so a crude bound is fine.
 const FENCE_CACHE_LIMIT: usize = 10_000;
+/// How long a key this manager found held counts as contended: long enough to span a
+/// worker's loop around a short critical section, short enough that a key that went
+/// quiet is soon locked with a plain `SET NX` again.
+const CONTENDED_MEMORY: Duration = Duration::from_secs(1);
 /// Lua numbers are doubles: a candidate must stay below 2^53 to be exact.
 pub(crate) const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
 /// Resource names longer than this are refused: keys are sent on every request and
@@ -67,6 +71,8 @@ pub(crate) struct Inner {
     wakeups: Wakeups,
     /// Per key: until when this manager lets woken waiters go first (see `yield_to`).
     yields: Mutex<HashMap<String, Instant>>,
+    /// Per key: when this manager last found it held by another owner.
+    contended: Mutex<HashMap<String, Instant>>,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
     /// State of the `check_on_connect` health checks.
@@ -263,6 +269,7 @@ impl Redlock {
             inner: Arc::new(Inner {
                 wakeups: Wakeups::new(nodes.len()),
                 yields: Mutex::new(HashMap::new()),
+                contended: Mutex::new(HashMap::new()),
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
@@ -509,6 +516,21 @@ impl Redlock {
         if let Some(until) = yield_until.filter(|u| *u > Instant::now()) {
             tokio::time::sleep_until(until.into()).await;
         }
+        // A key this manager found held moments ago is likely held now: listen at once,
+        // and make even the first attempt one that queues if it fails (a plain SET NX
+        // when the key is free), saving a failed round per contended acquisition.
+        if queue_atomically
+            && config.wake_on_release
+            && retries > 0
+            && self.recently_contended(&keys[0])
+        {
+            waiter = Some(
+                self.inner
+                    .wakeups
+                    .wait_for(&self.inner.nodes, &keys[0], false)
+                    .await,
+            );
+        }
         loop {
             attempts = attempts.saturating_add(1);
             if let Some(t) = candidate {
@@ -593,6 +615,14 @@ impl Redlock {
             // the queue atomically with its next attempt, made at once: a release in
             // between the failed attempt and the join would otherwise go unheard.
             let wait = err.is_conflict() && config.wake_on_release;
+            if err.is_conflict() {
+                self.note_contended(&keys[0]);
+            }
+            if let (true, Some(w)) = (queue_atomically, &waiter) {
+                // A queued attempt just failed: it joined the queue wherever the key
+                // was held.
+                w.mark_queued();
+            }
             if wait && waiter.is_none() && failed_rounds < retries {
                 let w = self
                     .inner
@@ -845,6 +875,31 @@ impl Redlock {
             let entry = cache.entry(key.clone()).or_insert(0);
             *entry = (*entry).max(seen);
         }
+    }
+}
+
+impl Redlock {
+    fn recently_contended(&self, key: &str) -> bool {
+        let contended = self
+            .inner
+            .contended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        contended
+            .get(key)
+            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY)
+    }
+
+    fn note_contended(&self, key: &str) {
+        let mut contended = self
+            .inner
+            .contended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if contended.len() >= FENCE_CACHE_LIMIT {
+            contended.clear();
+        }
+        contended.insert(key.to_owned(), Instant::now());
     }
 }
 

@@ -46,6 +46,9 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 struct KeyWaiters {
     notify: Arc<Notify>,
     waiters: usize,
+    /// Whether this manager may be in the nodes' queues for the key: if it never
+    /// joined, leaving costs no requests.
+    queued: bool,
 }
 
 type Registry = Arc<Mutex<HashMap<String, KeyWaiters>>>;
@@ -107,10 +110,20 @@ impl Waiter {
         &self.member
     }
 
+    /// Notes that this manager joined the nodes' queues for the key (so that the last
+    /// local waiter to leave takes it out again).
+    pub(crate) fn mark_queued(&self) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = registry.get_mut(&self.key) {
+            entry.queued = true;
+        }
+    }
+
     /// Joins the queue again after an attempt failed: at the front when this waiter was
     /// just woken (the release popped it, and it was the oldest), else in arrival order
     /// (a no-op for a member already queued).
     pub(crate) async fn rejoin(&self, front: bool) {
+        self.mark_queued();
         join_queues(&self.nodes, &self.key, &self.member, front).await;
     }
 }
@@ -125,8 +138,12 @@ impl Drop for Waiter {
         if entry.waiters > 0 {
             return;
         }
+        let queued = entry.queued;
         registry.remove(&self.key);
         drop(registry);
+        if !queued {
+            return;
+        }
         // Leave the queues, so that a release does not spend its wake-up on us.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -179,6 +196,7 @@ impl Wakeups {
                 .or_insert_with(|| KeyWaiters {
                     notify: Arc::new(Notify::new()),
                     waiters: 0,
+                    queued: false,
                 });
             entry.waiters += 1;
             Arc::clone(&entry.notify)
@@ -188,16 +206,18 @@ impl Wakeups {
             .zip(self.sinks.iter())
             .map(|(node, sink)| self.listen_on(node, sink));
         futures::future::join_all(listens).await;
-        if join {
-            join_queues(nodes, key, &self.id, false).await;
-        }
-        Waiter {
+        let waiter = Waiter {
             key: key.to_owned(),
             notify,
             registry: Arc::clone(&self.registry),
             nodes: Arc::clone(nodes),
             member: self.id.clone(),
+        };
+        if join {
+            waiter.mark_queued();
+            join_queues(nodes, key, &self.id, false).await;
         }
+        waiter
     }
 
     /// Makes sure this manager's channel is subscribed on `node`.

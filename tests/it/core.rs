@@ -106,9 +106,14 @@ async fn conflict_when_held_elsewhere() {
         err.to_string().contains("retry"),
         "message says what to do: {err}"
     );
-    // With retries, the attempts are counted: the first, the immediate one that joins
-    // the wait queue, and the three retries.
+    // With retries, the attempts are counted: the first and three retries. (`b` found
+    // the key held a moment ago, so its first attempt already queues for wake-ups.)
     let err = b.acquire("conflict", TTL).await.unwrap_err();
+    assert_eq!(err.attempts(), Some(4));
+    // A manager that has not seen the key held makes one more, immediate, attempt when
+    // it starts queueing mid-acquisition.
+    let fresh = redlock(&cluster);
+    let err = fresh.acquire("conflict", TTL).await.unwrap_err();
     assert_eq!(err.attempts(), Some(5));
     let quiet = builder(&cluster).wake_on_release(false).build().unwrap();
     let err = quiet.acquire("conflict", TTL).await.unwrap_err();
@@ -649,6 +654,9 @@ async fn release_wakes_a_waiter_before_its_retry_delay() {
         .retry_count(5)
         .retry_delay(Duration::from_secs(20))
         .retry_jitter(Duration::ZERO)
+        // Generous: a timed-out vote under load would be NoQuorum, not a conflict to
+        // wait out, and this test is about the wake-up.
+        .node_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let held = holder.acquire("wake", TTL).await.unwrap();
@@ -692,6 +700,7 @@ async fn waiters_are_woken_in_order_of_arrival() {
             .retry_count(50)
             .retry_delay(Duration::from_secs(20))
             .retry_jitter(Duration::ZERO)
+            .node_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let tx = tx.clone();
