@@ -291,12 +291,13 @@ impl Node {
 /// nothing, so the node is treated as unproven.
 async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) -> Option<Instant> {
     let now = Instant::now();
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .arg("persistence")
-        .query_async(conn)
-        .await
-        .ok()?;
+    // Plain INFO (its default sections include server and persistence): Redis before
+    // 7.0 takes no list of sections.
+    let info: String = match redis::cmd("INFO").query_async(conn).await {
+        Ok(info) => info,
+        // Unreadable proves nothing: the whole period, counted from now.
+        Err(_) => return Some(now + period),
+    };
     let field = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -316,7 +317,10 @@ async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) ->
     if always {
         return None;
     }
-    // Whole seconds, rounded down: the quarantine errs on the long side.
-    let uptime = Duration::from_secs(field("uptime_in_seconds")?.parse().ok()?);
+    // Whole seconds, rounded down, and an unreadable uptime counts as zero: the
+    // quarantine errs on the long side.
+    let uptime = field("uptime_in_seconds")
+        .and_then(|u| u.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
     period.checked_sub(uptime).map(|left| now + left)
 }
