@@ -77,7 +77,7 @@ impl fmt::Debug for LockGuard {
 }
 
 /// How a release went, node by node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReleaseReport {
     /// Nodes on which this owner's key was deleted.
@@ -397,13 +397,7 @@ impl LockGuard {
     pub async fn release_with_report(mut self) -> Result<ReleaseReport, Error> {
         let resource = self.resource().to_owned();
         let Some(held) = self.held.take() else {
-            return Ok(ReleaseReport {
-                released: 0,
-                not_held: 0,
-                failed: 0,
-                pending: 0,
-                woken: 0,
-            });
+            return Ok(ReleaseReport::default());
         };
         // If this future is dropped before its first poll, `held` still releases.
         let held = ReleaseOnDrop(Some(held));
@@ -411,13 +405,7 @@ impl LockGuard {
         async move {
             let mut held = held;
             let Some(held) = held.0.take() else {
-                return Ok(ReleaseReport {
-                    released: 0,
-                    not_held: 0,
-                    failed: 0,
-                    pending: 0,
-                    woken: 0,
-                });
+                return Ok(ReleaseReport::default());
             };
             let inner = &held.inner;
             let started = Instant::now();
