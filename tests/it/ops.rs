@@ -354,6 +354,85 @@ async fn least_privilege_acl_user_does_everything() {
         "{report}"
     );
     assert!(report.nodes().iter().all(|n| n.appendfsync.is_some()));
+    // Release wake-ups work for this user too: a waiter queues, the release wakes it.
+    let waiter = Redlock::builder()
+        .nodes(urls_as(&cluster, "locker", "pw-locker-1"))
+        .node_timeout(Duration::from_secs(2))
+        .retry_count(5)
+        .retry_delay(Duration::from_secs(20))
+        .retry_jitter(Duration::ZERO)
+        .build()
+        .unwrap();
+    let held = bounded(redlock.acquire("acl:wake", TTL)).await.unwrap();
+    let task = tokio::spawn(async move { waiter.acquire("acl:wake", TTL).await });
+    let conns = direct(&cluster).await;
+    eventually("the waiter queued on every node", || {
+        let conns = conns.clone();
+        async move {
+            let mut all = true;
+            for mut c in conns {
+                let n: i64 = redis::cmd("ZCARD")
+                    .arg("acl:wake:waiters")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                all &= n == 1;
+            }
+            all
+        }
+    })
+    .await;
+    let report = bounded(held.release_with_report()).await.unwrap();
+    assert!(report.woken >= 1, "{report:?}");
+    bounded(task)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+/// Without the wake-up commands a user still locks and releases (the scripts run that
+/// part under pcall); waiters fall back to their retry delay.
+#[tokio::test]
+async fn a_user_without_wake_up_commands_still_locks() {
+    let cluster = cluster(3).await;
+    let rule = LOCKER_RULE
+        .replace("+zadd ", "")
+        .replace("+zpopmin ", "")
+        .replace("+zrem ", "")
+        .replace("+time ", "")
+        .replace("+publish ", "")
+        .replace("+subscribe ", "");
+    assert!(
+        !rule.contains("zadd") && !rule.contains("publish"),
+        "{rule}"
+    );
+    acl_user(&cluster, "plain", "pw-plain-3", &rule).await;
+    let make = || {
+        Redlock::builder()
+            .nodes(urls_as(&cluster, "plain", "pw-plain-3"))
+            .node_timeout(Duration::from_millis(500))
+            .retry_count(20)
+            .retry_delay(Duration::from_millis(20))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let held = bounded(a.acquire("plain:r", TTL)).await.unwrap();
+    let task = tokio::spawn(async move { b.acquire("plain:r", TTL).await });
+    // b found it held, tried to queue (denied, under pcall) and waits on its timer.
+    tokio::task::yield_now().await;
+    let report = bounded(held.release_with_report()).await.unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    bounded(task)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
