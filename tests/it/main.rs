@@ -8,6 +8,7 @@ mod lease;
 mod metrics;
 mod ops;
 mod payment;
+mod process;
 mod quarantine;
 mod safety;
 mod support;

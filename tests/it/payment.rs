@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::support;
+
 // The unit tests of app.rs and cli.rs run here too (payment::app::...). What only
 // main.rs uses is unused here.
 #[allow(dead_code, unused_imports)]
@@ -114,51 +116,7 @@ async fn without_the_lock_payments_are_charged_twice() {
     );
 }
 
-/// The example's binary, built (or found up to date) by cargo in this test's target dir.
-///
-/// `cargo test` builds examples anyway, but `cargo test --test it` does not, and a binary
-/// left from an earlier build could be stale; a no-op build costs well under a second.
+/// The example's binary (see [`support::example_binary`]).
 async fn example_binary() -> PathBuf {
-    // <target>/<profile>/deps/it-<hash>  ->  <target>/<profile>
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in <target>/<profile>/deps")
-        .to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-    // The same features as this test build, so that the library is not rebuilt.
-    let mut features = vec!["harness"];
-    if cfg!(feature = "tls") {
-        features.push("tls");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = tokio::process::Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "payment_processor",
-            "--features",
-        ])
-        .arg(features.join(","))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .kill_on_drop(true);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let out = tokio::time::timeout(BUILD_BOUND, cmd.output())
-        .await
-        .expect("cargo build of the example timed out")
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo build --example payment_processor failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join("examples").join("payment_processor");
-    assert!(bin.is_file(), "{} missing after the build", bin.display());
-    bin
+    support::example_binary("payment_processor", BUILD_BOUND).await
 }
