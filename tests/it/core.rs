@@ -629,21 +629,6 @@ async fn nodes_down_at_build_time_are_fine() {
     assert!(err.to_string().contains("reachable"), "{err}");
 }
 
-/// How many members the wait queue of `key` has on each node.
-async fn queue_lengths(conns: &[redis::aio::MultiplexedConnection], key: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for c in conns {
-        let mut c = c.clone();
-        let n: i64 = redis::cmd("ZCARD")
-            .arg(format!("{key}:waiters"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        out.push(n);
-    }
-    out
-}
-
 /// A waiter that found the lock held is woken by the release instead of sleeping out its
 /// retry delay; the wake-up only triggers an attempt, which still needs a quorum.
 #[tokio::test]

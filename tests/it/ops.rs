@@ -369,16 +369,10 @@ async fn least_privilege_acl_user_does_everything() {
     eventually("the waiter queued on every node", || {
         let conns = conns.clone();
         async move {
-            let mut all = true;
-            for mut c in conns {
-                let n: i64 = redis::cmd("ZCARD")
-                    .arg("acl:wake:waiters")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                all &= n == 1;
-            }
-            all
+            queue_lengths(&conns, "acl:wake")
+                .await
+                .iter()
+                .all(|n| *n == 1)
         }
     })
     .await;

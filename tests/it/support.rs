@@ -190,3 +190,18 @@ pub async fn example_binary(name: &str, bound: Duration) -> std::path::PathBuf {
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
 }
+
+/// How many members the wait queue of `key` has on each node.
+pub async fn queue_lengths(conns: &[redis::aio::MultiplexedConnection], key: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for c in conns {
+        let mut c = c.clone();
+        let n: i64 = redis::cmd("ZCARD")
+            .arg(format!("{key}:waiters"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.push(n);
+    }
+    out
+}
