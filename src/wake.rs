@@ -38,9 +38,11 @@ pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
 /// A wait queue nobody joined for this long expires: members of crashed clients do not
 /// pile up, and a live waiter joins again after every failed attempt anyway.
 const QUEUE_TTL_MS: u64 = 60_000;
-/// Bound on making a subscriber connection and on each (un)subscribe. Waiting longer
-/// buys nothing: the retry delay is the fallback anyway.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on making a subscriber connection and subscribing. Only a manager that is
+/// already waiting pays it, once per node for its lifetime (and a node that refuses
+/// connections costs nothing); 2 s lets a loaded machine connect, where giving up
+/// would leave the waiter to its retry delay.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The local waiters of one key.
 struct KeyWaiters {

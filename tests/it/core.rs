@@ -652,9 +652,12 @@ async fn release_wakes_a_waiter_before_its_retry_delay() {
     });
     // Wait until the waiter queued up on every node.
     let conns = direct(&cluster).await;
-    eventually("the waiter queued on every node", || {
+    eventually("the waiter listens and queued on every node", || {
         let conns = conns.clone();
-        async move { queue_lengths(&conns, "wake").await.iter().all(|n| *n == 1) }
+        async move {
+            queue_lengths(&conns, "wake").await.iter().all(|n| *n == 1)
+                && wake_listeners(&conns).await.iter().all(|n| *n == 1)
+        }
     })
     .await;
     let report = held.release_with_report().await.unwrap();
@@ -697,13 +700,17 @@ async fn waiters_are_woken_in_order_of_arrival() {
         }));
         // Queue them up one after the other.
         let want = i as i64 + 1;
-        eventually("the waiter queued", || {
+        eventually("the waiter listens and queued", || {
             let conns = conns.clone();
             async move {
                 queue_lengths(&conns, "fifo")
                     .await
                     .iter()
                     .all(|n| *n == want)
+                    && wake_listeners(&conns)
+                        .await
+                        .iter()
+                        .all(|n| *n as i64 == want)
             }
         })
         .await;

@@ -366,13 +366,14 @@ async fn least_privilege_acl_user_does_everything() {
     let held = bounded(redlock.acquire("acl:wake", TTL)).await.unwrap();
     let task = tokio::spawn(async move { waiter.acquire("acl:wake", TTL).await });
     let conns = direct(&cluster).await;
-    eventually("the waiter queued on every node", || {
+    eventually("the waiter listens and queued on every node", || {
         let conns = conns.clone();
         async move {
             queue_lengths(&conns, "acl:wake")
                 .await
                 .iter()
                 .all(|n| *n == 1)
+                && wake_listeners(&conns).await.iter().all(|n| *n == 1)
         }
     })
     .await;

@@ -205,3 +205,19 @@ pub async fn queue_lengths(conns: &[redis::aio::MultiplexedConnection], key: &st
     }
     out
 }
+
+/// How many wake-up channels (one per waiting manager) each node has subscribers on.
+pub async fn wake_listeners(conns: &[redis::aio::MultiplexedConnection]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for c in conns {
+        let mut c = c.clone();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("tokio-redlock:wake:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.push(channels.len());
+    }
+    out
+}
