@@ -648,9 +648,21 @@ impl Redlock {
             tracing::trace!(?pause, "retrying");
             match waiter.as_ref() {
                 Some(w) => {
-                    tokio::select! {
-                        _ = w.woken() => woken = true,
-                        _ = tokio::time::sleep(pause) => {}
+                    // Re-listen where a subscription broke or was never made, alongside
+                    // the wait: a node that hangs must not eat into it.
+                    let listen = self.inner.wakeups.listen(&self.inner.nodes);
+                    let sleep = tokio::time::sleep(pause);
+                    tokio::pin!(listen, sleep);
+                    let mut listened = false;
+                    loop {
+                        tokio::select! {
+                            _ = &mut listen, if !listened => listened = true,
+                            _ = w.woken() => {
+                                woken = true;
+                                break;
+                            }
+                            _ = &mut sleep => break,
+                        }
                     }
                 }
                 None => tokio::time::sleep(pause).await,

@@ -203,11 +203,7 @@ impl Wakeups {
             entry.waiters += 1;
             Arc::clone(&entry.notify)
         };
-        let listens = nodes
-            .iter()
-            .zip(self.sinks.iter())
-            .map(|(node, sink)| self.listen_on(node, sink));
-        futures::future::join_all(listens).await;
+        self.listen(nodes).await;
         let waiter = Waiter {
             key: key.to_owned(),
             notify,
@@ -220,6 +216,17 @@ impl Wakeups {
             join_queues(nodes, key, &self.id, false).await;
         }
         waiter
+    }
+
+    /// Makes sure this manager's channel is subscribed on every node that answers: cheap
+    /// when it is (a lock per node), and it makes again a subscription that broke or
+    /// could not be made before, so a waiter that waits long heals its wake-ups.
+    pub(crate) async fn listen(&self, nodes: &[Node]) {
+        let listens = nodes
+            .iter()
+            .zip(self.sinks.iter())
+            .map(|(node, sink)| self.listen_on(node, sink));
+        futures::future::join_all(listens).await;
     }
 
     /// Makes sure this manager's channel is subscribed on `node`.
