@@ -293,14 +293,7 @@ impl LockGuard {
             let mut tally = Tally::new(inner.nodes.len());
             let mut causes = Vec::new();
             while let Some((node, reply)) = replies.next().await {
-                let quarantined = inner.nodes[node].quarantined_until();
-                let vote = match reply {
-                    Ok(_) if quarantined.is_some() => {
-                        if let Some(until) = quarantined {
-                            causes.push(inner.nodes[node].quarantine_error(until));
-                        }
-                        Vote::Failed
-                    }
+                let vote = match inner.nodes[node].as_vote(reply) {
                     Ok(Value::Int(1)) => Vote::Yes,
                     Ok(Value::Int(0)) => Vote::No,
                     Ok(other) => {

@@ -253,20 +253,20 @@ impl Node {
         .shared()
     }
 
-    /// While the node is in restart quarantine: until when.
-    pub(crate) fn quarantined_until(&self) -> Option<Instant> {
+    /// A reply as a vote: a node in restart quarantine does not vote, whatever it
+    /// answered (what it answered is still sent to it and undone or released as usual).
+    pub(crate) fn as_vote(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
         let until = (*self
             .votes_from
             .lock()
-            .unwrap_or_else(PoisonError::into_inner))?;
-        (Instant::now() < until).then_some(until)
-    }
-
-    /// The error a quarantined node's vote turns into.
-    pub(crate) fn quarantine_error(&self, until: Instant) -> NodeError {
-        self.error(NodeErrorKind::Quarantined(
-            until.saturating_duration_since(Instant::now()),
-        ))
+            .unwrap_or_else(PoisonError::into_inner))
+        .filter(|until| Instant::now() < *until);
+        match (reply, until) {
+            (Ok(_), Some(until)) => Err(self.error(NodeErrorKind::Quarantined(
+                until.saturating_duration_since(Instant::now()),
+            ))),
+            (reply, _) => reply,
+        }
     }
 
     /// Forgets the connection of `generation` (or any connection, for `None`), so that

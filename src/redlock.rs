@@ -682,9 +682,8 @@ impl Redlock {
     ) -> Attempt {
         let inner = &self.inner;
         let value: Arc<str> = new_value().into();
-        let op = match (fence_keys, candidate) {
-            (None, _) if keys.len() == 1 && queue.is_some() => {
-                let (member, front) = queue.unwrap_or_default();
+        let op = match (fence_keys, candidate, queue) {
+            (None, _, Some((member, front))) if keys.len() == 1 => {
                 let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
                 let mut inv =
                     scripts::Call::new(&scripts::ACQUIRE_OR_QUEUE, &[&*keys[0], &queue_key]);
@@ -692,10 +691,10 @@ impl Redlock {
                     .arg(ttl_ms)
                     .arg(member)
                     .arg(if front { "1" } else { "0" })
-                    .arg(wake::queue_ttl_ms());
+                    .arg(wake::QUEUE_TTL_MS);
                 Op::Script(inv)
             }
-            (Some(fences), Some(t)) => {
+            (Some(fences), Some(t), _) => {
                 let all: Vec<&str> = keys.iter().chain(fences).map(String::as_str).collect();
                 let mut inv = scripts::Call::new(&scripts::FENCED_ACQUIRE, &all);
                 inv.arg(&*value).arg(ttl_ms).arg(t);
@@ -736,15 +735,7 @@ impl Redlock {
         #[cfg(redlock_mutant = "incr_max")]
         let mut incr_max: Option<u64> = None;
         while let Some((node, reply)) = replies.next().await {
-            let quarantined = inner.nodes[node].quarantined_until();
-            let vote = match reply {
-                Ok(_) if quarantined.is_some() => {
-                    answered[node] = true;
-                    if let Some(until) = quarantined {
-                        causes.push(inner.nodes[node].quarantine_error(until));
-                    }
-                    Vote::Failed
-                }
+            let vote = match inner.nodes[node].as_vote(reply) {
                 Ok(value) => {
                     answered[node] = true;
                     match classify_acquire(&value, candidate.is_some()) {

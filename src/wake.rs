@@ -26,18 +26,13 @@ use tokio::sync::Notify;
 use crate::node::{Node, Request};
 use crate::scripts;
 
-/// A wait queue nobody joined for this long expires (see `QUEUE_TTL_MS`).
-pub(crate) fn queue_ttl_ms() -> u64 {
-    QUEUE_TTL_MS
-}
-
 /// A release publishes on this prefix followed by the waiting manager's id.
 pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
 /// The wait queue of a lock key is this key followed by this suffix.
 pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
 /// A wait queue nobody joined for this long expires: members of crashed clients do not
 /// pile up, and a live waiter joins again after every failed attempt anyway.
-const QUEUE_TTL_MS: u64 = 60_000;
+pub(crate) const QUEUE_TTL_MS: u64 = 60_000;
 /// Bound on making a subscriber connection and subscribing. Only a manager that is
 /// already waiting pays it, once per node for its lifetime (and a node that refuses
 /// connections costs nothing); 2 s lets a loaded machine connect, where giving up
