@@ -69,10 +69,9 @@ pub(crate) struct Inner {
     pub(crate) nodes: Arc<[Node]>,
     pub(crate) config: Config,
     wakeups: Wakeups,
-    /// Per key: until when this manager lets woken waiters go first (see `yield_to`).
-    yields: Mutex<HashMap<String, Instant>>,
-    /// Per key: when this manager last found it held by another owner.
-    contended: Mutex<HashMap<String, Instant>>,
+    /// What this manager learnt of a key's contention (one lock, one lookup per
+    /// acquisition).
+    hints: Mutex<HashMap<String, KeyHint>>,
     /// The highest fencing counter this manager has seen per resource key.
     fences: Mutex<HashMap<String, u64>>,
     /// State of the `check_on_connect` health checks.
@@ -268,8 +267,7 @@ impl Redlock {
         Self {
             inner: Arc::new(Inner {
                 wakeups: Wakeups::new(nodes.len()),
-                yields: Mutex::new(HashMap::new()),
-                contended: Mutex::new(HashMap::new()),
+                hints: Mutex::new(HashMap::new()),
                 nodes,
                 config,
                 fences: Mutex::new(HashMap::new()),
@@ -506,24 +504,15 @@ impl Redlock {
         let mut waiter: Option<Waiter> = None;
         let mut woken = false;
         let queue_atomically = keys.len() == 1 && fence_keys.is_none();
+        let (yield_until, contended) = self.inner.take_hint(&keys[0]);
         // A release by this manager just woke a waiter: let it go first.
-        let yield_until = self
-            .inner
-            .yields
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&keys[0]);
         if let Some(until) = yield_until.filter(|u| *u > Instant::now()) {
             tokio::time::sleep_until(until.into()).await;
         }
         // A key this manager found held moments ago is likely held now: listen at once,
         // and make even the first attempt one that queues if it fails (a plain SET NX
         // when the key is free), saving a failed round per contended acquisition.
-        if queue_atomically
-            && config.wake_on_release
-            && retries > 0
-            && self.recently_contended(&keys[0])
-        {
+        if queue_atomically && config.wake_on_release && retries > 0 && contended {
             waiter = Some(
                 self.inner
                     .wakeups
@@ -616,7 +605,8 @@ impl Redlock {
             // between the failed attempt and the join would otherwise go unheard.
             let wait = err.is_conflict() && config.wake_on_release;
             if err.is_conflict() {
-                self.note_contended(&keys[0]);
+                self.inner
+                    .hint(&keys[0], |h| h.contended_at = Some(Instant::now()));
             }
             if let (true, Some(w)) = (queue_atomically, &waiter) {
                 // A queued attempt just failed: it joined the queue wherever the key
@@ -881,41 +871,42 @@ impl Redlock {
     }
 }
 
-impl Redlock {
-    fn recently_contended(&self, key: &str) -> bool {
-        let contended = self
-            .inner
-            .contended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        contended
-            .get(key)
-            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY)
-    }
-
-    fn note_contended(&self, key: &str) {
-        let mut contended = self
-            .inner
-            .contended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if contended.len() >= FENCE_CACHE_LIMIT {
-            contended.clear();
-        }
-        contended.insert(key.to_owned(), Instant::now());
-    }
+/// What a manager remembers of one key between acquisitions.
+#[derive(Debug, Default)]
+struct KeyHint {
+    /// Until when it lets a waiter it woke go first (see [`Inner::yield_to`]).
+    yield_until: Option<Instant>,
+    /// When it last found the key held by another owner.
+    contended_at: Option<Instant>,
 }
 
 impl Inner {
+    fn hint(&self, key: &str, update: impl FnOnce(&mut KeyHint)) {
+        let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        if hints.len() >= FENCE_CACHE_LIMIT && !hints.contains_key(key) {
+            hints.clear();
+        }
+        update(hints.entry(key.to_owned()).or_default());
+    }
+
+    /// The head start owed to a woken waiter (taken: it is owed once), and whether the
+    /// key was found held recently.
+    fn take_hint(&self, key: &str) -> (Option<Instant>, bool) {
+        let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(hint) = hints.get_mut(key) else {
+            return (None, false);
+        };
+        let contended = hint
+            .contended_at
+            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY);
+        (hint.yield_until.take(), contended)
+    }
+
     /// After a release of `key` that woke a waiter, this manager's next acquisition of
     /// `key` waits `head_start` first, so that the woken waiter, which hears of the
     /// release about when this manager does, wins the race instead of the releaser.
     pub(crate) fn yield_to(&self, key: &str, head_start: Duration) {
-        let mut yields = self.yields.lock().unwrap_or_else(PoisonError::into_inner);
-        if yields.len() >= FENCE_CACHE_LIMIT {
-            yields.clear();
-        }
-        yields.insert(key.to_owned(), Instant::now() + head_start);
+        self.hint(key, |h| h.yield_until = Some(Instant::now() + head_start));
     }
 }
 
