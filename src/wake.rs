@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rand::Rng;
@@ -38,6 +38,10 @@ pub(crate) const QUEUE_TTL_MS: u64 = 60_000;
 /// connections costs nothing); 2 s lets a loaded machine connect, where giving up
 /// would leave the waiter to its retry delay.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a node could not be listened on (down, hanging, or an ACL without SUBSCRIBE),
+/// it is not tried again for this long: waiters re-listen before every wait, and a
+/// connection attempt per wait would only load a node that cannot help.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// The local waiters of one key.
 struct KeyWaiters {
@@ -57,6 +61,8 @@ pub(crate) struct Wakeups {
     /// Per node: the subscriber connection's sink and its reader task. The reader is
     /// aborted with the manager, since dropping a sink does not close its connection.
     sinks: Vec<tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>>,
+    /// Per node: not before when to try listening again after a failure.
+    retry_at: Vec<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for Wakeups {
@@ -176,6 +182,7 @@ impl Wakeups {
             id: format!("{:016x}", rand::rng().random::<u64>()),
             registry: Arc::new(Mutex::new(HashMap::new())),
             sinks: (0..nodes).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            retry_at: (0..nodes).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -219,8 +226,8 @@ impl Wakeups {
     pub(crate) async fn listen(&self, nodes: &[Node]) {
         let listens = nodes
             .iter()
-            .zip(self.sinks.iter())
-            .map(|(node, sink)| self.listen_on(node, sink));
+            .zip(self.sinks.iter().zip(&self.retry_at))
+            .map(|(node, (sink, retry_at))| self.listen_on(node, sink, retry_at));
         futures::future::join_all(listens).await;
     }
 
@@ -229,7 +236,15 @@ impl Wakeups {
         &self,
         node: &Node,
         slot: &tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>,
+        retry_at: &Mutex<Option<Instant>>,
     ) {
+        let not_yet = retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| Instant::now() < at);
+        if not_yet {
+            return;
+        }
         let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
             let mut slot = slot.lock().await;
             // A reader that ended means the node closed the connection (a restart):
@@ -270,6 +285,8 @@ impl Wakeups {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
         };
+        *retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + LISTEN_RETRY);
         tracing::debug!(node = node.index, error = %failed, "no wake-ups from this node");
     }
 }

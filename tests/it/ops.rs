@@ -417,8 +417,38 @@ async fn a_user_without_wake_up_commands_still_locks() {
     let (a, b) = (make(), make());
     let held = bounded(a.acquire("plain:r", TTL)).await.unwrap();
     let task = tokio::spawn(async move { b.acquire("plain:r", TTL).await });
-    // b found it held, tried to queue (denied, under pcall) and waits on its timer.
-    tokio::task::yield_now().await;
+    // b finds it held and makes its queueing attempt: every node logs a command the
+    // script was denied (TIME or ZADD, run under pcall, so the attempt itself is an
+    // ordinary "held" answer).
+    let conns = direct(&cluster).await;
+    eventually("every node denied b's queueing in a script", || {
+        let conns = conns.clone();
+        async move {
+            let mut all = true;
+            for mut c in conns {
+                let log: redis::Value = redis::cmd("ACL")
+                    .arg("LOG")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let text = flatten(&log);
+                all &= text.contains("lua") && text.contains("plain");
+            }
+            all
+        }
+    })
+    .await;
+    // While the key is held, such a user's queueing attempts are plain "held" answers:
+    // the error is a conflict, not a node failure with a denied command.
+    let c = Redlock::builder()
+        .nodes(urls_as(&cluster, "plain", "pw-plain-3"))
+        .node_timeout(Duration::from_millis(500))
+        .retry_count(2)
+        .retry_delay(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let err = bounded(c.acquire("plain:r", TTL)).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
     let report = bounded(held.release_with_report()).await.unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
     bounded(task)
@@ -671,5 +701,22 @@ mod tls {
             .await
             .unwrap_err();
         assert!(err.is_no_quorum(), "{err}");
+    }
+}
+
+/// The strings of a reply, joined: enough to search an `ACL LOG`.
+fn flatten(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().map(flatten).collect::<Vec<_>>().join(" ")
+        }
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| format!("{} {}", flatten(k), flatten(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => format!("{other:?}"),
     }
 }
