@@ -245,9 +245,14 @@ pub struct NodeReport {
 
 impl NodeReport {
     pub(super) fn empty(node: &Node) -> Self {
+        Self::blank(node.index, node.endpoint.clone())
+    }
+
+    /// Nothing known yet of node `index` at `endpoint`.
+    pub(super) fn blank(index: usize, endpoint: std::sync::Arc<str>) -> Self {
         Self {
-            index: node.index,
-            endpoint: node.endpoint.clone(),
+            index,
+            endpoint,
             reachable: false,
             latency: None,
             server: None,

@@ -93,22 +93,7 @@ fn unreachable_is_an_error_that_does_not_block() {
             "h:1".into(),
             NodeErrorKind::Timeout(Duration::from_millis(50)),
         )),
-        ..NodeReport {
-            index: 2,
-            endpoint: "h:1".into(),
-            reachable: false,
-            latency: None,
-            server: None,
-            version: None,
-            role: None,
-            run_id: None,
-            maxmemory_policy: None,
-            aof_enabled: None,
-            appendfsync: None,
-            uptime: None,
-            cluster_enabled: None,
-            error: None,
-        }
+        ..NodeReport::blank(2, "h:1".into())
     };
     let f = judge(&r, Duration::from_millis(50));
     assert_eq!(kinds(&f), ["Unreachable"]);
