@@ -179,13 +179,7 @@ async fn paused_node_does_not_slow_acquisition() {
         .node_timeout(Duration::from_secs(3))
         .build()
         .unwrap();
-    redlock
-        .acquire("warm", TTL)
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    warm(&redlock).await;
     cluster.node(4).pause().await.unwrap();
     for _ in 0..5 {
         let start = Instant::now();
@@ -209,13 +203,7 @@ async fn black_holed_node_costs_at_most_node_timeout_when_needed() {
         .node_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
-    redlock
-        .acquire("warm", TTL)
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    warm(&redlock).await;
     cluster.node(0).partition().await.unwrap();
     cluster.node(1).partition().await.unwrap();
     let start = Instant::now();
@@ -454,13 +442,7 @@ fn dropping_a_guard_without_a_runtime_does_not_panic() {
 async fn dropped_acquire_future_leaves_nothing_held() {
     let cluster = cluster(3).await;
     let redlock = redlock(&cluster);
-    redlock
-        .acquire("warm", TTL)
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    warm(&redlock).await;
     // Cut the future at its first poll: requests are out, no reply is read.
     assert!(redlock.acquire("cut", TTL).now_or_never().is_none());
     eventually_gone(&cluster, "cut").await;

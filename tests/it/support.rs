@@ -221,3 +221,12 @@ pub async fn wake_listeners(conns: &[redis::aio::MultiplexedConnection]) -> Vec<
     }
     out
 }
+
+/// One lock and unlock, so that the manager's connections exist before a test's
+/// measurement or fault.
+pub async fn warm(redlock: &Redlock) {
+    let guard = bounded(redlock.acquire("warm", Duration::from_secs(10)))
+        .await
+        .expect("warm-up acquire");
+    guard.release().await.expect("warm-up release");
+}
