@@ -8,7 +8,8 @@
 //!   once (`SET key value NX PX ttl`), each request bounded by a node timeout, and
 //!   decides as soon as the outcome is certain: success at a quorum (N/2 + 1) with
 //!   validity left, `ttl − elapsed − (ttl × drift_factor + 2 ms)`; failure as soon as a
-//!   quorum is out of reach. A failed attempt is undone on every node before the next.
+//!   quorum is out of reach. A failed attempt is undone on every node: before the next
+//!   attempt where the node answered, in the background where it did not.
 //! - [`LockGuard`] releases on drop, in the background; [`LockGuard::release`] and
 //!   [`LockGuard::extend`] compare the owner's value in Lua before touching a key.
 //! - [`Redlock::with_lock`] keeps the lock alive while a future runs and stops the future
@@ -78,6 +79,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod clock;
 mod diagnose;
 mod error;
 mod fencing;
@@ -87,7 +89,9 @@ mod metrics;
 mod node;
 mod quorum;
 mod redlock;
+mod round;
 mod scripts;
+mod sync;
 mod wake;
 
 #[cfg(feature = "harness")]
@@ -100,7 +104,7 @@ pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
-pub use redlock::Redlock;
+pub use redlock::{LockRequest, Redlock};
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

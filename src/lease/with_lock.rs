@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{Lease, LeaseOptions};
 use crate::error::Error;
+use crate::guard::LockGuard;
 use crate::redlock::Redlock;
 
 impl Redlock {
@@ -135,23 +136,38 @@ impl Redlock {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
-        let lease = kept.lease().clone();
-        let work = work(lease.clone());
-        tokio::select! {
-            // The loss is checked first: a lock lost at the same moment the work ends
-            // is reported as lost, since the work's end was not protected.
-            biased;
-            _ = lease.lost() => Err(lease.lost_error()),
-            out = work => {
-                if let Err(e) = kept.release().await {
-                    if e.is_lock_lost() {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
+        let guard = self.acquire(resource, ttl).await?;
+        run_kept(guard, options, work).await
+    }
+}
+
+/// Runs `work` under `guard`, kept alive with `options`, and releases it at the end: the
+/// body of [`Redlock::with_lock_opts`] and of `LockRequest::with`.
+pub(crate) async fn run_kept<F, Fut, T>(
+    guard: LockGuard,
+    options: LeaseOptions,
+    work: F,
+) -> Result<T, Error>
+where
+    F: FnOnce(Lease) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let kept = guard.keep_alive_with(options);
+    let lease = kept.lease().clone();
+    let work = work(lease.clone());
+    tokio::select! {
+        // The loss is checked first: a lock lost at the same moment the work ends
+        // is reported as lost, since the work's end was not protected.
+        biased;
+        _ = lease.lost() => Err(lease.lost_error()),
+        out = work => {
+            if let Err(e) = kept.release().await {
+                if e.is_lock_lost() {
+                    return Err(e);
                 }
-                Ok(out)
+                tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
             }
+            Ok(out)
         }
     }
 }
