@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
 
+mod belief;
 mod core;
 mod fencing;
 mod harness;
