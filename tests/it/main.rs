@@ -12,4 +12,5 @@ mod process;
 mod quarantine;
 mod safety;
 mod support;
+mod with_lock;
 mod workload;
