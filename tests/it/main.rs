@@ -10,6 +10,7 @@ mod ops;
 mod payment;
 mod process;
 mod quarantine;
+mod release;
 mod safety;
 mod support;
 mod with_lock;
