@@ -10,6 +10,8 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
 
+mod checks;
+
 /// Default attempts after the first one (node-redlock's default too).
 pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
 /// Default pause between attempts: long enough for a holder's short critical section
@@ -532,9 +534,15 @@ impl RedlockBuilder {
     /// down now is not an error.
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty node list, a URL that does not parse (or needs a
-    /// feature that is off), the same node listed twice, a drift factor outside
-    /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`.
+    /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
+    /// instead of `redis://host:port`) or that does not parse (or needs a feature that
+    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, or a zero
+    /// `node_timeout` or `connect_timeout`.
+    ///
+    /// A node list that works but weakens the quorum is logged once, as a `tracing`
+    /// warning: 2 nodes or another even count, and one server written two ways
+    /// (`127.0.0.1:7001` and `localhost:7001`, or two databases of one server).
+    /// [`Redlock::diagnose`] checks these and more against the servers themselves.
     ///
     /// ```
     /// use std::time::Duration;
@@ -582,6 +590,9 @@ impl RedlockBuilder {
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, url) in self.nodes.iter().enumerate() {
+            if let Some(problem) = checks::missing_scheme(url) {
+                return Err(Error::Config(format!("node {index}: {problem}")));
+            }
             let client = self.client(url).map_err(|e| {
                 Error::Config(format!(
                     "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
@@ -611,6 +622,10 @@ impl RedlockBuilder {
                 )));
             }
             nodes.push(node);
+        }
+        // Once per manager: a mistake in the node list, not in any one lock.
+        for warning in checks::layout_warnings(nodes.iter().map(|n| &*n.endpoint)) {
+            tracing::warn!("{warning}");
         }
         let config = Config {
             retry_count: self.retry_count,

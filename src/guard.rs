@@ -15,10 +15,9 @@ use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::redlock::Inner;
 use crate::round::{self, fan_out, Collecting, Op};
 
-/// The least and most a releaser that woke a waiter holds back its own next
-/// acquisition of the key: about one round trip on loopback at least, never long.
-const MIN_HEAD_START: Duration = Duration::from_micros(200);
-const MAX_HEAD_START: Duration = Duration::from_millis(20);
+mod release;
+
+pub use release::ReleaseReport;
 
 /// What a guard must give back: the keys it set and the value that proves it owns them.
 pub(crate) struct Held {
@@ -78,37 +77,6 @@ impl fmt::Debug for LockGuard {
             .field("fencing_token", &self.token)
             .field("held", &self.held.is_some())
             .finish()
-    }
-}
-
-/// How a release went, node by node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReleaseReport {
-    /// Nodes on which this owner's key was deleted.
-    pub released: usize,
-    /// Nodes that did not hold it (expired, never set, or someone else's now).
-    pub not_held: usize,
-    /// Nodes that failed to answer in time or answered with an error.
-    pub failed: usize,
-    /// Nodes still to answer when the release returned (it returns once a quorum
-    /// answered; their requests finish in the background).
-    pub pending: usize,
-    /// Waiting clients told of the release, summed over the nodes that answered.
-    pub woken: usize,
-}
-
-/// `(keys deleted, waiters woken)` from a release reply, or `None` for a reply no
-/// Redis running our script would give.
-fn release_reply(value: &Value) -> Option<(i64, usize)> {
-    match value {
-        Value::Array(items) => match items.as_slice() {
-            [Value::Int(deleted), Value::Int(woke)] => {
-                Some((*deleted, usize::try_from(*woke).unwrap_or(0)))
-            }
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -385,144 +353,6 @@ impl LockGuard {
                 nodes: tally.nodes,
                 causes: NodeErrors(causes),
             }),
-        }
-    }
-
-    /// Releases the lock on every node that holds it with this owner's value.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
-    /// guard.release().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered: the lock may stay
-    /// held on the others until its TTL. A key that is already gone is not an error.
-    ///
-    /// # Cancel safety
-    /// Dropping the future never stops the release. Dropped before its first poll, it
-    /// releases in the background as dropping the guard does; dropped later, the
-    /// requests to nodes that have not answered yet (still connecting, or waiting for an
-    /// earlier request of this lock to settle on that node) go on in a background task
-    /// on the current runtime.
-    pub async fn release(self) -> Result<(), Error> {
-        self.release_with_report().await.map(|_| ())
-    }
-
-    /// Like [`release`](Self::release), and says how each node answered.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
-    /// let report = guard.release_with_report().await?;
-    /// assert!(report.released + report.not_held >= 1);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// As for [`release`](Self::release).
-    ///
-    /// # Cancel safety
-    /// As for [`release`](Self::release).
-    pub async fn release_with_report(mut self) -> Result<ReleaseReport, Error> {
-        let resource = self.resource().to_owned();
-        let Some(held) = self.held.take() else {
-            return Ok(ReleaseReport::default());
-        };
-        // If this future is dropped before its first poll, `held` still releases.
-        let held = ReleaseOnDrop(Some(held));
-        let span = tracing::debug_span!("release", resource = %resource);
-        async move {
-            let mut held = held;
-            let Some(held) = held.0.take() else {
-                return Ok(ReleaseReport::default());
-            };
-            let inner = &held.inner;
-            let started = Instant::now();
-            let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
-            // Cancelled once sent, the rest still goes out (see `# Cancel safety`).
-            let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "release");
-            let n = inner.nodes.len();
-            let quorum = quorum::quorum(n);
-            let mut report = ReleaseReport {
-                released: 0,
-                not_held: 0,
-                failed: 0,
-                pending: n,
-                woken: 0,
-            };
-            let mut causes = Vec::new();
-            while let Some((node, reply)) = replies.next().await {
-                report.pending -= 1;
-                match reply {
-                    Ok(value) => match release_reply(&value) {
-                        Some((deleted, woke)) => {
-                            if deleted > 0 {
-                                report.released += 1;
-                            } else {
-                                report.not_held += 1;
-                            }
-                            report.woken += woke;
-                        }
-                        None => {
-                            report.failed += 1;
-                            causes.push(
-                                inner.nodes[node]
-                                    .protocol_error(format!("release answered {value:?}")),
-                            );
-                        }
-                    },
-                    Err(e) => {
-                        report.failed += 1;
-                        causes.push(e);
-                    }
-                }
-                // Once a quorum answered, nobody can be kept from the lock by this
-                // owner; the rest finish in the background.
-                if report.released + report.not_held >= quorum {
-                    break;
-                }
-            }
-            drop(replies);
-            if report.woken > 0 {
-                // One release round trip: about what the woken waiter needs to get its
-                // SET to the nodes first. Bounded, so a slow release costs little.
-                let head_start = started.elapsed().clamp(MIN_HEAD_START, MAX_HEAD_START);
-                inner.yield_to(&held.keys[0], head_start);
-            }
-            tracing::debug!(?report, "released");
-            let answered = report.released + report.not_held;
-            metrics::released(answered >= quorum);
-            if answered >= quorum {
-                Ok(report)
-            } else {
-                Err(Error::NoQuorum {
-                    resource,
-                    attempts: 1,
-                    ok: answered,
-                    failed: report.failed,
-                    needed: quorum,
-                    nodes: n,
-                    causes: NodeErrors(causes),
-                })
-            }
-        }
-        .instrument(span)
-        .await
-    }
-}
-
-/// Releases in the background if dropped while still holding.
-struct ReleaseOnDrop(Option<Held>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(held) = self.0.take() {
-            held.release_in_background("dropped release");
         }
     }
 }

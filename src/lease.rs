@@ -18,8 +18,10 @@ use crate::error::{Error, LostReason};
 use crate::guard::LockGuard;
 use crate::sync::lock;
 
+mod options;
 mod with_lock;
 
+pub use options::LeaseOptions;
 pub(crate) use with_lock::run_kept;
 
 /// The least pause between two extension tries after a failure: the node timeout is
@@ -32,80 +34,6 @@ const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// up to scheduling delay, and costs nothing but 2 ms of a lock that is being lost anyway.
 const LOSS_MARGIN: Duration = Duration::from_millis(2);
 
-/// How a keep-alive extends its lock.
-///
-/// ```
-/// use std::time::Duration;
-/// use tokio_redlock::LeaseOptions;
-///
-/// let opts = LeaseOptions::default()
-///     .extend_after(0.5)                          // extend when half the ttl has passed
-///     .max_hold(Some(Duration::from_secs(600)));  // never hold longer than 10 minutes
-/// # let _ = opts;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[must_use]
-pub struct LeaseOptions {
-    extend_after: f64,
-    max_hold: Option<Duration>,
-    max_extensions: Option<u32>,
-}
-
-impl Default for LeaseOptions {
-    fn default() -> Self {
-        Self {
-            // A third of the ttl: two more tries fit before the validity ends.
-            extend_after: 1.0 / 3.0,
-            max_hold: None,
-            max_extensions: None,
-        }
-    }
-}
-
-impl LeaseOptions {
-    /// Extend once this fraction of the ttl has passed since the last successful
-    /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().extend_after(0.5);
-    /// # let _ = opts;
-    /// ```
-    pub fn extend_after(mut self, fraction: f64) -> Self {
-        self.extend_after = if fraction.is_nan() {
-            1.0 / 3.0
-        } else {
-            fraction.clamp(0.05, 0.9)
-        };
-        self
-    }
-
-    /// Stop extending once the lock has been held this long in all; the lease is then
-    /// lost when its validity ends ([`LostReason::CapReached`]). Redlock's liveness
-    /// argument assumes holders do not keep a lock forever. Defaults to unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default()
-    ///     .max_hold(Some(std::time::Duration::from_secs(300)));
-    /// # let _ = opts;
-    /// ```
-    pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
-        self.max_hold = cap;
-        self
-    }
-
-    /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
-    /// unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().max_extensions(Some(10));
-    /// # let _ = opts;
-    /// ```
-    pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
-        self.max_extensions = cap;
-        self
-    }
-}
-
 struct Shared {
     resource: String,
     token: Option<u64>,
@@ -117,27 +45,42 @@ struct Shared {
     extensions: Mutex<u32>,
 }
 
-/// A handle on a lock kept alive in the background: its token, whether it is still
-/// held, and a future that resolves when it is lost.
+/// A handle on a lock kept alive in the background: its fencing token, whether it is
+/// still held, and the loss signal, as a future ([`lost`](Self::lost)) and as a
+/// [`CancellationToken`] ([`cancellation_token`](Self::cancellation_token)).
 ///
-/// Cheap to clone; every clone sees the same lock.
+/// Cheap to clone; every clone sees the same lock. Dropping a `Lease` changes nothing:
+/// the lock is owned by the [`KeptGuard`] or the `with_lock` call that made it.
 ///
-/// # Example
+/// # Example: stop waiting for jobs when the lock is lost
+/// [`with_lock`](crate::Redlock::with_lock) drops the work on a loss by default, before
+/// the work could see it; [`LeaseOptions::drop_work_on_loss`]`(false)` lets the work
+/// watch the loss and stop by itself. Here it stops while waiting for the next job
+/// (abandoning a wait loses nothing); a job that started is finished, outside the
+/// `select!`, and checked against the lease first.
 /// ```no_run
 /// # use std::time::Duration;
-/// # async fn do_step(_: Option<u64>) {}
+/// # async fn next_job() -> Option<u32> { None }
+/// # async fn process(_: u32, _: Option<u64>) {}
 /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+/// use tokio_redlock::LeaseOptions;
+///
+/// let opts = LeaseOptions::default().drop_work_on_loss(false);
 /// redlock
-///     .with_lock("export:daily", Duration::from_secs(10), |lease| async move {
-///         for _ in 0..100 {
-///             tokio::select! {
-///                 // Stop between steps, at a point of our choosing, if the lock is lost.
+///     .with_lock_opts("queue:exports", Duration::from_secs(10), opts, |lease| async move {
+///         loop {
+///             let job = tokio::select! {
+///                 biased;
 ///                 _ = lease.lost() => return,
-///                 _ = do_step(lease.fencing_token()) => {}
+///                 job = next_job() => job,
+///             };
+///             match job {
+///                 Some(job) if lease.is_held() => process(job, lease.fencing_token()).await,
+///                 _ => return,
 ///             }
 ///         }
 ///     })
-///     .await?;
+///     .await?; // Err(LockLost) once the work returned, if the lock was lost
 /// # Ok(())
 /// # }
 /// ```
@@ -266,11 +209,17 @@ impl Lease {
     /// resolves no later than it, up to the delay of scheduling the waiting task.
     ///
     /// It also resolves once the holder released the lock ([`KeptGuard::release`] or
-    /// its drop); [`lost_reason`](Self::lost_reason) then stays `None`.
+    /// its drop, or the end of `with_lock`); [`lost_reason`](Self::lost_reason) then
+    /// stays `None`.
     ///
     /// Use it with `tokio::select!` to stop work at a point of your choosing (see the
-    /// example on [`Lease`]). Without a tokio runtime nothing keeps the lock alive and
-    /// nothing resolves this; [`is_held`](Self::is_held) still turns false in time.
+    /// example on [`Lease`]): in a task that watches a [`KeptGuard`], or in the work of
+    /// [`with_lock_opts`](crate::Redlock::with_lock_opts) with
+    /// [`LeaseOptions::drop_work_on_loss`]`(false)`. Under the default of
+    /// [`with_lock`](crate::Redlock::with_lock), the work is dropped as this resolves,
+    /// so a branch of the work that waits for it never runs. Without a tokio runtime
+    /// nothing keeps the lock alive and nothing resolves this; [`is_held`](Self::is_held)
+    /// still turns false in time.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
@@ -286,6 +235,32 @@ impl Lease {
     /// ```
     pub async fn lost(&self) {
         self.shared.lost.cancelled().await;
+    }
+
+    /// A token cancelled exactly when [`lost`](Self::lost) resolves: once the lock is
+    /// lost, and also once it is released (then [`lost_reason`](Self::lost_reason) stays
+    /// `None`), since in both cases nothing the token guards is protected any more.
+    ///
+    /// Each call returns a new child of the lease's own signal: cancelling it (or a
+    /// child of it) stops only what listens to it, never the lease, which is still held
+    /// and kept alive. Use it to stop tasks the work spawned, with
+    /// [`CancellationToken::run_until_cancelled`], or to join it to a shutdown tree.
+    ///
+    /// ```no_run
+    /// # async fn upload_chunks() {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("sync:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// let token = kept.lease().cancellation_token();
+    /// // The upload stops at its next await once the lock is lost (or released).
+    /// let upload = tokio::spawn(async move { token.run_until_cancelled(upload_chunks()).await });
+    /// let uploaded = upload.await.ok().flatten().is_some();
+    /// kept.release().await?;
+    /// # let _ = uploaded;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.shared.lost.child_token()
     }
 
     fn declare_lost(&self, reason: LostReason) {
@@ -593,23 +568,6 @@ fn give_up_at(guard: &LockGuard) -> Deadline {
 mod tests {
     use super::*;
     use crate::redlock::Redlock;
-
-    #[test]
-    fn options_default_to_a_third_and_no_cap() {
-        let o = LeaseOptions::default();
-        assert!((o.extend_after - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(o.max_hold, None);
-        assert_eq!(o.max_extensions, None);
-    }
-
-    #[test]
-    fn extend_after_is_clamped_and_nan_means_default() {
-        assert_eq!(LeaseOptions::default().extend_after(0.0).extend_after, 0.05);
-        assert_eq!(LeaseOptions::default().extend_after(2.0).extend_after, 0.9);
-        assert_eq!(LeaseOptions::default().extend_after(0.5).extend_after, 0.5);
-        let nan = LeaseOptions::default().extend_after(f64::NAN).extend_after;
-        assert!((nan - 1.0 / 3.0).abs() < 1e-12);
-    }
 
     /// A guard made from its parts, on a manager whose only node refuses connections:
     /// every extension fails at once.

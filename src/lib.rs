@@ -12,13 +12,15 @@
 //!   attempt where the node answered, in the background where it did not.
 //! - [`LockGuard`] releases on drop, in the background; [`LockGuard::release`] and
 //!   [`LockGuard::extend`] compare the owner's value in Lua before touching a key.
-//! - [`Redlock::with_lock`] keeps the lock alive while a future runs and stops the future
-//!   if the lock is lost; [`Lease::lost`] tells work that wants to stop on its own terms.
+//! - [`Redlock::with_lock`] keeps the lock alive while a future runs and drops the future
+//!   if the lock is lost; with [`LeaseOptions::drop_work_on_loss`]`(false)` the future
+//!   hears of the loss instead ([`Lease::lost`], [`Lease::cancellation_token`]) and stops
+//!   on its own terms.
 //! - With [`RedlockBuilder::fencing`], every acquisition carries a fencing token that is
 //!   strictly greater than every earlier one for the resource; [`FenceGate`] and
 //!   [`FENCE_CHECK_LUA`] let the protected storage refuse a stale holder.
 //! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
-//!   your own tests (see `harness`).
+//!   your own tests: see [`harness`] for the `[dev-dependencies]` line and a complete test.
 //!
 //! # Example: a guard around a critical section
 //! ```no_run
@@ -60,7 +62,9 @@
 //! ```
 //!
 //! # Crate features
-//! - `harness`: the multi-node test harness, `tokio_redlock::harness` (off by default).
+//! - `harness`: the multi-node test harness, [`harness`] (off by default). Turn it on in
+//!   `[dev-dependencies]` only:
+//!   `tokio-redlock = { version = "0.1", features = ["harness"] }`.
 //! - `tls`: `rediss://` node URLs through rustls (off by default).
 //! - `metrics`: counters and histograms through the `metrics` facade (off by default;
 //!   the names are listed in `docs/operations.md`).
@@ -74,6 +78,8 @@
 //! checks fencing tokens can refuse it. `docs/safety.md` states the guarantees and their
 //! assumptions precisely, and `docs/design.md` explains the algorithm and its timing
 //! constants.
+//!
+//! [`harness`]: harness/index.html "the harness module (feature `harness`)"
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -11,6 +11,8 @@ mod ops;
 mod payment;
 mod process;
 mod quarantine;
+mod release;
 mod safety;
 mod support;
+mod with_lock;
 mod workload;
