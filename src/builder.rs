@@ -11,6 +11,13 @@ use crate::node::Node;
 use crate::redlock::Redlock;
 
 mod checks;
+mod into_node;
+mod owner_label;
+
+pub(crate) use owner_label::{label_of, labelled_value};
+
+pub use into_node::IntoNode;
+use into_node::NodeSpec;
 
 /// Default attempts after the first one (node-redlock's default too).
 pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
@@ -52,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) wake_on_release: bool,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
+    /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
+    pub(crate) owner_label: Option<Arc<str>>,
     /// Where validity is measured (suspend-aware; a manual one in tests).
     pub(crate) clock: Clock,
 }
@@ -77,7 +86,7 @@ pub(crate) struct Config {
 #[must_use = "a builder does nothing until build() is called"]
 #[derive(Clone)]
 pub struct RedlockBuilder {
-    nodes: Vec<String>,
+    nodes: Vec<NodeSpec>,
     retry_count: u32,
     retry_delay: Duration,
     retry_jitter: Duration,
@@ -91,6 +100,7 @@ pub struct RedlockBuilder {
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
     min_validity: Duration,
+    owner_label: Option<String>,
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
@@ -121,11 +131,12 @@ impl fmt::Debug for RedlockBuilder {
             restart_quarantine,
             check_on_connect,
             min_validity,
+            owner_label,
             clock,
             #[cfg(feature = "tls")]
             tls,
         } = self;
-        let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
+        let nodes: Vec<String> = nodes.iter().map(NodeSpec::shown).collect();
         let mut f = f.debug_struct("RedlockBuilder");
         f.field("nodes", &nodes)
             .field("retry_count", retry_count)
@@ -141,6 +152,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
+            .field("owner_label", owner_label)
             .field("clock", clock);
         #[cfg(feature = "tls")]
         {
@@ -169,6 +181,7 @@ impl Default for RedlockBuilder {
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
+            owner_label: None,
             clock: Clock::system(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
@@ -195,26 +208,31 @@ impl RedlockBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.nodes
-            .extend(urls.into_iter().map(|u| u.as_ref().to_owned()));
+        self.nodes.extend(
+            urls.into_iter()
+                .map(|u| NodeSpec::Url(u.as_ref().to_owned())),
+        );
         self
     }
 
-    /// Adds one node URL (see [`nodes`](Self::nodes)).
+    /// Adds one node: a URL (see [`nodes`](Self::nodes)), a [`redis::ConnectionInfo`], a
+    /// `(host, port)` pair or a [`redis::Client`] the application already has (see
+    /// [`IntoNode`]). A client is used for its connection info (address, credentials,
+    /// database, TLS parameters); the crate makes its own connections from it.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .node("redis://10.0.0.1:6379")
     ///     .node("redis://app:secret@10.0.0.2:6379/1")
+    ///     .node(redis::Client::open("redis://10.0.0.3:6379")?)
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
+    /// # let _ = redlock;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn node(mut self, url: impl AsRef<str>) -> Self {
-        self.nodes.push(url.as_ref().to_owned());
+    pub fn node(mut self, node: impl IntoNode) -> Self {
+        self.nodes.push(node.into_spec());
         self
     }
 
@@ -428,6 +446,34 @@ impl RedlockBuilder {
         self
     }
 
+    /// Puts `label` in front of every owner value this manager stores, so that an
+    /// operator's `GET <key>` (and [`Redlock::inspect`]) shows who holds a lock: the value
+    /// becomes `<label>:<UUID v4, 32 hex digits>`, e.g.
+    /// `billing-worker-7:9f1c0b6e2a4d4c7f8e3b5a6d7c8e9f0a`. Defaults to none: the value
+    /// is 32 hex digits of 128 random bits.
+    ///
+    /// A label is 1 to 64 bytes of ASCII letters, digits and `-_.@/`: no `:`, so that
+    /// the label can be read back from a value. [`build`](Self::build) refuses any
+    /// other with [`Error::Config`]. A label is not a secret and not an identity check:
+    /// whoever can read the key sees it, and locks are still told apart by the random
+    /// part alone.
+    ///
+    /// ```
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .owner_label("billing-worker-7")
+    ///     .build()?;
+    /// assert!(Redlock::builder().node("redis://127.0.0.1:7001").owner_label("a:b").build().is_err());
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn owner_label(mut self, label: impl Into<String>) -> Self {
+        self.owner_label = Some(label.into());
+        self
+    }
+
     /// Measures validity on `clock` instead of the system's (tests only).
     #[cfg(test)]
     pub(crate) fn clock(mut self, clock: Clock) -> Self {
@@ -536,8 +582,11 @@ impl RedlockBuilder {
     /// # Errors
     /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
     /// instead of `redis://host:port`) or that does not parse (or needs a feature that
-    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, or a zero
-    /// `node_timeout` or `connect_timeout`.
+    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, a zero
+    /// `node_timeout` or `connect_timeout`, or an [`owner_label`](Self::owner_label)
+    /// that breaks its rule (the message names the rule). A node given as a client or
+    /// connection info with TLS certificates of its own while `tls_root_ca` or
+    /// `tls_client_cert` is set is refused too: one set would replace the other.
     ///
     /// A node list that works but weakens the quorum is logged once, as a `tracing`
     /// warning: 2 nodes or another even count, and one server written two ways
@@ -588,22 +637,12 @@ impl RedlockBuilder {
                 self.fence_suffix
             )));
         }
+        if let Some(label) = &self.owner_label {
+            owner_label::check(label).map_err(Error::Config)?;
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
-        for (index, url) in self.nodes.iter().enumerate() {
-            if let Some(problem) = checks::missing_scheme(url) {
-                return Err(Error::Config(format!("node {index}: {problem}")));
-            }
-            let client = self.client(url).map_err(|e| {
-                Error::Config(format!(
-                    "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
-                    redact_url(url),
-                    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
-                        " (rediss:// needs the `tls` feature)"
-                    } else {
-                        ""
-                    }
-                ))
-            })?;
+        for (index, spec) in self.nodes.iter().enumerate() {
+            let client = self.client_of(index, spec)?;
             let node = Node::new(
                 index,
                 client,
@@ -639,6 +678,7 @@ impl RedlockBuilder {
             wake_on_release: self.wake_on_release,
             check_on_connect: self.check_on_connect,
             min_validity: self.min_validity,
+            owner_label: self.owner_label.map(Arc::from),
             clock: self.clock,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
@@ -647,14 +687,14 @@ impl RedlockBuilder {
 
 impl RedlockBuilder {
     #[cfg(not(feature = "tls"))]
-    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(url)
+    fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(info)
     }
 
     #[cfg(feature = "tls")]
-    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        if !url.starts_with("rediss://") {
-            return redis::Client::open(url);
+    fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return redis::Client::open(info);
         }
         // redis-rs builds its rustls config with the process-wide crypto provider. Install
         // ring (the one this crate enables) unless the application chose one already;
@@ -664,10 +704,10 @@ impl RedlockBuilder {
         }
         let TlsSettings { root_ca, client } = &self.tls;
         if root_ca.is_none() && client.is_none() {
-            return redis::Client::open(url);
+            return redis::Client::open(info);
         }
         redis::Client::build_with_tls(
-            url,
+            info,
             redis::TlsCertificates {
                 client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
                     client_cert: cert.clone(),

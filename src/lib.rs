@@ -104,7 +104,7 @@ mod wake;
 #[cfg_attr(docsrs, doc(cfg(feature = "harness")))]
 pub mod harness;
 
-pub use builder::RedlockBuilder;
+pub use builder::{IntoNode, RedlockBuilder};
 pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};

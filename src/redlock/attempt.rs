@@ -82,7 +82,7 @@ impl Redlock {
     pub(super) async fn attempt(&self, ask: &Ask<'_>) -> Attempt {
         let inner = &self.inner;
         let keys = ask.keys;
-        let value: Arc<str> = super::new_value().into();
+        let value: Arc<str> = super::new_value(inner.config.owner_label.as_deref()).into();
         let op = match (ask.fence_keys, ask.candidate, ask.queue) {
             (None, _, Some((member, front))) if keys.len() == 1 => {
                 let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);

@@ -433,10 +433,14 @@ impl Inner {
     }
 }
 
-/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
-pub(crate) fn new_value() -> String {
+/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits; with an
+/// owner label, `<label>:<UUID v4>` (122 random bits, the format the design names).
+pub(crate) fn new_value(label: Option<&str>) -> String {
     // MUTANT (safety suite only): every acquisition gets the same value.
     #[cfg(redlock_mutant = "constant_value")]
     return "0".repeat(32);
-    format!("{:032x}", rand::rng().random::<u128>())
+    match label {
+        Some(label) => crate::builder::labelled_value(label),
+        None => format!("{:032x}", rand::rng().random::<u128>()),
+    }
 }
