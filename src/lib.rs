@@ -110,7 +110,7 @@ pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
-pub use redlock::{LockRequest, Redlock};
+pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

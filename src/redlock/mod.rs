@@ -19,9 +19,11 @@ use crate::sync::lock;
 use crate::wake::{self, Wakeups};
 
 mod attempt;
+mod inspect;
 mod request;
 mod retry;
 
+pub use inspect::{Holder, LockInfo};
 pub use request::LockRequest;
 pub(crate) use retry::Want;
 
