@@ -5,6 +5,7 @@ mod core;
 mod fencing;
 mod harness;
 mod hostile;
+mod inspect;
 mod lease;
 mod metrics;
 mod ops;
