@@ -19,6 +19,10 @@
 //! - With [`RedlockBuilder::fencing`], every acquisition carries a fencing token that is
 //!   strictly greater than every earlier one for the resource; [`FenceGate`] and
 //!   [`FENCE_CHECK_LUA`] let the protected storage refuse a stale holder.
+//! - Nodes come as URLs, [`redis::ConnectionInfo`], `(host, port)` or the
+//!   [`redis::Client`]s you have ([`IntoNode`]); with [`RedlockBuilder::owner_label`] a
+//!   node's `GET` shows who holds a lock, and [`Redlock::inspect`] reports it per stored
+//!   value (a snapshot for operators, never a lock check).
 //! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
 //!   your own tests: see [`harness`] for the `[dev-dependencies]` line and a complete test.
 //!

@@ -358,11 +358,18 @@ mod tests {
         assert!(Redlock::builder().node(&client).build().is_ok());
         // ... but not both: one would silently replace the other.
         let msg = config_err(Redlock::builder().node(client).tls_root_ca(ca.clone()));
-        assert!(msg.starts_with("node 0: the redis::Client for `127.0.0.1:6380`"), "{msg}");
+        assert!(
+            msg.starts_with("node 0: the redis::Client for `127.0.0.1:6380`"),
+            "{msg}"
+        );
         assert!(msg.contains("its own TLS certificates"), "{msg}");
         // A TLS address without certificates takes the builder's.
         let info = "rediss://127.0.0.1:6381".into_connection_info().unwrap();
-        assert!(Redlock::builder().node(info).tls_root_ca(ca).build().is_ok());
+        assert!(Redlock::builder()
+            .node(info)
+            .tls_root_ca(ca)
+            .build()
+            .is_ok());
     }
 
     #[cfg(not(feature = "tls"))]
