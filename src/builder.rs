@@ -446,34 +446,6 @@ impl RedlockBuilder {
         self
     }
 
-    /// Puts `label` in front of every owner value this manager stores, so that an
-    /// operator's `GET <key>` (and [`Redlock::inspect`]) shows who holds a lock: the value
-    /// becomes `<label>:<UUID v4, 32 hex digits>`, e.g.
-    /// `billing-worker-7:9f1c0b6e2a4d4c7f8e3b5a6d7c8e9f0a`. Defaults to none: the value
-    /// is 32 hex digits of 128 random bits.
-    ///
-    /// A label is 1 to 64 bytes of ASCII letters, digits and `-_.@/`: no `:`, so that
-    /// the label can be read back from a value. [`build`](Self::build) refuses any
-    /// other with [`Error::Config`]. A label is not a secret and not an identity check:
-    /// whoever can read the key sees it, and locks are still told apart by the random
-    /// part alone.
-    ///
-    /// ```
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .owner_label("billing-worker-7")
-    ///     .build()?;
-    /// assert!(Redlock::builder().node("redis://127.0.0.1:7001").owner_label("a:b").build().is_err());
-    /// # drop(redlock);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
-    pub fn owner_label(mut self, label: impl Into<String>) -> Self {
-        self.owner_label = Some(label.into());
-        self
-    }
-
     /// Measures validity on `clock` instead of the system's (tests only).
     #[cfg(test)]
     pub(crate) fn clock(mut self, clock: Clock) -> Self {

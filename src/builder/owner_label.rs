@@ -2,6 +2,8 @@
 //! the rule a label follows, the value made with one, and the label read back from a
 //! stored value.
 
+use super::RedlockBuilder;
+
 /// Longest label: keys' values are sent on every request and stored on every node,
 /// and a worker's name fits in far less.
 pub(crate) const MAX_LABEL_LEN: usize = 64;
@@ -13,6 +15,36 @@ const LABEL_PUNCTUATION: &[u8] = b"-_.@/";
 
 /// Length of the random part of a value: a UUID (or 128 bits) as 32 hex digits.
 const RANDOM_HEX_LEN: usize = 32;
+
+impl RedlockBuilder {
+    /// Puts `label` in front of every owner value this manager stores, so that an
+    /// operator's `GET <key>` (and [`Redlock::inspect`](crate::Redlock::inspect)) shows who holds a lock: the value
+    /// becomes `<label>:<UUID v4, 32 hex digits>`, e.g.
+    /// `billing-worker-7:9f1c0b6e2a4d4c7f8e3b5a6d7c8e9f0a`. Defaults to none: the value
+    /// is 32 hex digits of 128 random bits.
+    ///
+    /// A label is 1 to 64 bytes of ASCII letters, digits and `-_.@/`: no `:`, so that
+    /// the label can be read back from a value. [`build`](RedlockBuilder::build) refuses any
+    /// other with [`Error::Config`](crate::Error::Config). A label is not a secret and not an identity check:
+    /// whoever can read the key sees it, and locks are still told apart by the random
+    /// part alone.
+    ///
+    /// ```
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .owner_label("billing-worker-7")
+    ///     .build()?;
+    /// assert!(Redlock::builder().node("redis://127.0.0.1:7001").owner_label("a:b").build().is_err());
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn owner_label(mut self, label: impl Into<String>) -> Self {
+        self.owner_label = Some(label.into());
+        self
+    }
+}
 
 /// Checks `label` against the rule; the error says which part of it is broken.
 pub(crate) fn check(label: &str) -> Result<(), String> {
