@@ -11,9 +11,10 @@ use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use super::{checks, redact_url, RedlockBuilder};
 use crate::error::Error;
 
-/// A lock node as the application has it: a URL (`&str`, `String`), a
-/// [`redis::ConnectionInfo`] or [`redis::ConnectionAddr`], a `(host, port)` pair, or a
-/// [`redis::Client`]. Taken by [`RedlockBuilder::node`](super::RedlockBuilder::node).
+/// A lock node as the application has it: a URL (`&str`, `String`, `&String`, `&&str`,
+/// `Box<str>`, `Cow<str>`), a [`redis::ConnectionInfo`] (or a reference to one) or
+/// [`redis::ConnectionAddr`], a `(host, port)` pair (host as `&str`, `String` or
+/// `&String`), or a [`redis::Client`] (or a reference to one). Taken by [`RedlockBuilder::node`](super::RedlockBuilder::node).
 ///
 /// The trait is sealed: these are the kinds a node can be given as. A client is used
 /// for its connection info only (the address, credentials, database and TLS
@@ -112,17 +113,31 @@ macro_rules! url_nodes {
         impl IntoNode for $t {}
         impl sealed::Sealed for $t {
             fn into_spec(self) -> NodeSpec {
-                NodeSpec::Url(String::from(self))
+                NodeSpec::Url(AsRef::<str>::as_ref(&self).to_owned())
             }
         }
     )*};
 }
-url_nodes!(&str, String, &String);
+url_nodes!(
+    &str,
+    String,
+    &String,
+    &&str,
+    Box<str>,
+    std::borrow::Cow<'_, str>
+);
 
 impl IntoNode for ConnectionInfo {}
 impl sealed::Sealed for ConnectionInfo {
     fn into_spec(self) -> NodeSpec {
         NodeSpec::info(self, "connection info")
+    }
+}
+
+impl IntoNode for &ConnectionInfo {}
+impl sealed::Sealed for &ConnectionInfo {
+    fn into_spec(self) -> NodeSpec {
+        NodeSpec::info(self.clone(), "connection info")
     }
 }
 
@@ -266,6 +281,15 @@ mod tests {
             endpoints(b),
             ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003/2"]
         );
+        // What `impl AsRef<str>` took before: references from iterating a list, boxes.
+        let mut b = Redlock::builder();
+        for url in &["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"] {
+            b = b.node(url);
+        }
+        let b = b
+            .node(Box::<str>::from("redis://127.0.0.1:7003"))
+            .node(std::borrow::Cow::Borrowed("redis://127.0.0.1:7004"));
+        assert_eq!(endpoints(b).len(), 4);
     }
 
     #[test]
@@ -286,13 +310,18 @@ mod tests {
         let info = "redis://app:s3cret@10.0.0.1:6379/3"
             .into_connection_info()
             .unwrap();
+        let other = ("10.0.0.3", 6379).into_connection_info().unwrap();
         let b = Redlock::builder()
             .node(info)
-            .node(ConnectionAddr::Tcp("10.0.0.2".into(), 6379));
+            .node(ConnectionAddr::Tcp("10.0.0.2".into(), 6379))
+            .node(&other);
         let shown = format!("{b:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("10.0.0.1:6379/3"), "{shown}");
-        assert_eq!(endpoints(b), ["10.0.0.1:6379/3", "10.0.0.2:6379"]);
+        assert_eq!(
+            endpoints(b),
+            ["10.0.0.1:6379/3", "10.0.0.2:6379", "10.0.0.3:6379"]
+        );
     }
 
     #[test]
