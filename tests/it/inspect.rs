@@ -163,6 +163,21 @@ async fn inspect_a_free_key() {
         .await
         .iter()
         .all(Option::is_none));
+
+    // A key of another type (someone else's data under the lock's name) is that node's
+    // failure, with Redis's reason, not a holder.
+    let _: i64 = redis::cmd("LPUSH")
+        .arg("a-list")
+        .arg("x")
+        .query_async(&mut conns[1])
+        .await
+        .unwrap();
+    let info = bounded(redlock.inspect("a-list")).await.unwrap();
+    assert!(info.holders().is_empty(), "{info}");
+    assert_eq!(info.free_nodes(), [0, 2]);
+    assert_eq!(info.errors().len(), 1, "{info}");
+    assert_eq!(info.errors()[0].node(), 1);
+    assert!(info.errors()[0].to_string().contains("WRONGTYPE"), "{info}");
 }
 
 /// Item 5: two values on different nodes, set directly (as after a crash or by two
