@@ -308,6 +308,44 @@ fn full_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `Redlock::inspect` needs `+pttl` beyond the locker's rule, as docs/operations.md says:
+/// without it every node is unknown, with the permission error; with it the holder shows.
+#[tokio::test]
+async fn inspect_needs_pttl_beyond_the_locker_rule() {
+    let cluster = cluster(3).await;
+    acl_user(&cluster, "locker", "pw-locker-1", LOCKER_RULE).await;
+    acl_user(
+        &cluster,
+        "operator",
+        "pw-operator-1",
+        &format!("{LOCKER_RULE} +pttl"),
+    )
+    .await;
+    let as_user = |user: &str, pw: &str| {
+        Redlock::builder()
+            .nodes(urls_as(&cluster, user, pw))
+            .owner_label("acl-test")
+            .node_timeout(Duration::from_millis(250))
+            .build()
+            .unwrap()
+    };
+    let locker = as_user("locker", "pw-locker-1");
+    let guard = bounded(locker.acquire("inspected", TTL)).await.unwrap();
+
+    let denied = bounded(locker.inspect("inspected")).await.unwrap();
+    assert_eq!(denied.unknown_nodes(), 3, "{denied}");
+    assert!(denied.holders().is_empty(), "{denied}");
+    // Refused by the server (the script may not run PTTL), not a timeout.
+    assert!(denied.errors().iter().all(|e| !e.is_timeout()), "{denied}");
+
+    let info = bounded(as_user("operator", "pw-operator-1").inspect("inspected"))
+        .await
+        .unwrap();
+    assert!(info.held_by_quorum(), "{info}");
+    assert_eq!(info.holders()[0].label(), Some("acl-test"), "{info}");
+    guard.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn least_privilege_acl_user_does_everything() {
     let cluster = cluster(3).await;
