@@ -31,6 +31,7 @@ pub enum Error {
         "`{resource}` is locked by another owner ({held_elsewhere} of {nodes} nodes) after \
          {attempts} attempt(s); retry later, or raise retry_count/retry_delay to wait longer"
     )]
+    #[non_exhaustive]
     Conflict {
         /// The (first) resource that was asked for.
         resource: String,
@@ -48,6 +49,7 @@ pub enum Error {
          {failed} failed, after {attempts} attempt(s); check that a majority of the nodes \
          is up and reachable within node_timeout"
     )]
+    #[non_exhaustive]
     NoQuorum {
         /// The (first) resource that was asked for.
         resource: String,
@@ -71,6 +73,7 @@ pub enum Error {
         "`{resource}` was granted by a quorum only after {elapsed:?}, which leaves no validity \
          of the {ttl:?} ttl ({attempts} attempt(s)); use a longer ttl or faster nodes"
     )]
+    #[non_exhaustive]
     Expired {
         /// The (first) resource that was asked for.
         resource: String,
@@ -84,6 +87,7 @@ pub enum Error {
 
     /// The lock is no longer held by this owner on a quorum, or its validity ran out.
     #[error("lock on `{resource}` lost: {reason}; stop the work it protected")]
+    #[non_exhaustive]
     LockLost {
         /// The (first) resource of the lock.
         resource: String,
@@ -99,6 +103,7 @@ pub enum Error {
         findings.len(),
         findings.first().map(ToString::to_string).unwrap_or_default()
     )]
+    #[non_exhaustive]
     Unhealthy {
         /// The error-severity findings, each saying what to change.
         findings: Vec<crate::diagnose::Finding>,
@@ -112,6 +117,7 @@ pub enum LostReason {
     /// The validity ended before the operation could complete.
     Expired,
     /// Too many nodes reported that the key is gone or belongs to someone else.
+    #[non_exhaustive]
     NotHeld {
         /// How many nodes still hold this owner's value.
         held: usize,

@@ -172,7 +172,7 @@ async fn strict_refuses_a_misconfigured_node_set_until_fixed() {
         .unwrap();
     let err = bounded(strict.acquire("strict", TTL)).await.unwrap_err();
     match &err {
-        Error::Unhealthy { findings } => {
+        Error::Unhealthy { findings, .. } => {
             assert_eq!(findings.len(), 1, "{err}");
             assert_eq!(findings[0].node(), Some(2));
         }
