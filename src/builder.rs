@@ -8,6 +8,8 @@ use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
+#[cfg(feature = "tls")]
+use crate::tls::TlsSettings;
 
 /// Default attempts after the first one (node-redlock's default too).
 pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
@@ -82,14 +84,6 @@ pub struct RedlockBuilder {
     check_on_connect: CheckMode,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
-}
-
-/// PEM bytes for `rediss://` nodes. Never printed.
-#[cfg(feature = "tls")]
-#[derive(Clone, Default)]
-struct TlsSettings {
-    root_ca: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -487,7 +481,9 @@ impl RedlockBuilder {
     /// # Errors
     /// [`Error::Config`] for an empty node list, a URL that does not parse (or needs a
     /// feature that is off), the same node listed twice, a drift factor outside
-    /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`.
+    /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`; with the `tls` feature,
+    /// for a `rediss://` node when the application has installed no rustls crypto
+    /// provider (the crate installs none; see the crate docs' features).
     ///
     /// ```
     /// use std::time::Duration;
@@ -538,6 +534,8 @@ impl RedlockBuilder {
                     }
                 ))
             })?;
+            #[cfg(feature = "tls")]
+            crate::tls::require_crypto_provider(index, &client)?;
             let node = Node::new(
                 index,
                 client,
@@ -581,29 +579,7 @@ impl RedlockBuilder {
 
     #[cfg(feature = "tls")]
     fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        if !url.starts_with("rediss://") {
-            return redis::Client::open(url);
-        }
-        // redis-rs builds its rustls config with the process-wide crypto provider. Install
-        // ring (the one this crate enables) unless the application chose one already;
-        // otherwise rustls cannot tell which provider to use when several are compiled in.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let TlsSettings { root_ca, client } = &self.tls;
-        if root_ca.is_none() && client.is_none() {
-            return redis::Client::open(url);
-        }
-        redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                root_cert: root_ca.clone(),
-            },
-        )
+        self.tls.client(url)
     }
 }
 

@@ -109,6 +109,8 @@ mod node;
 mod quorum;
 mod redlock;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod wake;
 
 // Unix only: the harness stops, resumes and kills servers with signals. Elsewhere the

@@ -637,6 +637,9 @@ mod tls {
 
     #[tokio::test]
     async fn locks_over_tls_with_a_private_ca_and_client_certificates() {
+        // The crate installs no crypto provider (src/tls.rs): the application does, as
+        // here. Ignoring the result: another TLS test may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let pki = pki();
         let cluster = bounded(
             Cluster::builder()
