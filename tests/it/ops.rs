@@ -538,7 +538,7 @@ fn refused(
 ) -> (Vec<(Option<usize>, String)>, String) {
     match result {
         Err(err @ Error::Unhealthy { .. }) => {
-            let Error::Unhealthy { findings } = &err else {
+            let Error::Unhealthy { findings, .. } = &err else {
                 unreachable!()
             };
             let found = findings
