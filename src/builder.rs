@@ -9,6 +9,8 @@ use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
+#[cfg(feature = "tls")]
+use crate::tls::TlsSettings;
 
 mod checks;
 mod into_node;
@@ -104,14 +106,6 @@ pub struct RedlockBuilder {
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
-}
-
-/// PEM bytes for `rediss://` nodes. Never printed.
-#[cfg(feature = "tls")]
-#[derive(Clone, Default)]
-struct TlsSettings {
-    root_ca: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -555,10 +549,13 @@ impl RedlockBuilder {
     /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
     /// instead of `redis://host:port`) or that does not parse (or needs a feature that
     /// is off), the same node listed twice, a drift factor outside `[0, 1)`, a zero
-    /// `node_timeout` or `connect_timeout`, or an [`owner_label`](Self::owner_label)
-    /// that breaks its rule (the message names the rule). A node given as a client or
-    /// connection info with TLS certificates of its own while `tls_root_ca` or
-    /// `tls_client_cert` is set is refused too: one set would replace the other.
+    /// `node_timeout` or `connect_timeout`, a fence suffix that ends like the wait
+    /// queue's, or an [`owner_label`](Self::owner_label) that breaks its rule (the
+    /// message names the rule). With the `tls` feature, for a TLS node when the
+    /// application has installed no rustls crypto provider (the crate installs none; see
+    /// the crate docs' features), and for a node given as a client or connection info
+    /// with TLS certificates of its own while `tls_root_ca` or `tls_client_cert` is set:
+    /// one set would replace the other.
     ///
     /// A node list that works but weakens the quorum is logged once, as a `tracing`
     /// warning: 2 nodes or another even count, and one server written two ways
@@ -615,6 +612,8 @@ impl RedlockBuilder {
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, spec) in self.nodes.iter().enumerate() {
             let client = self.client_of(index, spec)?;
+            #[cfg(feature = "tls")]
+            crate::tls::require_crypto_provider(index, &client)?;
             let node = Node::new(
                 index,
                 client,
@@ -665,29 +664,7 @@ impl RedlockBuilder {
 
     #[cfg(feature = "tls")]
     fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
-        if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-            return redis::Client::open(info);
-        }
-        // redis-rs builds its rustls config with the process-wide crypto provider. Install
-        // ring (the one this crate enables) unless the application chose one already;
-        // otherwise rustls cannot tell which provider to use when several are compiled in.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let TlsSettings { root_ca, client } = &self.tls;
-        if root_ca.is_none() && client.is_none() {
-            return redis::Client::open(info);
-        }
-        redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                root_cert: root_ca.clone(),
-            },
-        )
+        self.tls.client(info)
     }
 }
 

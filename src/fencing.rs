@@ -17,6 +17,7 @@ use std::sync::{Mutex, PoisonError};
     "stale fencing token {token} for `{resource}`: {high_water} was already seen; \
      this holder lost its lock and must stop"
 )]
+#[non_exhaustive]
 pub struct StaleToken {
     /// The resource the token was for.
     pub resource: String,

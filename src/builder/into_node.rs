@@ -374,6 +374,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_certificates_are_given_one_way() {
+        use super::sealed::Sealed as _;
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -383,8 +384,21 @@ mod tests {
             root_cert: Some(ca.clone().into_bytes()),
         };
         let client = Client::build_with_tls("rediss://127.0.0.1:6380", certs).unwrap();
+        let has_params = |c: &Client| {
+            matches!(
+                c.get_connection_info().addr(),
+                ConnectionAddr::TcpTls {
+                    tls_params: Some(_),
+                    ..
+                }
+            )
+        };
+        // client_of, not build(): build() also wants a crypto provider installed, and
+        // unit tests must not install one (see tls.rs).
+        let plain = Redlock::builder();
         // A client's own certificates serve when the builder has none ...
-        assert!(Redlock::builder().node(&client).build().is_ok());
+        let made = plain.client_of(0, &(&client).into_spec()).unwrap();
+        assert!(has_params(&made));
         // ... but not both: one would silently replace the other.
         let msg = config_err(Redlock::builder().node(client).tls_root_ca(ca.clone()));
         assert!(
@@ -394,11 +408,10 @@ mod tests {
         assert!(msg.contains("its own TLS certificates"), "{msg}");
         // A TLS address without certificates takes the builder's.
         let info = "rediss://127.0.0.1:6381".into_connection_info().unwrap();
-        assert!(Redlock::builder()
-            .node(info)
-            .tls_root_ca(ca)
-            .build()
-            .is_ok());
+        let with_ca = Redlock::builder().tls_root_ca(ca);
+        assert!(has_params(
+            &with_ca.client_of(0, &info.into_spec()).unwrap()
+        ));
     }
 
     #[cfg(not(feature = "tls"))]
