@@ -763,14 +763,14 @@ pub(crate) mod tests {
             }
             let pause = crate::quorum::backoff(config.retry_delay, config.retry_jitter, &mut rng);
             assert!(pause >= config.retry_delay);
-            let _ = crate::clock::tokio_after(pause);
+            let _ = crate::clock::instant_after(pause);
             let d = config
                 .clock
                 .stamp()
                 .after(want.ttl)
                 .before(extreme(&mut rng));
             let _ = (config.clock.left(d), config.clock.instant(d));
-            let _ = want.wait.map(crate::clock::tokio_after);
+            let _ = want.wait.map(crate::clock::instant_after);
         }
     }
 

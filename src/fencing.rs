@@ -185,5 +185,8 @@ mod tests {
     }
 }
 
+mod cache;
 #[cfg(test)]
 mod model;
+
+pub(crate) use cache::FenceCache;

@@ -113,11 +113,13 @@ mod fencing;
 mod guard;
 mod lease;
 mod metrics;
+mod mutants;
 mod node;
 mod quorum;
 mod redlock;
 mod round;
 mod scripts;
+mod shared;
 mod sync;
 #[cfg(feature = "tls")]
 mod tls;

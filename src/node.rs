@@ -345,9 +345,10 @@ impl Node {
         .shared()
     }
 
-    /// A reply as a vote: a node in restart quarantine does not vote, whatever it
-    /// answered (what it answered is still sent to it and undone or released as usual).
-    pub(crate) fn as_vote(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
+    /// The reply, if this node's vote counts now: a node in restart quarantine does not
+    /// vote, whatever it answered (its reply becomes a failure whose cause says so; what
+    /// it was sent is still undone or released as usual).
+    pub(crate) fn counted(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
         let until = (*self
             .votes_from
             .lock()
