@@ -18,7 +18,7 @@ use crate::shared::Shared;
 use crate::wake;
 
 mod attempt;
-mod policy;
+pub(crate) mod policy;
 mod request;
 mod retry;
 
