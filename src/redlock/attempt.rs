@@ -83,10 +83,18 @@ enum Answer {
 
 /// Undoes an attempt if the attempt's future is dropped before it decided: a cancelled
 /// acquisition cleans up after itself in the background instead of leaving keys to
-/// the TTL. Made before the first request is sent; `disarm` takes it.
-struct Undo(Option<(Arc<[Node]>, Op)>);
+/// the TTL. Made before the first request is sent, with the runtime it will release on
+/// (none outside a runtime: the TTL frees the keys); `disarm` takes it.
+struct Undo(Option<(Arc<[Node]>, Op)>, Option<tokio::runtime::Handle>);
 
 impl Undo {
+    fn new(nodes: Arc<[Node]>, op: Op) -> Self {
+        Self(
+            Some((nodes, op)),
+            tokio::runtime::Handle::try_current().ok(),
+        )
+    }
+
     fn disarm(&mut self) -> Option<(Arc<[Node]>, Op)> {
         self.0.take()
     }
@@ -94,11 +102,8 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        // Outside a runtime nothing can be sent; the TTL frees the keys.
-        if let (Some((nodes, op)), Ok(handle)) =
-            (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            round::release_in_background(&handle, nodes, op, "cancelled acquire");
+        if let (Some((nodes, op)), Some(handle)) = (self.0.take(), &self.1) {
+            round::release_in_background(handle, nodes, op, "cancelled acquire");
         }
     }
 }
@@ -139,7 +144,7 @@ impl Redlock {
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let clock = &inner.config.clock;
         let start = clock.stamp();
-        let mut undo = Undo(Some((Arc::clone(&inner.nodes), undo_op())));
+        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op());
         // Won or lost, the stragglers' requests still go out when this is dropped: a
         // won lock then stands on every healthy node, not a bare quorum (their keys go
         // with the release), and a queued acquire must reach every node's wait queue.
