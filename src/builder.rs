@@ -54,6 +54,7 @@ pub(crate) struct Config {
     pub(crate) wake_on_release: bool,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
+    pub(crate) local_handover: bool,
     /// Where validity is measured (suspend-aware; a manual one in tests).
     pub(crate) clock: Clock,
 }
@@ -93,6 +94,7 @@ pub struct RedlockBuilder {
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
     min_validity: Duration,
+    local_handover: bool,
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
@@ -115,6 +117,7 @@ impl fmt::Debug for RedlockBuilder {
             restart_quarantine,
             check_on_connect,
             min_validity,
+            local_handover,
             clock,
             #[cfg(feature = "tls")]
             tls,
@@ -135,6 +138,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
+            .field("local_handover", local_handover)
             .field("clock", clock);
         #[cfg(feature = "tls")]
         {
@@ -163,6 +167,7 @@ impl Default for RedlockBuilder {
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
+            local_handover: true,
             clock: Clock::system(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
@@ -422,6 +427,28 @@ impl RedlockBuilder {
         self
     }
 
+    /// Let tasks of this manager that wait for the same key queue here, first come
+    /// first served, with at most one of them competing on the nodes; a task that
+    /// releases hands the lock straight to the next one, with the same owner value and
+    /// the validity counted from the original grant (the receiver extends it first when
+    /// less than half of its own ttl is left). After a few hand-overs in a row the lock
+    /// goes back to the nodes, so that other processes waiting there get their turn.
+    /// Applies to single-key acquisitions with retries, without fencing (a fenced
+    /// holder needs a fresh token from the nodes). Defaults to on.
+    ///
+    /// ```
+    /// use tokio_redlock::Redlock;
+    ///
+    /// // Every task competes on the nodes by itself, as separate processes would.
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").local_handover(false).build()?;
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn local_handover(mut self, enabled: bool) -> Self {
+        self.local_handover = enabled;
+        self
+    }
+
     /// Measures validity on `clock` instead of the system's (tests only).
     #[cfg(test)]
     pub(crate) fn clock(mut self, clock: Clock) -> Self {
@@ -638,6 +665,7 @@ impl RedlockBuilder {
             wake_on_release: self.wake_on_release,
             check_on_connect: self.check_on_connect,
             min_validity: self.min_validity,
+            local_handover: self.local_handover,
             clock: self.clock,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))

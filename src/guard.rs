@@ -10,6 +10,7 @@ use redis::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, LostReason};
+use crate::local::LocalTurn;
 use crate::metrics;
 use crate::quorum::{self, Outcome, Vote};
 use crate::round::{self, fan_out, Collecting, Count, Op};
@@ -66,6 +67,9 @@ pub struct LockGuard {
     attempts: u32,
     /// `Some` until `release` takes it; `Drop` releases only what is still here.
     held: Option<Held>,
+    /// This manager's turn on the key, when tasks of it queue locally for the lock: on
+    /// release the lock goes to the next of them (see `local.rs`).
+    local: Option<LocalTurn>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -96,6 +100,49 @@ impl LockGuard {
             token,
             attempts: 1,
             held: Some(held),
+            local: None,
+        }
+    }
+
+    pub(crate) fn set_local(&mut self, turn: LocalTurn) {
+        self.local = Some(turn);
+    }
+
+    pub(crate) fn take_local(&mut self) -> Option<LocalTurn> {
+        self.local.take()
+    }
+
+    /// Gives the lock to the next task of this manager waiting for it, if there is one
+    /// and the validity has not ended: nothing is sent to the nodes, and the receiver
+    /// believes what this guard did. Returns whether it was handed over; if not, this
+    /// manager's turn (if any) comes back, to be passed on after the real release.
+    pub(crate) fn hand_over(&mut self) -> (bool, Option<LocalTurn>) {
+        let Some(turn) = self.local.take() else {
+            return (false, None);
+        };
+        if !self.is_valid() {
+            return (false, Some(turn));
+        }
+        let Some(held) = self.held.take() else {
+            return (false, Some(turn));
+        };
+        let handed = Self {
+            resources: Arc::clone(&self.resources),
+            valid_until: self.valid_until,
+            clock: self.clock.clone(),
+            ttl: self.ttl,
+            token: self.token,
+            attempts: 0,
+            held: Some(held),
+            local: None,
+        };
+        match turn.hand_over(handed) {
+            Ok(()) => (true, None),
+            Err(back) => {
+                let (mut back, turn) = *back;
+                self.held = back.held.take();
+                (false, Some(turn))
+            }
         }
     }
 
@@ -354,8 +401,13 @@ impl Held {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.release_in_background("dropped guard");
+        let (handed, turn) = self.hand_over();
+        if !handed {
+            if let Some(held) = self.held.take() {
+                held.release_in_background("dropped guard");
+            }
         }
+        // The next local waiter, if any, competes once the release is on its way.
+        drop(turn);
     }
 }

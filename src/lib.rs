@@ -112,6 +112,7 @@ mod error;
 mod fencing;
 mod guard;
 mod lease;
+mod local;
 mod metrics;
 mod mutants;
 mod node;

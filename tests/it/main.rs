@@ -9,6 +9,7 @@ mod fencing;
 mod harness;
 mod hostile;
 mod lease;
+mod local;
 mod metrics;
 mod ops;
 mod payment;
