@@ -90,6 +90,7 @@ mod diagnose;
 mod error;
 mod fencing;
 mod guard;
+mod info;
 mod lease;
 mod metrics;
 mod node;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use crate::error::{Error, NodeError, NodeErrorKind};
+use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::node::{Node, Request};
 use crate::redlock::Redlock;
 
@@ -195,21 +196,19 @@ async fn check_node(node: &Node) -> NodeReport {
     }
     report.latency = Some(start.elapsed());
     report.reachable = true;
-    match node.run(Request::Cmd(&redis::cmd("INFO"))).await {
-        Ok(value) => match text(&value) {
-            Some(info) => apply_info(&mut report, &parse_info(&info)),
-            None => report.error = Some(node.protocol_error(format!("INFO answered {value:?}"))),
+    match node.run(Request::Cmd(&info_cmd())).await {
+        Ok(reply) => match ServerInfo::from_reply(&reply) {
+            Some(info) => report.apply(info),
+            None => report.error = Some(node.protocol_error(format!("INFO answered {reply:?}"))),
         },
         Err(e) => report.error = Some(e),
     }
-    let mut config_get = redis::cmd("CONFIG");
-    config_get.arg("GET").arg("appendfsync");
-    match node.run(Request::Cmd(&config_get)).await {
-        Ok(value) => match config_value(&value, "appendfsync") {
+    match node.run(Request::Cmd(&appendfsync_cmd())).await {
+        Ok(reply) => match appendfsync(&reply) {
             Some(fsync) => report.appendfsync = Some(fsync),
             None => {
                 report.config_error =
-                    Some(node.protocol_error(format!("CONFIG GET appendfsync answered {value:?}")));
+                    Some(node.protocol_error(format!("CONFIG GET appendfsync answered {reply:?}")));
             }
         },
         Err(e) => report.config_error = Some(e),
@@ -348,54 +347,6 @@ fn judge(reports: &[NodeReport], node_timeout: Duration, fencing: bool) -> Vec<F
         }
     }
     findings
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
-
-/// The value of `name` in a `CONFIG GET name` reply (an array of pairs, or a map in RESP3).
-fn config_value(value: &Value, name: &str) -> Option<String> {
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .find(|pair| pair.len() == 2 && text(&pair[0]).as_deref() == Some(name))
-            .and_then(|pair| text(&pair[1])),
-        Value::Map(pairs) => pairs
-            .iter()
-            .find(|(k, _)| text(k).as_deref() == Some(name))
-            .and_then(|(_, v)| text(v)),
-        _ => None,
-    }
-}
-
-/// `key:value` lines of an INFO reply; section headers and blank lines are skipped.
-fn parse_info(info: &str) -> HashMap<&str, &str> {
-    info.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
-}
-
-fn apply_info(report: &mut NodeReport, info: &HashMap<&str, &str>) {
-    let get = |k: &str| info.get(k).map(|v| (*v).to_owned());
-    report.server = Some(get("server_name").unwrap_or_else(|| "redis".to_owned()));
-    report.version = get("valkey_version").or_else(|| get("redis_version"));
-    report.role = get("role");
-    report.run_id = get("run_id");
-    report.maxmemory_policy = get("maxmemory_policy");
-    report.aof_enabled = info.get("aof_enabled").map(|v| *v == "1");
-    report.uptime = info
-        .get("uptime_in_seconds")
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs);
-    report.cluster_enabled = info.get("cluster_enabled").map(|v| *v == "1");
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::NodeError;
+use crate::info::ServerInfo;
 use crate::node::Node;
 
 /// How serious a [`Finding`] is.
@@ -293,6 +294,18 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
+    /// Takes in what the node's `INFO` said.
+    pub(super) fn apply(&mut self, info: ServerInfo) {
+        self.server = Some(info.server);
+        self.version = info.version;
+        self.role = info.role;
+        self.run_id = info.run_id;
+        self.maxmemory_policy = info.maxmemory_policy;
+        self.aof_enabled = info.aof_enabled;
+        self.uptime = info.uptime;
+        self.cluster_enabled = info.cluster_enabled;
+    }
+
     pub(super) fn empty(node: &Node) -> Self {
         Self::blank(node.index, node.endpoint.clone())
     }
