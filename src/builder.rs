@@ -467,19 +467,37 @@ impl RedlockBuilder {
         self
     }
 
-    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
-    /// finds, [`CheckMode::Strict`] refuses to lock with
-    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
-    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    /// Runs [`Redlock::diagnose`] before locking: [`CheckMode::Warn`] logs what it finds,
+    /// [`CheckMode::Strict`] refuses to lock with [`Error::Unhealthy`] while a
+    /// configuration error is found (checked again at most every 5 s). Defaults to
+    /// [`CheckMode::Off`], which costs nothing.
     ///
-    /// ```
-    /// use tokio_redlock::{CheckMode, Redlock};
+    /// Despite the name, nothing is checked at `build()` or when a node connects: the
+    /// check runs at the start of an acquisition (`acquire`, `try_acquire`,
+    /// `acquire_many`, `lock(…)`, `with_lock`), after the request's own checks and before
+    /// its first attempt, so the first acquisition in strict mode waits for it. Extending
+    /// or releasing a held lock never runs it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio_redlock::{CheckMode, Error, Redlock};
+    ///
+    /// # async fn run() -> Result<(), Error> {
     /// let redlock = Redlock::builder()
-    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .check_on_connect(CheckMode::Strict)
-    ///     .build()?;
-    /// # let _ = redlock;
-    /// # Ok::<(), tokio_redlock::Error>(())
+    ///     .build()?; // nothing checked yet
+    /// match redlock.acquire("job", Duration::from_secs(5)).await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(Error::Unhealthy { findings }) => {
+    ///         for finding in findings {
+    ///             eprintln!("fix this first: {finding}");
+    ///         }
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
         self.check_on_connect = mode;

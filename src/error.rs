@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::diagnose::report::Finding;
+
 pub(crate) mod node;
 
 pub use node::{NodeError, NodeErrorKind, NodeErrors};
@@ -112,7 +114,7 @@ pub enum Error {
     )]
     Unhealthy {
         /// The error-severity findings, each saying what to change.
-        findings: Vec<crate::diagnose::Finding>,
+        findings: Vec<Finding>,
     },
 }
 
