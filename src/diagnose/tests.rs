@@ -290,3 +290,11 @@ fn info_fills_the_node_report() {
         (Some(false), Some(true))
     );
 }
+
+/// Code written against the crate-root `Report` still compiles: it is the same type.
+#[test]
+#[allow(deprecated)]
+fn the_old_report_name_is_the_health_report() {
+    fn same<T>(_: Option<T>, _: Option<T>) {}
+    same::<crate::HealthReport>(None::<crate::Report>, None);
+}
