@@ -71,8 +71,11 @@ pub(crate) struct Config {
 ///
 /// let redlock = Redlock::builder()
 ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
-///     .retry_count(5)
 ///     .node_timeout(Duration::from_millis(30))
+///     .retry_count(5)
+///     .retry_delay(Duration::from_millis(100))
+///     .fencing(true)
+///     .restart_quarantine(Some(Duration::from_secs(60)))
 ///     .build()?;
 /// assert_eq!(redlock.quorum(), 2);
 /// # Ok::<(), tokio_redlock::Error>(())
@@ -180,13 +183,12 @@ impl RedlockBuilder {
     /// with the `tls` feature. Each must be an independent master. Defaults to none.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
+    /// assert_eq!(redlock.node_count(), 3);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn nodes<I, S>(mut self, urls: I) -> Self
@@ -199,17 +201,17 @@ impl RedlockBuilder {
         self
     }
 
-    /// Adds one node URL (see [`nodes`](Self::nodes)).
+    /// Adds one node URL (see [`nodes`](Self::nodes)). A password in it is used to log
+    /// in and never shown: logs, errors and `Debug` name the node by `host:port[/db]`.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .node("redis://10.0.0.1:6379")
     ///     .node("redis://app:secret@10.0.0.2:6379/1")
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
+    /// assert!(!format!("{redlock:?}").contains("secret"));
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn node(mut self, url: impl AsRef<str>) -> Self {
@@ -223,50 +225,18 @@ impl RedlockBuilder {
     /// attempts are made, the immediate one that joins the wait queue included, and
     /// the error reports how many were. A fencing round that only taught the client a
     /// newer counter (no node set anything) is not an attempt. Defaults to 10.
-    ///
-    /// ```
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").retry_count(3).build()?;
-    /// # drop(redlock);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
     /// Pause between attempts. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_delay(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
     }
 
     /// Upper bound of a uniform random pause added to each `retry_delay`. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_jitter(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
         self.retry_jitter = jitter;
         self
@@ -274,15 +244,6 @@ impl RedlockBuilder {
 
     /// Clock drift allowed, as a fraction of the TTL: validity is
     /// `ttl − elapsed − (ttl × factor + 2 ms)`. Must be in `[0, 1)`. Defaults to 0.01.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").drift_factor(0.02).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
         self
@@ -290,18 +251,6 @@ impl RedlockBuilder {
 
     /// Bound on each request to one node, connecting included. A node that does not
     /// answer within it counts as failed for that request. Defaults to 50 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .node_timeout(Duration::from_millis(20))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -309,18 +258,6 @@ impl RedlockBuilder {
 
     /// Bound on making a connection to one node. Connections are made in the background
     /// and requests never wait longer than `node_timeout` for one. Defaults to 1 s.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .connect_timeout(Duration::from_millis(300))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -331,12 +268,10 @@ impl RedlockBuilder {
     /// those clients and by this crate exclude each other.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").key_prefix("locks:").build()?;
     /// assert_eq!(redlock.key_of("payment:42"), "locks:payment:42");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -347,15 +282,6 @@ impl RedlockBuilder {
     /// Hand out fencing tokens with every acquisition (see
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) and `docs/safety.md`).
     /// Defaults to off.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").fencing(true).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self
@@ -365,7 +291,6 @@ impl RedlockBuilder {
     /// (`<key><suffix>`). Defaults to `":fence"`.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
@@ -374,7 +299,6 @@ impl RedlockBuilder {
     ///     .fence_suffix(":token")
     ///     .build()?;
     /// assert_eq!(redlock.fence_key_of("job"), "job:token");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
@@ -389,15 +313,6 @@ impl RedlockBuilder {
     /// instead of sleeping out `retry_delay`. Correctness never depends on it: a woken
     /// waiter still needs a quorum, and a missed message only means the retry delay
     /// applies. Defaults to on.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").wake_on_release(false).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
         self
@@ -410,18 +325,6 @@ impl RedlockBuilder {
     /// section needs at the least; per call with
     /// [`LockRequest::min_validity`](crate::LockRequest::min_validity). A request whose
     /// ttl can never leave this much is refused with [`Error::Config`]. Defaults to 1 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .min_validity(Duration::from_millis(200))
-    ///     .build()?;
-    /// # drop(redlock);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn min_validity(mut self, least: Duration) -> Self {
         self.min_validity = least;
         self
@@ -471,36 +374,42 @@ impl RedlockBuilder {
     /// a test) can be locked on at once; turn it on in production unless every node
     /// runs `appendfsync always`. A quarantined node's vote is a failure whose cause is
     /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .restart_quarantine(Some(Duration::from_secs(60)))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
         self.restart_quarantine = period;
         self
     }
 
-    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
-    /// finds, [`CheckMode::Strict`] refuses to lock with
-    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
-    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    /// Runs [`Redlock::diagnose`] before locking: [`CheckMode::Warn`] logs what it finds,
+    /// [`CheckMode::Strict`] refuses to lock with [`Error::Unhealthy`] while a
+    /// configuration error is found (checked again at most every 5 s). Defaults to
+    /// [`CheckMode::Off`], which costs nothing.
     ///
-    /// ```
-    /// use tokio_redlock::{CheckMode, Redlock};
+    /// Despite the name, nothing is checked at `build()` or when a node connects: the
+    /// check runs at the start of an acquisition (`acquire`, `try_acquire`,
+    /// `acquire_many`, `lock(…)`, `with_lock`), after the request's own checks and before
+    /// its first attempt, so the first acquisition in strict mode waits for it. Extending
+    /// or releasing a held lock never runs it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio_redlock::{CheckMode, Error, Redlock};
+    ///
+    /// # async fn run() -> Result<(), Error> {
     /// let redlock = Redlock::builder()
-    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .check_on_connect(CheckMode::Strict)
-    ///     .build()?;
-    /// # let _ = redlock;
-    /// # Ok::<(), tokio_redlock::Error>(())
+    ///     .build()?; // nothing checked yet
+    /// match redlock.acquire("job", Duration::from_secs(5)).await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(Error::Unhealthy { findings }) => {
+    ///         for finding in findings {
+    ///             eprintln!("fix this first: {finding}");
+    ///         }
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
         self.check_on_connect = mode;
@@ -516,7 +425,6 @@ impl RedlockBuilder {
     ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
     ///     .tls_root_ca(ca)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -536,7 +444,6 @@ impl RedlockBuilder {
     ///     .tls_root_ca(std::fs::read("ca.crt")?)
     ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -569,13 +476,11 @@ impl RedlockBuilder {
     /// [`Redlock::diagnose`] checks these and more against the servers themselves.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").build()?;
-    /// assert!(Redlock::builder().build().is_err());
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
+    /// let err = Redlock::builder().node("localhost:6379").build().unwrap_err();
+    /// assert!(err.to_string().contains("redis://"), "{err}");
+    /// assert!(Redlock::builder().node("redis://localhost:6379").build().is_ok());
     /// ```
     pub fn build(self) -> Result<Redlock, Error> {
         if self.nodes.is_empty() {

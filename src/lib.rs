@@ -111,6 +111,7 @@ mod diagnose;
 mod error;
 mod fencing;
 mod guard;
+mod info;
 mod lease;
 mod local;
 mod metrics;
@@ -137,12 +138,18 @@ pub mod harness;
 pub use redis;
 
 pub use builder::RedlockBuilder;
-pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
+pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::{LockRequest, Redlock};
+
+/// The former name of [`HealthReport`], kept so that code written against it compiles.
+#[deprecated(
+    note = "renamed to `HealthReport`, beside `ReleaseReport` and the harness's `checker::Report`"
+)]
+pub type Report = HealthReport;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

@@ -1,4 +1,4 @@
-//! Unit tests of the keep-alive that need no server.
+//! Unit tests of the keep-alive that need no server: extreme settings, suspend, no runtime.
 
 use super::*;
 use crate::redlock::Redlock;

@@ -19,6 +19,7 @@ use crate::shared::Shared;
 use crate::wake;
 
 mod attempt;
+mod health;
 pub(crate) mod policy;
 mod request;
 mod retry;
