@@ -63,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) min_validity: Duration,
     /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
     pub(crate) owner_label: Option<Arc<str>>,
+    pub(crate) local_handover: bool,
     /// Where validity is measured (suspend-aware; a manual one in tests).
     pub(crate) clock: Clock,
 }
@@ -79,8 +80,11 @@ pub(crate) struct Config {
 ///
 /// let redlock = Redlock::builder()
 ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
-///     .retry_count(5)
 ///     .node_timeout(Duration::from_millis(30))
+///     .retry_count(5)
+///     .retry_delay(Duration::from_millis(100))
+///     .fencing(true)
+///     .restart_quarantine(Some(Duration::from_secs(60)))
 ///     .build()?;
 /// assert_eq!(redlock.quorum(), 2);
 /// # Ok::<(), tokio_redlock::Error>(())
@@ -103,6 +107,7 @@ pub struct RedlockBuilder {
     check_on_connect: CheckMode,
     min_validity: Duration,
     owner_label: Option<String>,
+    local_handover: bool,
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
@@ -126,6 +131,7 @@ impl fmt::Debug for RedlockBuilder {
             check_on_connect,
             min_validity,
             owner_label,
+            local_handover,
             clock,
             #[cfg(feature = "tls")]
             tls,
@@ -147,6 +153,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
             .field("owner_label", owner_label)
+            .field("local_handover", local_handover)
             .field("clock", clock);
         #[cfg(feature = "tls")]
         {
@@ -176,6 +183,7 @@ impl Default for RedlockBuilder {
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
             owner_label: None,
+            local_handover: true,
             clock: Clock::system(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
@@ -188,13 +196,12 @@ impl RedlockBuilder {
     /// with the `tls` feature. Each must be an independent master. Defaults to none.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
+    /// assert_eq!(redlock.node_count(), 3);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn nodes<I, S>(mut self, urls: I) -> Self
@@ -213,6 +220,8 @@ impl RedlockBuilder {
     /// `(host, port)` pair or a [`redis::Client`] the application already has (see
     /// [`IntoNode`]). A client is used for its connection info (address, credentials,
     /// database, TLS parameters); the crate makes its own connections from it.
+    /// A password in a URL, connection info or client is used to log in and never
+    /// shown: logs, errors and `Debug` name the node by `host:port[/db]`.
     ///
     /// ```
     /// use tokio_redlock::Redlock;
@@ -222,7 +231,7 @@ impl RedlockBuilder {
     ///     .node("redis://app:secret@10.0.0.2:6379/1")
     ///     .node(redis::Client::open("redis://10.0.0.3:6379")?)
     ///     .build()?;
-    /// # let _ = redlock;
+    /// assert!(!format!("{redlock:?}").contains("secret"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn node(mut self, node: impl IntoNode) -> Self {
@@ -236,50 +245,18 @@ impl RedlockBuilder {
     /// attempts are made, the immediate one that joins the wait queue included, and
     /// the error reports how many were. A fencing round that only taught the client a
     /// newer counter (no node set anything) is not an attempt. Defaults to 10.
-    ///
-    /// ```
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").retry_count(3).build()?;
-    /// # drop(redlock);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
     /// Pause between attempts. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_delay(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
     }
 
     /// Upper bound of a uniform random pause added to each `retry_delay`. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_jitter(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
         self.retry_jitter = jitter;
         self
@@ -287,15 +264,6 @@ impl RedlockBuilder {
 
     /// Clock drift allowed, as a fraction of the TTL: validity is
     /// `ttl − elapsed − (ttl × factor + 2 ms)`. Must be in `[0, 1)`. Defaults to 0.01.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").drift_factor(0.02).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
         self
@@ -303,18 +271,6 @@ impl RedlockBuilder {
 
     /// Bound on each request to one node, connecting included. A node that does not
     /// answer within it counts as failed for that request. Defaults to 50 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .node_timeout(Duration::from_millis(20))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -322,18 +278,6 @@ impl RedlockBuilder {
 
     /// Bound on making a connection to one node. Connections are made in the background
     /// and requests never wait longer than `node_timeout` for one. Defaults to 1 s.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .connect_timeout(Duration::from_millis(300))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -344,12 +288,10 @@ impl RedlockBuilder {
     /// those clients and by this crate exclude each other.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").key_prefix("locks:").build()?;
     /// assert_eq!(redlock.key_of("payment:42"), "locks:payment:42");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -360,15 +302,6 @@ impl RedlockBuilder {
     /// Hand out fencing tokens with every acquisition (see
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) and `docs/safety.md`).
     /// Defaults to off.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").fencing(true).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self
@@ -378,7 +311,6 @@ impl RedlockBuilder {
     /// (`<key><suffix>`). Defaults to `":fence"`.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
@@ -387,7 +319,6 @@ impl RedlockBuilder {
     ///     .fence_suffix(":token")
     ///     .build()?;
     /// assert_eq!(redlock.fence_key_of("job"), "job:token");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
@@ -402,15 +333,6 @@ impl RedlockBuilder {
     /// instead of sleeping out `retry_delay`. Correctness never depends on it: a woken
     /// waiter still needs a quorum, and a missed message only means the retry delay
     /// applies. Defaults to on.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").wake_on_release(false).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
         self
@@ -423,20 +345,30 @@ impl RedlockBuilder {
     /// section needs at the least; per call with
     /// [`LockRequest::min_validity`](crate::LockRequest::min_validity). A request whose
     /// ttl can never leave this much is refused with [`Error::Config`]. Defaults to 1 ms.
+    pub fn min_validity(mut self, least: Duration) -> Self {
+        self.min_validity = least;
+        self
+    }
+
+    /// Let tasks of this manager that wait for the same key queue here, first come
+    /// first served, with at most one of them competing on the nodes; a task that
+    /// releases hands the lock straight to the next one, with the same owner value and
+    /// the validity counted from the original grant (the receiver extends it first when
+    /// less than half of its own ttl is left). After a few hand-overs in a row the lock
+    /// goes back to the nodes, so that other processes waiting there get their turn.
+    /// Applies to single-key acquisitions with retries, without fencing (a fenced
+    /// holder needs a fresh token from the nodes). Defaults to on.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .min_validity(Duration::from_millis(200))
-    ///     .build()?;
+    /// // Every task competes on the nodes by itself, as separate processes would.
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").local_handover(false).build()?;
     /// # drop(redlock);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
-    pub fn min_validity(mut self, least: Duration) -> Self {
-        self.min_validity = least;
+    pub fn local_handover(mut self, enabled: bool) -> Self {
+        self.local_handover = enabled;
         self
     }
 
@@ -462,36 +394,42 @@ impl RedlockBuilder {
     /// a test) can be locked on at once; turn it on in production unless every node
     /// runs `appendfsync always`. A quarantined node's vote is a failure whose cause is
     /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .restart_quarantine(Some(Duration::from_secs(60)))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
         self.restart_quarantine = period;
         self
     }
 
-    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
-    /// finds, [`CheckMode::Strict`] refuses to lock with
-    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
-    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    /// Runs [`Redlock::diagnose`] before locking: [`CheckMode::Warn`] logs what it finds,
+    /// [`CheckMode::Strict`] refuses to lock with [`Error::Unhealthy`] while a
+    /// configuration error is found (checked again at most every 5 s). Defaults to
+    /// [`CheckMode::Off`], which costs nothing.
     ///
-    /// ```
-    /// use tokio_redlock::{CheckMode, Redlock};
+    /// Despite the name, nothing is checked at `build()` or when a node connects: the
+    /// check runs at the start of an acquisition (`acquire`, `try_acquire`,
+    /// `acquire_many`, `lock(…)`, `with_lock`), after the request's own checks and before
+    /// its first attempt, so the first acquisition in strict mode waits for it. Extending
+    /// or releasing a held lock never runs it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio_redlock::{CheckMode, Error, Redlock};
+    ///
+    /// # async fn run() -> Result<(), Error> {
     /// let redlock = Redlock::builder()
-    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .check_on_connect(CheckMode::Strict)
-    ///     .build()?;
-    /// # let _ = redlock;
-    /// # Ok::<(), tokio_redlock::Error>(())
+    ///     .build()?; // nothing checked yet
+    /// match redlock.acquire("job", Duration::from_secs(5)).await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(Error::Unhealthy { findings }) => {
+    ///         for finding in findings {
+    ///             eprintln!("fix this first: {finding}");
+    ///         }
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
         self.check_on_connect = mode;
@@ -507,7 +445,6 @@ impl RedlockBuilder {
     ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
     ///     .tls_root_ca(ca)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -527,7 +464,6 @@ impl RedlockBuilder {
     ///     .tls_root_ca(std::fs::read("ca.crt")?)
     ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -563,13 +499,11 @@ impl RedlockBuilder {
     /// [`Redlock::diagnose`] checks these and more against the servers themselves.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").build()?;
-    /// assert!(Redlock::builder().build().is_err());
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
+    /// let err = Redlock::builder().node("localhost:6379").build().unwrap_err();
+    /// assert!(err.to_string().contains("redis://"), "{err}");
+    /// assert!(Redlock::builder().node("redis://localhost:6379").build().is_ok());
     /// ```
     pub fn build(self) -> Result<Redlock, Error> {
         if self.nodes.is_empty() {
@@ -650,6 +584,7 @@ impl RedlockBuilder {
             check_on_connect: self.check_on_connect,
             min_validity: self.min_validity,
             owner_label: self.owner_label.map(Arc::from),
+            local_handover: self.local_handover,
             clock: self.clock,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
@@ -775,14 +710,14 @@ pub(crate) mod tests {
             }
             let pause = crate::quorum::backoff(config.retry_delay, config.retry_jitter, &mut rng);
             assert!(pause >= config.retry_delay);
-            let _ = crate::clock::tokio_after(pause);
+            let _ = crate::clock::instant_after(pause);
             let d = config
                 .clock
                 .stamp()
                 .after(want.ttl)
                 .before(extreme(&mut rng));
             let _ = (config.clock.left(d), config.clock.instant(d));
-            let _ = want.wait.map(crate::clock::tokio_after);
+            let _ = want.wait.map(crate::clock::instant_after);
         }
     }
 

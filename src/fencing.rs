@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 /// A write or read carried a token lower than one the storage has already seen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,11 +56,7 @@ pub struct FenceGate {
 
 impl fmt::Debug for FenceGate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let resources = self
-            .marks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let resources = lock(&self.marks).len();
         f.debug_struct("FenceGate")
             .field("resources", &resources)
             .field("refusals", &self.refusals())
@@ -67,12 +65,7 @@ impl fmt::Debug for FenceGate {
 }
 
 impl FenceGate {
-    /// An empty gate.
-    ///
-    /// ```
-    /// let gate = tokio_redlock::FenceGate::new();
-    /// assert_eq!(gate.refusals(), 0);
-    /// ```
+    /// An empty gate: no marks, no refusals.
     pub fn new() -> Self {
         Self::default()
     }
@@ -92,7 +85,7 @@ impl FenceGate {
     /// }
     /// ```
     pub fn check(&self, resource: &str, token: u64) -> Result<(), StaleToken> {
-        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut marks = lock(&self.marks);
         let mark = marks.entry(resource.to_owned()).or_insert(0);
         if token < *mark {
             self.refusals.fetch_add(1, Ordering::Relaxed);
@@ -115,21 +108,10 @@ impl FenceGate {
     /// assert_eq!(gate.high_water("payment:2"), None);
     /// ```
     pub fn high_water(&self, resource: &str) -> Option<u64> {
-        self.marks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(resource)
-            .copied()
+        lock(&self.marks).get(resource).copied()
     }
 
     /// How many checks were refused.
-    ///
-    /// ```
-    /// let gate = tokio_redlock::FenceGate::new();
-    /// gate.check("payment:1", 4).unwrap();
-    /// assert!(gate.check("payment:1", 3).is_err());
-    /// assert_eq!(gate.refusals(), 1);
-    /// ```
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
     }
@@ -142,14 +124,29 @@ impl FenceGate {
 /// the rest of your script does not run; otherwise it raises the mark and falls
 /// through. Your script should then end with a reply of its own that starts with 1.
 ///
-/// ```
+/// ```no_run
 /// use tokio_redlock::FENCE_CHECK_LUA;
 ///
+/// # async fn run(
+/// #     conn: &mut redis::aio::MultiplexedConnection,
+/// #     token: u64,
+/// # ) -> redis::RedisResult<()> {
 /// // A fenced "set the payment's status": KEYS[2] = the status key, ARGV[2] = the status.
-/// let script = redis::Script::new(&format!(
+/// let set_status = redis::Script::new(&format!(
 ///     "{FENCE_CHECK_LUA}\nredis.call('SET', KEYS[2], ARGV[2])\nreturn {{1, tonumber(ARGV[1])}}"
 /// ));
-/// # let _ = script;
+/// let (applied, mark): (u8, u64) = set_status
+///     .key("payment:42:fence")
+///     .key("payment:42:status")
+///     .arg(token)
+///     .arg("paid")
+///     .invoke_async(conn)
+///     .await?;
+/// if applied == 0 {
+///     eprintln!("refused: token {token} is older than {mark}; this holder lost the lock");
+/// }
+/// # Ok(())
+/// # }
 /// ```
 pub const FENCE_CHECK_LUA: &str = r"
 local fence_token = tonumber(ARGV[1])
@@ -185,5 +182,8 @@ mod tests {
     }
 }
 
+mod cache;
 #[cfg(test)]
 mod model;
+
+pub(crate) use cache::FenceCache;

@@ -115,13 +115,17 @@ mod diagnose;
 mod error;
 mod fencing;
 mod guard;
+mod info;
 mod lease;
+mod local;
 mod metrics;
+mod mutants;
 mod node;
 mod quorum;
 mod redlock;
 mod round;
 mod scripts;
+mod shared;
 mod sync;
 #[cfg(feature = "tls")]
 mod tls;
@@ -138,12 +142,18 @@ pub mod harness;
 pub use redis;
 
 pub use builder::{IntoNode, RedlockBuilder};
-pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
+pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
+
+/// The former name of [`HealthReport`], kept so that code written against it compiles.
+#[deprecated(
+    note = "renamed to `HealthReport`, beside `ReleaseReport` and the harness's `checker::Report`"
+)]
+pub type Report = HealthReport;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

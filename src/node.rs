@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -12,6 +12,7 @@ use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKin
 
 use crate::clock::instant_after;
 use crate::error::{NodeError, NodeErrorKind};
+use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::sync::lock;
 
 /// After this many timeouts in a row the connection is presumed dead (a half-open TCP
@@ -272,7 +273,7 @@ impl Node {
     /// The shared connection, made on first use and again after it broke.
     async fn connection(&self) -> Result<(MultiplexedConnection, u64), Arc<RedisError>> {
         let (connecting, generation) = {
-            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = lock(&self.slot);
             match &*slot {
                 Slot::Ready(conn, g) => return Ok((conn.clone(), *g)),
                 Slot::Connecting(fut, g) => (fut.clone(), *g),
@@ -285,7 +286,7 @@ impl Node {
             }
         };
         let result = connecting.await;
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.slot);
         let current = matches!(&*slot, Slot::Connecting(_, g) if *g == generation);
         match result {
             Ok(conn) => {
@@ -329,7 +330,7 @@ impl Node {
                         "node restarted recently without proof its data survived; it does not vote until the quarantine ends"
                     );
                 }
-                *votes_from.lock().unwrap_or_else(PoisonError::into_inner) = until;
+                *lock(&votes_from) = until;
             }
             Ok(conn)
         });
@@ -345,14 +346,11 @@ impl Node {
         .shared()
     }
 
-    /// A reply as a vote: a node in restart quarantine does not vote, whatever it
-    /// answered (what it answered is still sent to it and undone or released as usual).
-    pub(crate) fn as_vote(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
-        let until = (*self
-            .votes_from
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-        .filter(|until| Instant::now() < *until);
+    /// The reply, if this node's vote counts now: a node in restart quarantine does not
+    /// vote, whatever it answered (its reply becomes a failure whose cause says so; what
+    /// it was sent is still undone or released as usual).
+    pub(crate) fn counted(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
+        let until = (*lock(&self.votes_from)).filter(|until| Instant::now() < *until);
         match (reply, until) {
             (Ok(_), Some(until)) => Err(self.error(NodeErrorKind::Quarantined(
                 until.saturating_duration_since(Instant::now()),
@@ -364,7 +362,7 @@ impl Node {
     /// Forgets the connection of `generation` (or any connection, for `None`), so that
     /// the next request connects again.
     fn reset(&self, generation: Option<u64>) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.slot);
         let matches = match (&*slot, generation) {
             (Slot::Ready(_, g), Some(want)) => *g == want,
             (Slot::Ready(..), None) => true,
@@ -383,37 +381,20 @@ impl Node {
 /// nothing, so the node is treated as unproven.
 async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) -> Option<Instant> {
     let now = Instant::now();
-    // Plain INFO (its default sections include server and persistence): Redis before
-    // 7.0 takes no list of sections.
-    let info: String = match redis::cmd("INFO").query_async(conn).await {
-        Ok(info) => info,
+    let reply = info_cmd().query_async::<Value>(conn).await;
+    let Some(info) = reply.ok().as_ref().and_then(ServerInfo::from_reply) else {
         // Unreadable proves nothing: the whole period, counted from now.
-        Err(_) => return Some(instant_after(period)),
+        return Some(instant_after(period));
     };
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    let aof = field("aof_enabled") == Some("1");
-    let always = if aof {
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendfsync")
-            .query_async(conn)
-            .await;
-        matches!(reply.as_deref(), Ok([_, policy]) if policy == "always")
-    } else {
-        false
-    };
-    if always {
-        return None;
+    if info.aof_enabled == Some(true) {
+        let reply = appendfsync_cmd().query_async::<Value>(conn).await;
+        if reply.ok().as_ref().and_then(appendfsync).as_deref() == Some("always") {
+            return None;
+        }
     }
     // Whole seconds, rounded down, and an unreadable uptime counts as zero: the
     // quarantine errs on the long side.
-    let uptime = field("uptime_in_seconds")
-        .and_then(|u| u.parse().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let uptime = info.uptime.unwrap_or(Duration::ZERO);
     // Saturating: a quarantine of centuries is "until this process ends", not a panic.
     period
         .checked_sub(uptime)

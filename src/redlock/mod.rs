@@ -1,9 +1,8 @@
 //! [`Redlock`]: the lock manager. The attempt (the Redlock steps) is in `attempt.rs`,
 //! the loop of attempts in `retry.rs`, per-call options in `request.rs`.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -12,14 +11,17 @@ use tracing::Instrument;
 use crate::builder::{Config, RedlockBuilder};
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::local::Turn;
 use crate::metrics;
 use crate::node::Node;
 use crate::quorum;
-use crate::sync::lock;
-use crate::wake::{self, Wakeups};
+use crate::shared::Shared;
+use crate::wake;
 
 mod attempt;
+mod health;
 mod inspect;
+pub(crate) mod policy;
 mod request;
 mod retry;
 
@@ -27,13 +29,6 @@ pub use inspect::{Holder, LockInfo};
 pub use request::LockRequest;
 pub(crate) use retry::Want;
 
-/// Fencing counters cached per manager before the cache is cleared. A missing entry only
-/// costs one extra round trip (a stale reply teaches the counter), so a crude bound is fine.
-const FENCE_CACHE_LIMIT: usize = 10_000;
-/// How long a key this manager found held counts as contended: long enough to span a
-/// worker's loop around a short critical section, short enough that a key that went
-/// quiet is soon locked with a plain `SET NX` again.
-const CONTENDED_MEMORY: Duration = Duration::from_secs(1);
 /// Lua numbers are doubles: a candidate must stay below 2^53 to be exact.
 pub(crate) const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
 /// Resource names longer than this are refused: keys are sent on every request and
@@ -63,20 +58,7 @@ pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct Redlock {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) nodes: Arc<[Node]>,
-    pub(crate) config: Config,
-    wakeups: Wakeups,
-    /// What this manager learnt of a key's contention (one lock, one lookup per
-    /// acquisition).
-    hints: Mutex<HashMap<String, KeyHint>>,
-    /// The highest fencing counter this manager has seen per resource key.
-    fences: Mutex<HashMap<String, u64>>,
-    /// State of the `check_on_connect` health checks.
-    pub(crate) health: crate::diagnose::HealthState,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl fmt::Debug for Redlock {
@@ -105,14 +87,7 @@ impl Redlock {
 
     pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                wakeups: Wakeups::new(nodes.len()),
-                hints: Mutex::new(HashMap::new()),
-                nodes,
-                config,
-                fences: Mutex::new(HashMap::new()),
-                health: Default::default(),
-            }),
+            inner: Arc::new(Shared::new(nodes, config)),
         }
     }
 
@@ -349,6 +324,87 @@ impl Redlock {
         Ok(ttl_ms)
     }
 
+    /// Acquires, queueing behind this manager's own tasks for the same key first when
+    /// local hand-over applies (see [`RedlockBuilder::local_handover`]): at most one of
+    /// them competes on the nodes, and a release hands the lock to the next.
+    async fn take_turn(
+        &self,
+        resources: &[&str],
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        let config = &self.inner.config;
+        let local =
+            config.local_handover && !config.fencing && resources.len() == 1 && want.retries > 0;
+        if !local {
+            return self.run_attempts(resources, ttl_ms, want).await;
+        }
+        let key = self.key_of(resources[0]);
+        let turn = match self.inner.local.enter(&key) {
+            Ok(turn) => Some(turn),
+            Err(waiting) => {
+                // As long as the retries could have waited on the nodes, or the budget.
+                let per_try = config.retry_delay.saturating_add(config.retry_jitter);
+                let budget = want.wait.unwrap_or_else(|| {
+                    per_try
+                        .saturating_mul(want.retries.saturating_add(1))
+                        .saturating_add(config.node_timeout)
+                });
+                match tokio::time::timeout(budget, waiting).await {
+                    Ok(Ok(Turn::Handed(guard))) => {
+                        return self.adopt(guard, resources, ttl_ms, want).await
+                    }
+                    Ok(Ok(Turn::Compete(turn))) => Some(turn),
+                    // Out of time in the local queue: one attempt of its own, which
+                    // fails while another task of this manager holds the lock.
+                    Ok(Err(_)) | Err(_) => {
+                        let last = Want {
+                            retries: 0,
+                            wait: None,
+                            ..*want
+                        };
+                        return self.run_attempts(resources, ttl_ms, &last).await;
+                    }
+                }
+            }
+        };
+        let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+        if let Some(turn) = turn {
+            guard.set_local(turn);
+        }
+        Ok(guard)
+    }
+
+    /// Takes a lock handed over by another task of this manager: extended first when
+    /// less than half of this request's ttl is left, and given up (released, then
+    /// competed for on the nodes) if that extension fails.
+    async fn adopt(
+        &self,
+        mut guard: LockGuard,
+        resources: &[&str],
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        if guard.remaining_validity() >= want.ttl / 2
+            && guard.remaining_validity() >= want.min_validity
+        {
+            return Ok(guard);
+        }
+        match guard.extend(Duration::from_millis(ttl_ms)).await {
+            Ok(()) => Ok(guard),
+            Err(e) => {
+                tracing::debug!(error = %e, "a handed-over lock could not be extended; competing for it");
+                let turn = guard.take_local();
+                drop(guard);
+                let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+                if let Some(turn) = turn {
+                    guard.set_local(turn);
+                }
+                Ok(guard)
+            }
+        }
+    }
+
     /// Every acquisition goes through here: checks, the health gate, the retry loop,
     /// metrics.
     pub(crate) async fn acquire_with(
@@ -363,7 +419,7 @@ impl Redlock {
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
         let start = Instant::now();
         let result = self
-            .lock_checked(resources, ttl_ms, &want)
+            .take_turn(resources, ttl_ms, &want)
             .instrument(span)
             .await;
         let attempts = match &result {
@@ -373,74 +429,14 @@ impl Redlock {
         metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
         result
     }
-
-    pub(super) fn cached_fence(&self, fence_keys: &[String]) -> u64 {
-        let cache = lock(&self.inner.fences);
-        fence_keys
-            .iter()
-            .filter_map(|k| cache.get(k).copied())
-            .max()
-            .unwrap_or(0)
-    }
-
-    pub(super) fn remember_fence(&self, fence_keys: &[String], seen: u64) {
-        let mut cache = lock(&self.inner.fences);
-        if cache.len() >= FENCE_CACHE_LIMIT {
-            cache.clear();
-        }
-        for key in fence_keys {
-            let entry = cache.entry(key.clone()).or_insert(0);
-            *entry = (*entry).max(seen);
-        }
-    }
-}
-
-/// What a manager remembers of one key between acquisitions.
-#[derive(Debug, Default)]
-pub(super) struct KeyHint {
-    /// Until when it lets a waiter it woke go first (see [`Inner::yield_to`]).
-    pub(super) yield_until: Option<Instant>,
-    /// When it last found the key held by another owner.
-    pub(super) contended_at: Option<Instant>,
-}
-
-impl Inner {
-    pub(super) fn hint(&self, key: &str, update: impl FnOnce(&mut KeyHint)) {
-        let mut hints = lock(&self.hints);
-        if hints.len() >= FENCE_CACHE_LIMIT && !hints.contains_key(key) {
-            hints.clear();
-        }
-        update(hints.entry(key.to_owned()).or_default());
-    }
-
-    /// The head start owed to a woken waiter (taken: it is owed once), and whether the
-    /// key was found held recently.
-    pub(super) fn take_hint(&self, key: &str) -> (Option<Instant>, bool) {
-        let mut hints = lock(&self.hints);
-        let Some(hint) = hints.get_mut(key) else {
-            return (None, false);
-        };
-        let contended = hint
-            .contended_at
-            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY);
-        (hint.yield_until.take(), contended)
-    }
-
-    /// After a release of `key` that woke a waiter, this manager's next acquisition of
-    /// `key` waits `head_start` first, so that the woken waiter, which hears of the
-    /// release about when this manager does, wins the race instead of the releaser.
-    pub(crate) fn yield_to(&self, key: &str, head_start: Duration) {
-        let until = crate::clock::instant_after(head_start);
-        self.hint(key, |h| h.yield_until = Some(until));
-    }
 }
 
 /// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits; with an
 /// owner label, `<label>:<UUID v4>` (122 random bits, the format the design names).
 pub(crate) fn new_value(label: Option<&str>) -> String {
-    // MUTANT (safety suite only): every acquisition gets the same value.
-    #[cfg(redlock_mutant = "constant_value")]
-    return "0".repeat(32);
+    if let Some(same) = crate::mutants::constant_value() {
+        return same;
+    }
     match label {
         Some(label) => crate::builder::labelled_value(label),
         None => format!("{:032x}", rand::rng().random::<u128>()),

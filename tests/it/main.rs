@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod inspect;
 mod lease;
+mod local;
 mod metrics;
 mod ops;
 mod payment;

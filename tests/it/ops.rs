@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio_redlock::harness::{Cluster, Persistence};
-use tokio_redlock::{CheckMode, Error, FindingKind, Redlock, Report, Severity};
+use tokio_redlock::{CheckMode, Error, FindingKind, HealthReport, Redlock, Severity};
 
 use crate::support::*;
 
@@ -27,7 +27,7 @@ async fn cmd(conn: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
     c.query_async(conn).await.expect(args[0])
 }
 
-fn kinds(report: &Report) -> Vec<(Option<usize>, String)> {
+fn kinds(report: &HealthReport) -> Vec<(Option<usize>, String)> {
     report
         .findings()
         .iter()
