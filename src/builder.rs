@@ -421,7 +421,7 @@ impl RedlockBuilder {
     ///     .build()?; // nothing checked yet
     /// match redlock.acquire("job", Duration::from_secs(5)).await {
     ///     Ok(guard) => guard.release().await?,
-    ///     Err(Error::Unhealthy { findings }) => {
+    ///     Err(Error::Unhealthy { findings, .. }) => {
     ///         for finding in findings {
     ///             eprintln!("fix this first: {finding}");
     ///         }

@@ -336,6 +336,41 @@ fn contended(rt: &Runtime, s: &Settings, urls: &[String]) -> Result<Vec<(Kind, S
         .collect())
 }
 
+/// Scenario 3b: the same loop as 3, but the contenders are tasks sharing ONE manager
+/// (one set of connections) per subject: where in-process coalescing can hand the lock
+/// from task to task without the nodes.
+fn contended_shared(
+    rt: &Runtime,
+    s: &Settings,
+    urls: &[String],
+) -> Result<Vec<(Kind, Summary)>, String> {
+    let kinds = [Kind::TokioRedlock, Kind::Rslock];
+    let mut groups = Vec::new();
+    for kind in kinds {
+        let one = rt.block_on(Async::connect(kind, urls))?;
+        let clients = vec![one; CONTENDERS];
+        let key = format!("shared:{}:warm", kind.tag());
+        rt.block_on(contended::round(&clients, &key, CONTENDED_TTL, s.secs(0.5)));
+        groups.push((kind, clients, Vec::new()));
+    }
+    for r in 0..s.rounds {
+        for j in 0..groups.len() {
+            let idx = (r + j) % groups.len();
+            let (kind, clients, rounds) = &mut groups[idx];
+            let key = format!("shared:{}:{r}", kind.tag());
+            let cpu = client_cpu_ns();
+            let mut round =
+                rt.block_on(contended::round(clients, &key, CONTENDED_TTL, s.secs(2.0)));
+            round.cpu_ns = client_cpu_ns().saturating_sub(cpu);
+            rounds.push(round);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(kind, _, rounds)| (kind, Summary::of(&rounds)))
+        .collect())
+}
+
 /// Runs every scenario and prints the tables (Markdown, as pasted into the docs).
 pub fn run() {
     if let Err(e) = try_run() {
@@ -401,6 +436,24 @@ fn try_run() -> Result<(), String> {
         return Ok(());
     }
 
+    // REDLOCK_BENCH_CONTENDED=1: only the two contention scenarios (3 and 3b).
+    let only_contended = std::env::var_os("REDLOCK_BENCH_CONTENDED").is_some();
+    if only_contended {
+        eprintln!("scenario 3: 16 contenders, direct");
+        let s3 = contended(&rt, &s, &direct)?;
+        report::contended(
+            "3. Contended: 16 clients, each its own manager, one key (direct)",
+            &s3,
+        );
+        eprintln!("scenario 3b: 16 tasks of one manager, direct");
+        let s3b = contended_shared(&rt, &s, &direct)?;
+        report::contended(
+            "3b. Contended: 16 tasks sharing one manager, one key (direct)",
+            &s3b,
+        );
+        return Ok(());
+    }
+
     eprintln!("scenario 1: uncontended, direct");
     let s1 = interleaved(
         &rt,
@@ -445,6 +498,13 @@ fn try_run() -> Result<(), String> {
     report::contended(
         "3. Contended: 16 clients, each its own manager, one key (direct)",
         &s3,
+    );
+
+    eprintln!("scenario 3b: 16 tasks of one manager, direct");
+    let s3b = contended_shared(&rt, &s, &direct)?;
+    report::contended(
+        "3b. Contended: 16 tasks sharing one manager, one key (direct)",
+        &s3b,
     );
 
     eprintln!("scenario 1p: uncontended, through the proxies");

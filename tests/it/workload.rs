@@ -229,8 +229,10 @@ pub async fn clients(cluster: &Cluster, plan: &Plan, rec: &Recorder) -> Run {
 /// Lock keys still present on some node, polled briefly: after every client released,
 /// only background undos of the last moments may still be running.
 pub async fn leftover_keys(cluster: &Cluster) -> Vec<String> {
-    // Well under the shortest TTL, so a leaked key cannot just have expired meanwhile.
-    let grace = Duration::from_millis(150);
+    // A release or undo on a node waits for the earlier request of its value there (at
+    // most one node timeout), then takes its own: two node timeouts and a little, still
+    // under the shortest TTL (300 ms), so a leaked key cannot just have expired meanwhile.
+    let grace = NODE_TIMEOUT * 2 + Duration::from_millis(50);
     let deadline = Instant::now() + grace;
     let mut conns = support::direct(cluster).await;
     loop {
