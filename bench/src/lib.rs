@@ -7,6 +7,7 @@
 //! `REDLOCK_BENCH_PROFILE=secs` runs only one subject's uncontended loop, for a profiler
 //! (`REDLOCK_BENCH_SUBJECT=rslock|async-floor|sync-floor`; tokio-redlock by default).
 
+mod charts;
 mod contended;
 mod measure;
 mod report;
@@ -371,6 +372,36 @@ fn contended_shared(
         .collect())
 }
 
+/// Scenarios 3 and 3b, their tables and their charts.
+fn contention_scenarios(rt: &Runtime, s: &Settings, direct: &[String]) -> Result<(), String> {
+    for (tag, title, shared) in [
+        (
+            "s3",
+            "3. Contended: 16 clients, each its own manager, one key (direct)",
+            false,
+        ),
+        (
+            "s3b",
+            "3b. Contended: 16 tasks sharing one manager, one key (direct)",
+            true,
+        ),
+    ] {
+        eprintln!("scenario {tag}");
+        let groups = if shared {
+            contended_shared(rt, s, direct)?
+        } else {
+            contended(rt, s, direct)?
+        };
+        report::contended(title, &groups);
+        let series: Vec<(&str, &[u64], &[u64])> = groups
+            .iter()
+            .map(|(kind, sum)| (kind.name(), &sum.all_us[..], &sum.per_client[..]))
+            .collect();
+        charts::write_contended(tag, title, &series);
+    }
+    Ok(())
+}
+
 /// Runs every scenario and prints the tables (Markdown, as pasted into the docs).
 pub fn run() {
     if let Err(e) = try_run() {
@@ -437,20 +468,8 @@ fn try_run() -> Result<(), String> {
     }
 
     // REDLOCK_BENCH_CONTENDED=1: only the two contention scenarios (3 and 3b).
-    let only_contended = std::env::var_os("REDLOCK_BENCH_CONTENDED").is_some();
-    if only_contended {
-        eprintln!("scenario 3: 16 contenders, direct");
-        let s3 = contended(&rt, &s, &direct)?;
-        report::contended(
-            "3. Contended: 16 clients, each its own manager, one key (direct)",
-            &s3,
-        );
-        eprintln!("scenario 3b: 16 tasks of one manager, direct");
-        let s3b = contended_shared(&rt, &s, &direct)?;
-        report::contended(
-            "3b. Contended: 16 tasks sharing one manager, one key (direct)",
-            &s3b,
-        );
+    if std::env::var_os("REDLOCK_BENCH_CONTENDED").is_some() {
+        contention_scenarios(&rt, &s, &direct)?;
         return Ok(());
     }
 
@@ -493,19 +512,7 @@ fn try_run() -> Result<(), String> {
         None,
     );
 
-    eprintln!("scenario 3: 16 contenders, direct");
-    let s3 = contended(&rt, &s, &direct)?;
-    report::contended(
-        "3. Contended: 16 clients, each its own manager, one key (direct)",
-        &s3,
-    );
-
-    eprintln!("scenario 3b: 16 tasks of one manager, direct");
-    let s3b = contended_shared(&rt, &s, &direct)?;
-    report::contended(
-        "3b. Contended: 16 tasks sharing one manager, one key (direct)",
-        &s3b,
-    );
+    contention_scenarios(&rt, &s, &direct)?;
 
     eprintln!("scenario 1p: uncontended, through the proxies");
     let s1p = interleaved(
