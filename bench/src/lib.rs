@@ -372,6 +372,31 @@ fn contended_shared(
         .collect())
 }
 
+/// Scenario 2 and its table.
+fn parallel_scenario(rt: &Runtime, s: &Settings, direct: &[String]) -> Result<(), String> {
+    eprintln!("scenario 2: 32 tasks, direct");
+    let par = [Kind::TokioRedlock, Kind::Rslock, Kind::AsyncFloor];
+    let s2 = interleaved(
+        rt,
+        s,
+        Phase {
+            scenario: "s2",
+            kinds: &par,
+            urls: direct,
+            tasks: PARALLEL_TASKS,
+            dur: s.secs(1.0),
+        },
+        None,
+    )?;
+    report::table(
+        "2. Parallel: 32 tasks on one manager, each on its own keys (direct)",
+        &s2,
+        None,
+    );
+
+    Ok(())
+}
+
 /// Scenarios 3 and 3b, their tables and their charts.
 fn contention_scenarios(rt: &Runtime, s: &Settings, direct: &[String]) -> Result<(), String> {
     for (tag, title, shared) in [
@@ -467,6 +492,11 @@ fn try_run() -> Result<(), String> {
         return Ok(());
     }
 
+    // REDLOCK_BENCH_PARALLEL=1: only scenario 2.
+    if std::env::var_os("REDLOCK_BENCH_PARALLEL").is_some() {
+        parallel_scenario(&rt, &s, &direct)?;
+        return Ok(());
+    }
     // REDLOCK_BENCH_CONTENDED=1: only the two contention scenarios (3 and 3b).
     if std::env::var_os("REDLOCK_BENCH_CONTENDED").is_some() {
         contention_scenarios(&rt, &s, &direct)?;
@@ -492,26 +522,7 @@ fn try_run() -> Result<(), String> {
         None,
     );
 
-    eprintln!("scenario 2: 32 tasks, direct");
-    let par = [Kind::TokioRedlock, Kind::Rslock, Kind::AsyncFloor];
-    let s2 = interleaved(
-        &rt,
-        &s,
-        Phase {
-            scenario: "s2",
-            kinds: &par,
-            urls: &direct,
-            tasks: PARALLEL_TASKS,
-            dur: s.secs(1.0),
-        },
-        None,
-    )?;
-    report::table(
-        "2. Parallel: 32 tasks on one manager, each on its own keys (direct)",
-        &s2,
-        None,
-    );
-
+    parallel_scenario(&rt, &s, &direct)?;
     contention_scenarios(&rt, &s, &direct)?;
 
     eprintln!("scenario 1p: uncontended, through the proxies");
