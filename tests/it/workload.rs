@@ -157,6 +157,10 @@ pub struct Plan {
     /// Client 0 sometimes sleeps past its TTL between acquiring and its critical
     /// section, like a GC pause.
     pub pauser: bool,
+    /// All clients are tasks of the same two managers (fenced and unfenced), so the
+    /// unfenced lock passes between them in-process (local hand-over); each client is
+    /// still a client of its own for the checkers.
+    pub shared: bool,
 }
 
 /// What a run produced.
@@ -166,14 +170,19 @@ pub struct Run {
     pub end_ns: u64,
 }
 
-/// Runs `plan.clients` clients until `plan.run` has passed; each has its own managers.
+/// Runs `plan.clients` clients until `plan.run` has passed; each has its own managers,
+/// or all share one pair (`plan.shared`).
 pub async fn clients(cluster: &Cluster, plan: &Plan, rec: &Recorder) -> Run {
     let store = Arc::new(Store::default());
     let deadline = Instant::now() + plan.run;
     let mut tasks = Vec::new();
+    let pair = (manager(cluster, true), manager(cluster, false));
     for client in 0..plan.clients {
-        let fenced = manager(cluster, true);
-        let unfenced = manager(cluster, false);
+        let (fenced, unfenced) = if plan.shared {
+            pair.clone()
+        } else {
+            (manager(cluster, true), manager(cluster, false))
+        };
         let rec = rec.clone();
         let store = Arc::clone(&store);
         let pauser = plan.pauser && client == 0;
