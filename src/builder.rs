@@ -585,6 +585,14 @@ impl RedlockBuilder {
                 self.fence_suffix
             )));
         }
+        if crate::kind::clashes_with_fence_suffix(&self.fence_suffix) {
+            return Err(Error::Config(format!(
+                "fence_suffix `{}` ends like a key kept for read/write locks or permits \
+                 (`:readers`, `:writer`, `:permit:<n>`), so a counter key could be one of \
+                 them; choose another suffix such as `:fence`",
+                self.fence_suffix
+            )));
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, url) in self.nodes.iter().enumerate() {
             if let Some(problem) = checks::missing_scheme(url) {
@@ -699,6 +707,12 @@ pub(crate) mod tests {
         assert!(config_err(one().fencing(true).fence_suffix("")).contains("fence_suffix"));
         assert!(config_err(one().fence_suffix("ers")).contains("fence_suffix"));
         assert!(config_err(one().fence_suffix(":q:waiters")).contains("fence_suffix"));
+        for clash in [":readers", "ers", ":x:writer", ":permit:3", "it:12", "7"] {
+            assert!(
+                config_err(one().fence_suffix(clash)).contains("fence_suffix"),
+                "{clash}"
+            );
+        }
         assert!(config_err(Redlock::builder().node("http://x")).contains("node 0"));
         let dup = config_err(one().node("redis://127.0.0.1:1/"));
         assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");

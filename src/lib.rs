@@ -111,6 +111,7 @@ mod diagnose;
 mod error;
 mod fencing;
 mod guard;
+mod kind;
 mod lease;
 mod metrics;
 mod mutants;
@@ -140,6 +141,7 @@ pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
+pub use kind::LockKind;
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::{LockRequest, Redlock};
 
