@@ -6,6 +6,8 @@
 //! | [`Check::Use`] (C2) | per protected resource, the counter equals the acknowledged increments, and no two acknowledged critical sections overlap |
 //! | [`Check::Fencing`] (C3) | per resource, tokens are unique, and if A succeeded before B started, `token(A) < token(B)` |
 //! | [`Check::Liveness`] (C4) | every attempt ends within a bound, and after each heal someone acquires each contended resource within a bound |
+//! | [`Check::ReadWrite`] (C5) | per resource, no write claim overlaps any other claim (read claims may overlap each other) |
+//! | [`Check::Permits`] (C6) | per semaphore of n permits, never more than n claims at one instant |
 //!
 //! Everything here is pure: the workload driver gathers what only it can see (the final
 //! counters, keys left on nodes) and passes it in.
@@ -15,6 +17,10 @@ use std::fmt;
 use std::time::Duration;
 
 use super::history::{EventKind, History};
+
+mod kinds;
+
+pub use kinds::{permits, read_write};
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,6 +34,10 @@ pub enum Check {
     Fencing,
     /// C4: progress after faults heal; no hang; no leaked keys.
     Liveness,
+    /// C5: no writer's claim overlaps another holder's.
+    ReadWrite,
+    /// C6: never more holders of a semaphore than it has permits.
+    Permits,
 }
 
 impl fmt::Display for Check {
@@ -37,6 +47,8 @@ impl fmt::Display for Check {
             Self::Use => "C2 use",
             Self::Fencing => "C3 fencing",
             Self::Liveness => "C4 liveness",
+            Self::ReadWrite => "C5 read-write",
+            Self::Permits => "C6 permits",
         })
     }
 }
