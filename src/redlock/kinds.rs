@@ -212,16 +212,21 @@ impl Redlock {
         };
         if mode == Mode::Write {
             // A writer that gives up stops keeping readers out now, not at its ttl.
-            self.withdraw_intent(&key, &intent);
+            self.withdraw_intent(&key, &intent, None);
         }
         result
     }
 
-    /// Deletes the writer intent `intent` of `key` on every node, in the background.
-    fn withdraw_intent(&self, key: &str, intent: &str) {
+    /// Deletes the writer intent `intent` of `key` on every node, in the background;
+    /// `after` an attempt's value, on each node after that attempt's request.
+    fn withdraw_intent(&self, key: &str, intent: &str, after: Option<&Arc<str>>) {
         let mut call = Call::new(&scripts::INTENT_CLEAR, &[format!("{key}{WRITER_SUFFIX}")]);
         call.arg(intent);
-        let replies = fan_out(&self.inner.nodes, Arc::new(Op::free(call)));
+        let op = match after {
+            Some(value) => Op::clearing(call, value),
+            None => Op::free(call),
+        };
+        let replies = fan_out(&self.inner.nodes, Arc::new(op));
         round::finish_in_background(replies, "withdraw writer intent");
     }
 
@@ -344,6 +349,10 @@ impl Redlock {
                         (Arc::from([ask.slots[slot].clone()]), LockKind::Permit(slot))
                     }
                     Mode::Write | Mode::Exclusive => {
+                        // The nodes that granted it deleted its intent; a node that
+                        // refused (a reader still there) would keep readers out with it
+                        // until its ttl.
+                        self.withdraw_intent(ask.key, ask.intent, Some(&value));
                         (Arc::from([ask.key.to_owned()]), LockKind::Write)
                     }
                 };

@@ -8,6 +8,7 @@ mod core;
 mod fencing;
 mod harness;
 mod hostile;
+mod kinds;
 mod lease;
 mod metrics;
 mod ops;
