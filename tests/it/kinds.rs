@@ -496,7 +496,11 @@ async fn contenders_never_exceed_the_permits_nor_overlap_a_writer() {
         .filter(|e| matches!(e.kind, EventKind::Failed { .. }))
         .map(ToString::to_string)
         .collect();
-    assert_eq!(got, vec![8; 8], "every round of every client got in: {failed:?}");
+    assert_eq!(
+        got,
+        vec![8; 8],
+        "every round of every client got in: {failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
