@@ -97,7 +97,7 @@ async fn readers_share_and_leave_nothing_behind() {
     assert_eq!(reader_counts(&cluster, "doc").await, vec![1, 1, 1]);
     // Dropping releases in the background; the last reader out removes the set.
     drop(b);
-    let mut conns = direct(&cluster).await;
+    let conns = direct(&cluster).await;
     eventually("the reader set is gone", || {
         let mut conns = conns.clone();
         async move {
@@ -108,7 +108,6 @@ async fn readers_share_and_leave_nothing_behind() {
         }
     })
     .await;
-    let _ = &mut conns;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
