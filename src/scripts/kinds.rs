@@ -178,3 +178,160 @@ return out
 ",
     )
 });
+
+#[cfg(all(test, feature = "harness"))]
+mod tests {
+    use redis::aio::MultiplexedConnection;
+    use redis::Value;
+
+    use super::*;
+    use crate::harness::Cluster;
+
+    async fn run(
+        conn: &MultiplexedConnection,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Value {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke_async(&mut conn.clone()).await.expect("script")
+    }
+
+    async fn ints(conn: &MultiplexedConnection, cmd: &str, key: &str) -> i64 {
+        redis::cmd(cmd)
+            .arg(key)
+            .query_async(&mut conn.clone())
+            .await
+            .expect(cmd)
+    }
+
+    const RW: [&str; 3] = ["d", "d:readers", "d:writer"];
+
+    /// Each request sent twice (its first reply lost) is a success both times, and the
+    /// scripts admit readers xor a writer on one node.
+    #[tokio::test]
+    async fn reader_writer_scripts_on_one_node() {
+        let cluster = Cluster::builder().nodes(1).start().await.expect("cluster");
+        let client = redis::Client::open(cluster.node(0).direct_url()).expect("url");
+        let c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let one = Value::Int(1);
+        let zero = Value::Int(0);
+        // Two readers; each re-sent request counts as admitted.
+        for r in ["r1", "r1", "r2"] {
+            assert_eq!(run(&c, &READ_ACQUIRE, &RW, &[r, "60000"]).await, one);
+        }
+        assert_eq!(ints(&c, "ZCARD", RW[1]).await, 2);
+        let pttl = ints(&c, "PTTL", RW[1]).await;
+        assert!(pttl > 59_000 && pttl <= 60_000, "{pttl}");
+        // A writer is refused and leaves its intent, which refuses new readers.
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &RW, &["w", "5000", "i"]).await,
+            zero
+        );
+        assert_eq!(ints(&c, "EXISTS", RW[0]).await, 0);
+        assert!(ints(&c, "PTTL", RW[2]).await > 4_000);
+        assert_eq!(run(&c, &READ_ACQUIRE, &RW, &["r3", "60000"]).await, zero);
+        // Extending a reader rescores it; one that left cannot be extended.
+        assert_eq!(
+            run(&c, &READ_EXTEND, &RW[1..2], &["r1", "90000"]).await,
+            one
+        );
+        assert!(ints(&c, "PTTL", RW[1]).await > 89_000);
+        let released = Value::Array(vec![one.clone(), zero.clone()]);
+        assert_eq!(run(&c, &READ_RELEASE, &RW[1..2], &["r1"]).await, released);
+        assert_eq!(
+            run(&c, &READ_EXTEND, &RW[1..2], &["r1", "90000"]).await,
+            zero
+        );
+        let not_held = Value::Array(vec![zero.clone(), zero.clone()]);
+        assert_eq!(run(&c, &READ_RELEASE, &RW[1..2], &["r1"]).await, not_held);
+        // A reader that expires is gone at the next touch: the writer gets in, twice.
+        assert_eq!(run(&c, &READ_EXTEND, &RW[1..2], &["r2", "1"]).await, one);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for _ in 0..2 {
+            assert_eq!(run(&c, &WRITE_ACQUIRE, &RW, &["w", "5000", "i"]).await, one);
+        }
+        assert_eq!(
+            ints(&c, "EXISTS", RW[2]).await,
+            0,
+            "the winner's intent is gone"
+        );
+        assert_eq!(run(&c, &READ_ACQUIRE, &RW, &["r4", "60000"]).await, zero);
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &RW, &["w2", "5000", "j"]).await,
+            zero
+        );
+        // Fenced: the candidate must beat the counter; a re-send is granted again.
+        let f = ["e", "e:readers", "e:writer", "e:fence"];
+        let code = |v: &[i64]| Value::Array(v.iter().map(|i| Value::Int(*i)).collect());
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &f, &["w", "5000", "i", "4"]).await,
+            code(&[2, 4])
+        );
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &f, &["w", "5000", "i", "4"]).await,
+            code(&[2, 4])
+        );
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &f, &["x", "5000", "j", "4"]).await,
+            code(&[0, 4])
+        );
+        assert_eq!(
+            run(&c, &WRITE_ACQUIRE, &f, &["x", "5000", "j", "5"]).await,
+            code(&[1, 4])
+        );
+        // Withdrawing an intent only deletes one's own.
+        assert_eq!(
+            run(&c, &INTENT_CLEAR, &["d:writer"], &["nobody"]).await,
+            zero
+        );
+    }
+
+    #[tokio::test]
+    async fn permit_scripts_on_one_node() {
+        let cluster = Cluster::builder().nodes(1).start().await.expect("cluster");
+        let client = redis::Client::open(cluster.node(0).direct_url()).expect("url");
+        let c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let slots = ["g:permit:1", "g:permit:0"];
+        // The first free slot of the order; a re-send finds its own slot.
+        assert_eq!(
+            run(&c, &PERMIT_ACQUIRE, &slots, &["a", "60000"]).await,
+            Value::Int(1)
+        );
+        assert_eq!(
+            run(&c, &PERMIT_ACQUIRE, &slots, &["b", "60000"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(
+            run(&c, &PERMIT_ACQUIRE, &slots, &["b", "60000"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(
+            run(&c, &PERMIT_ACQUIRE, &slots, &["c", "60000"]).await,
+            Value::Int(0)
+        );
+        let taken = Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(0)]);
+        assert_eq!(
+            run(
+                &c,
+                &PERMIT_TAKEN,
+                &["g:permit:0", "g:permit:1", "g:permit:2"],
+                &[]
+            )
+            .await,
+            taken
+        );
+    }
+}
