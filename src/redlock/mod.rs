@@ -296,13 +296,6 @@ impl Redlock {
             // `<key><fence suffix>`; a resource whose name ends so would share its key
             // with another resource's queue or counter. (The builder makes sure neither
             // suffix ends with the other, so no two auxiliary keys can meet either.)
-            if let Some(suffix) = crate::kind::aux_suffix(r) {
-                return Err(Error::Config(format!(
-                    "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \
-                     each read/write lock or semaphore key; its key could be another \
-                     resource's. Rename it"
-                )));
-            }
             for suffix in [wake::QUEUE_SUFFIX, config.fence_suffix.as_str()] {
                 if r.ends_with(suffix) {
                     return Err(Error::Config(format!(
@@ -310,6 +303,14 @@ impl Redlock {
                          each lock key; its key could be another resource's. Rename it"
                     )));
                 }
+            }
+            // Likewise `<key>:readers`, `<key>:writer` and `<key>:permit:<i>`.
+            if let Some(suffix) = crate::kind::aux_suffix(r) {
+                return Err(Error::Config(format!(
+                    "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \
+                     each read/write lock or semaphore key; its key could be another \
+                     resource's. Rename it"
+                )));
             }
         }
         let ttl = want.ttl;
