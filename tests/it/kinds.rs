@@ -366,6 +366,50 @@ async fn a_lease_keeps_a_read_lock_and_a_permit_alive() {
     assert_eq!(reader_counts(&cluster, "doc").await, vec![0, 0, 0]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reader_or_permit_is_reported_like_a_lost_lock() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let mut r = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("reader");
+    let mut p = bounded(lock.lock("gpu").permits(2).ttl(LONG).try_acquire())
+        .await
+        .expect("permit");
+    let slot_key = format!("gpu:permit:{}", p.permit().expect("a slot"));
+    // Someone wipes the keys on every node (FLUSHALL, a careless operator).
+    for mut c in direct(&cluster).await {
+        let _: () = redis::cmd("DEL")
+            .arg("doc:readers")
+            .arg(&slot_key)
+            .query_async(&mut c)
+            .await
+            .expect("DEL");
+    }
+    let got = bounded(r.extend(LONG)).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    assert!(!r.is_valid());
+    let got = bounded(p.extend(LONG)).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    let got = bounded(p.release()).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    // A lease on a reader whose member is removed signals the loss.
+    let ttl = Duration::from_millis(300);
+    let conns = direct(&cluster).await;
+    let got = bounded(lock.lock("doc").read().ttl(ttl).with(|lease| async move {
+        for mut c in conns {
+            let _: () = redis::cmd("DEL")
+                .arg("doc:readers")
+                .query_async(&mut c)
+                .await
+                .expect("DEL");
+        }
+        lease.lost().await;
+    }))
+    .await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+}
+
 /// One client's rounds: acquire `request()` (waiting), hold `hold`, release.
 async fn rounds(
     rec: Recorder,
