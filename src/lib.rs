@@ -116,6 +116,7 @@ mod error;
 mod fencing;
 mod guard;
 mod info;
+mod kind;
 mod lease;
 mod local;
 mod metrics;
@@ -146,6 +147,7 @@ pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Se
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
+pub use kind::LockKind;
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
 

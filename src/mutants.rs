@@ -12,6 +12,10 @@ pub(crate) const SKIP_VALIDITY: bool = cfg!(redlock_mutant = "skip_validity");
 /// `quorum_half`: half the nodes make a "quorum", which is no majority.
 pub(crate) const QUORUM_HALF: bool = cfg!(redlock_mutant = "quorum_half");
 
+/// `semaphore_count`: a permit is won when a quorum of nodes granted any slot, each
+/// node counting its own holders (unsafe: see docs/safety.md, "Counting semaphore").
+pub(crate) const SEMAPHORE_COUNT: bool = cfg!(redlock_mutant = "semaphore_count");
+
 /// `constant_value`: every acquisition stores the same owner value.
 pub(crate) fn constant_value() -> Option<String> {
     cfg!(redlock_mutant = "constant_value").then(|| "0".repeat(32))

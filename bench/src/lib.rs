@@ -10,6 +10,7 @@
 mod charts;
 mod contended;
 mod measure;
+mod read_heavy;
 mod report;
 mod subjects;
 
@@ -427,6 +428,33 @@ fn contention_scenarios(rt: &Runtime, s: &Settings, direct: &[String]) -> Result
     Ok(())
 }
 
+/// Scenario 6: the same 17 clients with `read()`/`write()`, then all exclusive,
+/// interleaved round by round, each round on its own resource.
+fn read_heavy(
+    rt: &Runtime,
+    s: &Settings,
+    urls: &[String],
+) -> Result<Vec<(&'static str, Vec<read_heavy::ReadHeavy>)>, String> {
+    let mut managers = Vec::new();
+    for _ in 0..=read_heavy::READERS {
+        managers.push(
+            tokio_redlock::Redlock::builder()
+                .nodes(urls)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    rt.block_on(read_heavy::round(&managers, "rw:warm", true, s.secs(0.5)));
+    let mut rows = vec![("read/write", Vec::new()), ("all exclusive", Vec::new())];
+    for r in 0..s.rounds {
+        for (j, (_, rounds)) in rows.iter_mut().enumerate() {
+            let key = format!("rw:{j}:{r}");
+            rounds.push(rt.block_on(read_heavy::round(&managers, &key, j == 0, s.secs(2.0))));
+        }
+    }
+    Ok(rows)
+}
+
 /// Runs every scenario and prints the tables (Markdown, as pasted into the docs).
 pub fn run() {
     if let Err(e) = try_run() {
@@ -524,6 +552,13 @@ fn try_run() -> Result<(), String> {
 
     parallel_scenario(&rt, &s, &direct)?;
     contention_scenarios(&rt, &s, &direct)?;
+
+    eprintln!("scenario 6: read-heavy, 16 readers and 1 writer, direct");
+    let s6 = read_heavy(&rt, &s, &direct)?;
+    read_heavy::report(
+        "6. Read-heavy: 16 readers and 1 writer, each its own manager, one resource (direct)",
+        &s6,
+    );
 
     eprintln!("scenario 1p: uncontended, through the proxies");
     let s1p = interleaved(

@@ -71,6 +71,14 @@ impl RedlockBuilder {
         if let Some(label) = &self.owner_label {
             owner_label::check(label).map_err(Error::Config)?;
         }
+        if crate::kind::clashes_with_fence_suffix(&self.fence_suffix) {
+            return Err(Error::Config(format!(
+                "fence_suffix `{}` ends like a key kept for read/write locks or permits \
+                 (`:readers`, `:writer`, `:permit:<n>`), so a counter key could be one of \
+                 them; choose another suffix such as `:fence`",
+                self.fence_suffix
+            )));
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, spec) in self.nodes.iter().enumerate() {
             let client = self.client_of(index, spec)?;

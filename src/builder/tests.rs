@@ -21,6 +21,12 @@ fn rejects_impossible_settings_naming_them() {
     assert!(config_err(one().fencing(true).fence_suffix("")).contains("fence_suffix"));
     assert!(config_err(one().fence_suffix("ers")).contains("fence_suffix"));
     assert!(config_err(one().fence_suffix(":q:waiters")).contains("fence_suffix"));
+    for clash in [":readers", "ers", ":x:writer", ":permit:3", "it:12", "7"] {
+        assert!(
+            config_err(one().fence_suffix(clash)).contains("fence_suffix"),
+            "{clash}"
+        );
+    }
     assert!(config_err(Redlock::builder().node("http://x")).contains("node 0"));
     let dup = config_err(one().node("redis://127.0.0.1:1/"));
     assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");

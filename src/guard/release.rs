@@ -12,7 +12,7 @@ use crate::error::{Error, LostReason};
 use crate::metrics;
 use crate::quorum;
 use crate::quorum::Vote;
-use crate::round::{self, fan_out, Collecting, Count, Op};
+use crate::round::{self, fan_out, Collecting, Count};
 
 /// The least and most a releaser that woke a waiter holds back its own next
 /// acquisition of the key: about one round trip on loopback at least, never long.
@@ -210,7 +210,7 @@ impl LockGuard {
             };
             let inner = &held.inner;
             let started = Instant::now();
-            let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
+            let op = held.release_op();
             // Cancelled once sent, the rest still goes out (see `# Cancel safety`).
             let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "release");
             // Once a quorum answered (released or not held), nobody can be kept from

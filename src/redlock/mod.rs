@@ -21,6 +21,7 @@ use crate::wake;
 mod attempt;
 mod health;
 mod inspect;
+mod kinds;
 pub(crate) mod policy;
 mod request;
 mod retry;
@@ -306,6 +307,14 @@ impl Redlock {
                          each lock key; its key could be another resource's. Rename it"
                     )));
                 }
+            }
+            // Likewise `<key>:readers`, `<key>:writer` and `<key>:permit:<i>`.
+            if let Some(suffix) = crate::kind::aux_suffix(r) {
+                return Err(Error::Config(format!(
+                    "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \
+                     each read/write lock or semaphore key; its key could be another \
+                     resource's. Rename it"
+                )));
             }
         }
         let ttl = want.ttl;

@@ -9,6 +9,7 @@ mod fencing;
 mod harness;
 mod hostile;
 mod inspect;
+mod kinds;
 mod lease;
 mod local;
 mod metrics;

@@ -588,6 +588,7 @@ fn active_mutant() -> Option<&'static str> {
         (cfg!(redlock_mutant = "constant_value"), "constant_value"),
         (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
         (cfg!(redlock_mutant = "incr_max"), "incr_max"),
+        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
     ]
     .into_iter()
     .find(|(on, _)| *on)
