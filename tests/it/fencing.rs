@@ -102,15 +102,29 @@ async fn tokens_survive_a_crash_of_every_node_with_aof_always() {
     }
     // As in the rolling test: no lock key comes back from the AOF to wait out.
     eventually_gone(&cluster, "fence:crash").await;
-    // The counter must be on disk on every node before the crash: it was fsynced
-    // with the write, so killing at once loses nothing.
+    // The last acquisition returned at a quorum: its request to the third node may
+    // still be on its way (its release, ordered after it, too, so "gone" proves
+    // nothing there). Wait until every node wrote the last counter.
+    let expect = last.to_string();
+    eventually("every node wrote the last counter", || {
+        let cluster = &cluster;
+        let expect = expect.clone();
+        async move {
+            counters(cluster, "fence:crash:fence")
+                .await
+                .iter()
+                .all(|(v, _)| v.as_deref() == Some(expect.as_str()))
+        }
+    })
+    .await;
+    // The counter is on disk on every node before the crash: it was fsynced with the
+    // write, so killing at once loses nothing.
     for i in 0..cluster.len() {
         cluster.node(i).kill().await.unwrap();
     }
     for i in 0..cluster.len() {
         cluster.node(i).restart().await.unwrap();
     }
-    let expect = last.to_string();
     for (v, pttl) in counters(&cluster, "fence:crash:fence").await {
         assert_eq!(v.as_deref(), Some(expect.as_str()));
         assert_eq!(pttl, -1);
