@@ -520,6 +520,15 @@ fn try_run() -> Result<(), String> {
         return Ok(());
     }
 
+    // REDLOCK_BENCH_READ_HEAVY=1: only scenario 6.
+    if std::env::var_os("REDLOCK_BENCH_READ_HEAVY").is_some() {
+        let s6 = read_heavy(&rt, &s, &direct)?;
+        read_heavy::report(
+            "6. Read-heavy: 16 readers and 1 writer, each its own manager, one resource (direct)",
+            &s6,
+        );
+        return Ok(());
+    }
     // REDLOCK_BENCH_PARALLEL=1: only scenario 2.
     if std::env::var_os("REDLOCK_BENCH_PARALLEL").is_some() {
         parallel_scenario(&rt, &s, &direct)?;
