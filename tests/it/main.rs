@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
 
 mod core;
+mod explore;
 mod fencing;
 mod harness;
 mod hostile;
