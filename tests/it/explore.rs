@@ -121,37 +121,60 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
         "  replay: REDLOCK_EXPLORE_SEED={seed} REDLOCK_EXPLORE_WORKLOAD={} cargo test --all-features --test it explore -- --nocapture",
         w.name()
     );
-    if totals.shrink_left.is_zero() {
-        return;
-    }
-    let kinds: BTreeSet<Kind> = out.violations.iter().map(|v| v.kind).collect();
-    let first = out.violation_episodes.first().copied().unwrap_or(0);
-    let began = Instant::now();
-    let shrunk = shrink::shrink(cluster.clone(), &sched, &kinds, first, totals.shrink_left).await;
-    totals.shrink_left = totals.shrink_left.saturating_sub(began.elapsed());
-    println!(
-        "  shrunk in {} runs ({:.0}s) to {} ops and {} faults, still failing with {}:",
-        shrunk.runs,
-        began.elapsed().as_secs_f64(),
-        shrunk.schedule.ops(),
-        shrunk.schedule.faults(),
-        kinds
+    // One shrink per kind found, the most serious first, sharing the time left.
+    let mut kinds: Vec<Kind> = by_kind.keys().copied().collect();
+    kinds.sort_by_key(|k| SERIOUS.iter().position(|s| s == k).unwrap_or(SERIOUS.len()));
+    let count = kinds.len();
+    for (i, kind) in kinds.into_iter().enumerate() {
+        if totals.shrink_left.is_zero() {
+            break;
+        }
+        let share = totals.shrink_left / u32::try_from(count - i).unwrap_or(1);
+        let first = out
+            .violations
             .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for line in shrunk.schedule.to_string().lines() {
-        println!("  | {line}");
-    }
-    if let Some(o) = &shrunk.outcome {
-        for v in o.violations.iter().take(6) {
+            .position(|v| v.kind == kind)
+            .and_then(|i| out.violation_episodes.get(i).copied())
+            .unwrap_or(0);
+        let began = Instant::now();
+        let target = BTreeSet::from([kind]);
+        let shrunk = shrink::shrink(cluster.clone(), &sched, &target, first, share).await;
+        totals.shrink_left = totals.shrink_left.saturating_sub(began.elapsed());
+        println!(
+            "  {kind}: shrunk in {} runs ({:.0}s) to {} ops and {} faults{}",
+            shrunk.runs,
+            began.elapsed().as_secs_f64(),
+            shrunk.schedule.ops(),
+            shrunk.schedule.faults(),
+            if shrunk.outcome.is_some() {
+                ", still failing:"
+            } else {
+                " (no smaller run failed)"
+            }
+        );
+        let Some(o) = &shrunk.outcome else { continue };
+        for line in shrunk.schedule.to_string().lines() {
+            println!("  | {line}");
+        }
+        for v in o.violations.iter().filter(|v| v.kind == kind).take(3) {
             println!("  | violation: {v}");
         }
-        let svg = write_artifacts(&format!("{name}-shrunk"), &shrunk.schedule, o);
-        println!("  shrunk timeline: {}", svg.display());
+        let svg = write_artifacts(&format!("{name}-{kind}-shrunk"), &shrunk.schedule, o);
+        println!("  | timeline: {}", svg.display());
     }
 }
+
+/// The order in which found kinds are shrunk, while the shrinking time lasts.
+const SERIOUS: [Kind; 8] = [
+    Kind::Belief,
+    Kind::SharedValue,
+    Kind::Revived,
+    Kind::Fencing,
+    Kind::Ghost,
+    Kind::Panic,
+    Kind::Attempts,
+    Kind::CallBound,
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explore() {

@@ -588,6 +588,21 @@ pub fn install_panic_hook() {
                 .name()
                 .unwrap_or("unnamed")
                 .to_owned();
+            // Where in the crate: the innermost frame of ours (std's location says little).
+            let trace = std::backtrace::Backtrace::force_capture().to_string();
+            let lines: Vec<&str> = trace.lines().map(str::trim).collect();
+            let frame = lines
+                .iter()
+                .position(|l| l.contains("tokio_redlock::") && !l.contains("harness"))
+                .map(|i| {
+                    let at = lines
+                        .get(i + 1)
+                        .filter(|l| l.starts_with("at "))
+                        .unwrap_or(&"");
+                    format!(" in {} {at}", lines[i])
+                })
+                .unwrap_or_default();
+            let location = format!("{location}{frame}");
             eprintln!("explore: panic in library code on thread {thread} at {location}: {msg}");
             lock(&PANICS).push(format!("{msg} at {location} on thread {thread}"));
         }));
