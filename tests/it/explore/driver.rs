@@ -539,8 +539,18 @@ async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
     out
 }
 
-async fn run_fault(cluster: &Cluster, node: usize, kind: FaultKind, dur: Duration) {
+async fn run_fault(
+    cluster: &Cluster,
+    oracle: &Oracle,
+    node: usize,
+    kind: FaultKind,
+    dur: Duration,
+) {
     let n = cluster.node(node);
+    let stops = matches!(kind, FaultKind::Pause | FaultKind::KillRestart);
+    if stops {
+        oracle.disturb(node, true);
+    }
     let result = match kind {
         FaultKind::Pause => {
             async {
@@ -599,6 +609,9 @@ async fn run_fault(cluster: &Cluster, node: usize, kind: FaultKind, dur: Duratio
             Ok(())
         }
     };
+    if stops {
+        oracle.disturb(node, false);
+    }
     if let Err(e) = result {
         eprintln!("explore: fault {kind} on node {node} failed: {e}");
     }
@@ -610,7 +623,14 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     super::oracle::install_panic_hook();
     super::oracle::take_panics();
     let urls = cluster.urls();
-    let oracle = Oracle::new(cluster.len());
+    let max_nt = sched
+        .managers
+        .iter()
+        .flat_map(|m| m.iter())
+        .map(|s| ms(s.node_timeout_ms))
+        .max()
+        .unwrap_or_default();
+    let oracle = Oracle::new(cluster.len(), max_nt + MAX_PROXY_HOLD + GHOST_SLACK);
     let rec = Recorder::new();
     let acquisitions = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
@@ -621,13 +641,6 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         .iter()
         .map(|[a, b]| Arc::new([build(&urls, a), build(&urls, b)]))
         .collect();
-    let max_nt = sched
-        .managers
-        .iter()
-        .flat_map(|m| m.iter())
-        .map(|s| ms(s.node_timeout_ms))
-        .max()
-        .unwrap_or_default();
     let start_ns = now_ns();
     let mut fault_bars = Vec::new();
     let mut faults = 0;
@@ -795,15 +808,16 @@ async fn run_episode(
     let mut faults = JoinSet::new();
     let plan = episode.faults.clone();
     let cl = cluster.clone();
+    let or = oracle.clone();
     let fault_driver = tokio::spawn(async move {
         let mut bars = Vec::new();
         let mut running = JoinSet::new();
         for f in plan {
             tokio::time::sleep_until((started + Duration::from_millis(f.at_ms)).into()).await;
-            let cl = cl.clone();
+            let (cl, or) = (cl.clone(), or.clone());
             let start_ns = now_ns();
             running.spawn(async move {
-                run_fault(&cl, f.node, f.kind, Duration::from_millis(f.dur_ms)).await;
+                run_fault(&cl, &or, f.node, f.kind, Duration::from_millis(f.dur_ms)).await;
                 FaultBar {
                     node: f.node,
                     kind: f.kind.short().to_owned(),

@@ -125,6 +125,12 @@ struct Entry {
     /// What was done with the holding, for the violation's text.
     story: Vec<String>,
     bar: HoldBar,
+    opened_ns: u64,
+    closed_at: Option<Instant>,
+    /// After its close plus this, no request carrying the holding's value can still land.
+    grace: Duration,
+    /// Per key and node: the value was seen gone after the close plus the grace.
+    gone: Vec<Vec<bool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,17 +144,30 @@ pub struct Oracle {
     entries: Mutex<BTreeMap<u64, Entry>>,
     owners: Mutex<HashMap<(String, String), u64>>,
     violations: Mutex<Vec<Violation>>,
+    /// Per node, when a pause or kill last ended ([`ONGOING`] while one lasts).
+    disturbed: Vec<AtomicU64>,
+    grace: Duration,
     pub samples: AtomicU64,
 }
 
+/// A pause or kill is under way on the node.
+const ONGOING: u64 = u64::MAX;
+/// How long after its close a holding's value is watched for coming back.
+const WATCH: Duration = Duration::from_secs(4);
+
 impl Oracle {
-    pub fn new(nodes: usize) -> Arc<Self> {
+    /// An oracle for `nodes` nodes; `grace` is how long after a release a request that
+    /// carries the released value may still land (the longest node timeout plus the
+    /// longest time a proxy holds a request).
+    pub fn new(nodes: usize, grace: Duration) -> Arc<Self> {
         Arc::new(Self {
+            grace,
             quorum: nodes / 2 + 1,
             next: AtomicU64::new(0),
             entries: Mutex::new(BTreeMap::new()),
             owners: Mutex::new(HashMap::new()),
             violations: Mutex::new(Vec::new()),
+            disturbed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             samples: AtomicU64::new(0),
         })
     }
@@ -210,9 +229,23 @@ impl Oracle {
                 flagged: false,
                 story: Vec::new(),
                 bar,
+                opened_ns: now_ns(),
+                closed_at: None,
+                grace: self.grace,
+                gone: Vec::new(),
             },
         );
         id
+    }
+
+    /// A pause or kill of `node` starts (`ongoing`) or ends. Requests queued in a stopped
+    /// server's socket run in an order no client controls, so values coming back on such a
+    /// node are not judged.
+    pub fn disturb(&self, node: usize, ongoing: bool) {
+        let v = if ongoing { ONGOING } else { now_ns() };
+        if let Some(d) = self.disturbed.get(node) {
+            d.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Adds what was just done to a holding to its story.
@@ -242,6 +275,7 @@ impl Oracle {
             e.belief = Belief::Closed;
             e.gen += 1;
             if e.bar.end_ns.is_none() {
+                e.closed_at = Some(Instant::now());
                 e.bar.end_ns = Some(now_ns());
                 e.bar.end_how = how.to_owned();
             }
@@ -286,9 +320,15 @@ impl Oracle {
             until: Instant,
         }
         let mut looks = Vec::new();
+        let mut watches: Vec<(u64, Vec<String>, Vec<Option<String>>)> = Vec::new();
         {
             let mut entries = lock(&self.entries);
             for (id, e) in entries.iter_mut() {
+                if let Some(closed) = e.closed_at {
+                    if closed.elapsed() < WATCH && e.bound.iter().any(Option::is_some) {
+                        watches.push((*id, e.keys.clone(), e.bound.clone()));
+                    }
+                }
                 let until = match &e.belief {
                     Belief::Guard(v) => *v,
                     Belief::Lease(l) => {
@@ -336,10 +376,14 @@ impl Oracle {
                 });
             }
         }
-        if looks.is_empty() {
+        if looks.is_empty() && watches.is_empty() {
             return;
         }
-        let mut keys: Vec<String> = looks.iter().flat_map(|l| l.keys.clone()).collect();
+        let mut keys: Vec<String> = looks
+            .iter()
+            .flat_map(|l| l.keys.clone())
+            .chain(watches.iter().flat_map(|w| w.1.clone()))
+            .collect();
         keys.sort();
         keys.dedup();
         let reads = futures::future::join_all(nodes.iter_mut().map(|n| n.read(&keys))).await;
@@ -350,6 +394,7 @@ impl Oracle {
             .enumerate()
             .map(|(i, k)| (k.as_str(), i))
             .collect();
+        self.watch(&watches, &index, &reads);
         let mut suspects = Vec::new();
         for look in &looks {
             let left = look.until.saturating_duration_since(t_e);
@@ -447,6 +492,55 @@ impl Oracle {
                         client: Some(client),
                         what,
                     });
+                }
+            }
+        }
+    }
+
+    /// Values of released holdings that come back: once a value was seen gone from a node
+    /// after its holding's close plus the grace, it must never be seen there again.
+    fn watch(
+        &self,
+        watches: &[(u64, Vec<String>, Vec<Option<String>>)],
+        index: &HashMap<&str, usize>,
+        reads: &[Option<Vec<(Option<String>, i64)>>],
+    ) {
+        let mut entries = lock(&self.entries);
+        for (id, keys, bound) in watches {
+            let Some(e) = entries.get_mut(id) else {
+                continue;
+            };
+            let Some(closed) = e.closed_at else { continue };
+            let settled = closed.elapsed() > e.grace;
+            e.gone.resize(keys.len(), vec![false; reads.len()]);
+            for (k, key) in keys.iter().enumerate() {
+                let Some(value) = &bound[k] else { continue };
+                for (node, read) in reads.iter().enumerate() {
+                    let Some(vals) = read else { continue };
+                    let d = self.disturbed[node].load(Ordering::Relaxed);
+                    if d == ONGOING || d >= e.opened_ns {
+                        continue;
+                    }
+                    let present = vals[index[key.as_str()]].0.as_deref() == Some(value.as_str());
+                    if !present && settled {
+                        e.gone[k][node] = true;
+                    } else if present && e.gone[k][node] && !e.flagged {
+                        e.flagged = true;
+                        let what = format!(
+                            "op {} key {key}: the value of holding {id} ({}) is back on node {node} {:?} after the holding ended, after it had been gone; holding {id}: {}",
+                            e.op,
+                            e.bar.end_how,
+                            closed.elapsed(),
+                            e.story.join("; ")
+                        );
+                        let v = Violation {
+                            t_ns: now_ns(),
+                            kind: Kind::Ghost,
+                            client: Some(e.client),
+                            what,
+                        };
+                        lock(&self.violations).push(v);
+                    }
                 }
             }
         }
