@@ -150,6 +150,11 @@ pub struct Oracle {
     pub samples: AtomicU64,
 }
 
+/// A released holding to watch: its id, keys and bound values.
+type Watch = (u64, Vec<String>, Vec<Option<String>>);
+/// What one node stores under each key read: value (if a string) and `PTTL`.
+type NodeRead = Vec<(Option<String>, i64)>;
+
 /// A pause or kill is under way on the node.
 const ONGOING: u64 = u64::MAX;
 /// How long after its close a holding's value is watched for coming back.
@@ -320,7 +325,7 @@ impl Oracle {
             until: Instant,
         }
         let mut looks = Vec::new();
-        let mut watches: Vec<(u64, Vec<String>, Vec<Option<String>>)> = Vec::new();
+        let mut watches: Vec<Watch> = Vec::new();
         {
             let mut entries = lock(&self.entries);
             for (id, e) in entries.iter_mut() {
@@ -501,9 +506,9 @@ impl Oracle {
     /// after its holding's close plus the grace, it must never be seen there again.
     fn watch(
         &self,
-        watches: &[(u64, Vec<String>, Vec<Option<String>>)],
+        watches: &[Watch],
         index: &HashMap<&str, usize>,
-        reads: &[Option<Vec<(Option<String>, i64)>>],
+        reads: &[Option<NodeRead>],
     ) {
         let mut entries = lock(&self.entries);
         for (id, keys, bound) in watches {
@@ -614,7 +619,7 @@ impl Direct {
     }
 
     /// `(value, pttl)` per key, or `None` when the node did not answer in time (unknown).
-    async fn read(&mut self, keys: &[String]) -> Option<Vec<(Option<String>, i64)>> {
+    async fn read(&mut self, keys: &[String]) -> Option<NodeRead> {
         let mut con = self.connection().await?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(READ_LUA).arg(keys.len());
