@@ -4,10 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
+
+mod checks;
 
 /// Default attempts after the first one (node-redlock's default too).
 pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
@@ -28,6 +31,10 @@ pub(crate) const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
 /// not slow any request beyond `node_timeout`; it only bounds how long a hanging connect
 /// keeps the node from trying again.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default least validity a grant must leave to count as won: enough that a caller can
+/// at least look at the guard before it runs out, far below any sensible ttl. Larger
+/// values belong to callers who know how long their critical section takes.
+pub(crate) const DEFAULT_MIN_VALIDITY: Duration = Duration::from_millis(1);
 /// Default suffix of the fencing counter key beside each lock key.
 pub(crate) const DEFAULT_FENCE_SUFFIX: &str = ":fence";
 
@@ -44,6 +51,9 @@ pub(crate) struct Config {
     pub(crate) fence_suffix: String,
     pub(crate) wake_on_release: bool,
     pub(crate) check_on_connect: CheckMode,
+    pub(crate) min_validity: Duration,
+    /// Where validity is measured (suspend-aware; a manual one in tests).
+    pub(crate) clock: Clock,
 }
 
 /// Builds a [`Redlock`]. Get one with [`Redlock::builder`].
@@ -80,6 +90,8 @@ pub struct RedlockBuilder {
     wake_on_release: bool,
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
+    min_validity: Duration,
+    clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
 }
@@ -108,6 +120,8 @@ impl fmt::Debug for RedlockBuilder {
             wake_on_release,
             restart_quarantine,
             check_on_connect,
+            min_validity,
+            clock,
             #[cfg(feature = "tls")]
             tls,
         } = self;
@@ -125,7 +139,9 @@ impl fmt::Debug for RedlockBuilder {
             .field("fence_suffix", fence_suffix)
             .field("wake_on_release", wake_on_release)
             .field("restart_quarantine", restart_quarantine)
-            .field("check_on_connect", check_on_connect);
+            .field("check_on_connect", check_on_connect)
+            .field("min_validity", min_validity)
+            .field("clock", clock);
         #[cfg(feature = "tls")]
         {
             let set = |o: bool| if o { "set" } else { "unset" };
@@ -152,6 +168,8 @@ impl Default for RedlockBuilder {
             wake_on_release: true,
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
+            min_validity: DEFAULT_MIN_VALIDITY,
+            clock: Clock::system(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
         }
@@ -202,16 +220,16 @@ impl RedlockBuilder {
 
     /// Attempts after the first one, for [`Redlock::acquire`], each after `retry_delay`
     /// plus jitter (or sooner, when woken by the release; see
-    /// [`wake_on_release`](Self::wake_on_release)). A waiter that queues for wake-ups
-    /// makes one more attempt at once, atomically with joining the queue, which does not
-    /// count against this budget. Defaults to 10.
+    /// [`wake_on_release`](Self::wake_on_release)). A promise: at most `count + 1`
+    /// attempts are made, the immediate one that joins the wait queue included, and
+    /// the error reports how many were. A fencing round that only taught the client a
+    /// newer counter (no node set anything) is not an attempt. Defaults to 10.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").retry_count(3).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
+    /// # drop(redlock);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn retry_count(mut self, count: u32) -> Self {
@@ -386,6 +404,37 @@ impl RedlockBuilder {
         self
     }
 
+    /// The least validity a grant must leave to count as won: an attempt that reaches a
+    /// quorum with less left (a slow round, a long pause) is undone and retried like a
+    /// failed one, and an extension that leaves less fails with
+    /// [`Error::Expired`](crate::Error::Expired). Set it to how long your critical
+    /// section needs at the least; per call with
+    /// [`LockRequest::min_validity`](crate::LockRequest::min_validity). A request whose
+    /// ttl can never leave this much is refused with [`Error::Config`]. Defaults to 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .min_validity(Duration::from_millis(200))
+    ///     .build()?;
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn min_validity(mut self, least: Duration) -> Self {
+        self.min_validity = least;
+        self
+    }
+
+    /// Measures validity on `clock` instead of the system's (tests only).
+    #[cfg(test)]
+    pub(crate) fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Keep a node that restarted recently out of every quorum until `period` has passed
     /// since it started, unless it proves its data survives restarts (AOF with
     /// `appendfsync always`). Set `period` to at least the longest TTL you lock with.
@@ -485,9 +534,15 @@ impl RedlockBuilder {
     /// down now is not an error.
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty node list, a URL that does not parse (or needs a
-    /// feature that is off), the same node listed twice, a drift factor outside
-    /// `[0, 1)`, or a zero `node_timeout` or `connect_timeout`.
+    /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
+    /// instead of `redis://host:port`) or that does not parse (or needs a feature that
+    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, or a zero
+    /// `node_timeout` or `connect_timeout`.
+    ///
+    /// A node list that works but weakens the quorum is logged once, as a `tracing`
+    /// warning: 2 nodes or another even count, and one server written two ways
+    /// (`127.0.0.1:7001` and `localhost:7001`, or two databases of one server).
+    /// [`Redlock::diagnose`] checks these and more against the servers themselves.
     ///
     /// ```
     /// use std::time::Duration;
@@ -520,13 +575,24 @@ impl RedlockBuilder {
                 "connect_timeout is zero: no connection could ever be made".into(),
             ));
         }
-        if self.fencing && self.fence_suffix.is_empty() {
+        if self.fence_suffix.is_empty() {
             return Err(Error::Config(
                 "fence_suffix is empty: the counter key would be the lock key itself".into(),
             ));
         }
+        let queue = crate::wake::QUEUE_SUFFIX;
+        if queue.ends_with(&self.fence_suffix) || self.fence_suffix.ends_with(queue) {
+            return Err(Error::Config(format!(
+                "fence_suffix `{}` and the wait-queue suffix `{queue}` end alike, so a counter \
+                 key could be a queue key; choose another suffix such as `:fence`",
+                self.fence_suffix
+            )));
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, url) in self.nodes.iter().enumerate() {
+            if let Some(problem) = checks::missing_scheme(url) {
+                return Err(Error::Config(format!("node {index}: {problem}")));
+            }
             let client = self.client(url).map_err(|e| {
                 Error::Config(format!(
                     "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
@@ -557,6 +623,10 @@ impl RedlockBuilder {
             }
             nodes.push(node);
         }
+        // Once per manager: a mistake in the node list, not in any one lock.
+        for warning in checks::layout_warnings(nodes.iter().map(|n| &*n.endpoint)) {
+            tracing::warn!("{warning}");
+        }
         let config = Config {
             retry_count: self.retry_count,
             retry_delay: self.retry_delay,
@@ -568,6 +638,8 @@ impl RedlockBuilder {
             fence_suffix: self.fence_suffix,
             wake_on_release: self.wake_on_release,
             check_on_connect: self.check_on_connect,
+            min_validity: self.min_validity,
+            clock: self.clock,
         };
         Ok(Redlock::from_parts(Arc::from(nodes), config))
     }
@@ -628,7 +700,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn config_err(b: RedlockBuilder) -> String {
@@ -648,9 +720,81 @@ mod tests {
         assert!(config_err(one().node_timeout(Duration::ZERO)).contains("node_timeout"));
         assert!(config_err(one().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
         assert!(config_err(one().fencing(true).fence_suffix("")).contains("fence_suffix"));
+        assert!(config_err(one().fence_suffix("ers")).contains("fence_suffix"));
+        assert!(config_err(one().fence_suffix(":q:waiters")).contains("fence_suffix"));
         assert!(config_err(Redlock::builder().node("http://x")).contains("node 0"));
         let dup = config_err(one().node("redis://127.0.0.1:1/"));
         assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");
+    }
+
+    /// Durations at the edges of what `Duration` and Redis can take, and random ones.
+    pub(crate) fn extreme(rng: &mut impl rand::Rng) -> Duration {
+        const EDGES: [Duration; 12] = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_micros(999),
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+            Duration::from_millis(3),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400 * 365 * 300),
+            Duration::from_millis(i64::MAX as u64),
+            Duration::from_millis(u64::MAX),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ];
+        match rng.random_range(0..4) {
+            0 => Duration::from_nanos(rng.random()),
+            1 => Duration::new(rng.random(), rng.random_range(0..1_000_000_000)),
+            _ => EDGES[rng.random_range(0..EDGES.len())],
+        }
+    }
+
+    /// Issue 11, item 3: every public duration is refused with `Error::Config` or
+    /// saturates; nothing derived from it panics (checked requests, backoff, deadlines).
+    #[test]
+    fn every_duration_setting_is_refused_or_saturates() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..3_000 {
+            let quarantine = rng.random_bool(0.5).then(|| extreme(&mut rng));
+            let b = Redlock::builder()
+                .node("redis://127.0.0.1:1")
+                .retry_delay(extreme(&mut rng))
+                .retry_jitter(extreme(&mut rng))
+                .node_timeout(extreme(&mut rng))
+                .connect_timeout(extreme(&mut rng))
+                .restart_quarantine(quarantine)
+                .min_validity(extreme(&mut rng));
+            let settings = format!("{b:?}");
+            let redlock = match b.build() {
+                Ok(r) => r,
+                Err(Error::Config(_)) => continue,
+                Err(e) => panic!("{settings}: not a config error: {e}"),
+            };
+            let config = &redlock.inner.config;
+            let want = crate::redlock::Want {
+                ttl: extreme(&mut rng),
+                retries: rng.random(),
+                wait: rng.random_bool(0.5).then(|| extreme(&mut rng)),
+                min_validity: config.min_validity,
+            };
+            match redlock.check_request(&["r"], &want) {
+                Ok(ms) => assert!(ms > 2 && ms <= i64::MAX as u64, "{settings}: {ms}"),
+                Err(Error::Config(_)) => {}
+                Err(e) => panic!("{settings}: {e}"),
+            }
+            let pause = crate::quorum::backoff(config.retry_delay, config.retry_jitter, &mut rng);
+            assert!(pause >= config.retry_delay);
+            let _ = crate::clock::tokio_after(pause);
+            let d = config
+                .clock
+                .stamp()
+                .after(want.ttl)
+                .before(extreme(&mut rng));
+            let _ = (config.clock.left(d), config.clock.instant(d));
+            let _ = want.wait.map(crate::clock::tokio_after);
+        }
     }
 
     #[test]

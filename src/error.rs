@@ -7,8 +7,9 @@ use std::time::Duration;
 /// Everything that can go wrong when locking, extending or releasing.
 ///
 /// Messages are short, say what happened and what to do. Per-node causes are kept
-/// as [`NodeError`]s (see [`Error::node_errors`]) and the first one is also the
-/// error's [`source`](std::error::Error::source), so nothing is flattened into a string.
+/// as [`NodeError`]s (see [`Error::node_errors`]), which are also the error's
+/// [`source`](std::error::Error::source) (as [`NodeErrors`]), so nothing is flattened
+/// into a string.
 ///
 /// # Example
 /// ```
@@ -43,10 +44,17 @@ pub enum Error {
     },
 
     /// Too few nodes answered (down, hanging, erroring) for a quorum.
+    ///
+    /// The message gives the counts, the nodes neither agreeing nor failing (locked by
+    /// another owner, or not awaited once the quorum was out of reach), and the first
+    /// node's failure; its [`source`](std::error::Error::source) is `causes`, every
+    /// failed node with its cause.
     #[error(
-        "no quorum for `{resource}`: {ok} of {nodes} nodes agreed, {needed} needed, \
-         {failed} failed, after {attempts} attempt(s); check that a majority of the nodes \
-         is up and reachable within node_timeout"
+        "no quorum for `{resource}`: {ok} of {nodes} nodes agreed, {needed} needed; \
+         {failed} failed{}, after {attempts} attempt(s){}; check that a majority of the \
+         nodes is up and reachable within node_timeout",
+        not_counted(*.nodes, *.ok, *.failed),
+        first_failure(.causes)
     )]
     NoQuorum {
         /// The (first) resource that was asked for.
@@ -139,6 +147,23 @@ impl fmt::Display for LostReason {
     }
 }
 
+/// ", N locked elsewhere or not awaited" for the nodes that neither agreed nor failed.
+fn not_counted(nodes: usize, ok: usize, failed: usize) -> String {
+    match nodes.saturating_sub(ok + failed) {
+        0 => String::new(),
+        rest => format!(", {rest} locked elsewhere or not awaited"),
+    }
+}
+
+/// "; first failure: node 0 (host:port): cause", or nothing without a cause.
+fn first_failure(causes: &NodeErrors) -> String {
+    causes
+        .0
+        .first()
+        .map(|e| format!("; first failure: {e}"))
+        .unwrap_or_default()
+}
+
 impl Error {
     /// The per-node causes behind this error (empty for errors that have none).
     ///
@@ -216,7 +241,11 @@ impl Error {
 
 /// The per-node failures of one operation.
 ///
-/// Displays as a `; `-separated list; its `source()` is the first node's error.
+/// Displays every failed node with its cause, nodes with the same cause together
+/// (`node 0 (a:1) and node 1 (b:1): Connection refused (os error 111)`), and groups
+/// apart with `; `. It is the end of the [`source`](std::error::Error::source) chain:
+/// the message already says everything below it, and each [`NodeError`] (with the Redis
+/// error in its [`kind`](NodeError::kind)) is in [`as_slice`](Self::as_slice).
 #[derive(Debug, Clone, Default)]
 pub struct NodeErrors(pub(crate) Vec<NodeError>);
 
@@ -234,21 +263,34 @@ impl NodeErrors {
 
 impl fmt::Display for NodeErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        // Group by cause, in the order each cause first appears.
+        let mut groups: Vec<(String, Vec<&NodeError>)> = Vec::new();
+        for e in &self.0 {
+            let cause = e.cause().to_string();
+            match groups.iter_mut().find(|(c, _)| *c == cause) {
+                Some((_, nodes)) => nodes.push(e),
+                None => groups.push((cause, vec![e])),
+            }
+        }
+        for (i, (cause, nodes)) in groups.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{e}")?;
+            for (j, e) in nodes.iter().enumerate() {
+                match j {
+                    0 => {}
+                    _ if j + 1 == nodes.len() => f.write_str(" and ")?,
+                    _ => f.write_str(", ")?,
+                }
+                write!(f, "node {} ({})", e.node, e.endpoint)?;
+            }
+            write!(f, ": {cause}")?;
         }
         Ok(())
     }
 }
 
-impl std::error::Error for NodeErrors {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.first().map(|e| e as _)
-    }
-}
+impl std::error::Error for NodeErrors {}
 
 /// Why one node did not give a usable answer.
 #[derive(Debug, Clone)]
@@ -364,10 +406,30 @@ impl NodeError {
     }
 }
 
+impl NodeError {
+    /// What went wrong, without the node: the message after `node i (endpoint): `.
+    fn cause(&self) -> Cause<'_> {
+        Cause(&self.kind)
+    }
+}
+
+struct Cause<'a>(&'a NodeErrorKind);
+
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node {} ({}): ", self.node, self.endpoint)?;
-        match &self.kind {
+        write!(
+            f,
+            "node {} ({}): {}",
+            self.node,
+            self.endpoint,
+            self.cause()
+        )
+    }
+}
+
+impl fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
             NodeErrorKind::Timeout(d) => write!(f, "no answer within {d:?}"),
             NodeErrorKind::Redis(e) => {
                 if let Some(code) = e.code() {
@@ -390,46 +452,10 @@ impl fmt::Display for NodeError {
     }
 }
 
-impl std::error::Error for NodeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            NodeErrorKind::Redis(e) => Some(&**e),
-            _ => None,
-        }
-    }
-}
+/// No `source()`: the message already includes the Redis error's, which repeats its own
+/// source's (an I/O error's) word for word; the Redis error itself is in
+/// [`NodeError::kind`].
+impl std::error::Error for NodeError {}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_is_send_sync_static() {
-        fn check<T: std::error::Error + Send + Sync + 'static>() {}
-        check::<Error>();
-        check::<NodeError>();
-    }
-
-    #[test]
-    fn no_quorum_keeps_node_causes_as_sources() {
-        let causes = NodeErrors(vec![NodeError::new(
-            1,
-            "127.0.0.1:1".into(),
-            NodeErrorKind::Timeout(Duration::from_millis(50)),
-        )]);
-        let err = Error::NoQuorum {
-            resource: "r".into(),
-            attempts: 3,
-            ok: 1,
-            failed: 2,
-            needed: 2,
-            nodes: 3,
-            causes,
-        };
-        let source = std::error::Error::source(&err).expect("has a source");
-        assert!(source.to_string().contains("no answer within 50ms"));
-        assert!(err.is_timeout());
-        assert_eq!(err.attempts(), Some(3));
-        assert!(err.to_string().starts_with("no quorum for `r`"));
-    }
-}
+mod tests;

@@ -4,19 +4,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use crate::clock::{Clock, Deadline};
+
 use redis::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, LostReason, NodeErrors};
 use crate::metrics;
 use crate::quorum::{self, Outcome, Tally, Vote};
-use crate::redlock::{fan_out, finish_in_background, release_in_background, Inner, Op};
+use crate::redlock::Inner;
+use crate::round::{self, fan_out, Collecting, Op};
 
-/// The least and most a releaser that woke a waiter holds back its own next
-/// acquisition of the key: about one round trip on loopback at least, never long.
-const MIN_HEAD_START: Duration = Duration::from_micros(200);
-const MAX_HEAD_START: Duration = Duration::from_millis(20);
+mod release;
+
+pub use release::ReleaseReport;
 
 /// What a guard must give back: the keys it set and the value that proves it owns them.
 pub(crate) struct Held {
@@ -56,7 +57,10 @@ pub(crate) struct Held {
 #[clippy::has_significant_drop]
 pub struct LockGuard {
     resources: Arc<[String]>,
-    valid_until: Instant,
+    /// The end of the validity, on the suspend-aware clock. Only ever lowered before a
+    /// request is sent, so that it never says more than the nodes hold.
+    valid_until: Deadline,
+    clock: Clock,
     ttl: Duration,
     token: Option<u64>,
     attempts: u32,
@@ -76,41 +80,10 @@ impl fmt::Debug for LockGuard {
     }
 }
 
-/// How a release went, node by node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReleaseReport {
-    /// Nodes on which this owner's key was deleted.
-    pub released: usize,
-    /// Nodes that did not hold it (expired, never set, or someone else's now).
-    pub not_held: usize,
-    /// Nodes that failed to answer in time or answered with an error.
-    pub failed: usize,
-    /// Nodes still to answer when the release returned (it returns once a quorum
-    /// answered; their requests finish in the background).
-    pub pending: usize,
-    /// Waiting clients told of the release, summed over the nodes that answered.
-    pub woken: usize,
-}
-
-/// `(keys deleted, waiters woken)` from a release reply, or `None` for a reply no
-/// Redis running our script would give.
-fn release_reply(value: &Value) -> Option<(i64, usize)> {
-    match value {
-        Value::Array(items) => match items.as_slice() {
-            [Value::Int(deleted), Value::Int(woke)] => {
-                Some((*deleted, usize::try_from(*woke).unwrap_or(0)))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 impl LockGuard {
     pub(crate) fn new(
         resources: Arc<[String]>,
-        valid_until: Instant,
+        valid_until: Deadline,
         ttl: Duration,
         token: Option<u64>,
         held: Held,
@@ -118,6 +91,7 @@ impl LockGuard {
         Self {
             resources,
             valid_until,
+            clock: held.inner.config.clock.clone(),
             ttl,
             token,
             attempts: 1,
@@ -171,6 +145,10 @@ impl LockGuard {
     /// The instant until which the lock is guaranteed: the start of the winning attempt
     /// (or of the last extension) plus `ttl − drift`.
     ///
+    /// Validity is measured on a clock that counts through suspend (`CLOCK_BOOTTIME` on
+    /// Linux); the `Instant` returned is now plus what is left on it, so after the
+    /// machine was suspended it is earlier than before (or already past).
+    ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
@@ -179,7 +157,22 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn valid_until(&self) -> Instant {
+        self.clock.instant(self.valid_until)
+    }
+
+    /// The end of the validity on the crate's own clock.
+    pub(crate) fn deadline(&self) -> Deadline {
         self.valid_until
+    }
+
+    /// The runtime the lock was acquired on, where its drop releases it.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.held.as_ref().and_then(|h| h.handle.clone())
+    }
+
+    /// The clock the validity is measured on.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// How much of the validity is left; zero once it has run out.
@@ -192,7 +185,7 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn remaining_validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
+        self.clock.left(self.valid_until)
     }
 
     /// Whether the validity has not run out yet.
@@ -205,7 +198,7 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn is_valid(&self) -> bool {
-        Instant::now() < self.valid_until
+        !self.clock.left(self.valid_until).is_zero()
     }
 
     /// The fencing token of this acquisition, when the manager was built with
@@ -239,8 +232,14 @@ impl LockGuard {
     }
 
     /// Sets the lock's expiry to `ttl` from now on every node that still holds it with
-    /// this owner's value, and succeeds when a quorum did so with validity left. The
+    /// this owner's value, and succeeds when a quorum did so with validity left (at
+    /// least the manager's [`min_validity`](crate::RedlockBuilder::min_validity)). The
     /// validity is counted from the start of this extension. The fencing token stays.
+    ///
+    /// Before anything is sent, the guard's belief becomes the earlier of its old
+    /// `valid_until` and `start + ttl − drift`: a shorter extension may be applied by
+    /// some nodes whatever this call returns, so the guard never again promises more
+    /// than the shorter ttl, even when the call fails or is dropped.
     ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
@@ -252,13 +251,16 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::LockLost`] when the validity had already run out, or too many nodes no
-    /// longer hold this owner's value; [`Error::NoQuorum`] when too few nodes answered
-    /// (the lock stays valid until the old `valid_until`; you may try again);
-    /// [`Error::Config`] for a ttl under 3 ms. A failed extension never deletes the lock.
+    /// longer hold this owner's value (the guard is then invalid); [`Error::NoQuorum`]
+    /// when too few nodes answered, and [`Error::Expired`] when a quorum answered too
+    /// late: the lock stays valid until the (possibly lowered) `valid_until`, and you may
+    /// try again; [`Error::Config`] for a ttl under 3 ms. A failed extension never
+    /// deletes the lock.
     ///
     /// # Cancel safety
-    /// Dropping the future leaves `valid_until` as it was; nodes that already extended
-    /// keep the key longer, which is still this owner's and is released with it.
+    /// Dropping the future keeps the belief set before the first request (never later
+    /// than it was); nodes that already extended keep the key longer, which is still
+    /// this owner's and is released with it.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         let result = self.extend_inner(ttl).await;
         metrics::extended(result.as_ref().map(|_| ()));
@@ -277,19 +279,20 @@ impl LockGuard {
         if !self.is_valid() {
             return Err(lost(LostReason::Expired));
         }
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        if ttl_ms <= quorum::DRIFT_FLOOR.as_millis() as u64 || ttl_ms > i64::MAX as u64 {
-            return Err(Error::Config(format!(
-                "extend ttl {ttl:?} is out of range: use at least a few ms"
-            )));
-        }
+        let ttl_ms = quorum::ttl_ms(ttl)
+            .map_err(|why| Error::Config(format!("extend ttl {ttl:?} is out of range: {why}")))?;
         let ttl = Duration::from_millis(ttl_ms);
         let inner = Arc::clone(&held.inner);
         let op = Op::extend(&held.keys, &held.value, ttl_ms);
         let span = tracing::debug_span!("extend", resource = %resource, ttl_ms);
-        let start = Instant::now();
+        let drift = quorum::drift(ttl, inner.config.drift_factor);
+        let start = self.clock.stamp();
+        // The belief first: nodes may apply this ttl whatever comes of the call.
+        let promised = start.after(ttl.saturating_sub(drift));
+        self.valid_until = self.valid_until.min(promised);
         let (tally, causes) = async {
-            let mut replies = fan_out(&inner, Arc::new(op));
+            // The stragglers extend too, so the key lives as long on every healthy node.
+            let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");
             let mut tally = Tally::new(inner.nodes.len());
             let mut causes = Vec::new();
             while let Some((node, reply)) = replies.next().await {
@@ -313,16 +316,16 @@ impl LockGuard {
                     break;
                 }
             }
-            // The stragglers extend too, so the key lives as long on every healthy node.
-            finish_in_background(replies, "extend");
             (tally, causes)
         }
         .instrument(span)
         .await;
-        let drift = quorum::drift(ttl, inner.config.drift_factor);
+        let elapsed = self.clock.since(start);
+        let enough = quorum::validity(ttl, elapsed, drift)
+            .is_some_and(|left| left >= inner.config.min_validity);
         match tally.outcome() {
-            Some(Outcome::Won) if quorum::validity(ttl, start.elapsed(), drift).is_some() => {
-                self.valid_until = start + ttl.saturating_sub(drift);
+            Some(Outcome::Won) if enough => {
+                self.valid_until = promised;
                 self.ttl = ttl;
                 Ok(())
             }
@@ -330,13 +333,17 @@ impl LockGuard {
             Some(Outcome::Won) => Err(Error::Expired {
                 resource,
                 attempts: 1,
-                elapsed: start.elapsed(),
+                elapsed,
                 ttl,
             }),
-            _ if tally.lost_to_owner() => Err(lost(LostReason::NotHeld {
-                held: tally.yes,
-                needed: tally.quorum,
-            })),
+            _ if tally.lost_to_owner() => {
+                // A quorum no longer holds this owner's value: nothing is promised now.
+                self.valid_until = self.valid_until.min(self.clock.stamp());
+                Err(lost(LostReason::NotHeld {
+                    held: tally.yes,
+                    needed: tally.quorum,
+                }))
+            }
             _ => Err(Error::NoQuorum {
                 resource,
                 attempts: 1,
@@ -348,148 +355,14 @@ impl LockGuard {
             }),
         }
     }
-
-    /// Releases the lock on every node that holds it with this owner's value.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
-    /// guard.release().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered: the lock may stay
-    /// held on the others until its TTL. A key that is already gone is not an error.
-    ///
-    /// # Cancel safety
-    /// The release requests are sent on the first poll; dropping the future after that
-    /// does not stop them. Dropping it before the first poll releases in the background,
-    /// as dropping the guard does.
-    pub async fn release(self) -> Result<(), Error> {
-        self.release_with_report().await.map(|_| ())
-    }
-
-    /// Like [`release`](Self::release), and says how each node answered.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(1)).await?;
-    /// let report = guard.release_with_report().await?;
-    /// assert!(report.released + report.not_held >= 1);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// As for [`release`](Self::release).
-    ///
-    /// # Cancel safety
-    /// As for [`release`](Self::release).
-    pub async fn release_with_report(mut self) -> Result<ReleaseReport, Error> {
-        let resource = self.resource().to_owned();
-        let Some(held) = self.held.take() else {
-            return Ok(ReleaseReport::default());
-        };
-        // If this future is dropped before its first poll, `held` still releases.
-        let held = ReleaseOnDrop(Some(held));
-        let span = tracing::debug_span!("release", resource = %resource);
-        async move {
-            let mut held = held;
-            let Some(held) = held.0.take() else {
-                return Ok(ReleaseReport::default());
-            };
-            let inner = &held.inner;
-            let started = Instant::now();
-            let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
-            let mut replies = fan_out(inner, Arc::new(op));
-            let n = inner.nodes.len();
-            let quorum = quorum::quorum(n);
-            let mut report = ReleaseReport {
-                released: 0,
-                not_held: 0,
-                failed: 0,
-                pending: n,
-                woken: 0,
-            };
-            let mut causes = Vec::new();
-            while let Some((node, reply)) = replies.next().await {
-                report.pending -= 1;
-                match reply {
-                    Ok(value) => match release_reply(&value) {
-                        Some((deleted, woke)) => {
-                            if deleted > 0 {
-                                report.released += 1;
-                            } else {
-                                report.not_held += 1;
-                            }
-                            report.woken += woke;
-                        }
-                        None => {
-                            report.failed += 1;
-                            causes.push(
-                                inner.nodes[node]
-                                    .protocol_error(format!("release answered {value:?}")),
-                            );
-                        }
-                    },
-                    Err(e) => {
-                        report.failed += 1;
-                        causes.push(e);
-                    }
-                }
-                // Once a quorum answered, nobody can be kept from the lock by this
-                // owner; the rest finish in the background.
-                if report.released + report.not_held >= quorum {
-                    break;
-                }
-            }
-            finish_in_background(replies, "release");
-            if report.woken > 0 {
-                // One release round trip: about what the woken waiter needs to get its
-                // SET to the nodes first. Bounded, so a slow release costs little.
-                let head_start = started.elapsed().clamp(MIN_HEAD_START, MAX_HEAD_START);
-                inner.yield_to(&held.keys[0], head_start);
-            }
-            tracing::debug!(?report, "released");
-            let answered = report.released + report.not_held;
-            metrics::released(answered >= quorum);
-            if answered >= quorum {
-                Ok(report)
-            } else {
-                Err(Error::NoQuorum {
-                    resource,
-                    attempts: 1,
-                    ok: answered,
-                    failed: report.failed,
-                    needed: quorum,
-                    nodes: n,
-                    causes: NodeErrors(causes),
-                })
-            }
-        }
-        .instrument(span)
-        .await
-    }
-}
-
-/// Releases in the background if dropped while still holding.
-struct ReleaseOnDrop(Option<Held>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(held) = self.0.take() {
-            held.release_in_background("dropped release");
-        }
-    }
 }
 
 impl Held {
     pub(crate) fn release_in_background(self, what: &'static str) {
         // Without the runtime the lock was taken on, nothing is sent: the TTL frees it.
         if let Some(handle) = &self.handle {
-            release_in_background(handle, self.inner, self.keys, self.value, what);
+            let op = Op::release(&self.keys, &self.value, self.inner.config.wake_on_release);
+            round::release_in_background(handle, Arc::clone(&self.inner.nodes), op, what);
         }
     }
 }

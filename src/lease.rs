@@ -6,17 +6,23 @@
 //! succeeded in time the lease is declared lost no later than its last known validity.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
+use crate::clock::{Clock, Deadline};
 use crate::error::{Error, LostReason};
 use crate::guard::LockGuard;
+use crate::sync::lock;
 
+mod options;
 mod with_lock;
+
+pub use options::LeaseOptions;
+pub(crate) use with_lock::run_kept;
 
 /// The least pause between two extension tries after a failure: the node timeout is
 /// tens of ms, so retrying faster would only pile requests on a sick node.
@@ -28,110 +34,53 @@ const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// up to scheduling delay, and costs nothing but 2 ms of a lock that is being lost anyway.
 const LOSS_MARGIN: Duration = Duration::from_millis(2);
 
-/// How a keep-alive extends its lock.
-///
-/// ```
-/// use std::time::Duration;
-/// use tokio_redlock::LeaseOptions;
-///
-/// let opts = LeaseOptions::default()
-///     .extend_after(0.5)                          // extend when half the ttl has passed
-///     .max_hold(Some(Duration::from_secs(600)));  // never hold longer than 10 minutes
-/// # let _ = opts;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[must_use]
-pub struct LeaseOptions {
-    extend_after: f64,
-    max_hold: Option<Duration>,
-    max_extensions: Option<u32>,
-}
-
-impl Default for LeaseOptions {
-    fn default() -> Self {
-        Self {
-            // A third of the ttl: two more tries fit before the validity ends.
-            extend_after: 1.0 / 3.0,
-            max_hold: None,
-            max_extensions: None,
-        }
-    }
-}
-
-impl LeaseOptions {
-    /// Extend once this fraction of the ttl has passed since the last successful
-    /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().extend_after(0.5);
-    /// # let _ = opts;
-    /// ```
-    pub fn extend_after(mut self, fraction: f64) -> Self {
-        self.extend_after = if fraction.is_nan() {
-            1.0 / 3.0
-        } else {
-            fraction.clamp(0.05, 0.9)
-        };
-        self
-    }
-
-    /// Stop extending once the lock has been held this long in all; the lease is then
-    /// lost when its validity ends ([`LostReason::CapReached`]). Redlock's liveness
-    /// argument assumes holders do not keep a lock forever. Defaults to unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default()
-    ///     .max_hold(Some(std::time::Duration::from_secs(300)));
-    /// # let _ = opts;
-    /// ```
-    pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
-        self.max_hold = cap;
-        self
-    }
-
-    /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
-    /// unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().max_extensions(Some(10));
-    /// # let _ = opts;
-    /// ```
-    pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
-        self.max_extensions = cap;
-        self
-    }
-}
-
 struct Shared {
     resource: String,
     token: Option<u64>,
-    valid_until: Mutex<Instant>,
+    clock: Clock,
+    /// Never later than the guard's own belief (see [`LockGuard::extend`]).
+    valid_until: Mutex<Deadline>,
     lost: CancellationToken,
     reason: Mutex<Option<LostReason>>,
     extensions: Mutex<u32>,
 }
 
-/// A handle on a lock kept alive in the background: its token, whether it is still
-/// held, and a future that resolves when it is lost.
+/// A handle on a lock kept alive in the background: its fencing token, whether it is
+/// still held, and the loss signal, as a future ([`lost`](Self::lost)) and as a
+/// [`CancellationToken`] ([`cancellation_token`](Self::cancellation_token)).
 ///
-/// Cheap to clone; every clone sees the same lock.
+/// Cheap to clone; every clone sees the same lock. Dropping a `Lease` changes nothing:
+/// the lock is owned by the [`KeptGuard`] or the `with_lock` call that made it.
 ///
-/// # Example
+/// # Example: stop waiting for jobs when the lock is lost
+/// [`with_lock`](crate::Redlock::with_lock) drops the work on a loss by default, before
+/// the work could see it; [`LeaseOptions::drop_work_on_loss`]`(false)` lets the work
+/// watch the loss and stop by itself. Here it stops while waiting for the next job
+/// (abandoning a wait loses nothing); a job that started is finished, outside the
+/// `select!`, and checked against the lease first.
 /// ```no_run
 /// # use std::time::Duration;
-/// # async fn do_step(_: Option<u64>) {}
+/// # async fn next_job() -> Option<u32> { None }
+/// # async fn process(_: u32, _: Option<u64>) {}
 /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+/// use tokio_redlock::LeaseOptions;
+///
+/// let opts = LeaseOptions::default().drop_work_on_loss(false);
 /// redlock
-///     .with_lock("export:daily", Duration::from_secs(10), |lease| async move {
-///         for _ in 0..100 {
-///             tokio::select! {
-///                 // Stop between steps, at a point of our choosing, if the lock is lost.
+///     .with_lock_opts("queue:exports", Duration::from_secs(10), opts, |lease| async move {
+///         loop {
+///             let job = tokio::select! {
+///                 biased;
 ///                 _ = lease.lost() => return,
-///                 _ = do_step(lease.fencing_token()) => {}
+///                 job = next_job() => job,
+///             };
+///             match job {
+///                 Some(job) if lease.is_held() => process(job, lease.fencing_token()).await,
+///                 _ => return,
 ///             }
 ///         }
 ///     })
-///     .await?;
+///     .await?; // Err(LockLost) once the work returned, if the lock was lost
 /// # Ok(())
 /// # }
 /// ```
@@ -195,7 +144,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn is_held(&self) -> bool {
-        !self.shared.lost.is_cancelled() && Instant::now() < self.valid_until()
+        !self.shared.lost.is_cancelled() && !self.remaining_validity().is_zero()
     }
 
     /// Until when the lock is guaranteed, as of the last successful extension.
@@ -209,11 +158,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn valid_until(&self) -> Instant {
-        *self
-            .shared
-            .valid_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.clock.instant(*lock(&self.shared.valid_until))
     }
 
     /// How much of the validity is left; zero once it has run out.
@@ -227,7 +172,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn remaining_validity(&self) -> Duration {
-        self.valid_until().saturating_duration_since(Instant::now())
+        self.shared.clock.left(*lock(&self.shared.valid_until))
     }
 
     /// How many extensions have succeeded.
@@ -241,11 +186,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn extensions(&self) -> u32 {
-        *self
-            .shared
-            .extensions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.shared.extensions)
     }
 
     /// Why the lock was lost, once it was; `None` while it is held and after a release.
@@ -259,11 +200,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn lost_reason(&self) -> Option<LostReason> {
-        self.shared
-            .reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.reason).clone()
     }
 
     /// Resolves once the lock is no longer guaranteed: an extension found it gone, or no
@@ -272,11 +209,17 @@ impl Lease {
     /// resolves no later than it, up to the delay of scheduling the waiting task.
     ///
     /// It also resolves once the holder released the lock ([`KeptGuard::release`] or
-    /// its drop); [`lost_reason`](Self::lost_reason) then stays `None`.
+    /// its drop, or the end of `with_lock`); [`lost_reason`](Self::lost_reason) then
+    /// stays `None`.
     ///
     /// Use it with `tokio::select!` to stop work at a point of your choosing (see the
-    /// example on [`Lease`]). Without a tokio runtime nothing keeps the lock alive and
-    /// nothing resolves this; [`is_held`](Self::is_held) still turns false in time.
+    /// example on [`Lease`]): in a task that watches a [`KeptGuard`], or in the work of
+    /// [`with_lock_opts`](crate::Redlock::with_lock_opts) with
+    /// [`LeaseOptions::drop_work_on_loss`]`(false)`. Under the default of
+    /// [`with_lock`](crate::Redlock::with_lock), the work is dropped as this resolves,
+    /// so a branch of the work that waits for it never runs. Without a tokio runtime
+    /// nothing keeps the lock alive and nothing resolves this; [`is_held`](Self::is_held)
+    /// still turns false in time.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
@@ -294,13 +237,35 @@ impl Lease {
         self.shared.lost.cancelled().await;
     }
 
+    /// A token cancelled exactly when [`lost`](Self::lost) resolves: once the lock is
+    /// lost, and also once it is released (then [`lost_reason`](Self::lost_reason) stays
+    /// `None`), since in both cases nothing the token guards is protected any more.
+    ///
+    /// Each call returns a new child of the lease's own signal: cancelling it (or a
+    /// child of it) stops only what listens to it, never the lease, which is still held
+    /// and kept alive. Use it to stop tasks the work spawned, with
+    /// [`CancellationToken::run_until_cancelled`], or to join it to a shutdown tree.
+    ///
+    /// ```no_run
+    /// # async fn upload_chunks() {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let kept = redlock.acquire("sync:1", std::time::Duration::from_secs(3)).await?.keep_alive();
+    /// let token = kept.lease().cancellation_token();
+    /// // The upload stops at its next await once the lock is lost (or released).
+    /// let upload = tokio::spawn(async move { token.run_until_cancelled(upload_chunks()).await });
+    /// let uploaded = upload.await.ok().flatten().is_some();
+    /// kept.release().await?;
+    /// # let _ = uploaded;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.shared.lost.child_token()
+    }
+
     fn declare_lost(&self, reason: LostReason) {
         {
-            let mut slot = self
-                .shared
-                .reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut slot = lock(&self.shared.reason);
             if slot.is_none() {
                 *slot = Some(reason.clone());
             }
@@ -413,9 +378,12 @@ impl LockGuard {
     /// # }
     /// ```
     ///
+    /// The keep-alive runs on the runtime the lock was acquired on (where its drop also
+    /// releases it), whether or not a runtime is current where this is called.
+    ///
     /// # Panics
-    /// Never; without a tokio runtime nothing is kept alive and the lease is lost when
-    /// the validity ends.
+    /// Never; if that runtime is gone nothing is kept alive, nothing releases the lock
+    /// either, and the lease is lost when the validity ends.
     pub fn keep_alive(self) -> KeptGuard {
         self.keep_alive_with(LeaseOptions::default())
     }
@@ -442,21 +410,28 @@ impl LockGuard {
             shared: Arc::new(Shared {
                 resource: self.resource().to_owned(),
                 token: self.fencing_token(),
-                valid_until: Mutex::new(self.valid_until()),
+                clock: self.clock().clone(),
+                valid_until: Mutex::new(self.deadline()),
                 lost: CancellationToken::new(),
                 reason: Mutex::new(None),
                 extensions: Mutex::new(0),
             }),
         };
         let stop = CancellationToken::new();
-        let task = match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
+        // The runtime the lock was taken on: the guard's drop releases there, so the
+        // keep-alive must run there too, or a lease could outlive its released lock.
+        let handle = self
+            .runtime()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let task = match handle {
+            Some(handle) => {
                 let span = tracing::debug_span!("keep_alive", resource = %self.resource());
                 let task = keep_alive_task(self, lease.clone(), options, stop.clone());
                 Some(AbortOnDropHandle::new(handle.spawn(task.instrument(span))))
             }
-            Err(_) => {
-                // No runtime: the guard's own Drop does nothing either; the TTL frees it.
+            None => {
+                // No runtime at all: the guard's own Drop sends nothing either, so the
+                // lock stands until its validity ends, as the lease says.
                 drop(self);
                 None
             }
@@ -465,21 +440,48 @@ impl LockGuard {
     }
 }
 
+/// Declares the lease lost if the keep-alive ends without handing the lock back or
+/// declaring it lost itself (a panic in it, or its runtime shutting down): the guard it
+/// owned is dropped then, and with it the lock.
+struct LostUnlessDisarmed(Option<Lease>);
+
+impl Drop for LostUnlessDisarmed {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0.take() {
+            // Released by its holder meanwhile: that is no loss.
+            if !lease.shared.lost.is_cancelled() {
+                lease.declare_lost(LostReason::ExtensionFailed);
+            }
+        }
+    }
+}
+
 async fn keep_alive_task(
-    mut guard: LockGuard,
+    guard: LockGuard,
     lease: Lease,
     options: LeaseOptions,
     stop: CancellationToken,
 ) -> Option<LockGuard> {
+    let mut on_exit = LostUnlessDisarmed(Some(lease.clone()));
+    let kept = keep_alive_loop(guard, &lease, options, stop).await;
+    on_exit.0 = None;
+    kept
+}
+
+async fn keep_alive_loop(
+    mut guard: LockGuard,
+    lease: &Lease,
+    options: LeaseOptions,
+    stop: CancellationToken,
+) -> Option<LockGuard> {
+    let clock = guard.clock().clone();
     let ttl = guard.ttl();
     // The acquisition started at `valid_until − (ttl − drift)`; `valid_until − ttl` is a
     // little earlier, so counting the hold time and the first extension from it errs on
     // the early side without needing the drift here.
-    let acquired_at = guard
-        .valid_until()
-        .checked_sub(ttl)
-        .unwrap_or_else(Instant::now);
-    let mut next = acquired_at + ttl.mul_f64(options.extend_after);
+    let acquired_at = guard.deadline().before(ttl);
+    let every = ttl.mul_f64(options.extend_after);
+    let mut next = acquired_at.after(every);
     let mut capped = false;
     loop {
         let give_up_at = give_up_at(&guard);
@@ -489,14 +491,17 @@ async fn keep_alive_task(
         } else {
             next.min(give_up_at)
         };
+        // Timers run on tokio's (monotonic) clock and the validity on the suspend-aware
+        // one: after a suspend the timer fires late, but `is_held()` reads the validity
+        // clock and turns false in time.
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep(clock.left(wake)) => {}
         }
         // No extension is sent once the local validity has (nearly) ended: a quorum
         // reached now could not be told from one that came too late.
-        if Instant::now() >= give_up_at {
+        if clock.left(give_up_at).is_zero() {
             lease.declare_lost(if capped {
                 LostReason::CapReached
             } else {
@@ -509,7 +514,7 @@ async fn keep_alive_task(
         }
         let over_hold = options
             .max_hold
-            .is_some_and(|cap| Instant::now() + ttl > acquired_at + cap);
+            .is_some_and(|cap| clock.stamp().after(ttl).is_after(acquired_at.after(cap)));
         let over_count = options
             .max_extensions
             .is_some_and(|cap| lease.extensions() >= cap);
@@ -521,25 +526,17 @@ async fn keep_alive_task(
         // Never past the local validity: the extension is abandoned when it ends, and
         // the lock declared lost. Abandoning never deletes: nodes that extended keep
         // this owner's key a little longer, and the guard's release removes it.
-        let deadline = give_up_at;
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return Some(guard),
-            r = tokio::time::timeout_at(deadline.into(), guard.extend(ttl)) => r,
+            r = tokio::time::timeout(clock.left(give_up_at), guard.extend(ttl)) => r,
         };
+        // Whatever came of it, the lease believes no more than the guard now does.
+        *lock(&lease.shared.valid_until) = guard.deadline();
         match result {
             Ok(Ok(())) => {
-                next = Instant::now() + ttl.mul_f64(options.extend_after);
-                *lease
-                    .shared
-                    .valid_until
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = guard.valid_until();
-                *lease
-                    .shared
-                    .extensions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) += 1;
+                next = clock.stamp().after(every);
+                *lock(&lease.shared.extensions) += 1;
                 tracing::debug!(remaining = ?guard.remaining_validity(), "extended");
             }
             Ok(Err(Error::LockLost { reason, .. })) => {
@@ -552,7 +549,7 @@ async fn keep_alive_task(
                 tracing::warn!(error = %e, "extension failed; trying again before the validity ends");
                 // Retry soon, a few times before the validity ends.
                 let pause = (ttl / 10).max(MIN_RETRY_PAUSE);
-                next = Instant::now() + pause;
+                next = clock.stamp().after(pause);
             }
             Err(_elapsed) => {
                 lease.declare_lost(LostReason::ExtensionFailed);
@@ -562,10 +559,9 @@ async fn keep_alive_task(
     }
 }
 
-/// The instant the keep-alive treats as the end of `guard`'s validity (see [`LOSS_MARGIN`]).
-fn give_up_at(guard: &LockGuard) -> Instant {
-    let valid_until = guard.valid_until();
-    valid_until.checked_sub(LOSS_MARGIN).unwrap_or(valid_until)
+/// The moment the keep-alive treats as the end of `guard`'s validity (see [`LOSS_MARGIN`]).
+fn give_up_at(guard: &LockGuard) -> Deadline {
+    guard.deadline().before(LOSS_MARGIN)
 }
 
 #[cfg(test)]
@@ -573,21 +569,91 @@ mod tests {
     use super::*;
     use crate::redlock::Redlock;
 
-    #[test]
-    fn options_default_to_a_third_and_no_cap() {
-        let o = LeaseOptions::default();
-        assert!((o.extend_after - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(o.max_hold, None);
-        assert_eq!(o.max_extensions, None);
+    /// A guard made from its parts, on a manager whose only node refuses connections:
+    /// every extension fails at once.
+    fn unreachable_guard(redlock: &Redlock, ttl: Duration, valid_for: Duration) -> LockGuard {
+        LockGuard::new(
+            Arc::from(vec!["r".to_owned()]),
+            redlock.inner.config.clock.stamp().after(valid_for),
+            ttl,
+            None,
+            crate::guard::Held {
+                inner: Arc::clone(&redlock.inner),
+                keys: Arc::from(vec!["r".to_owned()]),
+                value: Arc::from("v"),
+                handle: tokio::runtime::Handle::try_current().ok(),
+            },
+        )
     }
 
-    #[test]
-    fn extend_after_is_clamped_and_nan_means_default() {
-        assert_eq!(LeaseOptions::default().extend_after(0.0).extend_after, 0.05);
-        assert_eq!(LeaseOptions::default().extend_after(2.0).extend_after, 0.9);
-        assert_eq!(LeaseOptions::default().extend_after(0.5).extend_after, 0.5);
-        let nan = LeaseOptions::default().extend_after(f64::NAN).extend_after;
-        assert!((nan - 1.0 / 3.0).abs() < 1e-12);
+    /// Issue 11, item 3: the keep-alive runs over extreme ttls and options without a
+    /// panic, and a lease it cannot keep is declared lost in time, never left "held".
+    #[tokio::test]
+    async fn a_keep_alive_over_extreme_settings_never_panics_and_ends_lost() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let redlock = Redlock::builder()
+            .node("redis://127.0.0.1:1")
+            .node_timeout(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        let mut leases = Vec::new();
+        for _ in 0..64 {
+            let options = LeaseOptions::default()
+                .extend_after(f64::from_bits(rng.random()))
+                .max_hold(
+                    rng.random_bool(0.7)
+                        .then(|| crate::builder::tests::extreme(&mut rng)),
+                )
+                .max_extensions(rng.random_bool(0.5).then(|| rng.random()));
+            assert!((0.05..=0.9).contains(&options.extend_after), "{options:?}");
+            let ttl = crate::builder::tests::extreme(&mut rng);
+            let kept = unreachable_guard(&redlock, ttl, Duration::from_millis(30))
+                .keep_alive_with(options);
+            leases.push((kept, options, ttl));
+        }
+        for (kept, options, ttl) in leases {
+            let lease = kept.lease().clone();
+            tokio::time::timeout(Duration::from_secs(5), lease.lost())
+                .await
+                .unwrap_or_else(|_| panic!("never lost: {options:?}, ttl {ttl:?}"));
+            assert!(!lease.is_held());
+            assert!(lease.lost_reason().is_some(), "{options:?}, ttl {ttl:?}");
+            let err = kept.release().await.unwrap_err();
+            assert!(err.is_lock_lost(), "{err}");
+        }
+    }
+
+    /// Issue 11, item 4: a suspend shows on the guard and the lease at once, measured
+    /// on the injected clock that stands for `CLOCK_BOOTTIME`.
+    #[tokio::test]
+    async fn a_suspend_ends_the_validity_of_guard_and_lease() {
+        let (clock, at) = crate::clock::Clock::manual();
+        let redlock = Redlock::builder()
+            .node("redis://127.0.0.1:1")
+            .clock(clock)
+            .build()
+            .unwrap();
+        let guard = unreachable_guard(&redlock, Duration::from_secs(30), Duration::from_secs(10));
+        let promised = guard.valid_until();
+        assert!(guard.is_valid());
+        *crate::sync::lock(&at) += Duration::from_secs(4);
+        assert!(guard.remaining_validity() <= Duration::from_secs(6));
+        // (The manual clock stands still between reads; `Instant` does not.)
+        let slack = Duration::from_millis(100);
+        assert!(guard.valid_until() <= promised - Duration::from_secs(4) + slack);
+        let kept = guard.keep_alive_with(LeaseOptions::default().max_extensions(Some(0)));
+        let lease = kept.lease().clone();
+        assert!(lease.is_held());
+        *crate::sync::lock(&at) += Duration::from_secs(7);
+        // Instant moved on by microseconds; the boot clock by 11 s, past the 10 s.
+        assert!(
+            !lease.is_held(),
+            "held after a suspend longer than its validity"
+        );
+        assert_eq!(lease.remaining_validity(), Duration::ZERO);
+        assert!(lease.valid_until() <= Instant::now());
+        drop(kept);
     }
 
     #[test]
@@ -599,7 +665,12 @@ mod tests {
             .unwrap();
         let guard = LockGuard::new(
             Arc::from(vec!["r".to_owned()]),
-            Instant::now() + Duration::from_millis(20),
+            redlock
+                .inner
+                .config
+                .clock
+                .stamp()
+                .after(Duration::from_millis(20)),
             Duration::from_millis(30),
             None,
             crate::guard::Held {

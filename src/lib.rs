@@ -8,16 +8,19 @@
 //!   once (`SET key value NX PX ttl`), each request bounded by a node timeout, and
 //!   decides as soon as the outcome is certain: success at a quorum (N/2 + 1) with
 //!   validity left, `ttl − elapsed − (ttl × drift_factor + 2 ms)`; failure as soon as a
-//!   quorum is out of reach. A failed attempt is undone on every node before the next.
+//!   quorum is out of reach. A failed attempt is undone on every node: before the next
+//!   attempt where the node answered, in the background where it did not.
 //! - [`LockGuard`] releases on drop, in the background; [`LockGuard::release`] and
 //!   [`LockGuard::extend`] compare the owner's value in Lua before touching a key.
-//! - [`Redlock::with_lock`] keeps the lock alive while a future runs and stops the future
-//!   if the lock is lost; [`Lease::lost`] tells work that wants to stop on its own terms.
+//! - [`Redlock::with_lock`] keeps the lock alive while a future runs and drops the future
+//!   if the lock is lost; with [`LeaseOptions::drop_work_on_loss`]`(false)` the future
+//!   hears of the loss instead ([`Lease::lost`], [`Lease::cancellation_token`]) and stops
+//!   on its own terms.
 //! - With [`RedlockBuilder::fencing`], every acquisition carries a fencing token that is
 //!   strictly greater than every earlier one for the resource; [`FenceGate`] and
 //!   [`FENCE_CHECK_LUA`] let the protected storage refuse a stale holder.
 //! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
-//!   your own tests (see `harness`).
+//!   your own tests: see [`harness`] for the `[dev-dependencies]` line and a complete test.
 //!
 //! # Example: a guard around a critical section
 //! ```no_run
@@ -59,7 +62,9 @@
 //! ```
 //!
 //! # Crate features
-//! - `harness`: the multi-node test harness, `tokio_redlock::harness` (off by default).
+//! - `harness`: the multi-node test harness, [`harness`] (off by default). Turn it on in
+//!   `[dev-dependencies]` only:
+//!   `tokio-redlock = { version = "0.1", features = ["harness"] }`.
 //! - `tls`: `rediss://` node URLs through rustls (off by default).
 //! - `metrics`: counters and histograms through the `metrics` facade (off by default;
 //!   the names are listed in `docs/operations.md`).
@@ -73,11 +78,14 @@
 //! checks fencing tokens can refuse it. `docs/safety.md` states the guarantees and their
 //! assumptions precisely, and `docs/design.md` explains the algorithm and its timing
 //! constants.
+//!
+//! [`harness`]: harness/index.html "the harness module (feature `harness`)"
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod clock;
 mod diagnose;
 mod error;
 mod fencing;
@@ -87,7 +95,9 @@ mod metrics;
 mod node;
 mod quorum;
 mod redlock;
+mod round;
 mod scripts;
+mod sync;
 mod wake;
 
 #[cfg(feature = "harness")]
@@ -100,7 +110,7 @@ pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use lease::{KeptGuard, Lease, LeaseOptions};
-pub use redlock::Redlock;
+pub use redlock::{LockRequest, Redlock};
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

@@ -1,5 +1,6 @@
 //! One lock node: a lazily made, shared, multiplexed connection and bounded requests.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +10,9 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind, Value};
 
+use crate::clock::instant_after;
 use crate::error::{NodeError, NodeErrorKind};
+use crate::sync::lock;
 
 /// After this many timeouts in a row the connection is presumed dead (a half-open TCP
 /// connection never reports an error) and is made anew. Three keeps a merely slow node
@@ -30,6 +33,53 @@ enum Slot {
 pub(crate) enum Request<'a> {
     Cmd(&'a redis::Cmd),
     Script(&'a crate::scripts::Call),
+    /// A plain `SET NX`, and the script to send instead if it must be sent again: the
+    /// first one may have been applied with its reply lost, and a re-sent `SET NX` would
+    /// then find this owner's own value and answer "not set".
+    Set {
+        cmd: &'a redis::Cmd,
+        resend: &'a crate::scripts::Call,
+    },
+}
+
+impl<'a> Request<'a> {
+    /// What to send when the first try may have landed.
+    fn resend(self) -> Self {
+        match self {
+            Self::Set { resend, .. } => Self::Script(resend),
+            other => other,
+        }
+    }
+}
+
+/// The requests that may still set an owner value on one node, per value, so that a
+/// release or undo of the value is sent only after them (see [`Node::settled`]).
+type Setters = Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::RwLock<()>>>>>;
+
+/// Held by a request that may set an owner value on a node, from the moment it is made
+/// until it is answered or abandoned (its deadline passed, or it was dropped); after that
+/// it can no longer be sent or re-sent.
+pub(crate) struct SetTicket {
+    setters: Setters,
+    value: Arc<str>,
+    read: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+}
+
+impl Drop for SetTicket {
+    fn drop(&mut self) {
+        let mut setters = lock(&self.setters);
+        self.read = None;
+        forget_if_unused(&mut setters, &self.value);
+    }
+}
+
+fn forget_if_unused(setters: &mut HashMap<Arc<str>, Arc<tokio::sync::RwLock<()>>>, value: &str) {
+    if setters
+        .get(value)
+        .is_some_and(|e| Arc::strong_count(e) == 1)
+    {
+        setters.remove(value);
+    }
 }
 
 pub(crate) struct Node {
@@ -47,6 +97,7 @@ pub(crate) struct Node {
     quarantine: Option<Duration>,
     /// Until when this node's votes do not count (set on each new connection).
     votes_from: Arc<Mutex<Option<Instant>>>,
+    setters: Setters,
 }
 
 impl fmt::Debug for Node {
@@ -86,7 +137,41 @@ impl Node {
             timeouts_in_a_row: AtomicU32::new(0),
             quarantine,
             votes_from: Arc::new(Mutex::new(None)),
+            setters: Setters::default(),
         }
+    }
+
+    /// Registers a request that may set `value` on this node; the ticket must live as
+    /// long as the request may still be sent. Call it when the request is made, before
+    /// any await, so that a release started afterwards sees it.
+    pub(crate) fn setting(&self, value: &Arc<str>) -> SetTicket {
+        let mut setters = lock(&self.setters);
+        let entry = Arc::clone(setters.entry(Arc::clone(value)).or_default());
+        // A writer waits only while a release of this value waits for its setters, and a
+        // release is only started after every request of its acquisition was made: the
+        // read lock is always free here. If it ever were not, the request goes
+        // unordered, which costs at most a key left to its TTL.
+        let read = entry.try_read_owned().ok();
+        SetTicket {
+            setters: Arc::clone(&self.setters),
+            value: Arc::clone(value),
+            read,
+        }
+    }
+
+    /// Resolves once no request that may set `value` on this node can still be sent:
+    /// each was answered or abandoned. A release or undo of `value` waits for this, so
+    /// that it runs on the node after every earlier request carrying the value, first
+    /// connections and re-sends included. Bounded by the node timeout of those requests.
+    pub(crate) async fn settled(&self, value: &str) {
+        let entry = lock(&self.setters).get(value).cloned();
+        let Some(entry) = entry else {
+            return;
+        };
+        drop(entry.write().await);
+        let mut setters = lock(&self.setters);
+        drop(entry);
+        forget_if_unused(&mut setters, value);
     }
 
     /// The node's client, for connections of another kind (pub/sub).
@@ -96,6 +181,11 @@ impl Node {
 
     fn error(&self, kind: NodeErrorKind) -> NodeError {
         NodeError::new(self.index, self.endpoint.clone(), kind)
+    }
+
+    /// A reply that no Redis running this crate's scripts would give.
+    pub(crate) fn protocol_error(&self, what: String) -> NodeError {
+        self.error(NodeErrorKind::Protocol(what))
     }
 
     /// Runs `request`, connecting first if needed, all within the node timeout.
@@ -149,7 +239,7 @@ impl Node {
         match self.run_once(request).await {
             Err((e, Some(generation))) if e.is_connection_dropped() || e.is_io_error() => {
                 self.reset(Some(generation));
-                self.run_once(request).await
+                self.run_once(request.resend()).await
             }
             other => other,
         }
@@ -161,7 +251,9 @@ impl Node {
             ((*e).clone(), None)
         })?;
         let reply = match request {
-            Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
+            Request::Cmd(cmd) | Request::Set { cmd, .. } => {
+                cmd.query_async::<Value>(&mut conn).await
+            }
             // EVALSHA first; on NOSCRIPT (a restarted or flushed node) the script is
             // loaded and run again, once.
             Request::Script(call) => match call.cmd.query_async::<Value>(&mut conn).await {
@@ -296,7 +388,7 @@ async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) ->
     let info: String = match redis::cmd("INFO").query_async(conn).await {
         Ok(info) => info,
         // Unreadable proves nothing: the whole period, counted from now.
-        Err(_) => return Some(now + period),
+        Err(_) => return Some(instant_after(period)),
     };
     let field = |name: &str| {
         info.lines()
@@ -322,5 +414,8 @@ async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) ->
     let uptime = field("uptime_in_seconds")
         .and_then(|u| u.parse().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    period.checked_sub(uptime).map(|left| now + left)
+    // Saturating: a quarantine of centuries is "until this process ends", not a panic.
+    period
+        .checked_sub(uptime)
+        .map(|left| now.checked_add(left).unwrap_or_else(|| instant_after(left)))
 }

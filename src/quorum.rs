@@ -24,6 +24,26 @@ pub(crate) fn drift(ttl: Duration, factor: f64) -> Duration {
     ttl.mul_f64(factor) + DRIFT_FLOOR
 }
 
+/// `ttl` in whole milliseconds, as `PX` and `PEXPIRE` take it, or why it cannot be used:
+/// it must leave validity after the drift floor and fit Redis's signed 64-bit ms.
+///
+/// Validity is then computed from the ttl the nodes are actually given, never from a
+/// finer one they cannot honour.
+pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64, String> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let floor = DRIFT_FLOOR.as_millis() as u64;
+    if ms <= floor {
+        return Err(format!(
+            "it leaves no validity after the {floor} ms drift floor; use a ttl of at least a \
+             few times the nodes' round trip"
+        ));
+    }
+    if ms > i64::MAX as u64 {
+        return Err("it is too long for Redis (at most i64::MAX ms)".into());
+    }
+    Ok(ms)
+}
+
 /// What is left of `ttl` after `elapsed` and `drift`, or `None` when nothing is.
 ///
 /// Saturating: a long `elapsed` or a short `ttl` never underflows.
@@ -190,6 +210,19 @@ mod tests {
                 assert_eq!(got, None);
             }
         }
+    }
+
+    #[test]
+    fn ttl_ms_takes_whole_ms_above_the_floor_and_below_i64() {
+        assert!(ttl_ms(Duration::ZERO).is_err());
+        assert!(ttl_ms(Duration::from_micros(2_999)).is_err());
+        assert_eq!(ttl_ms(Duration::from_micros(3_999)), Ok(3));
+        assert_eq!(
+            ttl_ms(Duration::from_millis(i64::MAX as u64)),
+            Ok(i64::MAX as u64)
+        );
+        assert!(ttl_ms(Duration::from_millis(i64::MAX as u64 + 1)).is_err());
+        assert!(ttl_ms(Duration::MAX).is_err());
     }
 
     #[test]

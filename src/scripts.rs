@@ -80,24 +80,65 @@ return {n, woke}
     )
 });
 
+/// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` that also counts finding its own value as set:
+/// sent instead of the plain `SET NX` when that one must be sent again, since the first
+/// may have been applied with its reply lost. Returns 1 if the key holds `ARGV[1]`, 0 if
+/// another owner's value.
+pub(crate) static ACQUIRE_ONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+",
+    )
+});
+
 /// A single-key acquire that queues up when it fails: `SET KEYS[1] ARGV[1] NX PX ARGV[2]`,
 /// and if the key is held, joins the wait queue `KEYS[2]` as `ARGV[3]` (at the front if
-/// `ARGV[4]` is `1`) with expiry `ARGV[5]` ms. Returns 1 if set, 0 if not. Joining in
-/// the same step as failing leaves no moment in which a release could miss the waiter.
-/// The queueing runs under `pcall`: a user whose ACL denies it still locks.
+/// `ARGV[4]` is `1`) with expiry `ARGV[5]` ms. Returns 1 if the key holds `ARGV[1]` (set
+/// now, or by an earlier send of this same request), 0 if not. Joining in the same step
+/// as failing leaves no moment in which a release could miss the waiter.
+/// The queueing runs under `pcall`: a user whose ACL denies it still locks; and the
+/// queue's expiry is only set where the `ZADD` worked, so a key of another type under
+/// the queue's name is never touched.
 pub(crate) static ACQUIRE_OR_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local added
 if ARGV[4] == '1' then
-  redis.pcall('ZADD', KEYS[2], 0, ARGV[3])
+  added = redis.pcall('ZADD', KEYS[2], 0, ARGV[3])
 else
   local t = redis.pcall('TIME')
   if type(t) == 'table' and t[1] then
-    redis.pcall('ZADD', KEYS[2], 'NX', t[1] * 1000000 + t[2], ARGV[3])
+    added = redis.pcall('ZADD', KEYS[2], 'NX', t[1] * 1000000 + t[2], ARGV[3])
   end
 end
-redis.pcall('PEXPIRE', KEYS[2], ARGV[5])
+if type(added) == 'number' then redis.pcall('PEXPIRE', KEYS[2], ARGV[5]) end
+return 0
+",
+    )
+});
+
+/// Passes on a wake-up that reached a manager with nobody waiting there any more (its
+/// waiter was cancelled while a request of it that joined the queue was still on its
+/// way): `KEYS[1]` is the lock key, `KEYS[2]` its queue, `ARGV[1]` the member that was
+/// woken in vain, `ARGV[2]` the channel prefix. Leaves the queue; unless the lock is held
+/// again (its release will wake the next), pops the queue's oldest members and publishes
+/// the lock key to them until one live listener was reached. Returns 1 if one was.
+pub(crate) static WAKE_NEXT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.pcall('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for _ = 1, 64 do
+  local top = redis.pcall('ZPOPMIN', KEYS[2])
+  if type(top) ~= 'table' or #top == 0 then return 0 end
+  local heard = redis.pcall('PUBLISH', ARGV[2] .. top[1], KEYS[1])
+  if type(heard) == 'number' and heard > 0 then return 1 end
+end
 return 0
 ",
     )
@@ -138,13 +179,20 @@ return 1
 });
 
 /// All or none: if no key of `KEYS` exists, sets each to `ARGV[1]` with expiry `ARGV[2]` ms
-/// and returns 1; otherwise sets nothing and returns 0.
+/// and returns 1; if every key already holds `ARGV[1]` (an earlier send of this same
+/// request landed), returns 1 too; otherwise sets nothing and returns `-i`, where `KEYS[i]`
+/// is the first key found held by another owner (so the caller waits for that one).
 pub(crate) static ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then return 0 end
+local mine = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    if redis.pcall('GET', key) ~= ARGV[1] then return -i end
+    mine = mine + 1
+  end
 end
+if mine == #KEYS then return 1 end
 for _, key in ipairs(KEYS) do
   redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
 end
@@ -161,8 +209,11 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// The fenced acquire: `KEYS` = m lock keys, then their m counter keys; `ARGV` = value,
 /// ttl in ms, candidate token `t`.
 ///
+/// - if every lock key already holds the value and every counter is t (an earlier send
+///   of this same request landed): `{OK, t}`, nothing written;
 /// - if any counter is >= t: `{STALE, max counter}`, nothing written;
-/// - else if any lock key holds another value: `{LOCKED, max counter}`, nothing written;
+/// - else if any lock key holds another value: `{LOCKED, max counter, i}` with `KEYS[i]`
+///   the first such key, nothing written;
 /// - else every lock key is set (value, PX ttl), every counter to t: `{OK, t}`.
 ///
 /// Counters never get a TTL and nothing else writes them, so on each node they only
@@ -190,6 +241,13 @@ return {2, c}
         r"
 local m = #KEYS / 2
 local t = tonumber(ARGV[3])
+local done = 0
+for i = 1, m do
+  if redis.pcall('GET', KEYS[i]) == ARGV[1] and tonumber(redis.pcall('GET', KEYS[m + i])) == t then
+    done = done + 1
+  end
+end
+if done == m then return {2, t} end
 local max = 0
 for i = 1, m do
   local raw = redis.call('GET', KEYS[m + i])
@@ -204,7 +262,7 @@ end
 if max >= t then return {0, max} end
 for i = 1, m do
   local v = redis.call('GET', KEYS[i])
-  if v and v ~= ARGV[1] then return {1, max} end
+  if v and v ~= ARGV[1] then return {1, max, i} end
 end
 for i = 1, m do
   redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
@@ -214,3 +272,145 @@ return {2, t}
 ",
     )
 });
+
+#[cfg(all(test, feature = "harness"))]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+    use crate::harness::Cluster;
+
+    async fn one_node() -> (Cluster, redis::aio::MultiplexedConnection) {
+        let cluster = Cluster::builder().nodes(1).start().await.expect("cluster");
+        let client = redis::Client::open(cluster.node(0).direct_url()).expect("url");
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        (cluster, conn)
+    }
+
+    fn ints(v: &[i64]) -> Value {
+        Value::Array(v.iter().map(|i| Value::Int(*i)).collect())
+    }
+
+    /// Issue 11, item 6: an acquire request that lands twice (its first reply lost) is a
+    /// yes both times, so the undo never skips a node that holds the value.
+    #[tokio::test]
+    async fn every_acquire_request_is_idempotent_for_its_own_value() {
+        let (_cluster, mut conn) = one_node().await;
+        let run = |script: &'static Script, keys: Vec<&'static str>, args: Vec<String>| {
+            let mut conn = conn.clone();
+            async move {
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(k);
+                }
+                for a in args {
+                    inv.arg(a);
+                }
+                inv.invoke_async::<Value>(&mut conn).await.expect("script")
+            }
+        };
+        let s = |v: &str| v.to_owned();
+        let one = vec![s("v1"), s("60000")];
+        assert_eq!(
+            run(&ACQUIRE_ONE, vec!["k1"], one.clone()).await,
+            Value::Int(1)
+        );
+        assert_eq!(run(&ACQUIRE_ONE, vec!["k1"], one).await, Value::Int(1));
+        assert_eq!(
+            run(&ACQUIRE_ONE, vec!["k1"], vec![s("v2"), s("60000")]).await,
+            Value::Int(0)
+        );
+
+        let queued = vec![s("v1"), s("60000"), s("m"), s("0"), s("60000")];
+        assert_eq!(
+            run(&ACQUIRE_OR_QUEUE, vec!["k2", "k2:waiters"], queued.clone()).await,
+            Value::Int(1)
+        );
+        assert_eq!(
+            run(&ACQUIRE_OR_QUEUE, vec!["k2", "k2:waiters"], queued).await,
+            Value::Int(1)
+        );
+
+        let many = vec![s("v1"), s("60000")];
+        assert_eq!(
+            run(&ACQUIRE_MANY, vec!["a", "b"], many.clone()).await,
+            Value::Int(1)
+        );
+        assert_eq!(
+            run(&ACQUIRE_MANY, vec!["a", "b"], many).await,
+            Value::Int(1)
+        );
+        // Held by another value: the script names the first held key (1-based, negated).
+        assert_eq!(
+            run(&ACQUIRE_MANY, vec!["c", "b"], vec![s("v2"), s("60000")]).await,
+            Value::Int(-2)
+        );
+
+        let fenced = vec![s("v1"), s("60000"), s("7")];
+        assert_eq!(
+            run(&FENCED_ACQUIRE, vec!["f", "f:fence"], fenced.clone()).await,
+            ints(&[2, 7])
+        );
+        assert_eq!(
+            run(&FENCED_ACQUIRE, vec!["f", "f:fence"], fenced).await,
+            ints(&[2, 7])
+        );
+        assert_eq!(
+            run(
+                &FENCED_ACQUIRE,
+                vec!["f", "f:fence"],
+                vec![s("v2"), s("60000"), s("8")]
+            )
+            .await,
+            ints(&[1, 7, 1])
+        );
+        let _: () = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("ping");
+    }
+
+    /// Issue 11, item 10: the queue join never changes a key of another type that sits
+    /// where the queue would be.
+    #[tokio::test]
+    async fn the_queue_join_leaves_a_foreign_key_alone() {
+        let (_cluster, mut conn) = one_node().await;
+        let _: () = redis::cmd("SET")
+            .arg("held")
+            .arg("other")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("held:waiters")
+            .arg("a string")
+            .arg("PX")
+            .arg(100_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for front in ["0", "1"] {
+            let got: i64 = ACQUIRE_OR_QUEUE
+                .key("held")
+                .key("held:waiters")
+                .arg("v1")
+                .arg(60_000)
+                .arg("m")
+                .arg(front)
+                .arg(1_000)
+                .invoke_async(&mut conn)
+                .await
+                .expect("script");
+            assert_eq!(got, 0);
+        }
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("held:waiters")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 90_000, "expiry changed to {ttl} ms");
+    }
+}

@@ -5,9 +5,12 @@
 //! clock) and listens on its own channel (`tokio-redlock:wake:<manager id>`, one
 //! subscription per node for the manager's lifetime). A release pops the queue's head on
 //! each node and publishes the released key to the head's channel, skipping members that
-//! are no longer listening, and waking at most two live ones. So a release wakes one or
-//! two waiters, the oldest, instead of all of them: no thundering herd, and service in
-//! order of arrival.
+//! are no longer listening, until it has reached one live listener. So a release wakes
+//! one waiting manager per node, the oldest, instead of all of them: no thundering herd,
+//! and service in order of arrival.
+//!
+//! Subscribing runs in the background, beside the attempts: a node that accepts
+//! connections but never answers must not hold up a waiter's next attempt.
 //!
 //! Correctness never depends on any of this: a woken waiter still needs a quorum, and a
 //! missed message (a release by another client library, a subscriber connection down)
@@ -15,7 +18,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -25,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::node::{Node, Request};
 use crate::scripts;
+use crate::sync::lock;
 
 /// A release publishes on this prefix followed by the waiting manager's id.
 pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
@@ -33,10 +38,9 @@ pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
 /// A wait queue nobody joined for this long expires: members of crashed clients do not
 /// pile up, and a live waiter joins again after every failed attempt anyway.
 pub(crate) const QUEUE_TTL_MS: u64 = 60_000;
-/// Bound on making a subscriber connection and subscribing. Only a manager that is
-/// already waiting pays it, once per node for its lifetime (and a node that refuses
-/// connections costs nothing); 2 s lets a loaded machine connect, where giving up
-/// would leave the waiter to its retry delay.
+/// Bound on making a subscriber connection and subscribing. It runs in the background,
+/// so it delays nobody; 2 s lets a loaded machine connect, where giving up would leave
+/// the waiter to its retry delay.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a node could not be listened on (down, hanging, or an ACL without SUBSCRIBE),
 /// it is not tried again for this long: waiters re-listen before every wait, and a
@@ -54,34 +58,39 @@ struct KeyWaiters {
 
 type Registry = Arc<Mutex<HashMap<String, KeyWaiters>>>;
 
+/// One node's subscriber connection: its sink and its reader task. The reader is aborted
+/// with the manager, since dropping a sink does not close its connection.
+type Subscription = Option<(PubSubSink, tokio::task::AbortHandle)>;
+
 /// A manager's wake-up machinery: its id, its subscriber connections, its waiters.
 pub(crate) struct Wakeups {
+    state: Arc<State>,
+}
+
+struct State {
     id: String,
     registry: Registry,
-    /// Per node: the subscriber connection's sink and its reader task. The reader is
-    /// aborted with the manager, since dropping a sink does not close its connection.
-    sinks: Vec<tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>>,
+    /// Per node: the subscription, once made.
+    subs: Vec<Mutex<Subscription>>,
+    /// Per node: a subscribe task is under way.
+    listening: Vec<AtomicBool>,
     /// Per node: not before when to try listening again after a failure.
     retry_at: Vec<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for Wakeups {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let keys = lock(&self.state.registry).len();
         f.debug_struct("Wakeups")
             .field("waited_keys", &keys)
             .finish()
     }
 }
 
-impl Drop for Wakeups {
+impl Drop for State {
     fn drop(&mut self) {
-        for slot in &mut self.sinks {
-            if let Some((_, reader)) = slot.get_mut().take() {
+        for slot in &mut self.subs {
+            if let Some((_, reader)) = slot.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
                 reader.abort();
             }
         }
@@ -113,19 +122,23 @@ impl Waiter {
         &self.member
     }
 
+    /// The lock key waited for.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Notes that this manager joined the nodes' queues for the key (so that the last
     /// local waiter to leave takes it out again).
     pub(crate) fn mark_queued(&self) {
-        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = registry.get_mut(&self.key) {
+        if let Some(entry) = lock(&self.registry).get_mut(&self.key) {
             entry.queued = true;
         }
     }
 
-    /// Joins the queue again after an attempt failed: at the front when this waiter was
-    /// just woken (the release popped it, and it was the oldest), else in arrival order
-    /// (a no-op for a member already queued).
-    pub(crate) async fn rejoin(&self, front: bool) {
+    /// Joins the nodes' queues: at the front when this waiter was just woken (the
+    /// release popped it, and it was the oldest), else in arrival order (a no-op for a
+    /// member already queued). Bounded by the node timeout.
+    pub(crate) async fn join(&self, front: bool) {
         self.mark_queued();
         join_queues(&self.nodes, &self.key, &self.member, front).await;
     }
@@ -133,7 +146,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut registry = lock(&self.registry);
         let Some(entry) = registry.get_mut(&self.key) else {
             return;
         };
@@ -162,6 +175,17 @@ impl Drop for Waiter {
     }
 }
 
+/// Passes a wake-up for `key` that found no waiter in this manager on to the next
+/// waiter in `node`'s queue (see `WAKE_NEXT`).
+async fn pass_on(node: &Node, key: &str, member: &str) {
+    let queue = format!("{key}{QUEUE_SUFFIX}");
+    let mut call = scripts::Call::new(&scripts::WAKE_NEXT, &[key, queue.as_str()]);
+    call.arg(member).arg(CHANNEL_PREFIX);
+    if let Err(e) = node.run(Request::Script(&call)).await {
+        tracing::debug!(error = %e, "could not pass a wake-up on; the next waiter's retry delay applies");
+    }
+}
+
 /// Adds `member` to the wait queue of `key` on every node, bounded by the node timeout.
 async fn join_queues(nodes: &[Node], key: &str, member: &str, front: bool) {
     let mut inv = scripts::Call::new(&scripts::WAIT_JOIN, &[format!("{key}{QUEUE_SUFFIX}")]);
@@ -179,22 +203,28 @@ async fn join_queues(nodes: &[Node], key: &str, member: &str, front: bool) {
 impl Wakeups {
     pub(crate) fn new(nodes: usize) -> Self {
         Self {
-            id: format!("{:016x}", rand::rng().random::<u64>()),
-            registry: Arc::new(Mutex::new(HashMap::new())),
-            sinks: (0..nodes).map(|_| tokio::sync::Mutex::new(None)).collect(),
-            retry_at: (0..nodes).map(|_| Mutex::new(None)).collect(),
+            state: Arc::new(State {
+                id: format!("{:016x}", rand::rng().random::<u64>()),
+                registry: Arc::new(Mutex::new(HashMap::new())),
+                subs: (0..nodes).map(|_| Mutex::new(None)).collect(),
+                listening: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+                retry_at: (0..nodes).map(|_| Mutex::new(None)).collect(),
+            }),
         }
     }
 
-    /// Starts waiting for releases of `key`: listens on this manager's channel on every
-    /// node (made once), registers a local waiter and joins the nodes' queues. Never
-    /// fails: a node that cannot be reached is skipped, and the retry delay covers it.
+    /// Starts waiting for releases of `key`: registers a local waiter and starts
+    /// listening on this manager's channel where it does not yet (in the background).
+    /// Never fails and never waits: a node that cannot be listened on is skipped, and
+    /// the retry delay covers it. The caller joins the nodes' queues, atomically with
+    /// its next attempt (see `ACQUIRE_OR_QUEUE`) or with [`Waiter::join`].
     ///
-    /// With `join` false the caller joins the queues itself (atomically with its next
-    /// attempt, see `ACQUIRE_OR_QUEUE`).
-    pub(crate) async fn wait_for(&self, nodes: &Arc<[Node]>, key: &str, join: bool) -> Waiter {
+    /// Nothing here awaits, so a caller cancelled at any point either holds the
+    /// [`Waiter`], whose drop undoes the registration, or never registered.
+    pub(crate) fn wait_for(&self, nodes: &Arc<[Node]>, key: &str) -> Waiter {
+        let state = &self.state;
         let notify = {
-            let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut registry = lock(&state.registry);
             let entry = registry
                 .entry(key.to_owned())
                 .or_insert_with(|| KeyWaiters {
@@ -205,61 +235,61 @@ impl Wakeups {
             entry.waiters += 1;
             Arc::clone(&entry.notify)
         };
-        self.listen(nodes).await;
         let waiter = Waiter {
             key: key.to_owned(),
             notify,
-            registry: Arc::clone(&self.registry),
+            registry: Arc::clone(&state.registry),
             nodes: Arc::clone(nodes),
-            member: self.id.clone(),
+            member: state.id.clone(),
         };
-        if join {
-            waiter.mark_queued();
-            join_queues(nodes, key, &self.id, false).await;
-        }
+        self.listen(nodes);
         waiter
     }
 
-    /// Makes sure this manager's channel is subscribed on every node that answers: cheap
-    /// when it is (a lock per node), and it makes again a subscription that broke or
-    /// could not be made before, so a waiter that waits long heals its wake-ups.
-    pub(crate) async fn listen(&self, nodes: &[Node]) {
-        let listens = nodes
-            .iter()
-            .zip(self.sinks.iter().zip(&self.retry_at))
-            .map(|(node, (sink, retry_at))| self.listen_on(node, sink, retry_at));
-        futures::future::join_all(listens).await;
-    }
-
-    /// Makes sure this manager's channel is subscribed on `node`.
-    async fn listen_on(
-        &self,
-        node: &Node,
-        slot: &tokio::sync::Mutex<Option<(PubSubSink, tokio::task::AbortHandle)>>,
-        retry_at: &Mutex<Option<Instant>>,
-    ) {
-        let not_yet = retry_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| Instant::now() < at);
-        if not_yet {
-            return;
-        }
-        let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            let mut slot = slot.lock().await;
-            // A reader that ended means the node closed the connection (a restart):
-            // make a new one.
-            if slot
+    /// Makes sure this manager's channel is subscribed on every node that answers:
+    /// starts, in the background, a subscription where there is none (or its connection
+    /// closed) and none is being made, unless the node failed less than
+    /// [`LISTEN_RETRY`] ago. Cheap when every node is listened on; never waits.
+    pub(crate) fn listen(&self, nodes: &Arc<[Node]>) {
+        let state = &self.state;
+        for i in 0..nodes.len().min(state.subs.len()) {
+            let live = lock(&state.subs[i])
                 .as_ref()
-                .is_some_and(|(_, reader)| !reader.is_finished())
-            {
-                return Ok(());
+                .is_some_and(|(_, reader)| !reader.is_finished());
+            let not_yet = lock(&state.retry_at[i]).is_some_and(|at| Instant::now() < at);
+            if live || not_yet || state.listening[i].swap(true, Ordering::AcqRel) {
+                continue;
             }
-            let pubsub = node.client().get_async_pubsub().await?;
-            let (mut sink, mut stream) = pubsub.split();
-            sink.subscribe(format!("{CHANNEL_PREFIX}{}", self.id))
-                .await?;
-            let registry = Arc::clone(&self.registry);
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                state.listening[i].store(false, Ordering::Release);
+                return;
+            };
+            handle.spawn(subscribe(Arc::downgrade(state), Arc::clone(nodes), i));
+        }
+    }
+}
+
+/// Subscribes this manager's channel on node `i` and keeps the subscription in `state`,
+/// unless the manager is gone by then.
+async fn subscribe(state: Weak<State>, nodes: Arc<[Node]>, i: usize) {
+    let Some(channel) = state.upgrade().map(|s| format!("{CHANNEL_PREFIX}{}", s.id)) else {
+        return;
+    };
+    let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+        let pubsub = nodes[i].client().get_async_pubsub().await?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>((sink, stream))
+    })
+    .await;
+    // The manager went away meanwhile: dropping the connection here is all there is to do.
+    let Some(state) = state.upgrade() else {
+        return;
+    };
+    let failed = match result {
+        Ok(Ok((sink, mut stream))) => {
+            let registry = Arc::clone(&state.registry);
+            let member = state.id.clone();
             // The reader lives as long as the connection, or the manager.
             let reader = tokio::spawn(async move {
                 while let Some(msg) = stream.next().await {
@@ -270,23 +300,32 @@ impl Wakeups {
                     let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) else {
                         continue;
                     };
-                    let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(entry) = registry.get(key) {
-                        entry.notify.notify_one();
+                    let waiting = lock(&registry).get(key).map(|e| Arc::clone(&e.notify));
+                    match waiting {
+                        Some(notify) => notify.notify_one(),
+                        // Nobody here waits for it (a cancelled waiter's queue entry
+                        // outlived it): hand the wake-up to the next in line on this
+                        // node, or it would be lost to a live waiter elsewhere.
+                        None => {
+                            let nodes = Arc::clone(&nodes);
+                            let (key, member) = (key.to_owned(), member.clone());
+                            tokio::spawn(async move { pass_on(&nodes[i], &key, &member).await });
+                        }
                     }
                 }
             });
-            *slot = Some((sink, reader.abort_handle()));
-            Ok::<(), redis::RedisError>(())
-        })
-        .await;
-        let failed = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_owned(),
-        };
-        *retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Instant::now() + LISTEN_RETRY);
-        tracing::debug!(node = node.index, error = %failed, "no wake-ups from this node");
+            let old = lock(&state.subs[i]).replace((sink, reader.abort_handle()));
+            if let Some((_, old_reader)) = old {
+                old_reader.abort();
+            }
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    if let Some(error) = failed {
+        *lock(&state.retry_at[i]) = Some(crate::clock::instant_after(LISTEN_RETRY));
+        tracing::debug!(node = i, %error, "no wake-ups from this node");
     }
+    state.listening[i].store(false, Ordering::Release);
 }

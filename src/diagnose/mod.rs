@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use crate::error::{Error, NodeError};
+use crate::error::{Error, NodeError, NodeErrorKind};
 use crate::node::{Node, Request};
 use crate::redlock::Redlock;
 
@@ -51,8 +51,12 @@ pub enum CheckMode {
     /// `tracing::warn!`. Locking is never refused.
     Warn,
     /// Check before locking (again at most every few seconds) and refuse to lock with
-    /// [`Error::Unhealthy`] while a configuration error is found. An unreachable node
-    /// alone does not refuse: that is what the quorum is for.
+    /// [`Error::Unhealthy`] while a configuration error is found. Fails closed: a node
+    /// that answers but refuses `INFO` or `CONFIG GET` cannot be shown to be safe, and is
+    /// refused ([`FindingKind::Unverifiable`]); with
+    /// [`fencing`](crate::RedlockBuilder::fencing) on, so is a node without
+    /// `appendfsync always`. An unreachable node alone does not refuse: it cannot vote
+    /// now, and tolerating that is what the quorum is for.
     Strict,
 }
 
@@ -90,24 +94,9 @@ impl Redlock {
     pub async fn diagnose(&self) -> Report {
         let nodes = &self.inner.nodes;
         let checks = nodes.iter().map(check_node);
-        let results = futures::future::join_all(checks).await;
-        let mut reports = Vec::with_capacity(nodes.len());
-        let mut findings = Vec::new();
-        for (report, unchecked) in results {
-            if let Some(cause) = unchecked {
-                findings.push(Finding::new(
-                    Severity::Warning,
-                    Some(&report),
-                    FindingKind::Unchecked {
-                        what: "appendfsync",
-                        cause,
-                    },
-                ));
-            }
-            reports.push(report);
-        }
+        let reports = futures::future::join_all(checks).await;
         let config = &self.inner.config;
-        findings.extend(judge(&reports, config.node_timeout));
+        let mut findings = judge(&reports, config.node_timeout, config.fencing);
         for f in &mut findings {
             f.fencing = config.fencing;
         }
@@ -185,20 +174,23 @@ fn fresh_verdict(state: &HealthState) -> Option<Arc<[Finding]>> {
     }
 }
 
-/// Asks one node about itself. The second value is the cause when `CONFIG GET` failed
-/// on an otherwise reachable node.
-async fn check_node(node: &Node) -> (NodeReport, Option<NodeError>) {
+/// Asks one node about itself.
+async fn check_node(node: &Node) -> NodeReport {
     let mut report = NodeReport::empty(node);
     let start = Instant::now();
     match node.run(Request::Cmd(&redis::cmd("PING"))).await {
         Ok(Value::SimpleString(s)) if s == "PONG" => {}
+        // An ACL that denies PING still lets the node answer, and vote: go on, so that
+        // what else it denies is found (and fails strict mode closed) instead of the node
+        // passing as merely unreachable.
+        Err(e) if is_denied(&e) => {}
         Ok(other) => {
             report.error = Some(node.protocol_error(format!("PING answered {other:?}")));
-            return (report, None);
+            return report;
         }
         Err(e) => {
             report.error = Some(e);
-            return (report, None);
+            return report;
         }
     }
     report.latency = Some(start.elapsed());
@@ -212,20 +204,38 @@ async fn check_node(node: &Node) -> (NodeReport, Option<NodeError>) {
     }
     let mut config_get = redis::cmd("CONFIG");
     config_get.arg("GET").arg("appendfsync");
-    let unchecked = match node.run(Request::Cmd(&config_get)).await {
-        Ok(value) => {
-            report.appendfsync = config_value(&value, "appendfsync");
-            None
-        }
-        // Only worth a finding when it matters: with AOF off, appendfsync is moot.
-        Err(e) if report.aof_enabled != Some(false) => Some(e),
-        Err(_) => None,
-    };
-    (report, unchecked)
+    match node.run(Request::Cmd(&config_get)).await {
+        Ok(value) => match config_value(&value, "appendfsync") {
+            Some(fsync) => report.appendfsync = Some(fsync),
+            None => {
+                report.config_error =
+                    Some(node.protocol_error(format!("CONFIG GET appendfsync answered {value:?}")));
+            }
+        },
+        Err(e) => report.config_error = Some(e),
+    }
+    report
+}
+
+/// Whether the node refused a command because of its ACL.
+fn is_denied(e: &NodeError) -> bool {
+    matches!(e.kind(), NodeErrorKind::Redis(r) if r.code() == Some("NOPERM"))
+}
+
+/// Whether a failed check was answered by the node (an error reply such as an ACL's
+/// `NOPERM`, or a reply that makes no sense) rather than lost (no answer in time, a broken
+/// connection). A node that answers takes part in locking, so what it does not say is
+/// unknown, not absent; a node that stopped answering cannot vote now.
+fn answered(e: &NodeError) -> bool {
+    match e.kind() {
+        NodeErrorKind::Redis(r) => r.code().is_some(),
+        NodeErrorKind::Protocol(_) => true,
+        NodeErrorKind::Timeout(_) | NodeErrorKind::Quarantined(_) => false,
+    }
 }
 
 /// The findings that follow from the node reports and the settings.
-fn judge(reports: &[NodeReport], node_timeout: Duration) -> Vec<Finding> {
+fn judge(reports: &[NodeReport], node_timeout: Duration, fencing: bool) -> Vec<Finding> {
     let mut findings = Vec::new();
     let n = reports.len();
     if n < 3 {
@@ -250,13 +260,23 @@ fn judge(reports: &[NodeReport], node_timeout: Duration) -> Vec<Finding> {
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for r in reports {
-        if let Some(e) = &r.error {
-            if !r.reachable || r.run_id.is_none() {
-                findings.push(Finding::new(
-                    Severity::Error,
-                    Some(r),
-                    FindingKind::Unreachable(e.clone()),
-                ));
+        if !r.reachable || r.run_id.is_none() {
+            if let Some(e) = &r.error {
+                let finding = if r.reachable && answered(e) {
+                    // It answers (and so votes) but would not say what it is: unknown,
+                    // which strict mode refuses, never the "unreachable" it tolerates.
+                    let mut denied = vec!["INFO"];
+                    if r.config_error.is_some() {
+                        denied.push("CONFIG GET appendfsync");
+                    }
+                    FindingKind::Unverifiable {
+                        denied,
+                        cause: e.clone(),
+                    }
+                } else {
+                    FindingKind::Unreachable(e.clone())
+                };
+                findings.push(Finding::new(Severity::Error, Some(r), finding));
                 continue;
             }
         }
@@ -292,10 +312,31 @@ fn judge(reports: &[NodeReport], node_timeout: Duration) -> Vec<Finding> {
                 ));
             }
         }
-        if let Some(aof) = r.aof_enabled {
-            if !aof || r.appendfsync.as_deref().is_some_and(|s| s != "always") {
+        // Fencing tokens assume every write is on disk before it is acknowledged; without
+        // fencing, persistence only narrows the crash window, so it is a warning.
+        let fsync_severity = if fencing {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        match (r.aof_enabled, r.appendfsync.as_deref(), &r.config_error) {
+            (Some(true), None, Some(cause)) => {
+                let kind = if fencing {
+                    FindingKind::Unverifiable {
+                        denied: vec!["CONFIG GET appendfsync"],
+                        cause: cause.clone(),
+                    }
+                } else {
+                    FindingKind::Unchecked {
+                        what: "appendfsync",
+                        cause: cause.clone(),
+                    }
+                };
+                findings.push(Finding::new(fsync_severity, Some(r), kind));
+            }
+            (Some(aof), fsync, _) if !aof || fsync.is_some_and(|s| s != "always") => {
                 findings.push(Finding::new(
-                    Severity::Warning,
+                    fsync_severity,
                     Some(r),
                     FindingKind::NoFsyncAlways {
                         aof_enabled: aof,
@@ -303,6 +344,7 @@ fn judge(reports: &[NodeReport], node_timeout: Duration) -> Vec<Finding> {
                     },
                 ));
             }
+            _ => {}
         }
     }
     findings

@@ -31,8 +31,18 @@ impl fmt::Display for Severity {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum FindingKind {
-    /// The node did not answer, or not as Redis would.
+    /// The node did not answer, or not as Redis would: it cannot vote now.
     Unreachable(NodeError),
+    /// The node answers, but would not let itself be checked: it refused `INFO` or
+    /// `CONFIG GET` (e.g. an ACL denies them) or answered them with something unreadable.
+    /// Its setup is unknown while it takes part in locking, so
+    /// [`CheckMode::Strict`](crate::CheckMode::Strict) refuses it (fails closed).
+    Unverifiable {
+        /// The checks that were refused, e.g. `["INFO", "CONFIG GET appendfsync"]`.
+        denied: Vec<&'static str>,
+        /// Why the first of them failed.
+        cause: NodeError,
+    },
     /// This node is the same server (same `run_id`) as an earlier one.
     SameServer {
         /// The earlier node's index.
@@ -47,14 +57,16 @@ pub enum FindingKind {
         /// The policy found.
         policy: String,
     },
-    /// Writes are not fsynced before they are acknowledged.
+    /// Writes are not fsynced before they are acknowledged. A warning, and an error with
+    /// fencing on: fencing tokens assume `appendfsync always`.
     NoFsyncAlways {
         /// Whether AOF is on.
         aof_enabled: bool,
         /// The `appendfsync` setting, when it could be read.
         appendfsync: Option<String>,
     },
-    /// A setting could not be read (e.g. `CONFIG` denied by an ACL).
+    /// A setting that only a warning depends on could not be read (e.g. `CONFIG GET`
+    /// denied by an ACL without fencing); see [`FindingKind::Unverifiable`] for the rest.
     Unchecked {
         /// What could not be checked.
         what: &'static str,
@@ -117,7 +129,8 @@ impl Finding {
     }
 
     /// Whether strict mode refuses to lock because of it: errors, except an unreachable
-    /// node (which the quorum tolerates; it is checked again when it is back).
+    /// node (which the quorum tolerates; it is checked again when it is back). A node
+    /// that answers but cannot be checked is an error, so strict mode fails closed.
     pub(crate) fn blocks(&self) -> bool {
         self.severity == Severity::Error && !matches!(self.kind, FindingKind::Unreachable(_))
     }
@@ -132,9 +145,42 @@ impl fmt::Display for Finding {
         match &self.kind {
             FindingKind::Unreachable(e) => write!(
                 f,
-                "did not answer the health check ({e}); it cannot vote, so fewer failures \
-                 are tolerated: bring it back or check its address and credentials"
+                "did not answer the health check ({e}); it cannot vote while it does not \
+                 answer, so fewer failures are tolerated: bring it back or check its address \
+                 and credentials"
             ),
+            FindingKind::Unverifiable { denied, cause } => {
+                let info = denied.contains(&"INFO");
+                write!(
+                    f,
+                    "answers but refused {} ({cause}), so ",
+                    denied.join(" and ")
+                )?;
+                if info {
+                    f.write_str(
+                        "its role, eviction policy and persistence are unknown while it \
+                         takes part in locking",
+                    )?;
+                } else {
+                    f.write_str(
+                        "whether it fsyncs every write before acknowledging it (fencing's \
+                         one assumption) is unknown while it takes part in locking",
+                    )?;
+                }
+                let mut grant = Vec::new();
+                if info {
+                    grant.push("+info");
+                }
+                if denied.iter().any(|d| d.starts_with("CONFIG")) {
+                    grant.push("+config|get");
+                }
+                write!(
+                    f,
+                    ": let the client's user run them (`{}`, as in the ACL rule in \
+                     docs/operations.md)",
+                    grant.join(" ")
+                )
+            }
             FindingKind::SameServer { first } => write!(
                 f,
                 "is the same server as node {first} (same run_id); its votes count twice and \
@@ -173,7 +219,8 @@ impl fmt::Display for Finding {
                 }
                 if self.fencing {
                     f.write_str(
-                        ", and fencing counters too, so tokens could repeat: set \
+                        ", and fencing counters too, so tokens could repeat; fencing assumes \
+                         every write is on disk before it is acknowledged: set \
                          `appendonly yes` and `appendfsync always`",
                     )
                 } else {
@@ -217,7 +264,7 @@ pub struct NodeReport {
     pub index: usize,
     /// `host:port[/db]`, without credentials.
     pub endpoint: Arc<str>,
-    /// Whether it answered `PING`.
+    /// Whether it answered `PING` (a refusal by an ACL counts as an answer).
     pub reachable: bool,
     /// The `PING` round trip.
     pub latency: Option<Duration>,
@@ -241,6 +288,8 @@ pub struct NodeReport {
     pub cluster_enabled: Option<bool>,
     /// Why it could not be checked, when it could not.
     pub error: Option<NodeError>,
+    /// Why `CONFIG GET appendfsync` failed, when it did.
+    pub(super) config_error: Option<NodeError>,
 }
 
 impl NodeReport {
@@ -265,6 +314,7 @@ impl NodeReport {
             uptime: None,
             cluster_enabled: None,
             error: None,
+            config_error: None,
         }
     }
 }

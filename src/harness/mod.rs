@@ -17,6 +17,50 @@
 //! | [`Node::flap`]`(d)`       | (heals itself)         | partition, heal after `d`                 |
 //! | [`Node::latency_spike`]`(l, d)` | (ends itself)    | latency `l` for `d`, then as before       |
 //!
+//! # Use it in your own tests
+//!
+//! Turn the feature on for tests only, in your `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! tokio-redlock = "0.1"
+//!
+//! [dev-dependencies]
+//! tokio-redlock = { version = "0.1", features = ["harness"] }
+//! ```
+//!
+//! Never in `[dependencies]`: the harness starts and signals processes, and brings `nix`
+//! and `tempfile`, which your production build does not need. Cargo adds the feature
+//! for test builds only (examples and benchmarks included). Each `Cluster` starts its
+//! own servers on free ports, so tests can run in parallel; `redis-server` must be
+//! installed (see below).
+//!
+//! A complete test, as `tests/lock.rs` of your crate (`cargo test` runs it):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio_redlock::harness::Cluster;
+//! use tokio_redlock::Redlock;
+//!
+//! #[tokio::test]
+//! async fn the_lock_holds_with_a_node_paused() -> Result<(), Box<dyn std::error::Error>> {
+//!     let cluster = Cluster::builder().nodes(3).start().await?;
+//!     let redlock = Redlock::builder().nodes(cluster.urls()).build()?;
+//!     let other = Redlock::builder().nodes(cluster.urls()).retry_count(0).build()?;
+//!
+//!     let guard = redlock.acquire("job:1", Duration::from_secs(5)).await?;
+//!     cluster.node(0).pause().await?; // SIGSTOP: node 0 stops answering
+//!     // The two others still refuse a second owner ...
+//!     let err = other.try_acquire("job:1", Duration::from_secs(5)).await.unwrap_err();
+//!     assert!(err.is_conflict(), "{err}");
+//!     // ... and let the holder release.
+//!     guard.release().await?;
+//!     cluster.node(0).resume().await?;
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
 //! # Example: one node partitioned away
 //!
 //! ```no_run

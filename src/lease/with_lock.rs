@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{Lease, LeaseOptions};
 use crate::error::Error;
+use crate::guard::LockGuard;
 use crate::redlock::Redlock;
 
 impl Redlock {
@@ -17,52 +18,35 @@ impl Redlock {
     /// it panics, and when this future is dropped.
     ///
     /// # When the lock is lost
-    /// If no extension succeeds before the validity ends (or the nodes say the lock is
-    /// gone), `work` is **dropped** and this returns [`Error::LockLost`], no later than
-    /// the last [`Lease::valid_until`] up to scheduling delay.
+    /// The loss is declared when no extension succeeded before the validity ended, or
+    /// the nodes said the lock is gone; no later than the last [`Lease::valid_until`] up
+    /// to scheduling delay. What happens to `work` then is
+    /// [`LeaseOptions::drop_work_on_loss`]'s choice:
     ///
-    /// Dropping a future is cancellation *at the `.await` it is suspended on*: nothing
-    /// interrupts code that is running between two awaits, so a step that started while
-    /// the lock was held runs on to its next await, and whatever state it left half
-    /// done stays that way. A long CPU-bound stretch or a blocking call is not stopped
-    /// at all. Work that must stop at a point of its own choosing should watch
-    /// [`Lease::lost`] itself, with `tokio::select!`, and check [`Lease::is_held`]
-    /// before each irreversible step; storage that must refuse a paused holder should
-    /// check the fencing token (see [`FenceGate`](crate::FenceGate)).
+    /// - By default (`true`), `work` is **dropped** and this returns [`Error::LockLost`]
+    ///   at once. Dropping a future is cancellation *at the `.await` it is suspended
+    ///   on*: nothing interrupts code that is running between two awaits, so a step that
+    ///   started while the lock was held runs on to its next await, and whatever state
+    ///   it left half done stays that way. A long CPU-bound stretch or a blocking call is
+    ///   not stopped at all. The work does not get to react to the loss: this call
+    ///   sees it first and drops the work, so a branch of the work that waits for
+    ///   [`Lease::lost`] runs at most up to its first await, if at all.
+    /// - With `drop_work_on_loss(false)` (through [`with_lock_opts`](Self::with_lock_opts)),
+    ///   [`Lease::lost`] resolves and [`Lease::cancellation_token`] is cancelled, `work`
+    ///   runs on until it returns, and then this returns [`Error::LockLost`] (the output
+    ///   is discarded). Work that must stop at a point of its own choosing watches the
+    ///   loss with `tokio::select!` and checks [`Lease::is_held`] before each
+    ///   irreversible step, as below.
     ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn copy_batch(_: usize) {}
-    /// # async fn commit(_: Option<u64>) {}
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let copied = redlock
-    ///     .with_lock("import:daily", Duration::from_secs(5), |lease| async move {
-    ///         let mut done = 0;
-    ///         for batch in 0..1_000 {
-    ///             tokio::select! {
-    ///                 // Checked first: stop between batches, never inside one.
-    ///                 biased;
-    ///                 _ = lease.lost() => break,
-    ///                 _ = copy_batch(batch) => done += 1,
-    ///             }
-    ///         }
-    ///         if lease.is_held() {
-    ///             commit(lease.fencing_token()).await;
-    ///         }
-    ///         done
-    ///     })
-    ///     .await?;
-    /// # let _ = copied;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// A plain use:
+    /// Either way, storage that must refuse a paused holder should check the fencing
+    /// token (see [`FenceGate`](crate::FenceGate)): a check of `is_held` can be stale by
+    /// the time the step lands.
     ///
     /// ```no_run
     /// # use std::time::Duration;
     /// # async fn charge(_: Option<u64>) -> u64 { 7 }
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// // Dropped if the lock is lost: fine for a step that is all or nothing.
     /// let receipt = redlock
     ///     .with_lock("payment:42", Duration::from_secs(5), |lease| async move {
     ///         charge(lease.fencing_token()).await
@@ -73,10 +57,45 @@ impl Redlock {
     /// # }
     /// ```
     ///
+    /// Work that stops between batches and commits only while the lock is held:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn copy_batch(_: usize) {}
+    /// # async fn commit(_: Option<u64>) {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// use tokio_redlock::LeaseOptions;
+    ///
+    /// // Let the work see the loss instead of being dropped.
+    /// let opts = LeaseOptions::default().drop_work_on_loss(false);
+    /// let copied = redlock
+    ///     .with_lock_opts("import:daily", Duration::from_secs(5), opts, |lease| async move {
+    ///         let mut done = 0;
+    ///         for batch in 0..1_000 {
+    ///             // Stop between batches, never inside one: a batch that started ends.
+    ///             if !lease.is_held() {
+    ///                 break;
+    ///             }
+    ///             copy_batch(batch).await;
+    ///             done += 1;
+    ///         }
+    ///         if lease.is_held() {
+    ///             commit(lease.fencing_token()).await;
+    ///         }
+    ///         done
+    ///     })
+    ///     .await?; // Err(LockLost) after the work returned, if the lock was lost
+    /// # let _ = copied;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// What [`acquire`](Self::acquire) returns; [`Error::LockLost`] when the lock was lost
-    /// while `work` ran. A failed release at the end is logged, not returned: the work
-    /// is done, and the lock expires with its TTL.
+    /// while `work` ran, or found lost by the release at the end (see
+    /// [`LockGuard::release`](crate::LockGuard::release)). Any other failure of that
+    /// release is logged, not returned: the work is done, and the lock expires with its
+    /// TTL.
     ///
     /// # Panics
     /// Never itself. If `work` panics, the panic goes on to the caller (to the
@@ -135,23 +154,47 @@ impl Redlock {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        let kept = self.acquire(resource, ttl).await?.keep_alive_with(options);
-        let lease = kept.lease().clone();
-        let work = work(lease.clone());
+        let guard = self.acquire(resource, ttl).await?;
+        run_kept(guard, options, work).await
+    }
+}
+
+/// Runs `work` under `guard`, kept alive with `options`, and releases it at the end: the
+/// body of [`Redlock::with_lock_opts`] and of `LockRequest::with`.
+pub(crate) async fn run_kept<F, Fut, T>(
+    guard: LockGuard,
+    options: LeaseOptions,
+    work: F,
+) -> Result<T, Error>
+where
+    F: FnOnce(Lease) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let kept = guard.keep_alive_with(options);
+    let lease = kept.lease().clone();
+    let work = work(lease.clone());
+    let out = if options.drop_work_on_loss {
         tokio::select! {
             // The loss is checked first: a lock lost at the same moment the work ends
             // is reported as lost, since the work's end was not protected.
             biased;
-            _ = lease.lost() => Err(lease.lost_error()),
-            out = work => {
-                if let Err(e) = kept.release().await {
-                    if e.is_lock_lost() {
-                        return Err(e);
-                    }
-                    tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
-                }
-                Ok(out)
-            }
+            _ = lease.lost() => return Err(lease.lost_error()),
+            out = work => out,
         }
+    } else {
+        // The work sees the loss through the lease and decides when to stop.
+        work.await
+    };
+    // Lost while the work ran (declared by the keep-alive; a release cannot have
+    // happened yet, since `kept` is still here): the work's end was not protected.
+    if lease.lost_reason().is_some() {
+        return Err(lease.lost_error());
     }
+    if let Err(e) = kept.release().await {
+        if e.is_lock_lost() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
+    }
+    Ok(out)
 }

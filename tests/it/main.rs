@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
 
+mod belief;
 mod core;
 mod explore;
 mod fencing;
@@ -11,6 +12,8 @@ mod ops;
 mod payment;
 mod process;
 mod quarantine;
+mod release;
 mod safety;
 mod support;
+mod with_lock;
 mod workload;

@@ -519,6 +519,221 @@ async fn a_missing_permission_is_named() {
     );
 }
 
+/// A strict manager on `urls`, with `fencing` as given.
+fn strict_on(urls: Vec<String>, fencing: bool) -> Redlock {
+    Redlock::builder()
+        .nodes(urls)
+        .node_timeout(Duration::from_millis(250))
+        .retry_count(1)
+        .retry_delay(Duration::from_millis(20))
+        .fencing(fencing)
+        .check_on_connect(CheckMode::Strict)
+        .build()
+        .unwrap()
+}
+
+/// The findings of an `Error::Unhealthy`, as (node, kind name); panics on any other result.
+fn refused(
+    result: Result<tokio_redlock::LockGuard, Error>,
+) -> (Vec<(Option<usize>, String)>, String) {
+    match result {
+        Err(err @ Error::Unhealthy { .. }) => {
+            let Error::Unhealthy { findings } = &err else {
+                unreachable!()
+            };
+            let found = findings
+                .iter()
+                .map(|f| {
+                    let kind = format!("{:?}", f.kind());
+                    let name = kind.split(['(', ' ', '{']).next().unwrap_or("").to_owned();
+                    (f.node(), name)
+                })
+                .collect();
+            (found, err.to_string())
+        }
+        Err(other) => panic!("expected Unhealthy, got {other}"),
+        Ok(guard) => panic!("expected Unhealthy, but locked {:?}", guard.resources()),
+    }
+}
+
+/// Strict mode fails closed: a node that answers but whose ACL denies `INFO` and
+/// `CONFIG GET` cannot be shown to be safe, so it is refused as "unverifiable", not
+/// tolerated as "unreachable" (it answers, and takes part in locking).
+#[tokio::test]
+async fn strict_refuses_a_node_that_denies_info_and_config() {
+    let cluster = cluster_with(3, Persistence::AofAlways).await;
+    acl_user(&cluster, "watcher", "pw-watcher-6", LOCKER_RULE).await;
+    let mut conns = direct(&cluster).await;
+    let set_rule_on_node_1 = |rule: String| {
+        let mut c = redis::cmd("ACL");
+        c.arg("SETUSER")
+            .arg("watcher")
+            .arg("reset")
+            .arg("on")
+            .arg(">pw-watcher-6");
+        for part in rule.split_whitespace() {
+            c.arg(part);
+        }
+        c
+    };
+    let urls = urls_as(&cluster, "watcher", "pw-watcher-6");
+    for (rule, what) in [
+        (
+            LOCKER_RULE.replace(" +info +config|get", ""),
+            "INFO and CONFIG GET denied",
+        ),
+        (
+            LOCKER_RULE.replace(" +ping +info +config|get", ""),
+            "PING, INFO and CONFIG GET denied",
+        ),
+    ] {
+        let _: () = set_rule_on_node_1(rule)
+            .query_async(&mut conns[1])
+            .await
+            .unwrap();
+        // The node still locks: the ACL lets every locking command through.
+        let plain = Redlock::builder()
+            .nodes(urls.clone())
+            .node_timeout(Duration::from_millis(250))
+            .build()
+            .unwrap();
+        let g = bounded(plain.acquire("unverified", TTL)).await.unwrap();
+        assert!(
+            values(&mut conns, "unverified")
+                .await
+                .iter()
+                .all(Option::is_some),
+            "{what}: node 1 votes"
+        );
+        bounded(g.release()).await.unwrap();
+        // diagnose says what was denied, and does not call it unreachable.
+        let report = bounded(plain.diagnose()).await;
+        assert_eq!(
+            kinds(&report),
+            [(Some(1), "Unverifiable".to_owned())],
+            "{what}: {report}"
+        );
+        assert!(report.nodes()[1].reachable, "{what}: {report}");
+        let text = report.to_string();
+        assert!(
+            text.contains("refused INFO and CONFIG GET appendfsync")
+                && text.contains("permission denied")
+                && text.contains("+info +config|get")
+                && !text.contains("cannot vote"),
+            "{what}: {text}"
+        );
+        // Strict refuses to lock, naming the node.
+        let (found, msg) =
+            refused(bounded(strict_on(urls.clone(), false).acquire("unverified", TTL)).await);
+        assert_eq!(
+            found,
+            [(Some(1), "Unverifiable".to_owned())],
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains("node 1 (") && msg.contains("+info +config|get"),
+            "{what}: {msg}"
+        );
+        assert!(
+            values(&mut conns, "unverified")
+                .await
+                .iter()
+                .all(Option::is_none),
+            "{what}: nothing was locked"
+        );
+    }
+    // Granted what it asked for, the node is checked and strict mode locks.
+    let _: () = set_rule_on_node_1(LOCKER_RULE.to_owned())
+        .query_async(&mut conns[1])
+        .await
+        .unwrap();
+    let g = bounded(strict_on(urls, true).acquire("unverified", TTL))
+        .await
+        .unwrap();
+    assert!(g.fencing_token().is_some());
+    bounded(g.release()).await.unwrap();
+}
+
+/// Fencing tokens assume `appendfsync always`: with fencing on, strict mode refuses
+/// nodes without it (memory-only, `everysec`), and nodes it cannot ask; without fencing
+/// those stay warnings and it locks.
+#[tokio::test]
+async fn strict_with_fencing_refuses_nodes_without_fsync_always() {
+    let cluster = cluster(3).await;
+    let mut conns = direct(&cluster).await;
+    let (found, msg) =
+        refused(bounded(strict_on(cluster.urls(), true).acquire("fsync", TTL)).await);
+    assert_eq!(
+        found,
+        (0..3)
+            .map(|i| (Some(i), "NoFsyncAlways".to_owned()))
+            .collect::<Vec<_>>(),
+        "{msg}"
+    );
+    assert!(msg.contains("appendfsync always"), "{msg}");
+    assert!(values(&mut conns, "fsync")
+        .await
+        .iter()
+        .all(Option::is_none));
+    // Without fencing, memory-only nodes are a warning: strict locks.
+    bounded(strict_on(cluster.urls(), false).acquire("fsync", TTL))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // AOF on every node, but node 2 fsyncs only every second: still refused, for node 2.
+    for c in conns.iter_mut() {
+        cmd(c, &["CONFIG", "SET", "appendonly", "yes"]).await;
+        cmd(c, &["CONFIG", "SET", "appendfsync", "always"]).await;
+    }
+    cmd(&mut conns[2], &["CONFIG", "SET", "appendfsync", "everysec"]).await;
+    let (found, msg) =
+        refused(bounded(strict_on(cluster.urls(), true).acquire("fsync", TTL)).await);
+    assert_eq!(found, [(Some(2), "NoFsyncAlways".to_owned())], "{msg}");
+    assert!(
+        msg.contains("everysec") && msg.contains("node 2 ("),
+        "{msg}"
+    );
+}
+
+/// With fencing on, every node running `appendfsync always` passes strict mode; one whose
+/// ACL denies `CONFIG GET` cannot show it does, and is refused (without fencing, that is
+/// only a warning).
+#[tokio::test]
+async fn strict_with_fencing_locks_on_aof_always_nodes() {
+    let cluster = cluster_with(3, Persistence::AofAlways).await;
+    let mut conns = direct(&cluster).await;
+    let g = bounded(strict_on(cluster.urls(), true).acquire("aof", TTL))
+        .await
+        .unwrap();
+    assert!(g.fencing_token().is_some());
+    bounded(g.release()).await.unwrap();
+
+    let no_config = LOCKER_RULE.replace(" +config|get", "");
+    acl_user(&cluster, "noconf", "pw-noconf-7", &no_config).await;
+    let urls = urls_as(&cluster, "noconf", "pw-noconf-7");
+    let (found, msg) = refused(bounded(strict_on(urls.clone(), true).acquire("aof", TTL)).await);
+    assert_eq!(
+        found,
+        (0..3)
+            .map(|i| (Some(i), "Unverifiable".to_owned()))
+            .collect::<Vec<_>>(),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("+config|get") && msg.contains("fencing"),
+        "{msg}"
+    );
+    assert!(values(&mut conns, "aof").await.iter().all(Option::is_none));
+    bounded(strict_on(urls, false).acquire("aof", TTL))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn passwords_never_show() {
     let cluster = cluster(3).await;

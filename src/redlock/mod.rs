@@ -1,0 +1,442 @@
+//! [`Redlock`]: the lock manager. The attempt (the Redlock steps) is in `attempt.rs`,
+//! the loop of attempts in `retry.rs`, per-call options in `request.rs`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tracing::Instrument;
+
+use crate::builder::{Config, RedlockBuilder};
+use crate::error::Error;
+use crate::guard::LockGuard;
+use crate::metrics;
+use crate::node::Node;
+use crate::quorum;
+use crate::sync::lock;
+use crate::wake::{self, Wakeups};
+
+mod attempt;
+mod request;
+mod retry;
+
+pub use request::LockRequest;
+pub(crate) use retry::Want;
+
+/// Fencing counters cached per manager before the cache is cleared. A missing entry only
+/// costs one extra round trip (a stale reply teaches the counter), so a crude bound is fine.
+const FENCE_CACHE_LIMIT: usize = 10_000;
+/// How long a key this manager found held counts as contended: long enough to span a
+/// worker's loop around a short critical section, short enough that a key that went
+/// quiet is soon locked with a plain `SET NX` again.
+const CONTENDED_MEMORY: Duration = Duration::from_secs(1);
+/// Lua numbers are doubles: a candidate must stay below 2^53 to be exact.
+pub(crate) const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
+/// Resource names longer than this are refused: keys are sent on every request and
+/// stored on every node, and 64 KiB is far beyond any real name.
+pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
+
+/// The Redlock manager: acquires, extends and releases locks on N independent Redis nodes.
+///
+/// A lock is held when a quorum (N/2 + 1) of the nodes agreed to it and its validity,
+/// `ttl − elapsed − drift`, has not run out. `Redlock` is cheap to clone: clones share
+/// the nodes' connections and settings.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use tokio_redlock::Redlock;
+///
+/// # async fn run() -> Result<(), tokio_redlock::Error> {
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .build()?;
+/// let guard = redlock.acquire("payment:42", Duration::from_secs(5)).await?;
+/// // ... charge the payment, within guard.remaining_validity() ...
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) nodes: Arc<[Node]>,
+    pub(crate) config: Config,
+    wakeups: Wakeups,
+    /// What this manager learnt of a key's contention (one lock, one lookup per
+    /// acquisition).
+    hints: Mutex<HashMap<String, KeyHint>>,
+    /// The highest fencing counter this manager has seen per resource key.
+    fences: Mutex<HashMap<String, u64>>,
+    /// State of the `check_on_connect` health checks.
+    pub(crate) health: crate::diagnose::HealthState,
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints: Vec<&str> = self.inner.nodes.iter().map(|n| &*n.endpoint).collect();
+        f.debug_struct("Redlock")
+            .field("nodes", &endpoints)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Redlock {
+    /// Starts a builder; see [`RedlockBuilder`] for every setting and its default.
+    ///
+    /// ```
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .node("redis://127.0.0.1:7001")
+    ///     .build()?;
+    /// assert_eq!(redlock.node_count(), 1);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn builder() -> RedlockBuilder {
+        RedlockBuilder::default()
+    }
+
+    pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                wakeups: Wakeups::new(nodes.len()),
+                hints: Mutex::new(HashMap::new()),
+                nodes,
+                config,
+                fences: Mutex::new(HashMap::new()),
+                health: Default::default(),
+            }),
+        }
+    }
+
+    /// The number of nodes that must agree: N/2 + 1.
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder()
+    /// #     .nodes((1..=5).map(|p| format!("redis://127.0.0.1:700{p}"))).build()?;
+    /// assert_eq!(redlock.quorum(), 3);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn quorum(&self) -> usize {
+        quorum::quorum(self.inner.nodes.len())
+    }
+
+    /// The number of nodes (N).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder()
+    /// #     .nodes((1..=5).map(|p| format!("redis://127.0.0.1:700{p}"))).build()?;
+    /// assert_eq!(redlock.node_count(), 5);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn node_count(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// The bound on each request to one node (see
+    /// [`RedlockBuilder::node_timeout`]).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.node_timeout(), std::time::Duration::from_millis(50));
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn node_timeout(&self) -> Duration {
+        self.inner.config.node_timeout
+    }
+
+    /// The Redis key that holds the lock of `resource`: the key prefix (none by default)
+    /// followed by the resource name.
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.key_of("payment:42"), "payment:42");
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn key_of(&self, resource: &str) -> String {
+        format!("{}{resource}", self.inner.config.key_prefix)
+    }
+
+    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`).
+    ///
+    /// ```
+    /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
+    /// assert_eq!(redlock.fence_key_of("payment:42"), "payment:42:fence");
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn fence_key_of(&self, resource: &str) -> String {
+        format!(
+            "{}{resource}{}",
+            self.inner.config.key_prefix, self.inner.config.fence_suffix
+        )
+    }
+
+    /// Acquires the lock on `resource` for `ttl`, retrying up to `retry_count` times.
+    ///
+    /// Each attempt sets the key with a fresh random value on all nodes at once and
+    /// succeeds when a quorum agreed and validity is left; a failed attempt removes what
+    /// it set, on every node, before the next one.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.acquire("payment:42", Duration::from_secs(5)).await?;
+    /// assert!(guard.is_valid());
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another owner holds it on too many nodes,
+    /// [`Error::NoQuorum`] when too few nodes answered, [`Error::Expired`] when a quorum
+    /// agreed too late; the last attempt decides which. [`Error::Config`] for an empty or
+    /// over-long resource name or a ttl under 3 ms or over `i64::MAX` ms.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any await point leaves nothing held: keys an unfinished
+    /// attempt may have set are released by a background task (and expire with `ttl`
+    /// anyway, also without a runtime).
+    pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard, Error> {
+        self.acquire_with(&[resource], self.want(ttl)).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but makes exactly one attempt.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// match redlock.try_acquire("report:daily", Duration::from_secs(60)).await {
+    ///     Ok(guard) => { /* we run the report */ guard.release().await?; }
+    ///     Err(e) if e.is_conflict() => { /* someone else runs it */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire), with one attempt.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard, Error> {
+        let want = Want {
+            retries: 0,
+            ..self.want(ttl)
+        };
+        self.acquire_with(&[resource], want).await
+    }
+
+    /// Acquires all of `resources` together, or none: on each node one script sets every
+    /// key only if none of them exists. Retries like [`acquire`](Self::acquire), waiting
+    /// for the release of whichever key the nodes found held.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock
+    ///     .acquire_many(&["account:1", "account:2"], Duration::from_secs(5))
+    ///     .await?;
+    /// assert_eq!(guard.resources().len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire); also [`Error::Config`] for an empty list or a
+    /// resource listed twice.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire).
+    pub async fn acquire_many<S: AsRef<str>>(
+        &self,
+        resources: &[S],
+        ttl: Duration,
+    ) -> Result<LockGuard, Error> {
+        let names: Vec<&str> = resources.iter().map(AsRef::as_ref).collect();
+        self.acquire_with(&names, self.want(ttl)).await
+    }
+
+    /// Starts a lock request on `resource` with per-call options (ttl, wait budget,
+    /// retries, minimum validity), sharing this manager's connections and wake-ups.
+    /// `acquire(resource, ttl)` is `lock(resource).ttl(ttl).acquire()`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock
+    ///     .lock("payment:42")
+    ///     .ttl(Duration::from_secs(5))
+    ///     .wait(Duration::from_secs(2))
+    ///     .min_validity(Duration::from_millis(500))
+    ///     .acquire()
+    ///     .await?;
+    /// # guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lock(&self, resource: &str) -> LockRequest<'_> {
+        LockRequest::new(self, resource)
+    }
+
+    /// The manager's own settings for an acquisition of `ttl`.
+    pub(crate) fn want(&self, ttl: Duration) -> Want {
+        let config = &self.inner.config;
+        Want {
+            ttl,
+            retries: config.retry_count,
+            wait: None,
+            min_validity: config.min_validity,
+        }
+    }
+
+    /// Checks a lock request before anything is sent; returns the ttl in whole ms.
+    pub(crate) fn check_request(&self, resources: &[&str], want: &Want) -> Result<u64, Error> {
+        if resources.is_empty() {
+            return Err(Error::Config("no resources: name at least one".into()));
+        }
+        let config = &self.inner.config;
+        for (i, r) in resources.iter().enumerate() {
+            if r.is_empty() {
+                return Err(Error::Config(
+                    "empty resource name: name what you lock".into(),
+                ));
+            }
+            if r.len() > MAX_RESOURCE_LEN {
+                return Err(Error::Config(format!(
+                    "resource name of {} bytes is over the {MAX_RESOURCE_LEN}-byte limit; \
+                     lock a short id or a hash of it",
+                    r.len()
+                )));
+            }
+            if resources[..i].contains(r) {
+                return Err(Error::Config(format!("resource `{r}` is listed twice")));
+            }
+            // The auxiliary keys beside each lock key are `<key>:waiters` and
+            // `<key><fence suffix>`; a resource whose name ends so would share its key
+            // with another resource's queue or counter. (The builder makes sure neither
+            // suffix ends with the other, so no two auxiliary keys can meet either.)
+            for suffix in [wake::QUEUE_SUFFIX, config.fence_suffix.as_str()] {
+                if r.ends_with(suffix) {
+                    return Err(Error::Config(format!(
+                        "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \
+                         each lock key; its key could be another resource's. Rename it"
+                    )));
+                }
+            }
+        }
+        let ttl = want.ttl;
+        let ttl_ms =
+            quorum::ttl_ms(ttl).map_err(|why| Error::Config(format!("ttl {ttl:?}: {why}")))?;
+        let exact = Duration::from_millis(ttl_ms);
+        let most = exact.saturating_sub(quorum::drift(exact, config.drift_factor));
+        if want.min_validity >= most {
+            return Err(Error::Config(format!(
+                "min_validity {:?} is not below what a ttl of {ttl:?} can ever leave ({most:?}, \
+                 after the drift): every grant would count as failed; use a longer ttl or a \
+                 smaller min_validity",
+                want.min_validity
+            )));
+        }
+        Ok(ttl_ms)
+    }
+
+    /// Every acquisition goes through here: checks, the health gate, the retry loop,
+    /// metrics.
+    pub(crate) async fn acquire_with(
+        &self,
+        resources: &[&str],
+        want: Want,
+    ) -> Result<LockGuard, Error> {
+        let ttl_ms = self.check_request(resources, &want)?;
+        if self.inner.config.check_on_connect != crate::diagnose::CheckMode::Off {
+            self.health_gate().await?;
+        }
+        let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
+        let start = Instant::now();
+        let result = self
+            .lock_checked(resources, ttl_ms, &want)
+            .instrument(span)
+            .await;
+        let attempts = match &result {
+            Ok(guard) => guard.attempts(),
+            Err(e) => e.attempts().unwrap_or(1),
+        };
+        metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
+        result
+    }
+
+    pub(super) fn cached_fence(&self, fence_keys: &[String]) -> u64 {
+        let cache = lock(&self.inner.fences);
+        fence_keys
+            .iter()
+            .filter_map(|k| cache.get(k).copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub(super) fn remember_fence(&self, fence_keys: &[String], seen: u64) {
+        let mut cache = lock(&self.inner.fences);
+        if cache.len() >= FENCE_CACHE_LIMIT {
+            cache.clear();
+        }
+        for key in fence_keys {
+            let entry = cache.entry(key.clone()).or_insert(0);
+            *entry = (*entry).max(seen);
+        }
+    }
+}
+
+/// What a manager remembers of one key between acquisitions.
+#[derive(Debug, Default)]
+pub(super) struct KeyHint {
+    /// Until when it lets a waiter it woke go first (see [`Inner::yield_to`]).
+    pub(super) yield_until: Option<Instant>,
+    /// When it last found the key held by another owner.
+    pub(super) contended_at: Option<Instant>,
+}
+
+impl Inner {
+    pub(super) fn hint(&self, key: &str, update: impl FnOnce(&mut KeyHint)) {
+        let mut hints = lock(&self.hints);
+        if hints.len() >= FENCE_CACHE_LIMIT && !hints.contains_key(key) {
+            hints.clear();
+        }
+        update(hints.entry(key.to_owned()).or_default());
+    }
+
+    /// The head start owed to a woken waiter (taken: it is owed once), and whether the
+    /// key was found held recently.
+    pub(super) fn take_hint(&self, key: &str) -> (Option<Instant>, bool) {
+        let mut hints = lock(&self.hints);
+        let Some(hint) = hints.get_mut(key) else {
+            return (None, false);
+        };
+        let contended = hint
+            .contended_at
+            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY);
+        (hint.yield_until.take(), contended)
+    }
+
+    /// After a release of `key` that woke a waiter, this manager's next acquisition of
+    /// `key` waits `head_start` first, so that the woken waiter, which hears of the
+    /// release about when this manager does, wins the race instead of the releaser.
+    pub(crate) fn yield_to(&self, key: &str, head_start: Duration) {
+        let until = crate::clock::instant_after(head_start);
+        self.hint(key, |h| h.yield_until = Some(until));
+    }
+}
+
+/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
+pub(crate) fn new_value() -> String {
+    // MUTANT (safety suite only): every acquisition gets the same value.
+    #[cfg(redlock_mutant = "constant_value")]
+    return "0".repeat(32);
+    format!("{:032x}", rand::rng().random::<u128>())
+}

@@ -1,0 +1,218 @@
+//! One round of requests: the request every node runs, the fan-out to all nodes, and
+//! the requests left to finish in the background once the caller has decided.
+//!
+//! Below both the manager (acquire) and the guard (extend, release); it knows nodes and
+//! scripts, never the manager.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use redis::Value;
+
+use crate::error::NodeError;
+use crate::metrics;
+use crate::node::{Node, Request};
+use crate::scripts;
+use crate::wake;
+
+/// What a request does to its owner value on each node, so that each node runs a
+/// release or undo of a value after every earlier request that may set it.
+pub(crate) enum Order {
+    /// Neither sets nor removes an owner value (extend, queue upkeep).
+    Free,
+    /// May set this value (every acquire).
+    Sets(Arc<str>),
+    /// Removes this value (release, undo): waits, per node, for its setters.
+    Clears(Arc<str>),
+}
+
+/// A request to run on every node, shared by the per-node futures.
+pub(crate) struct Op {
+    kind: Kind,
+    order: Order,
+}
+
+enum Kind {
+    Script(scripts::Call),
+    /// A plain `SET NX` and the script that replaces it when it is sent again.
+    Set(redis::Cmd, scripts::Call),
+}
+
+impl Op {
+    fn request(&self) -> Request<'_> {
+        match &self.kind {
+            Kind::Script(call) => Request::Script(call),
+            Kind::Set(cmd, resend) => Request::Set { cmd, resend },
+        }
+    }
+
+    /// A script request that may set `value`.
+    pub(crate) fn setting(call: scripts::Call, value: &Arc<str>) -> Self {
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Sets(Arc::clone(value)),
+        }
+    }
+
+    /// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
+    pub(crate) fn set_nx(key: &str, value: &Arc<str>, ttl_ms: u64) -> Self {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(&**value).arg("NX").arg("PX").arg(ttl_ms);
+        let mut resend = scripts::Call::new(&scripts::ACQUIRE_ONE, &[key]);
+        resend.arg(&**value).arg(ttl_ms);
+        Self {
+            kind: Kind::Set(cmd, resend),
+            order: Order::Sets(Arc::clone(value)),
+        }
+    }
+
+    /// Compare-and-delete of `keys` held with `value`; with `notify`, waiters on the
+    /// released keys are woken.
+    pub(crate) fn release(keys: &[String], value: &Arc<str>, notify: bool) -> Self {
+        let call = if notify {
+            let queues = keys.iter().map(|k| format!("{k}{}", wake::QUEUE_SUFFIX));
+            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
+            let mut call = scripts::Call::new(&scripts::RELEASE, &all);
+            call.arg(&**value).arg(wake::CHANNEL_PREFIX);
+            call
+        } else {
+            let mut call = scripts::Call::new(&scripts::RELEASE, keys);
+            call.arg(&**value).arg("");
+            call
+        };
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Clears(Arc::clone(value)),
+        }
+    }
+
+    /// Compare-and-pexpire of `keys` held with `value`. Unordered: sent again after a
+    /// release, it finds the value gone and touches nothing.
+    pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Self {
+        let mut call = scripts::Call::new(&scripts::EXTEND, keys);
+        call.arg(value).arg(ttl_ms);
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Free,
+        }
+    }
+}
+
+pub(crate) type Reply = (usize, Result<Value, NodeError>);
+pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
+
+/// Sends `op` to every node at once. Each reply comes back with its node's index.
+///
+/// The futures own what they use, so the caller can stop listening at any time and
+/// hand the stragglers to [`finish_in_background`].
+pub(crate) fn fan_out(nodes: &Arc<[Node]>, op: Arc<Op>) -> Replies {
+    fan_out_where(nodes, op, |_| true)
+}
+
+/// Like [`fan_out`], to the nodes `to` picks.
+pub(crate) fn fan_out_where(
+    nodes: &Arc<[Node]>,
+    op: Arc<Op>,
+    to: impl Fn(usize) -> bool,
+) -> Replies {
+    (0..nodes.len())
+        .filter(|i| to(*i))
+        .map(|i| {
+            let nodes = Arc::clone(nodes);
+            let op = Arc::clone(&op);
+            // Registered now, not at the first poll: a release started after this
+            // returns must see every request of this round.
+            let ticket = match &op.order {
+                Order::Sets(value) => Some(nodes[i].setting(value)),
+                _ => None,
+            };
+            async move {
+                if let Order::Clears(value) = &op.order {
+                    nodes[i].settled(value).await;
+                }
+                let reply = nodes[i].run(op.request()).await;
+                drop(ticket);
+                (i, reply)
+            }
+            .boxed()
+        })
+        .collect()
+}
+
+/// Lets requests that were already sent finish without anyone waiting for them, and
+/// logs their failures.
+pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
+    // Replies that are in already need no task: on a healthy cluster the stragglers
+    // usually are, and a spawn per operation is most of what this would cost.
+    while let Some(Some((node, reply))) = rest.next().now_or_never() {
+        if let Err(e) = reply {
+            tracing::debug!(node, error = %e, "{what}: late request failed");
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        while let Some((node, reply)) = rest.next().await {
+            if let Err(e) = reply {
+                tracing::debug!(node, error = %e, "{what}: late request failed");
+            }
+        }
+    });
+}
+
+/// Replies a caller is still collecting; whatever is left of them when it is dropped
+/// (decided, or cancelled mid-way) goes on in the background.
+pub(crate) struct Collecting {
+    replies: Option<Replies>,
+    what: &'static str,
+}
+
+impl Collecting {
+    pub(crate) fn new(replies: Replies, what: &'static str) -> Self {
+        Self {
+            replies: Some(replies),
+            what,
+        }
+    }
+
+    /// The next reply, or `None` when every node answered.
+    pub(crate) async fn next(&mut self) -> Option<Reply> {
+        self.replies.as_mut()?.next().await
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        if let Some(rest) = self.replies.take() {
+            finish_in_background(rest, self.what);
+        }
+    }
+}
+
+/// Releases `keys` held with `value` on every node, in a task of its own on `handle`,
+/// and logs what failed. Used by `Drop` and by cancelled acquisitions; never blocks.
+pub(crate) fn release_in_background(
+    handle: &tokio::runtime::Handle,
+    nodes: Arc<[Node]>,
+    op: Op,
+    what: &'static str,
+) {
+    metrics::background_release(what);
+    handle.spawn(async move {
+        let mut replies = fan_out(&nodes, Arc::new(op));
+        let mut failed = 0usize;
+        while let Some((node, reply)) = replies.next().await {
+            if let Err(e) = reply {
+                failed += 1;
+                tracing::warn!(node, error = %e, "{what}: release failed on a node; its key expires with the ttl");
+            }
+        }
+        tracing::debug!(failed, "{what}: background release done");
+    });
+}

@@ -1,0 +1,113 @@
+//! What a release says: `Ok(())` only when the lock was held until it was released.
+//! A guard whose validity ended, or whose key a quorum no longer stores, releases with
+//! `LockLost`, and never touches another owner's key; `release_with_report` keeps the
+//! counts and says the same through `lost_reason()`.
+
+use std::time::Duration;
+
+use tokio_redlock::{Error, LockGuard, LostReason};
+
+use crate::support::*;
+
+/// Short, so that a test can wait for it to run out.
+const SHORT_TTL: Duration = Duration::from_millis(150);
+
+/// Waits until the guard's own validity has ended.
+async fn outlive(guard: &LockGuard) {
+    bounded(tokio::time::sleep_until(guard.valid_until().into())).await;
+    assert!(!guard.is_valid());
+}
+
+fn assert_lost(result: Result<(), Error>, expected: LostReason) {
+    match result {
+        Err(Error::LockLost { reason, .. }) => assert_eq!(reason, expected),
+        other => panic!("expected LockLost({expected:?}), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_release_in_time_is_ok_and_held_until_released() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let guard = bounded(redlock.acquire("rel:ok", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let report = bounded(guard.release_with_report()).await.unwrap();
+    assert!(report.held_until_released(), "{report:?}");
+    assert!(!report.validity_ended);
+    assert_eq!(report.lost_reason(), None);
+    let guard = bounded(redlock.acquire("rel:ok", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    bounded(guard.release()).await.unwrap();
+    eventually_gone(&cluster, "rel:ok").await;
+}
+
+#[tokio::test]
+async fn releasing_after_the_validity_ended_is_lock_lost() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let guard = bounded(redlock.acquire("rel:expired", SHORT_TTL))
+        .await
+        .unwrap();
+    outlive(&guard).await;
+    // The keys may still be there (the drift margin), but nothing was promised since
+    // `valid_until`: not "held until released".
+    assert_lost(bounded(guard.release()).await, LostReason::Expired);
+    eventually_gone(&cluster, "rel:expired").await;
+}
+
+#[tokio::test]
+async fn releasing_after_another_owner_took_over_is_lock_lost_and_spares_its_lock() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let other = builder(&cluster).build().unwrap();
+    let old = bounded(redlock.acquire("rel:takeover", SHORT_TTL))
+        .await
+        .unwrap();
+    outlive(&old).await;
+    eventually_gone(&cluster, "rel:takeover").await;
+    let new = bounded(other.acquire("rel:takeover", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let mut conns = direct(&cluster).await;
+    let before = values(&mut conns, "rel:takeover").await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    // The report keeps the counts: every node that answered holds someone else's value.
+    let report = bounded(old.release_with_report()).await.unwrap();
+    assert_eq!(report.released, 0, "{report:?}");
+    assert!(report.not_held >= 2, "{report:?}");
+    assert!(report.validity_ended);
+    assert_eq!(report.lost_reason(), Some(LostReason::Expired));
+    assert!(!report.held_until_released());
+    // The new owner's lock is untouched, and its own release is fine.
+    assert_eq!(values(&mut conns, "rel:takeover").await, before);
+    bounded(new.release()).await.unwrap();
+}
+
+#[tokio::test]
+async fn releasing_a_valid_guard_whose_keys_a_quorum_lost_is_lock_lost() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let guard = bounded(redlock.acquire("rel:foreign", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // As after the nodes lost their data and another client took the key: the guard is
+    // still within its validity, but no node stores its value any more.
+    let mut conns = direct(&cluster).await;
+    for conn in conns.iter_mut() {
+        set_on(conn, "rel:foreign", "someone-else", 10_000).await;
+    }
+    assert!(guard.is_valid());
+    assert_lost(
+        bounded(guard.release()).await,
+        LostReason::NotHeld { held: 0, needed: 2 },
+    );
+    // Compare-and-delete: the other value stays on every node.
+    let left = values(&mut conns, "rel:foreign").await;
+    assert!(
+        left.iter().all(|v| v.as_deref() == Some("someone-else")),
+        "{left:?}"
+    );
+}
