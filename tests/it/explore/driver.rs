@@ -29,6 +29,9 @@ const MAX_PROXY_HOLD: Duration = Duration::from_millis(600);
 /// `STALE_REROUNDS` in the crate: immediate re-rounds of a fenced attempt.
 const FENCED_ROUNDS: u32 = 4;
 
+/// The least node timeout of a manager the tail acquires with.
+const TAIL_MIN_NODE_TIMEOUT_MS: u64 = 20;
+
 /// How a holding released in the fault-free tail ends; the ghost check knows it.
 const TAIL_RELEASED: &str = "released in the tail";
 
@@ -105,6 +108,7 @@ enum Holding {
     Kept {
         kept: KeptGuard,
         id: u64,
+        mgr: usize,
     },
 }
 
@@ -144,6 +148,17 @@ async fn within<F: std::future::Future>(budget: Option<u64>, f: F) -> Option<F::
 impl Client {
     fn res(&self, r: u8) -> String {
         format!("{}r{}", self.prefix, r % RESOURCES)
+    }
+
+    /// How a release ends a holding: in the tail, with a lock still held and a manager
+    /// whose node timeout leaves room to send the release, it must remove every key.
+    fn release_label(&self, mgr: usize, held: bool) -> &'static str {
+        let sane = self.specs[mgr].node_timeout_ms >= TAIL_MIN_NODE_TIMEOUT_MS;
+        if self.tail && held && sane {
+            TAIL_RELEASED
+        } else {
+            "released"
+        }
     }
 
     fn flag(&self, kind: Kind, what: String) {
@@ -220,8 +235,7 @@ impl Client {
             Op::Extend { ttl, budget_ms } => return self.extend(ttl, budget_ms).await,
             Op::Release { budget_ms } => match self.holding.take() {
                 Some(Holding::Guard { guard, id, mgr, .. }) => {
-                    self.oracle
-                        .close(id, if self.tail { TAIL_RELEASED } else { "released" });
+                    self.oracle.close(id, self.release_label(mgr, true));
                     let started = Instant::now();
                     let done = within(budget_ms, guard.release()).await;
                     if done.is_some() {
@@ -229,16 +243,9 @@ impl Client {
                         self.check_bound("release", started.elapsed(), Some(b));
                     }
                 }
-                Some(Holding::Kept { kept, id }) => {
+                Some(Holding::Kept { kept, id, mgr }) => {
                     let held = kept.lease().is_held();
-                    self.oracle.close(
-                        id,
-                        if self.tail && held {
-                            TAIL_RELEASED
-                        } else {
-                            "released"
-                        },
-                    );
+                    self.oracle.close(id, self.release_label(mgr, held));
                     let _ = within(budget_ms, kept.release()).await;
                 }
                 None => {}
@@ -256,7 +263,7 @@ impl Client {
                 }
             }
             Op::KeepAlive { opts, on_thread } => {
-                if let Some(Holding::Guard { guard, id, .. }) = self.holding.take() {
+                if let Some(Holding::Guard { guard, id, mgr, .. }) = self.holding.take() {
                     self.oracle.set(id, Belief::InFlight);
                     let options = opts.options();
                     let kept = if on_thread {
@@ -266,7 +273,7 @@ impl Client {
                     };
                     if let Some(kept) = kept {
                         self.oracle.set(id, Belief::Lease(kept.lease().clone()));
-                        self.holding = Some(Holding::Kept { kept, id });
+                        self.holding = Some(Holding::Kept { kept, id, mgr });
                     }
                 }
             }
@@ -680,13 +687,22 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
                     think_ms: 0,
                     op: Op::Release { budget_ms: None },
                 }];
-                for _ in 0..2 {
+                // A manager whose node timeout leaves room to connect and to send the
+                // undo: below that a failed attempt's key may legitimately outlive the
+                // wait (its undo cannot be sent in time) and the check would judge the
+                // setting, not the code.
+                let mgr = client
+                    .specs
+                    .iter()
+                    .position(|s| s.node_timeout_ms >= TAIL_MIN_NODE_TIMEOUT_MS);
+                for _ in 0..mgr.map_or(0, |_| 2) {
+                    let mgr = mgr.unwrap_or(0);
                     let res = (c % RESOURCES as usize) as u8;
                     let ttl_ms = 2_000;
                     steps.push(Step {
                         think_ms: 0,
                         op: Op::Acquire {
-                            mgr: 0,
+                            mgr,
                             res,
                             how: How::TryAcquire,
                             ttl_ms,

@@ -504,12 +504,7 @@ impl Oracle {
 
     /// Values of released holdings that come back: once a value was seen gone from a node
     /// after its holding's close plus the grace, it must never be seen there again.
-    fn watch(
-        &self,
-        watches: &[Watch],
-        index: &HashMap<&str, usize>,
-        reads: &[Option<NodeRead>],
-    ) {
+    fn watch(&self, watches: &[Watch], index: &HashMap<&str, usize>, reads: &[Option<NodeRead>]) {
         let mut entries = lock(&self.entries);
         for (id, keys, bound) in watches {
             let Some(e) = entries.get_mut(id) else {
