@@ -643,11 +643,12 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(oracle.clone().sample(cluster.direct_urls(), stop.clone()));
     let mut direct: Vec<Direct> = cluster.direct_urls().into_iter().map(Direct::new).collect();
-    let managers: Vec<Arc<[Option<Redlock>; 2]>> = sched
-        .managers
-        .iter()
-        .map(|[a, b]| Arc::new([build(&urls, a), build(&urls, b)]))
-        .collect();
+    let mut managers: Vec<Arc<[Option<Redlock>; 2]>> = Vec::new();
+    for (c, [a, b]) in sched.managers.iter().enumerate() {
+        let shared = c > 0 && sched.shared.get(c).copied().unwrap_or(false);
+        let own = || Arc::new([build(&urls, a), build(&urls, b)]);
+        managers.push(if shared { managers[0].clone() } else { own() });
+    }
     let start_ns = now_ns();
     let mut fault_bars = Vec::new();
     let mut faults = 0;

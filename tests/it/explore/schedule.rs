@@ -322,22 +322,34 @@ pub struct Schedule {
     pub workload: Workload,
     /// Two managers per client: `[unfenced, fenced]`.
     pub managers: Vec<[MgrSpec; 2]>,
+    /// Clients that use client 0's managers (tasks of one manager) instead of their own.
+    pub shared: Vec<bool>,
     pub episodes: Vec<Episode>,
 }
 
 impl Schedule {
     pub fn generate(seed: u64, workload: Workload) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let managers = (0..workload.clients())
+        let mut managers: Vec<[MgrSpec; 2]> = (0..workload.clients())
             .map(|_| [mgr_spec(&mut rng, false), mgr_spec(&mut rng, true)])
             .collect();
         let episodes = (0..workload.episodes())
             .map(|_| episode(&mut rng, workload))
             .collect();
+        // Drawn last, so that the rest of a seed's schedule does not depend on it.
+        let shared: Vec<bool> = (0..workload.clients())
+            .map(|c| c > 0 && rng.random_bool(0.3))
+            .collect();
+        for (c, s) in shared.iter().enumerate() {
+            if *s {
+                managers[c] = managers[0].clone();
+            }
+        }
         Self {
             seed,
             workload,
             managers,
+            shared,
             episodes,
         }
     }
@@ -365,6 +377,10 @@ impl fmt::Display for Schedule {
                     .filter_map(|e| e.steps.get(c))
                     .flatten()
             };
+            if self.shared.get(c).copied().unwrap_or(false) {
+                writeln!(f, "client {c}: uses client 0's managers")?;
+                continue;
+            }
             for (m, spec) in mgrs.iter().enumerate() {
                 // m0 also runs the client's part of each episode's fault-free tail.
                 let used = m == 0

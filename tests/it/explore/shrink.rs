@@ -4,6 +4,7 @@
 //! varies), so a cut that loses the failure is simply not kept.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,9 +53,9 @@ fn without(e: &Episode, cut: &BTreeSet<Item>) -> Episode {
     }
 }
 
-pub struct Shrunk {
+pub struct Shrunk<O> {
     pub schedule: Schedule,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<O>,
     pub runs: usize,
 }
 
@@ -65,19 +66,41 @@ pub async fn shrink(
     kinds: &BTreeSet<Kind>,
     first_episode: usize,
     budget: Duration,
-) -> Shrunk {
+) -> Shrunk<Outcome> {
+    shrink_by(sched, first_episode, budget, |cand: Schedule| {
+        let cluster = cluster.clone();
+        async move {
+            let o = driver::run(cluster, &cand).await;
+            o.violations
+                .iter()
+                .any(|v| kinds.contains(&v.kind))
+                .then_some(o)
+        }
+    })
+    .await
+}
+
+/// The shrinking itself: `still_fails` runs a candidate and returns `Some` when it fails.
+pub async fn shrink_by<O, F, Fut>(
+    sched: &Schedule,
+    first_episode: usize,
+    budget: Duration,
+    mut still_fails: F,
+) -> Shrunk<O>
+where
+    F: FnMut(Schedule) -> Fut,
+    Fut: Future<Output = Option<O>>,
+{
     let deadline = Instant::now() + budget;
     let mut runs = 0;
     let mut best = sched.clone();
     let mut best_outcome = None;
-    let fails = |o: &Outcome| o.violations.iter().any(|v| kinds.contains(&v.kind));
     // 1. The episode of the first violation alone.
     if sched.episodes.len() > 1 {
         let mut one = sched.clone();
         one.episodes = vec![sched.episodes[first_episode.min(sched.episodes.len() - 1)].clone()];
         runs += 1;
-        let o = driver::run(cluster.clone(), &one).await;
-        if fails(&o) {
+        if let Some(o) = still_fails(one.clone()).await {
             best = one;
             best_outcome = Some(o);
         }
@@ -130,8 +153,7 @@ pub async fn shrink(
             let mut cand = best.clone();
             cand.episodes = vec![without(&episode, &trial)];
             runs += 1;
-            let o = driver::run(cluster.clone(), &cand).await;
-            if fails(&o) {
+            if let Some(o) = still_fails(cand).await {
                 cut = trial;
                 best_outcome = Some(o);
                 progressed = true;
@@ -158,5 +180,52 @@ pub async fn shrink(
         schedule: best,
         outcome: best_outcome,
         runs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explore::schedule::Workload;
+
+    /// A failure that needs one particular fault and one particular step of client 2,
+    /// in episode 1: the shrinker must find exactly those two.
+    #[tokio::test]
+    async fn shrinks_to_the_two_items_that_matter() {
+        let sched = Schedule::generate(5, Workload::Api);
+        let episode = &sched.episodes[1];
+        let fault = episode.faults[episode.faults.len() / 2].clone();
+        let step = episode.steps[2][3].clone();
+        let (f, st) = (fault.clone(), step.clone());
+        let shrunk = shrink_by(&sched, 1, Duration::from_secs(30), move |cand: Schedule| {
+            let (f, st) = (f.clone(), st.clone());
+            async move {
+                let e = &cand.episodes[cand.episodes.len() - 1];
+                let has = e.faults.contains(&f) && e.steps.get(2).is_some_and(|s| s.contains(&st));
+                has.then_some(())
+            }
+        })
+        .await;
+        assert!(shrunk.outcome.is_some());
+        assert_eq!(shrunk.schedule.episodes.len(), 1);
+        let e = &shrunk.schedule.episodes[0];
+        assert_eq!(e.faults, vec![fault]);
+        let steps: Vec<_> = e.steps.iter().flatten().collect();
+        assert_eq!(steps, vec![&step]);
+    }
+
+    #[tokio::test]
+    async fn keeps_the_schedule_when_nothing_smaller_fails() {
+        let sched = Schedule::generate(6, Workload::Crash);
+        let full = sched.ops();
+        let shrunk = shrink_by(
+            &sched,
+            0,
+            Duration::from_secs(5),
+            |cand: Schedule| async move { (cand.ops() == full).then_some(()) },
+        )
+        .await;
+        assert!(shrunk.outcome.is_none());
+        assert_eq!(shrunk.schedule.ops(), full);
     }
 }
