@@ -9,8 +9,11 @@
 //! - `REDLOCK_EXPLORE_SHRINK_SECS=n`: time for shrinking a failure (default 50 s in all).
 //! - `REDLOCK_EXPLORE_STRICT=1`: fail the test on any violation.
 
+mod client;
+mod direct;
 mod driver;
 mod oracle;
+mod panics;
 mod schedule;
 mod shrink;
 mod timeline;

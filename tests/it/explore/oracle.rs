@@ -14,19 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::Value;
 use tokio_redlock::harness::history::{instant_ns, now_ns};
 use tokio_redlock::Lease;
 use tokio_util::sync::CancellationToken;
+
+use super::direct::{Direct, NodeRead, READ_TIMEOUT};
 
 /// What the sampler allows between a belief and the nodes: Redis keeps expiries in whole
 /// milliseconds (its clock and `PTTL` each truncate, up to 1 ms each), and reads the wall
 /// clock where the client reads the monotonic one; on one machine these agree to well
 /// under a millisecond over a run. A guard's own drift allowance (at least 2 ms) is on top.
 pub const SLACK: Duration = Duration::from_millis(5);
-/// Bound on one direct read of one node: past it the node counts as unknown (paused).
-const READ_TIMEOUT: Duration = Duration::from_millis(80);
 /// Pause between sampling rounds; each round reads every node once.
 const SAMPLE_EVERY: Duration = Duration::from_millis(3);
 /// Before a belief violation is reported, the holding is looked at again this much later:
@@ -133,7 +131,7 @@ struct Entry {
     gone: Vec<Vec<bool>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -152,8 +150,6 @@ pub struct Oracle {
 
 /// A released holding to watch: its id, keys and bound values.
 type Watch = (u64, Vec<String>, Vec<Option<String>>);
-/// What one node stores under each key read: value (if a string) and `PTTL`.
-type NodeRead = Vec<(Option<String>, i64)>;
 
 /// A pause or kill is under way on the node.
 const ONGOING: u64 = u64::MAX;
@@ -572,137 +568,7 @@ fn short(v: &str, mine: Option<&str>) -> String {
     }
 }
 
-/// A direct connection to one node, re-made after errors.
-pub struct Direct {
-    url: String,
-    con: Option<MultiplexedConnection>,
-}
-
-/// Reads value and PTTL of every key in one atomic step.
-const READ_LUA: &str = r"
-local r = {}
-for _, k in ipairs(KEYS) do
-  if redis.call('TYPE', k)['ok'] == 'string' then
-    r[#r + 1] = redis.call('GET', k)
-  else
-    r[#r + 1] = false
-  end
-  r[#r + 1] = redis.call('PTTL', k)
-end
-return r
-";
-
-impl Direct {
-    pub fn new(url: String) -> Self {
-        Self { url, con: None }
-    }
-
-    pub async fn connection(&mut self) -> Option<MultiplexedConnection> {
-        if self.con.is_none() {
-            let client = redis::Client::open(self.url.as_str()).ok()?;
-            let cfg = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(READ_TIMEOUT))
-                .set_response_timeout(None);
-            let con = tokio::time::timeout(
-                READ_TIMEOUT,
-                client.get_multiplexed_async_connection_with_config(&cfg),
-            )
-            .await;
-            self.con = con.ok()?.ok();
-        }
-        self.con.clone()
-    }
-
-    /// `(value, pttl)` per key, or `None` when the node did not answer in time (unknown).
-    async fn read(&mut self, keys: &[String]) -> Option<NodeRead> {
-        let mut con = self.connection().await?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(READ_LUA).arg(keys.len());
-        for k in keys {
-            cmd.arg(k);
-        }
-        let reply: Value = match tokio::time::timeout(READ_TIMEOUT, cmd.query_async(&mut con)).await
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(_)) => {
-                self.con = None;
-                return None;
-            }
-            Err(_) => return None,
-        };
-        let Value::Array(items) = reply else {
-            return None;
-        };
-        let mut out = Vec::with_capacity(keys.len());
-        for pair in items.chunks(2) {
-            let v = match &pair[0] {
-                Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            };
-            let t = match pair.get(1) {
-                Some(Value::Int(t)) => *t,
-                _ => -2,
-            };
-            out.push((v, t));
-        }
-        (out.len() == keys.len()).then_some(out)
-    }
-}
-
-/// How long a holding's belief sampling lags, for the report: none today.
+/// The sampler's settings, for the report.
 pub fn describe() -> String {
     format!("slack {SLACK:?}, read timeout {READ_TIMEOUT:?}, a round every {SAMPLE_EVERY:?}")
-}
-
-/// Panics seen in library code (its files or `Instant` arithmetic in std) since the last
-/// [`take_panics`]: a panic in a background task (a keep-alive, a drop-release) never
-/// reaches a client's `JoinHandle`, so a process-wide hook is the only place to see it.
-static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-pub fn install_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            let ours = location.starts_with("src/") || location.contains("library/std/src/time.rs");
-            if !ours {
-                return previous(info);
-            }
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(ToString::to_string)
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let thread = std::thread::current()
-                .name()
-                .unwrap_or("unnamed")
-                .to_owned();
-            // Where in the crate: the innermost frame of ours (std's location says little).
-            let trace = std::backtrace::Backtrace::force_capture().to_string();
-            let lines: Vec<&str> = trace.lines().map(str::trim).collect();
-            let frame = lines
-                .iter()
-                .position(|l| l.contains("tokio_redlock::") && !l.contains("harness"))
-                .map(|i| {
-                    let at = lines
-                        .get(i + 1)
-                        .filter(|l| l.starts_with("at "))
-                        .unwrap_or(&"");
-                    format!(" in {} {at}", lines[i])
-                })
-                .unwrap_or_default();
-            let location = format!("{location}{frame}");
-            eprintln!("explore: panic in library code on thread {thread} at {location}: {msg}");
-            lock(&PANICS).push(format!("{msg} at {location} on thread {thread}"));
-        }));
-    });
-}
-
-pub fn take_panics() -> Vec<String> {
-    std::mem::take(&mut *lock(&PANICS))
 }
