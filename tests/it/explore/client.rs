@@ -10,15 +10,14 @@ use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
 use tokio_redlock::{Error, KeptGuard, LockGuard, Redlock};
 
 use super::oracle::{Belief, Kind, Oracle};
-use super::schedule::{ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES};
+use super::schedule::{
+    ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES, TAIL_MIN_NODE_TIMEOUT_MS,
+};
 
 /// Allowance on top of a call's documented bound, for a loaded 2-core machine.
 const CALL_SLACK: Duration = Duration::from_millis(1_500);
 /// `STALE_REROUNDS` in the crate: immediate re-rounds of a fenced attempt.
 const FENCED_ROUNDS: u32 = 4;
-
-/// The least node timeout of a manager the tail acquires with.
-pub const TAIL_MIN_NODE_TIMEOUT_MS: u64 = 20;
 
 /// How a holding released in the fault-free tail ends; the ghost check knows it.
 pub const TAIL_RELEASED: &str = "released in the tail";

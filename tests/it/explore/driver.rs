@@ -13,7 +13,7 @@ use tokio_redlock::harness::Cluster;
 use tokio_redlock::Redlock;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Client, Holding, TAIL_MIN_NODE_TIMEOUT_MS, TAIL_RELEASED};
+use super::client::{Client, Holding, TAIL_RELEASED};
 use super::direct::Direct;
 use super::oracle::{HoldBar, Kind, Oracle, Violation};
 use super::schedule::{
@@ -242,19 +242,13 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         let mut tail = JoinSet::new();
         for (c, holding) in holdings.into_iter().enumerate() {
             let mut client = make(c, ops[c], holding, true);
+            let tail_mgr = sched.tail_manager(c);
             tail.spawn(async move {
                 let mut steps = vec![Step {
                     think_ms: 0,
                     op: Op::Release { budget_ms: None },
                 }];
-                // A manager whose node timeout leaves room to connect and to send the
-                // undo: below that a failed attempt's key may legitimately outlive the
-                // wait (its undo cannot be sent in time) and the check would judge the
-                // setting, not the code.
-                let mgr = client
-                    .specs
-                    .iter()
-                    .position(|s| s.node_timeout_ms >= TAIL_MIN_NODE_TIMEOUT_MS);
+                let mgr = tail_mgr;
                 for _ in 0..mgr.map_or(0, |_| 2) {
                     let mgr = mgr.unwrap_or(0);
                     let res = (c % RESOURCES as usize) as u8;
