@@ -9,6 +9,8 @@ use crate::diagnose::CheckMode;
 use crate::error::Error;
 use crate::node::Node;
 use crate::redlock::Redlock;
+#[cfg(feature = "tls")]
+use crate::tls::TlsSettings;
 
 mod checks;
 
@@ -94,14 +96,6 @@ pub struct RedlockBuilder {
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
-}
-
-/// PEM bytes for `rediss://` nodes. Never printed.
-#[cfg(feature = "tls")]
-#[derive(Clone, Default)]
-struct TlsSettings {
-    root_ca: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -536,8 +530,11 @@ impl RedlockBuilder {
     /// # Errors
     /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
     /// instead of `redis://host:port`) or that does not parse (or needs a feature that
-    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, or a zero
-    /// `node_timeout` or `connect_timeout`.
+    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, a zero
+    /// `node_timeout` or `connect_timeout`, or a fence suffix that ends like the wait
+    /// queue's; with the `tls` feature, for a `rediss://` node when the application has
+    /// installed no rustls crypto provider (the crate installs none; see the crate docs'
+    /// features).
     ///
     /// A node list that works but weakens the quorum is logged once, as a `tracing`
     /// warning: 2 nodes or another even count, and one server written two ways
@@ -604,6 +601,8 @@ impl RedlockBuilder {
                     }
                 ))
             })?;
+            #[cfg(feature = "tls")]
+            crate::tls::require_crypto_provider(index, &client)?;
             let node = Node::new(
                 index,
                 client,
@@ -653,29 +652,7 @@ impl RedlockBuilder {
 
     #[cfg(feature = "tls")]
     fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        if !url.starts_with("rediss://") {
-            return redis::Client::open(url);
-        }
-        // redis-rs builds its rustls config with the process-wide crypto provider. Install
-        // ring (the one this crate enables) unless the application chose one already;
-        // otherwise rustls cannot tell which provider to use when several are compiled in.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let TlsSettings { root_ca, client } = &self.tls;
-        if root_ca.is_none() && client.is_none() {
-            return redis::Client::open(url);
-        }
-        redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                root_cert: root_ca.clone(),
-            },
-        )
+        self.tls.client(url)
     }
 }
 
@@ -786,14 +763,14 @@ pub(crate) mod tests {
             }
             let pause = crate::quorum::backoff(config.retry_delay, config.retry_jitter, &mut rng);
             assert!(pause >= config.retry_delay);
-            let _ = crate::clock::tokio_after(pause);
+            let _ = crate::clock::instant_after(pause);
             let d = config
                 .clock
                 .stamp()
                 .after(want.ttl)
                 .before(extreme(&mut rng));
             let _ = (config.clock.left(d), config.clock.instant(d));
-            let _ = want.wait.map(crate::clock::tokio_after);
+            let _ = want.wait.map(crate::clock::instant_after);
         }
     }
 

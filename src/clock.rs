@@ -190,11 +190,6 @@ pub(crate) fn instant_after(d: Duration) -> Instant {
     now.checked_add(d.min(FAR_FUTURE)).unwrap_or(now)
 }
 
-/// `tokio::time::Instant::now() + d`, capped like [`instant_after`].
-pub(crate) fn tokio_after(d: Duration) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(instant_after(d))
-}
-
 #[cfg(target_os = "linux")]
 fn boottime() -> Option<Duration> {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
@@ -227,7 +222,7 @@ mod tests {
         assert!(clock.instant(far) > Instant::now() + Duration::from_secs(86_400 * 365));
         assert!(clock.left(far) > Duration::from_secs(86_400 * 365));
         let _ = clock.stamp().before(Duration::MAX);
-        let _ = tokio_after(Duration::MAX);
+        let _ = instant_after(Duration::MAX);
     }
 
     #[test]

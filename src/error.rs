@@ -32,6 +32,7 @@ pub enum Error {
         "`{resource}` is locked by another owner ({held_elsewhere} of {nodes} nodes) after \
          {attempts} attempt(s); retry later, or raise retry_count/retry_delay to wait longer"
     )]
+    #[non_exhaustive]
     Conflict {
         /// The (first) resource that was asked for.
         resource: String,
@@ -56,6 +57,7 @@ pub enum Error {
         not_counted(*.nodes, *.ok, *.failed),
         first_failure(.causes)
     )]
+    #[non_exhaustive]
     NoQuorum {
         /// The (first) resource that was asked for.
         resource: String,
@@ -79,6 +81,7 @@ pub enum Error {
         "`{resource}` was granted by a quorum only after {elapsed:?}, which leaves no validity \
          of the {ttl:?} ttl ({attempts} attempt(s)); use a longer ttl or faster nodes"
     )]
+    #[non_exhaustive]
     Expired {
         /// The (first) resource that was asked for.
         resource: String,
@@ -92,6 +95,7 @@ pub enum Error {
 
     /// The lock is no longer held by this owner on a quorum, or its validity ran out.
     #[error("lock on `{resource}` lost: {reason}; stop the work it protected")]
+    #[non_exhaustive]
     LockLost {
         /// The (first) resource of the lock.
         resource: String,
@@ -107,6 +111,7 @@ pub enum Error {
         findings.len(),
         findings.first().map(ToString::to_string).unwrap_or_default()
     )]
+    #[non_exhaustive]
     Unhealthy {
         /// The error-severity findings, each saying what to change.
         findings: Vec<crate::diagnose::Finding>,
@@ -120,6 +125,7 @@ pub enum LostReason {
     /// The validity ended before the operation could complete.
     Expired,
     /// Too many nodes reported that the key is gone or belongs to someone else.
+    #[non_exhaustive]
     NotHeld {
         /// How many nodes still hold this owner's value.
         held: usize,

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 /// A write or read carried a token lower than one the storage has already seen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +19,7 @@ use std::sync::{Mutex, PoisonError};
     "stale fencing token {token} for `{resource}`: {high_water} was already seen; \
      this holder lost its lock and must stop"
 )]
+#[non_exhaustive]
 pub struct StaleToken {
     /// The resource the token was for.
     pub resource: String,
@@ -53,11 +56,7 @@ pub struct FenceGate {
 
 impl fmt::Debug for FenceGate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let resources = self
-            .marks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let resources = lock(&self.marks).len();
         f.debug_struct("FenceGate")
             .field("resources", &resources)
             .field("refusals", &self.refusals())
@@ -91,7 +90,7 @@ impl FenceGate {
     /// }
     /// ```
     pub fn check(&self, resource: &str, token: u64) -> Result<(), StaleToken> {
-        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut marks = lock(&self.marks);
         let mark = marks.entry(resource.to_owned()).or_insert(0);
         if token < *mark {
             self.refusals.fetch_add(1, Ordering::Relaxed);
@@ -114,11 +113,7 @@ impl FenceGate {
     /// assert_eq!(gate.high_water("payment:2"), None);
     /// ```
     pub fn high_water(&self, resource: &str) -> Option<u64> {
-        self.marks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(resource)
-            .copied()
+        lock(&self.marks).get(resource).copied()
     }
 
     /// How many checks were refused.
@@ -184,5 +179,8 @@ mod tests {
     }
 }
 
+mod cache;
 #[cfg(test)]
 mod model;
+
+pub(crate) use cache::FenceCache;

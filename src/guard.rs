@@ -9,11 +9,11 @@ use crate::clock::{Clock, Deadline};
 use redis::Value;
 use tracing::Instrument;
 
-use crate::error::{Error, LostReason, NodeErrors};
+use crate::error::{Error, LostReason};
 use crate::metrics;
-use crate::quorum::{self, Outcome, Tally, Vote};
-use crate::redlock::Inner;
-use crate::round::{self, fan_out, Collecting, Op};
+use crate::quorum::{self, Outcome, Vote};
+use crate::round::{self, fan_out, Collecting, Count, Op};
+use crate::shared::Shared;
 
 mod release;
 
@@ -21,7 +21,7 @@ pub use release::ReleaseReport;
 
 /// What a guard must give back: the keys it set and the value that proves it owns them.
 pub(crate) struct Held {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Shared>,
     pub(crate) keys: Arc<[String]>,
     pub(crate) value: Arc<str>,
     /// The runtime the lock was taken on; `Drop` releases there.
@@ -290,36 +290,23 @@ impl LockGuard {
         // The belief first: nodes may apply this ttl whatever comes of the call.
         let promised = start.after(ttl.saturating_sub(drift));
         self.valid_until = self.valid_until.min(promised);
-        let (tally, causes) = async {
-            // The stragglers extend too, so the key lives as long on every healthy node.
-            let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");
-            let mut tally = Tally::new(inner.nodes.len());
-            let mut causes = Vec::new();
-            while let Some((node, reply)) = replies.next().await {
-                let vote = match inner.nodes[node].as_vote(reply) {
-                    Ok(Value::Int(1)) => Vote::Yes,
-                    Ok(Value::Int(0)) => Vote::No,
-                    Ok(other) => {
-                        causes.push(
-                            inner.nodes[node].protocol_error(format!("extend answered {other:?}")),
-                        );
-                        Vote::Failed
-                    }
-                    Err(e) => {
-                        causes.push(e);
-                        Vote::Failed
-                    }
-                };
-                tracing::debug!(node, ?vote, "extend vote");
-                tally.record(vote);
-                if tally.outcome().is_some() {
-                    break;
-                }
-            }
-            (tally, causes)
-        }
+        // The stragglers extend too (when `replies` is dropped), so the key lives as long
+        // on every healthy node.
+        let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");
+        let votes = round::collect(
+            &mut replies,
+            &inner.nodes,
+            Count::Votes,
+            |value| match value {
+                Value::Int(1) => Ok((Vote::Yes, ())),
+                Value::Int(0) => Ok((Vote::No, ())),
+                other => Err(format!("extend answered {other:?}")),
+            },
+            |tally| tally.outcome().is_some(),
+        )
         .instrument(span)
         .await;
+        let tally = votes.tally;
         let elapsed = self.clock.since(start);
         let enough = quorum::validity(ttl, elapsed, drift)
             .is_some_and(|left| left >= inner.config.min_validity);
@@ -344,15 +331,13 @@ impl LockGuard {
                     needed: tally.quorum,
                 }))
             }
-            _ => Err(Error::NoQuorum {
-                resource,
-                attempts: 1,
-                ok: tally.yes,
-                failed: tally.failed,
-                needed: tally.quorum,
-                nodes: tally.nodes,
-                causes: NodeErrors(causes),
-            }),
+            _ => Err(round::no_quorum(
+                &resource,
+                1,
+                tally.yes,
+                &tally,
+                votes.causes,
+            )),
         }
     }
 }

@@ -64,8 +64,13 @@
 //! # Crate features
 //! - `harness`: the multi-node test harness, [`harness`] (off by default). Turn it on in
 //!   `[dev-dependencies]` only:
-//!   `tokio-redlock = { version = "0.1", features = ["harness"] }`.
-//! - `tls`: `rediss://` node URLs through rustls (off by default).
+//!   `tokio-redlock = { version = "0.1", features = ["harness"] }`. Unix only: it pauses
+//!   and kills servers with signals, so on other targets the feature compiles but the
+//!   module is absent.
+//! - `tls`: `rediss://` node URLs through rustls (off by default). The crate never
+//!   installs a process-wide rustls crypto provider: the application installs one (ring
+//!   or aws-lc-rs) before [`RedlockBuilder::build`], which otherwise fails with
+//!   [`Error::Config`] for a `rediss://` node (see `docs/operations.md`, "TLS").
 //! - `metrics`: counters and histograms through the `metrics` facade (off by default;
 //!   the names are listed in `docs/operations.md`).
 //!
@@ -78,6 +83,22 @@
 //! checks fencing tokens can refuse it. `docs/safety.md` states the guarantees and their
 //! assumptions precisely, and `docs/design.md` explains the algorithm and its timing
 //! constants.
+//!
+//! # Public dependency: redis-rs
+//! The API exposes one type of [redis-rs](https://docs.rs/redis/1) 1.x (`redis = "1.8"`):
+//! [`redis::RedisError`], the cause inside [`NodeErrorKind::Redis`] (reached through
+//! [`NodeError::kind`], for each node of [`Error::node_errors`]) and inside the harness's
+//! `HarnessError::Redis`. The crate is re-exported as [`tokio_redlock::redis`](redis), so
+//! you can name its types without a `redis` dependency of your own; one of your own must
+//! be a 1.x version, or its types are distinct from these. A new major version of redis-rs
+//! will come with a new major version of this crate.
+//!
+//! # Stability
+//! [`Error`] and the enums that may grow are `#[non_exhaustive]`, and so is every error
+//! variant with named fields (match them with `..`) and every struct that reports or
+//! checks and may gain fields ([`StaleToken`], the harness's checker and history types;
+//! build its `LivenessSpec` with `LivenessSpec::new`). [`Error::Config`] stays a plain
+//! tuple variant: match it as `Error::Config(message)`.
 //!
 //! [`harness`]: harness/index.html "the harness module (feature `harness`)"
 #![forbid(unsafe_code)]
@@ -92,17 +113,27 @@ mod fencing;
 mod guard;
 mod lease;
 mod metrics;
+mod mutants;
 mod node;
 mod quorum;
 mod redlock;
 mod round;
 mod scripts;
+mod shared;
 mod sync;
+#[cfg(feature = "tls")]
+mod tls;
 mod wake;
 
-#[cfg(feature = "harness")]
-#[cfg_attr(docsrs, doc(cfg(feature = "harness")))]
+// Unix only: the harness stops, resumes and kills servers with signals. Elsewhere the
+// feature compiles to nothing rather than to a harness that cannot pause a node.
+#[cfg(all(feature = "harness", unix))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "harness", unix))))]
 pub mod harness;
+
+/// The redis-rs crate this one is built on, for naming its types (see "Public
+/// dependency: redis-rs" above).
+pub use redis;
 
 pub use builder::RedlockBuilder;
 pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};

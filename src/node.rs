@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -272,7 +272,7 @@ impl Node {
     /// The shared connection, made on first use and again after it broke.
     async fn connection(&self) -> Result<(MultiplexedConnection, u64), Arc<RedisError>> {
         let (connecting, generation) = {
-            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = lock(&self.slot);
             match &*slot {
                 Slot::Ready(conn, g) => return Ok((conn.clone(), *g)),
                 Slot::Connecting(fut, g) => (fut.clone(), *g),
@@ -285,7 +285,7 @@ impl Node {
             }
         };
         let result = connecting.await;
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.slot);
         let current = matches!(&*slot, Slot::Connecting(_, g) if *g == generation);
         match result {
             Ok(conn) => {
@@ -329,7 +329,7 @@ impl Node {
                         "node restarted recently without proof its data survived; it does not vote until the quarantine ends"
                     );
                 }
-                *votes_from.lock().unwrap_or_else(PoisonError::into_inner) = until;
+                *lock(&votes_from) = until;
             }
             Ok(conn)
         });
@@ -345,14 +345,11 @@ impl Node {
         .shared()
     }
 
-    /// A reply as a vote: a node in restart quarantine does not vote, whatever it
-    /// answered (what it answered is still sent to it and undone or released as usual).
-    pub(crate) fn as_vote(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
-        let until = (*self
-            .votes_from
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-        .filter(|until| Instant::now() < *until);
+    /// The reply, if this node's vote counts now: a node in restart quarantine does not
+    /// vote, whatever it answered (its reply becomes a failure whose cause says so; what
+    /// it was sent is still undone or released as usual).
+    pub(crate) fn counted(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
+        let until = (*lock(&self.votes_from)).filter(|until| Instant::now() < *until);
         match (reply, until) {
             (Ok(_), Some(until)) => Err(self.error(NodeErrorKind::Quarantined(
                 until.saturating_duration_since(Instant::now()),
@@ -364,7 +361,7 @@ impl Node {
     /// Forgets the connection of `generation` (or any connection, for `None`), so that
     /// the next request connects again.
     fn reset(&self, generation: Option<u64>) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.slot);
         let matches = match (&*slot, generation) {
             (Slot::Ready(_, g), Some(want)) => *g == want,
             (Slot::Ready(..), None) => true,

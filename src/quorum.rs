@@ -11,9 +11,9 @@ pub(crate) const DRIFT_FLOOR: Duration = Duration::from_millis(2);
 
 /// The number of votes that makes a majority of `n` nodes.
 pub(crate) const fn quorum(n: usize) -> usize {
-    // MUTANT (safety suite only, never without `--cfg redlock_mutant`): half is no majority.
-    #[cfg(redlock_mutant = "quorum_half")]
-    return n / 2;
+    if crate::mutants::QUORUM_HALF {
+        return n / 2;
+    }
     n / 2 + 1
 }
 

@@ -11,9 +11,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use redis::Value;
 
-use crate::error::NodeError;
+use crate::error::{Error, NodeError, NodeErrors};
 use crate::metrics;
 use crate::node::{Node, Request};
+use crate::quorum::{Tally, Vote};
 use crate::scripts;
 use crate::wake;
 
@@ -185,6 +186,11 @@ impl Collecting {
     pub(crate) async fn next(&mut self) -> Option<Reply> {
         self.replies.as_mut()?.next().await
     }
+
+    /// The replies not read yet, for the caller to finish its own way.
+    pub(crate) fn into_rest(mut self) -> Option<Replies> {
+        self.replies.take()
+    }
 }
 
 impl Drop for Collecting {
@@ -192,6 +198,94 @@ impl Drop for Collecting {
         if let Some(rest) = self.replies.take() {
             finish_in_background(rest, self.what);
         }
+    }
+}
+
+/// What a round of replies came to.
+pub(crate) struct Votes<T> {
+    pub(crate) tally: Tally,
+    /// Why the failed votes failed, in the order they came.
+    pub(crate) causes: Vec<NodeError>,
+    /// Per node, what it answered (`None`: not heard from, failed, or not counted).
+    pub(crate) answers: Vec<Option<T>>,
+    /// Per node, whether a reply came (so its request ran there).
+    pub(crate) heard: Vec<bool>,
+    /// Per node, whether its request ended, with a reply or a failure.
+    pub(crate) ended: Vec<bool>,
+}
+
+/// Whose replies count: every answer, or only the votes of nodes not in restart
+/// quarantine (whose replies are then failed votes, with that cause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Answers,
+    Votes,
+}
+
+/// The one vote collector of acquire, extend and release: reads `replies` until
+/// `done(&tally)` (or every node replied), each reply through `classify`; a reply no
+/// Redis running our scripts would give is a failed vote with its cause. What is not
+/// read stays in `replies`, for its owner to finish in the background.
+pub(crate) async fn collect<T>(
+    replies: &mut Collecting,
+    nodes: &[Node],
+    count: Count,
+    classify: impl Fn(&Value) -> Result<(Vote, T), String>,
+    done: impl Fn(&Tally) -> bool,
+) -> Votes<T> {
+    let n = nodes.len();
+    let mut votes = Votes {
+        tally: Tally::new(n),
+        causes: Vec::new(),
+        answers: (0..n).map(|_| None).collect(),
+        heard: vec![false; n],
+        ended: vec![false; n],
+    };
+    while let Some((node, reply)) = replies.next().await {
+        votes.heard[node] = reply.is_ok();
+        votes.ended[node] = true;
+        let reply = match count {
+            Count::Votes => nodes[node].counted(reply),
+            Count::Answers => reply,
+        };
+        let vote = match reply
+            .and_then(|value| classify(&value).map_err(|what| nodes[node].protocol_error(what)))
+        {
+            Ok((vote, answer)) => {
+                votes.answers[node] = Some(answer);
+                vote
+            }
+            Err(e) => {
+                votes.causes.push(e);
+                Vote::Failed
+            }
+        };
+        tracing::debug!(node, ?vote, "vote");
+        votes.tally.record(vote);
+        if done(&votes.tally) {
+            break;
+        }
+    }
+    votes
+}
+
+/// `Error::NoQuorum` for `resource` after `attempts`, from a round's tally, with `ok`
+/// the nodes that did what was asked.
+pub(crate) fn no_quorum(
+    resource: &str,
+    attempts: u32,
+    ok: usize,
+    tally: &Tally,
+    causes: Vec<NodeError>,
+) -> Error {
+    Error::NoQuorum {
+        resource: resource.to_owned(),
+        attempts,
+        ok,
+        failed: tally.failed,
+        needed: tally.quorum,
+        nodes: tally.nodes,
+        causes: NodeErrors(causes),
     }
 }
 

@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 
 use redis::{Script, ToRedisArgs};
 
+use crate::mutants;
+
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
 /// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.
 /// (`redis::ScriptInvocation` would rebuild the command for each node.)
@@ -42,13 +44,7 @@ impl Call {
 /// key is published to their channels, until one live listener was reached. The
 /// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    // MUTANT (safety suite only): delete whoever holds the key.
-    #[cfg(redlock_mutant = "plain_del")]
-    return Script::new(
-        "local m = #KEYS if ARGV[2] and ARGV[2] ~= '' then m = #KEYS / 2 end \
-         local n = 0 for i = 1, m do n = n + redis.call('DEL', KEYS[i]) end return {n, 0}",
-    );
-    Script::new(
+    Script::new(mutants::release_script().unwrap_or(
         r"
 local prefix = ARGV[2]
 local notify = prefix and prefix ~= ''
@@ -77,7 +73,7 @@ for i = 1, m do
 end
 return {n, woke}
 ",
-    )
+    ))
 });
 
 /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` that also counts finding its own value as set:
@@ -219,25 +215,7 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// Counters never get a TTL and nothing else writes them, so on each node they only
 /// grow. Candidates stay below 2^53, where Lua's doubles are exact.
 pub(crate) static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    // MUTANT (safety suite only): no candidate; each node INCRs its own counter and the
-    // client takes the highest reply as its token.
-    #[cfg(redlock_mutant = "incr_max")]
-    return Script::new(
-        r"
-local m = #KEYS / 2
-for i = 1, m do
-  local v = redis.call('GET', KEYS[i])
-  if v and v ~= ARGV[1] then return {1, 0} end
-end
-local c = 0
-for i = 1, m do
-  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
-  c = math.max(c, redis.call('INCR', KEYS[m + i]))
-end
-return {2, c}
-",
-    );
-    Script::new(
+    Script::new(mutants::fenced_acquire_script().unwrap_or(
         r"
 local m = #KEYS / 2
 local t = tonumber(ARGV[3])
@@ -270,7 +248,7 @@ for i = 1, m do
 end
 return {2, t}
 ",
-    )
+    ))
 });
 
 #[cfg(all(test, feature = "harness"))]

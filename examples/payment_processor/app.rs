@@ -102,6 +102,8 @@ pub(crate) struct Summary {
     pub(crate) faults: u64,
     pub(crate) elapsed: Duration,
     pub(crate) warnings: Vec<String>,
+    /// The first lock failure other than a conflict, with each node's cause.
+    pub(crate) first_lock_failure: Option<String>,
 }
 
 impl Summary {
@@ -189,6 +191,9 @@ impl Summary {
                 "{} payments were left unprocessed\n",
                 self.payments - self.completed
             );
+            if let Some(failure) = &self.first_lock_failure {
+                out += &format!("the first lock failure, with each node's cause:\n  {failure}\n");
+            }
         }
         out += &format!("double charges: {}", self.double_charges);
         out
@@ -326,6 +331,7 @@ pub(crate) async fn run(cfg: Config, stop: CancellationToken) -> Result<Summary,
         let mut tick = tokio::time::interval(POLL);
         let mut last_line = Instant::now();
         let mut ending = Ending::Finished;
+        let mut failure_shown = false;
         let mut conn = store.clone();
         let result = loop {
             tokio::select! {
@@ -335,9 +341,19 @@ pub(crate) async fn run(cfg: Config, stop: CancellationToken) -> Result<Summary,
                     workers_stop.cancel();
                 }
                 _ = tick.tick() => {
-                    let Ok((pending, charges)) = queue_state(&mut conn, &keys).await else { continue };
+                    let Ok((pending, charges, failure)) = queue_state(&mut conn, &keys).await else { continue };
                     let done = cfg.payments.saturating_sub(pending);
                     progress_tx.send_replace(done);
+                    // Once, as soon as a lock attempt failed for a reason other than a
+                    // conflict: with unreachable nodes, the only line saying why
+                    // nothing gets done.
+                    if let (Some(failure), false, true) = (failure, failure_shown, cfg.progress) {
+                        failure_shown = true;
+                        eprintln!(
+                            "[{:5.1}s] a lock attempt failed (later failures are only counted):\n  {failure}",
+                            started.elapsed().as_secs_f64(),
+                        );
+                    }
                     if cfg.progress && last_line.elapsed() >= PROGRESS_EVERY {
                         last_line = Instant::now();
                         eprintln!(
@@ -373,10 +389,11 @@ pub(crate) async fn run(cfg: Config, stop: CancellationToken) -> Result<Summary,
 async fn queue_state(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-) -> redis::RedisResult<(usize, usize)> {
+) -> redis::RedisResult<(usize, usize, Option<String>)> {
     redis::pipe()
         .zcard(keys.pending())
         .llen(keys.ledger())
+        .get(keys.first_lock_failure())
         .query_async(conn)
         .await
 }
@@ -389,18 +406,20 @@ async fn read_summary(
     elapsed: Duration,
 ) -> Result<Summary, String> {
     #[allow(clippy::type_complexity)]
-    let (statuses, charges, per_payment, stats, mut latencies): (
+    let (statuses, charges, per_payment, stats, mut latencies, first_lock_failure): (
         Vec<String>,
         usize,
         Vec<u64>,
         HashMap<String, u64>,
         Vec<u64>,
+        Option<String>,
     ) = redis::pipe()
         .hvals(keys.status())
         .llen(keys.ledger())
         .hvals(keys.charges())
         .hgetall(keys.stats())
         .lrange(keys.latencies(), 0, -1)
+        .get(keys.first_lock_failure())
         .query_async(conn)
         .await
         .map_err(|e| format!("reading the results from the store failed: {e}"))?;
@@ -423,6 +442,7 @@ async fn read_summary(
         faults: 0,
         elapsed,
         warnings: Vec::new(),
+        first_lock_failure,
     })
 }
 

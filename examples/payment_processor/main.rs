@@ -27,6 +27,10 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `rediss://` nodes (with the `tls` feature): the crate installs no crypto provider,
+    // the application does.
+    #[cfg(feature = "tls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let env_nodes = std::env::var("REDLOCK_NODES").ok();
     let command = match app::parse(std::env::args().skip(1), env_nodes) {
         Ok(c) => c,

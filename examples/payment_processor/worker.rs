@@ -4,6 +4,7 @@
 //! a status per payment, a ledger of charges, and the counters the summary is made of.
 //! Everything a worker learns goes there, so workers in separate processes add up.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,11 +88,16 @@ impl Keys {
     pub(crate) fn stall(&self) -> String {
         format!("{}:stall", self.prefix)
     }
+    /// String: the first lock failure other than a conflict, with each node's cause
+    /// (set once per run, by whichever worker process fails first).
+    pub(crate) fn first_lock_failure(&self) -> String {
+        format!("{}:first_lock_failure", self.prefix)
+    }
     /// The store's fencing high-water mark for one payment.
     fn fence(&self, id: u64) -> String {
         format!("{}:fence:{id}", self.prefix)
     }
-    fn all_fixed(&self) -> [String; 8] {
+    fn all_fixed(&self) -> [String; 9] {
         [
             self.status(),
             self.pending(),
@@ -101,6 +107,7 @@ impl Keys {
             self.latencies(),
             self.amounts(),
             self.stall(),
+            self.first_lock_failure(),
         ]
     }
 }
@@ -208,6 +215,8 @@ struct Shared {
     store: MultiplexedConnection,
     read: redis::Script,
     record: redis::Script,
+    /// Whether a worker of this process has recorded its first lock failure.
+    failure_recorded: AtomicBool,
 }
 
 /// Runs `spec.workers` workers until the queue is empty or `stop` is cancelled. Each
@@ -234,6 +243,7 @@ pub(crate) async fn run_workers(spec: WorkerSpec, stop: CancellationToken) -> Re
         store,
         read,
         record,
+        failure_recorded: AtomicBool::new(false),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..shared.spec.workers {
@@ -331,6 +341,12 @@ async fn locked(
                     stats.lock_errors += 1;
                 }
                 tracing::debug!(worker = %name, error = %e, "no lock");
+                // Counted, the failures say nothing of their cause: an unreachable node
+                // and a wrong password look alike. The first one is kept, with each
+                // node's cause, for the coordinator to show.
+                if !shared.failure_recorded.swap(true, Ordering::Relaxed) {
+                    record_first_failure(shared, conn, &e).await;
+                }
                 tokio::time::sleep(FAULT_PAUSE).await;
             }
             return;
@@ -350,6 +366,28 @@ async fn locked(
     // A failed release is not a double charge: the lock expires with its ttl.
     if let Err(e) = guard.release().await {
         tracing::debug!(worker = %name, error = %e, "release failed");
+    }
+}
+
+/// Stores `e` (once per run: the first process to fail wins) as its message followed by
+/// one indented line per node cause.
+async fn record_first_failure(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    e: &tokio_redlock::Error,
+) {
+    let mut text = e.to_string();
+    for cause in e.node_errors() {
+        text.push_str(&format!("\n  {cause}"));
+    }
+    let set: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(shared.keys.first_lock_failure())
+        .arg(text)
+        .arg("NX")
+        .query_async(conn)
+        .await;
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "could not record the first lock failure");
     }
 }
 

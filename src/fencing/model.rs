@@ -4,8 +4,10 @@
 //! strictly greater token** (real-time order), and no two successes share a token.
 //!
 //! N in-memory nodes, each with a counter and a lock key, run the per-node script
-//! atomically. Several clients with their own (stale) counter caches run the client side:
-//! candidate = cache + 1, STALE replies raise it, a win needs a quorum of OK replies.
+//! atomically. Several clients with their own (stale) counter caches run the client side
+//! with the crate's own retry policy (`redlock/policy.rs`, the code `acquire` runs): the
+//! first candidate is cache + 1, STALE replies raise it, a win needs a quorum of OK
+//! replies, and the policy decides re-rounds and when an acquisition gives up.
 //! A seeded scheduler interleaves everything at random: requests and replies are
 //! delivered in any order, lost before or after they ran (so quorums are partial and
 //! differ from attempt to attempt), stragglers of decided attempts still run, lock keys
@@ -13,8 +15,13 @@
 //! catches the naive "max of per-node INCR" variant and the strict protocol on nodes
 //! that forget their counter (the persistence assumption of `docs/safety.md`).
 
+use std::time::{Duration, Instant};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::quorum::{Tally, Vote};
+use crate::redlock::policy::{AttemptOutcome, Policy, State, Step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -82,14 +89,16 @@ struct Attempt {
     outstanding: usize,
     ok: Vec<u64>,
     stale: Option<u64>,
+    tally: Tally,
 }
 
 #[derive(Default)]
 struct Client {
     /// The highest counter this client has seen (the manager's fence cache).
     cache: u64,
-    /// The candidate of the acquisition under way (it evolves across its retries).
-    candidate: Option<u64>,
+    /// The policy state of the acquisition under way (its candidate evolves across its
+    /// retries); `None` between acquisitions.
+    state: Option<State>,
     attempt: Option<Attempt>,
     holding: Option<u64>,
 }
@@ -174,7 +183,10 @@ impl Sim {
 
     fn start_attempt(&mut self, c: usize) {
         let client = &mut self.clients[c];
-        let candidate = *client.candidate.get_or_insert(client.cache + 1);
+        let cache = client.cache;
+        let state = client.state.get_or_insert_with(|| State::new(Some(cache)));
+        state.begin();
+        let candidate = state.candidate().unwrap_or(cache + 1);
         self.next_attempt += 1;
         let id = self.next_attempt;
         client.attempt = Some(Attempt {
@@ -184,6 +196,7 @@ impl Sim {
             outstanding: self.nodes.len(),
             ok: Vec::new(),
             stale: None,
+            tally: Tally::new(self.nodes.len()),
         });
         for node in 0..self.nodes.len() {
             let msg = if self.rng.random_bool(self.loss) {
@@ -253,9 +266,16 @@ impl Sim {
         }
         a.outstanding -= 1;
         match reply {
-            Reply::Ok(counter) => a.ok.push(counter),
-            Reply::Stale(counter) => a.stale = Some(a.stale.map_or(counter, |s| s.max(counter))),
-            Reply::Locked | Reply::Failed => {}
+            Reply::Ok(counter) => {
+                a.ok.push(counter);
+                a.tally.record(Vote::Yes);
+            }
+            Reply::Stale(counter) => {
+                a.stale = Some(a.stale.map_or(counter, |s| s.max(counter)));
+                a.tally.record(Vote::No);
+            }
+            Reply::Locked => a.tally.record(Vote::No),
+            Reply::Failed => a.tally.record(Vote::Failed),
         }
         if a.ok.len() >= quorum {
             let token = match protocol {
@@ -265,7 +285,7 @@ impl Sim {
             let start = a.start;
             let client = &mut self.clients[c];
             client.cache = client.cache.max(token);
-            client.candidate = None;
+            client.state = None;
             client.holding = Some(attempt);
             client.attempt = None;
             self.wins.push(Win {
@@ -275,18 +295,35 @@ impl Sim {
             });
         } else if a.ok.len() + a.outstanding < quorum {
             let stale = a.stale;
+            let outcome = AttemptOutcome::Lost {
+                tally: a.tally,
+                stale,
+                locked: 0,
+                conflict: 0,
+            };
             let client = &mut self.clients[c];
             client.attempt = None;
             if let Some(seen) = stale {
                 client.cache = client.cache.max(seen);
-                client.candidate = Some(seen + 1);
+            }
+            // The crate's policy decides: a re-round with the raised candidate, a retry
+            // with the same one, or giving up (the next acquisition starts again from
+            // the cache).
+            let policy = Policy {
+                retries: 3,
+                deadline: None,
+                delay: Duration::ZERO,
+                jitter: Duration::ZERO,
+                wake: false,
+                single: false,
+            };
+            if let Some(state) = client.state.as_mut() {
+                let step = policy.next(state, &outcome, Instant::now(), &mut self.rng);
+                if matches!(step, Step::GiveUp(_) | Step::Won) {
+                    client.state = None;
+                }
             }
             self.release(attempt);
-            // Sometimes the acquisition gives up (retries exhausted); the next one
-            // starts again from the cache.
-            if self.rng.random_bool(0.2) {
-                self.clients[c].candidate = None;
-            }
         }
     }
 

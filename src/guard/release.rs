@@ -8,10 +8,11 @@ use redis::Value;
 use tracing::Instrument;
 
 use super::{Held, LockGuard};
-use crate::error::{Error, LostReason, NodeErrors};
+use crate::error::{Error, LostReason};
 use crate::metrics;
 use crate::quorum;
-use crate::round::{fan_out, Collecting, Op};
+use crate::quorum::Vote;
+use crate::round::{self, fan_out, Collecting, Count, Op};
 
 /// The least and most a releaser that woke a waiter holds back its own next
 /// acquisition of the key: about one round trip on loopback at least, never long.
@@ -196,70 +197,50 @@ impl LockGuard {
             let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
             // Cancelled once sent, the rest still goes out (see `# Cancel safety`).
             let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "release");
-            let n = inner.nodes.len();
-            let quorum = quorum::quorum(n);
-            let mut report = ReleaseReport {
-                released: 0,
-                not_held: 0,
-                failed: 0,
-                pending: n,
-                woken: 0,
+            // Once a quorum answered (released or not held), nobody can be kept from
+            // the lock by this owner; the rest finish in the background. Every answer
+            // counts, also from a node in restart quarantine: a release is no vote.
+            let votes = round::collect(
+                &mut replies,
+                &inner.nodes,
+                Count::Answers,
+                |value| {
+                    let (deleted, woke) = release_reply(value)
+                        .ok_or_else(|| format!("release answered {value:?}"))?;
+                    Ok((if deleted > 0 { Vote::Yes } else { Vote::No }, woke))
+                },
+                |tally| tally.yes + tally.no >= tally.quorum,
+            )
+            .await;
+            let tally = votes.tally;
+            let report = ReleaseReport {
+                released: tally.yes,
+                not_held: tally.no,
+                failed: tally.failed,
+                pending: tally.pending(),
+                woken: votes.answers.iter().flatten().sum(),
                 validity_ended,
             };
-            let mut causes = Vec::new();
-            while let Some((node, reply)) = replies.next().await {
-                report.pending -= 1;
-                match reply {
-                    Ok(value) => match release_reply(&value) {
-                        Some((deleted, woke)) => {
-                            if deleted > 0 {
-                                report.released += 1;
-                            } else {
-                                report.not_held += 1;
-                            }
-                            report.woken += woke;
-                        }
-                        None => {
-                            report.failed += 1;
-                            causes.push(
-                                inner.nodes[node]
-                                    .protocol_error(format!("release answered {value:?}")),
-                            );
-                        }
-                    },
-                    Err(e) => {
-                        report.failed += 1;
-                        causes.push(e);
-                    }
-                }
-                // Once a quorum answered, nobody can be kept from the lock by this
-                // owner; the rest finish in the background.
-                if report.released + report.not_held >= quorum {
-                    break;
-                }
-            }
             drop(replies);
             if report.woken > 0 {
                 // One release round trip: about what the woken waiter needs to get its
                 // SET to the nodes first. Bounded, so a slow release costs little.
                 let head_start = started.elapsed().clamp(MIN_HEAD_START, MAX_HEAD_START);
-                inner.yield_to(&held.keys[0], head_start);
+                inner.wakeups.hints.yield_to(&held.keys[0], head_start);
             }
             tracing::debug!(?report, "released");
             let answered = report.released + report.not_held;
-            metrics::released(answered >= quorum);
-            if answered >= quorum {
+            metrics::released(answered >= tally.quorum);
+            if answered >= tally.quorum {
                 Ok(report)
             } else {
-                Err(Error::NoQuorum {
-                    resource,
-                    attempts: 1,
-                    ok: answered,
-                    failed: report.failed,
-                    needed: quorum,
-                    nodes: n,
-                    causes: NodeErrors(causes),
-                })
+                Err(round::no_quorum(
+                    &resource,
+                    1,
+                    answered,
+                    &tally,
+                    votes.causes,
+                ))
             }
         }
         .instrument(span)

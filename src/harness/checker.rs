@@ -18,6 +18,7 @@ use super::history::{EventKind, History};
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum Check {
     /// C1: no two holders' claims overlap.
     Claim,
@@ -42,6 +43,7 @@ impl fmt::Display for Check {
 
 /// One broken promise, with enough detail to find it in the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Violation {
     /// The check that found it.
     pub check: Check,
@@ -61,6 +63,7 @@ fn violation(check: Check, what: String) -> Violation {
 
 /// One successful acquisition, as the history tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Hold {
     /// The client.
     pub client: u32,
@@ -295,6 +298,7 @@ pub fn fencing(h: &History) -> Vec<Violation> {
 
 /// The bounds [`liveness`] holds a run to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LivenessSpec {
     /// When each fault was healed (in [`now_ns`](super::history::now_ns) time). A heal
     /// followed by another fault within `progress_within` is not judged.
@@ -311,6 +315,29 @@ pub struct LivenessSpec {
     /// Keys the driver found on reachable nodes after every client had stopped and
     /// released (lock keys that nobody holds).
     pub leftover_keys: Vec<String>,
+}
+
+impl LivenessSpec {
+    /// Bounds with no faults, no heals and no leftover keys; set those fields as the run
+    /// tells them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_redlock::harness::checker::LivenessSpec;
+    ///
+    /// let mut spec = LivenessSpec::new(Duration::from_secs(2), Duration::from_secs(5), 0);
+    /// spec.heals_ns.push(1_000);
+    /// ```
+    pub fn new(progress_within: Duration, attempt_within: Duration, end_ns: u64) -> Self {
+        Self {
+            heals_ns: Vec::new(),
+            faults_ns: Vec::new(),
+            progress_within,
+            attempt_within,
+            end_ns,
+            leftover_keys: Vec::new(),
+        }
+    }
 }
 
 /// C4: every attempt ends in time; after each heal every resource that someone tried
@@ -400,6 +427,7 @@ pub fn liveness(h: &History, spec: &LivenessSpec) -> Vec<Violation> {
 
 /// Every violation of a run, and a count per check.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Report {
     /// All violations, C1 first.
     pub violations: Vec<Violation>,

@@ -77,6 +77,7 @@ pub fn instant_ns(at: Instant) -> u64 {
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind {
     /// An acquisition (with its retries) starts.
     Start,
@@ -110,6 +111,7 @@ pub enum EventKind {
 
 /// One event of a history.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Event {
     /// When, in [`now_ns`] time.
     pub t_ns: u64,
@@ -155,6 +157,7 @@ impl fmt::Display for Event {
 /// A line of a history file that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("history line {line} is malformed ({what}); each line is `<t_ns> <client> <op> <resource> <kind> ...`")]
+#[non_exhaustive]
 pub struct ParseError {
     /// The 1-based line number.
     pub line: usize,
@@ -222,6 +225,7 @@ impl Event {
 
 /// The events of a run, in time order once [merged](Self::merge) or [sorted](Self::sort).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct History {
     /// The events.
     pub events: Vec<Event>,

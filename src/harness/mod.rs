@@ -97,7 +97,8 @@
 //!
 //! # Limits
 //!
-//! Unix only (signals, `/proc`). Latency applies to both directions at once.
+//! Unix only (signals, `/proc`): on other targets the `harness` feature compiles, but this
+//! module is absent. Latency applies to both directions at once; partitions can be one-way.
 
 use std::io;
 use std::time::Duration;
@@ -131,12 +132,14 @@ pub enum HarnessError {
         "redis-server not found ({searched}); install it with `apt-get install redis-server` \
          or set REDIS_SERVER=/path/to/redis-server"
     )]
+    #[non_exhaustive]
     ServerNotFound {
         /// Where the harness looked.
         searched: String,
     },
     /// The server process could not be spawned.
     #[error("could not spawn {path}; check that it is an executable redis-server")]
+    #[non_exhaustive]
     Spawn {
         /// The binary that was run.
         path: std::path::PathBuf,
@@ -149,6 +152,7 @@ pub enum HarnessError {
         "redis-server on port {port} not ready within {timeout:?}; raise ready_timeout() \
          or read its log:\n{log_tail}"
     )]
+    #[non_exhaustive]
     NotReady {
         /// The server's port.
         port: u16,
@@ -159,6 +163,7 @@ pub enum HarnessError {
     },
     /// The server exited while starting.
     #[error("redis-server on port {port} exited while starting ({status}); check its arguments and log:\n{log_tail}")]
+    #[non_exhaustive]
     Exited {
         /// The server's port.
         port: u16,
@@ -169,6 +174,7 @@ pub enum HarnessError {
     },
     /// The server's port stayed taken by another process.
     #[error("port {port} is taken by another process after {attempts} attempts; stop whatever listens there:\n{log_tail}")]
+    #[non_exhaustive]
     PortTaken {
         /// The last port tried.
         port: u16,
@@ -179,12 +185,14 @@ pub enum HarnessError {
     },
     /// The operation needs a running server, and this node's is killed.
     #[error("node {index} is not running; call restart() first")]
+    #[non_exhaustive]
     NotRunning {
         /// The node's index in the cluster.
         index: usize,
     },
     /// Sending a signal to the server failed.
     #[error("could not send {signal} to pid {pid}")]
+    #[non_exhaustive]
     Signal {
         /// The process.
         pid: u32,
@@ -196,6 +204,7 @@ pub enum HarnessError {
     },
     /// An I/O operation of the harness failed.
     #[error("{context}")]
+    #[non_exhaustive]
     Io {
         /// What the harness was doing.
         context: String,
@@ -205,6 +214,7 @@ pub enum HarnessError {
     },
     /// A bounded wait ran out.
     #[error("{what} did not finish within {timeout:?}")]
+    #[non_exhaustive]
     Timeout {
         /// What was waited for.
         what: String,
@@ -213,6 +223,7 @@ pub enum HarnessError {
     },
     /// A Redis command sent by a health check failed.
     #[error("{what} failed; check the node's faults and log")]
+    #[non_exhaustive]
     Redis {
         /// What the harness was doing.
         what: String,

@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::policy::AttemptOutcome;
 use super::Redlock;
 use crate::guard::{Held, LockGuard};
+use crate::mutants;
 use crate::node::Node;
 use crate::quorum::{self, Outcome, Tally, Vote};
-use crate::round::{self, fan_out, fan_out_where, finish_in_background, Collecting, Op};
+use futures::StreamExt;
+
+use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Op, Replies};
 use crate::scripts;
 use crate::wake;
 
@@ -28,8 +32,30 @@ pub(super) enum Attempt {
         /// Which of the keys the nodes found held most often (for `acquire_many`).
         conflict: usize,
     },
-    /// A quorum agreed, with less than `min_validity` left.
+    /// A quorum agreed, with less than `min_validity` left after this long.
     Expired(Duration),
+}
+
+impl Attempt {
+    /// What the retry policy needs to know of it.
+    pub(super) fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Self::Won(_) => AttemptOutcome::Won,
+            Self::Lost {
+                tally,
+                stale,
+                locked,
+                conflict,
+                ..
+            } => AttemptOutcome::Lost {
+                tally: *tally,
+                stale: *stale,
+                locked: *locked,
+                conflict: *conflict,
+            },
+            Self::Expired(_) => AttemptOutcome::Expired,
+        }
+    }
 }
 
 /// What one attempt asks of the nodes.
@@ -57,10 +83,18 @@ enum Answer {
 
 /// Undoes an attempt if the attempt's future is dropped before it decided: a cancelled
 /// acquisition cleans up after itself in the background instead of leaving keys to
-/// the TTL. Made before the first request is sent; `disarm` takes it.
-struct Undo(Option<(Arc<[Node]>, Op)>);
+/// the TTL. Made before the first request is sent, with the runtime it will release on
+/// (none outside a runtime: the TTL frees the keys); `disarm` takes it.
+struct Undo(Option<(Arc<[Node]>, Op)>, Option<tokio::runtime::Handle>);
 
 impl Undo {
+    fn new(nodes: Arc<[Node]>, op: Op) -> Self {
+        Self(
+            Some((nodes, op)),
+            tokio::runtime::Handle::try_current().ok(),
+        )
+    }
+
     fn disarm(&mut self) -> Option<(Arc<[Node]>, Op)> {
         self.0.take()
     }
@@ -68,11 +102,8 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        // Outside a runtime nothing can be sent; the TTL frees the keys.
-        if let (Some((nodes, op)), Ok(handle)) =
-            (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            round::release_in_background(&handle, nodes, op, "cancelled acquire");
+        if let (Some((nodes, op)), Some(handle)) = (self.0.take(), &self.1) {
+            round::release_in_background(handle, nodes, op, "cancelled acquire");
         }
     }
 }
@@ -113,78 +144,59 @@ impl Redlock {
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let clock = &inner.config.clock;
         let start = clock.stamp();
-        let mut undo = Undo(Some((Arc::clone(&inner.nodes), undo_op())));
-        let mut replies = fan_out(&inner.nodes, Arc::new(op));
-        let n = inner.nodes.len();
-        let mut tally = Tally::new(n);
-        let mut causes = Vec::new();
-        let mut answered = vec![false; n];
-        // Nodes that answered "not set": nothing of this attempt is there to undo.
-        let mut refused = vec![false; n];
-        let mut stale: Option<u64> = None;
-        let mut held_at = vec![0usize; keys.len()];
-        let mut outcome = None;
-        #[cfg(redlock_mutant = "incr_max")]
-        let mut incr_max: Option<u64> = None;
-        while let Some((node, reply)) = futures::StreamExt::next(&mut replies).await {
-            let answer = inner.nodes[node].as_vote(reply).and_then(|value| {
-                answered[node] = true;
-                classify(&value, ask.candidate.is_some(), keys.len())
-                    .map_err(|what| inner.nodes[node].protocol_error(what))
-            });
-            let vote = match answer {
-                Ok(Answer::Set(_counter)) => {
-                    #[cfg(redlock_mutant = "incr_max")]
-                    {
-                        incr_max = incr_max.max(_counter);
-                    }
+        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op());
+        // Won or lost, the stragglers' requests still go out when this is dropped: a
+        // won lock then stands on every healthy node, not a bare quorum (their keys go
+        // with the release), and a queued acquire must reach every node's wait queue.
+        // Whatever a lost attempt's stragglers set is undone below, after them on each
+        // node (see `Node::settled`).
+        let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "acquire");
+        let fenced = ask.candidate.is_some();
+        let votes = round::collect(
+            &mut replies,
+            &inner.nodes,
+            Count::Votes,
+            |value| {
+                let answer = classify(value, fenced, keys.len())?;
+                let vote = if matches!(answer, Answer::Set(_)) {
                     Vote::Yes
-                }
-                Ok(Answer::Held(key)) => {
-                    refused[node] = true;
-                    held_at[key.min(keys.len() - 1)] += 1;
+                } else {
                     Vote::No
-                }
-                Ok(Answer::Stale(counter)) => {
-                    refused[node] = true;
-                    stale = Some(stale.map_or(counter, |s| s.max(counter)));
-                    Vote::No
-                }
-                Err(e) => {
-                    causes.push(e);
-                    Vote::Failed
-                }
-            };
-            tracing::debug!(node, ?vote, "acquire vote");
-            tally.record(vote);
-            outcome = tally.outcome();
-            if outcome.is_some() {
-                break;
-            }
-        }
-        // Won or lost, the stragglers' requests still go out: a won lock then stands on
-        // every healthy node, not a bare quorum (their keys go with the release), and a
-        // queued acquire must reach every node's wait queue. Whatever a lost attempt's
-        // stragglers set is undone below, after them on each node (see `Node::settled`).
-        finish_in_background(replies, "acquire");
+                };
+                Ok((vote, answer))
+            },
+            |tally| tally.outcome().is_some(),
+        )
+        .await;
+        let outcome = votes.tally.outcome();
+        // Nodes that answered "not set" hold nothing of this attempt to undo.
+        let refused: Vec<bool> = votes
+            .answers
+            .iter()
+            .map(|a| matches!(a, Some(Answer::Held(_) | Answer::Stale(_))))
+            .collect();
+        let keys_n = keys.len();
+        let refuses = move |value: &Value| {
+            matches!(
+                classify(value, fenced, keys_n),
+                Ok(Answer::Held(_) | Answer::Stale(_))
+            )
+        };
         if outcome == Some(Outcome::Won) {
             let elapsed = clock.since(start);
             let ttl = Duration::from_millis(ask.ttl_ms);
             let drift = quorum::drift(ttl, inner.config.drift_factor);
-            // MUTANT (safety suite only): a round won too late still counts as won.
-            let skip_validity = cfg!(redlock_mutant = "skip_validity");
             let left = quorum::validity(ttl, elapsed, drift);
-            if left.is_some_and(|left| left >= ask.min_validity) || skip_validity {
+            if left.is_some_and(|left| left >= ask.min_validity) || mutants::SKIP_VALIDITY {
                 undo.disarm();
+                drop(replies);
                 // validity = ttl − elapsed − drift, counted from `start`, so the lock is
                 // promised until start + ttl − drift and not a moment longer.
                 let valid_until = start.after(ttl.saturating_sub(drift));
-                // MUTANT (safety suite only): the token is the highest counter a
-                // yes-voter reported after its own INCR.
-                #[cfg(redlock_mutant = "incr_max")]
-                let candidate = incr_max;
-                #[cfg(not(redlock_mutant = "incr_max"))]
-                let candidate = ask.candidate;
+                let candidate = mutants::token(ask.candidate, &votes.answers, |a| match a {
+                    Answer::Set(counter) => *counter,
+                    _ => None,
+                });
                 let guard = LockGuard::new(
                     Arc::clone(ask.names),
                     valid_until,
@@ -198,19 +210,28 @@ impl Redlock {
                     },
                 );
                 if let (Some(fences), Some(t)) = (ask.fence_keys, candidate) {
-                    self.remember_fence(fences, t);
+                    inner.fences.remember(fences, t);
                 }
                 return Attempt::Won(guard);
             }
-            undo_answered(&mut undo, &answered, &refused).await;
+            undo_failed(&mut undo, &votes, &refused, replies.into_rest(), refuses).await;
             return Attempt::Expired(elapsed);
         }
-        undo_answered(&mut undo, &answered, &refused).await;
+        undo_failed(&mut undo, &votes, &refused, replies.into_rest(), refuses).await;
+        let mut held_at = vec![0usize; keys.len()];
+        let mut stale: Option<u64> = None;
+        for answer in votes.answers.iter().flatten() {
+            match *answer {
+                Answer::Held(key) => held_at[key.min(keys.len() - 1)] += 1,
+                Answer::Stale(counter) => stale = stale.max(Some(counter)),
+                Answer::Set(_) => {}
+            }
+        }
         let locked = held_at.iter().sum();
         let conflict = (0..keys.len()).max_by_key(|i| held_at[*i]).unwrap_or(0);
         Attempt::Lost {
-            tally,
-            causes,
+            tally: votes.tally,
+            causes: votes.causes,
             stale,
             locked,
             conflict,
@@ -218,31 +239,56 @@ impl Redlock {
     }
 }
 
-/// Undoes a failed attempt on every node that may hold its value. The nodes that
-/// answered are waited for (bounded by the node timeout), so the next attempt starts
-/// with them clean; the silent ones get the same release in the background, where each
-/// node runs it after this attempt's own request (which may still land).
-async fn undo_answered(undo: &mut Undo, answered: &[bool], refused: &[bool]) {
+/// Undoes a failed attempt wherever its value may be, and only there:
+/// - nodes that answered "set" are undone now and waited for (bounded by the node
+///   timeout), so the next attempt starts with them clean;
+/// - nodes whose request failed (it may still have landed) are undone in the background;
+/// - nodes still to answer are undone in the background once they do, unless they
+///   answer "not set": under contention that is every node, and the undo costs nothing.
+///
+/// On each node the undo runs after this attempt's own request (see `Node::settled`).
+async fn undo_failed(
+    undo: &mut Undo,
+    votes: &round::Votes<Answer>,
+    refused: &[bool],
+    pending: Option<Replies>,
+    refuses: impl Fn(&Value) -> bool + Send + 'static,
+) {
     let Some((nodes, op)) = undo.disarm() else {
         return;
     };
-    // A node that answered "not set" holds nothing of this attempt: under contention
-    // that is every node, and the undo costs nothing.
-    if refused.iter().all(|r| *r) {
+    let op = Arc::new(op);
+    if let (Some(mut rest), Ok(handle)) = (
+        pending.filter(|r| !r.is_empty()),
+        tokio::runtime::Handle::try_current(),
+    ) {
+        let (nodes, op) = (Arc::clone(&nodes), Arc::clone(&op));
+        handle.spawn(async move {
+            while let Some((node, reply)) = rest.next().await {
+                if matches!(&reply, Ok(value) if refuses(value)) {
+                    continue;
+                }
+                let mut undo = fan_out_where(&nodes, Arc::clone(&op), |i| i == node);
+                if let Some((_, Err(e))) = undo.next().await {
+                    tracing::debug!(node, error = %e, "undo failed on a node; its key expires with the ttl");
+                }
+            }
+        });
+    }
+    let now = |i: usize| votes.ended[i] && !refused[i];
+    if !(0..nodes.len()).any(now) {
         return;
     }
     // Dropped mid-way (the acquisition cancelled), the rest still goes out.
-    let mut replies = Collecting::new(fan_out_where(&nodes, Arc::new(op), |i| !refused[i]), "undo");
-    let mut waiting = answered
-        .iter()
-        .zip(refused)
-        .filter(|(a, r)| **a && !**r)
+    let mut replies = Collecting::new(fan_out_where(&nodes, op, now), "undo");
+    let mut waiting = (0..nodes.len())
+        .filter(|i| votes.heard[*i] && !refused[*i])
         .count();
     while waiting > 0 {
         let Some((node, reply)) = replies.next().await else {
             break;
         };
-        if answered[node] {
+        if votes.heard[node] {
             waiting -= 1;
         }
         if let Err(e) = reply {

@@ -1,9 +1,8 @@
 //! [`Redlock`]: the lock manager. The attempt (the Redlock steps) is in `attempt.rs`,
 //! the loop of attempts in `retry.rs`, per-call options in `request.rs`.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -15,23 +14,17 @@ use crate::guard::LockGuard;
 use crate::metrics;
 use crate::node::Node;
 use crate::quorum;
-use crate::sync::lock;
-use crate::wake::{self, Wakeups};
+use crate::shared::Shared;
+use crate::wake;
 
 mod attempt;
+pub(crate) mod policy;
 mod request;
 mod retry;
 
 pub use request::LockRequest;
 pub(crate) use retry::Want;
 
-/// Fencing counters cached per manager before the cache is cleared. A missing entry only
-/// costs one extra round trip (a stale reply teaches the counter), so a crude bound is fine.
-const FENCE_CACHE_LIMIT: usize = 10_000;
-/// How long a key this manager found held counts as contended: long enough to span a
-/// worker's loop around a short critical section, short enough that a key that went
-/// quiet is soon locked with a plain `SET NX` again.
-const CONTENDED_MEMORY: Duration = Duration::from_secs(1);
 /// Lua numbers are doubles: a candidate must stay below 2^53 to be exact.
 pub(crate) const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
 /// Resource names longer than this are refused: keys are sent on every request and
@@ -61,20 +54,7 @@ pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct Redlock {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) nodes: Arc<[Node]>,
-    pub(crate) config: Config,
-    wakeups: Wakeups,
-    /// What this manager learnt of a key's contention (one lock, one lookup per
-    /// acquisition).
-    hints: Mutex<HashMap<String, KeyHint>>,
-    /// The highest fencing counter this manager has seen per resource key.
-    fences: Mutex<HashMap<String, u64>>,
-    /// State of the `check_on_connect` health checks.
-    pub(crate) health: crate::diagnose::HealthState,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl fmt::Debug for Redlock {
@@ -103,14 +83,7 @@ impl Redlock {
 
     pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                wakeups: Wakeups::new(nodes.len()),
-                hints: Mutex::new(HashMap::new()),
-                nodes,
-                config,
-                fences: Mutex::new(HashMap::new()),
-                health: Default::default(),
-            }),
+            inner: Arc::new(Shared::new(nodes, config)),
         }
     }
 
@@ -361,7 +334,7 @@ impl Redlock {
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
         let start = Instant::now();
         let result = self
-            .lock_checked(resources, ttl_ms, &want)
+            .run_attempts(resources, ttl_ms, &want)
             .instrument(span)
             .await;
         let attempts = match &result {
@@ -371,72 +344,12 @@ impl Redlock {
         metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
         result
     }
-
-    pub(super) fn cached_fence(&self, fence_keys: &[String]) -> u64 {
-        let cache = lock(&self.inner.fences);
-        fence_keys
-            .iter()
-            .filter_map(|k| cache.get(k).copied())
-            .max()
-            .unwrap_or(0)
-    }
-
-    pub(super) fn remember_fence(&self, fence_keys: &[String], seen: u64) {
-        let mut cache = lock(&self.inner.fences);
-        if cache.len() >= FENCE_CACHE_LIMIT {
-            cache.clear();
-        }
-        for key in fence_keys {
-            let entry = cache.entry(key.clone()).or_insert(0);
-            *entry = (*entry).max(seen);
-        }
-    }
-}
-
-/// What a manager remembers of one key between acquisitions.
-#[derive(Debug, Default)]
-pub(super) struct KeyHint {
-    /// Until when it lets a waiter it woke go first (see [`Inner::yield_to`]).
-    pub(super) yield_until: Option<Instant>,
-    /// When it last found the key held by another owner.
-    pub(super) contended_at: Option<Instant>,
-}
-
-impl Inner {
-    pub(super) fn hint(&self, key: &str, update: impl FnOnce(&mut KeyHint)) {
-        let mut hints = lock(&self.hints);
-        if hints.len() >= FENCE_CACHE_LIMIT && !hints.contains_key(key) {
-            hints.clear();
-        }
-        update(hints.entry(key.to_owned()).or_default());
-    }
-
-    /// The head start owed to a woken waiter (taken: it is owed once), and whether the
-    /// key was found held recently.
-    pub(super) fn take_hint(&self, key: &str) -> (Option<Instant>, bool) {
-        let mut hints = lock(&self.hints);
-        let Some(hint) = hints.get_mut(key) else {
-            return (None, false);
-        };
-        let contended = hint
-            .contended_at
-            .is_some_and(|at| at.elapsed() < CONTENDED_MEMORY);
-        (hint.yield_until.take(), contended)
-    }
-
-    /// After a release of `key` that woke a waiter, this manager's next acquisition of
-    /// `key` waits `head_start` first, so that the woken waiter, which hears of the
-    /// release about when this manager does, wins the race instead of the releaser.
-    pub(crate) fn yield_to(&self, key: &str, head_start: Duration) {
-        let until = crate::clock::instant_after(head_start);
-        self.hint(key, |h| h.yield_until = Some(until));
-    }
 }
 
 /// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
 pub(crate) fn new_value() -> String {
-    // MUTANT (safety suite only): every acquisition gets the same value.
-    #[cfg(redlock_mutant = "constant_value")]
-    return "0".repeat(32);
+    if let Some(same) = crate::mutants::constant_value() {
+        return same;
+    }
     format!("{:032x}", rand::rng().random::<u128>())
 }

@@ -351,22 +351,82 @@ async fn a_failed_first_attempt_leaves_nothing_on_the_real_nodes() {
     }
 }
 
-/// Item 7: `retry_count` is a promise, also with wake-ups and the queue join.
+/// How many attempts on `key` reached node 0 since the last call: the distinct owner
+/// values in the acquire requests of the slow log, which logs every command (a script's
+/// own commands too), and each attempt has a fresh value.
+async fn attempts_on_node0(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let mut values = std::collections::HashSet::new();
+    for entry in &log {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let args: Vec<String> = args.iter().map(text).collect();
+        let at = |i: usize| args.get(i).map(String::as_str);
+        match at(0).map(str::to_ascii_uppercase).as_deref() {
+            // SET key value NX PX ttl (alone, or inside a script)
+            Some("SET") if at(1) == Some(key) && at(3) == Some("NX") => {
+                values.insert(args[2].clone());
+            }
+            _ => {}
+        }
+    }
+    values.len()
+}
+
+/// Item 7: `retry_count` is a promise, also with wake-ups and the queue join: counted
+/// on the node, not only in the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_count_bounds_the_attempts_made_and_reported() {
     let cluster = cluster(3).await;
     let holder = redlock(&cluster);
-    let guard = bounded(holder.acquire("belief:retries", Duration::from_secs(30)))
+    let guard = bounded(holder.acquire("belief:retries", Duration::from_secs(60)))
         .await
         .unwrap();
-    for retries in [0u32, 1, 2, 5] {
-        let waiter = builder(&cluster)
+    let mut node0 = direct(&cluster).await.remove(0);
+    for (k, v) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "10000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async(&mut node0)
+            .await
+            .unwrap();
+    }
+    let waiter = |retries| {
+        builder(&cluster)
             .retry_count(retries)
             .retry_delay(Duration::from_millis(5))
             .retry_jitter(Duration::ZERO)
             .build()
-            .unwrap();
-        let err = bounded(waiter.acquire("belief:retries", Duration::from_secs(5)))
+            .unwrap()
+    };
+    // Loads the scripts first: a NOSCRIPT answer and its re-send would count twice.
+    let _ = bounded(waiter(1).acquire("belief:retries", Duration::from_secs(5))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    attempts_on_node0(&mut node0, "belief:retries").await;
+    for retries in [0u32, 1, 2, 5] {
+        let err = bounded(waiter(retries).acquire("belief:retries", Duration::from_secs(5)))
             .await
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
@@ -374,6 +434,14 @@ async fn retry_count_bounds_the_attempts_made_and_reported() {
             err.attempts(),
             Some(retries + 1),
             "retry_count({retries}): {err}"
+        );
+        // Stragglers of the last attempt may still be on their way to node 0.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let made = attempts_on_node0(&mut node0, "belief:retries").await;
+        assert_eq!(
+            made,
+            retries as usize + 1,
+            "retry_count({retries}) made {made} attempts"
         );
     }
     // The per-call form keeps the same promise.

@@ -270,7 +270,11 @@ async fn release_and_extend_never_touch_a_foreign_value() {
         matches!(
             err,
             Error::LockLost {
-                reason: LostReason::NotHeld { held: 0, needed: 2 },
+                reason: LostReason::NotHeld {
+                    held: 0,
+                    needed: 2,
+                    ..
+                },
                 ..
             }
         ),

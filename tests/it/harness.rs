@@ -127,7 +127,7 @@ async fn kill_then_restart_with_memory_loses_data() {
     assert!(started.elapsed() < SHORT * 4);
     assert!(matches!(
         node.pause().await,
-        Err(HarnessError::NotRunning { index: 0 })
+        Err(HarnessError::NotRunning { index: 0, .. })
     ));
     timeout(LONG, node.kill()).await.unwrap().unwrap(); // idempotent
 

@@ -1,4 +1,7 @@
 //! Integration tests: one binary, real `redis-server` processes started by the harness.
+//!
+//! Unix only, as the harness is; elsewhere this binary is empty.
+#![cfg(unix)]
 
 mod belief;
 mod core;

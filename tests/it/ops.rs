@@ -172,7 +172,7 @@ async fn strict_refuses_a_misconfigured_node_set_until_fixed() {
         .unwrap();
     let err = bounded(strict.acquire("strict", TTL)).await.unwrap_err();
     match &err {
-        Error::Unhealthy { findings } => {
+        Error::Unhealthy { findings, .. } => {
             assert_eq!(findings.len(), 1, "{err}");
             assert_eq!(findings[0].node(), Some(2));
         }
@@ -538,7 +538,7 @@ fn refused(
 ) -> (Vec<(Option<usize>, String)>, String) {
     match result {
         Err(err @ Error::Unhealthy { .. }) => {
-            let Error::Unhealthy { findings } = &err else {
+            let Error::Unhealthy { findings, .. } = &err else {
                 unreachable!()
             };
             let found = findings
@@ -852,6 +852,9 @@ mod tls {
 
     #[tokio::test]
     async fn locks_over_tls_with_a_private_ca_and_client_certificates() {
+        // The crate installs no crypto provider (src/tls.rs): the application does, as
+        // here. Ignoring the result: another TLS test may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let pki = pki();
         let cluster = bounded(
             Cluster::builder()

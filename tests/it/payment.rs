@@ -116,6 +116,53 @@ async fn without_the_lock_payments_are_charged_twice() {
     );
 }
 
+/// Lock nodes that never answer (all partitioned away): nothing is charged, and the run
+/// says why, with each node's cause, instead of only counting failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_lock_nodes_are_explained_with_each_nodes_cause() {
+    let cluster = support::cluster(3).await;
+    for node in cluster.nodes() {
+        support::bounded(node.partition()).await.unwrap();
+    }
+    let s = run(app::Config {
+        nodes: cluster.urls(),
+        payments: 5,
+        // Long enough for many failed attempts (each bounded by the node timeout).
+        timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .await;
+    let text = s.render();
+    assert_eq!(s.completed, 0, "{text}");
+    assert!(s.stat("no_quorum") > 0, "{text}");
+    let failure = s
+        .first_lock_failure
+        .as_deref()
+        .expect("the failure is kept");
+    assert!(
+        failure.starts_with("no quorum for `lock:payment:"),
+        "{failure}"
+    );
+    // The quorum of 3 is 2: the attempt ends once 2 nodes failed, each with its cause.
+    let causes: Vec<&str> = failure.lines().skip(1).collect();
+    assert!(causes.len() >= 2, "{failure}");
+    let endpoints: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!(":{})", n.proxy_port()))
+        .collect();
+    for cause in causes {
+        assert!(cause.starts_with("  node "), "{failure}");
+        assert!(endpoints.iter().any(|e| cause.contains(e)), "{failure}");
+    }
+    // The summary shows it too, since payments were left.
+    assert!(
+        text.contains(&format!("with each node's cause:\n  {failure}\n")),
+        "{text}"
+    );
+    assert_eq!(s.exit_code(), 1, "{text}");
+}
+
 /// The example's binary (see [`support::example_binary`]).
 async fn example_binary() -> PathBuf {
     support::example_binary("payment_processor", BUILD_BOUND).await

@@ -261,15 +261,15 @@ pub fn liveness(
     // acquisition may re-run a round up to 3 times at once (a stale counter) before it
     // counts as a failed attempt, so up to 4 rounds per attempt.
     let attempt = (NODE_TIMEOUT * 2 * 4 + RETRY_DELAY + RETRY_JITTER) * (RETRIES + 1);
-    LivenessSpec {
-        heals_ns,
-        // Minority faults never excuse a lack of progress, so none are listed.
-        faults_ns: Vec::new(),
-        progress_within: MAX_TTL + RETRY_DELAY + RETRY_JITTER + SLACK + extra,
-        attempt_within: attempt + SLACK,
+    // Minority faults never excuse a lack of progress, so no faults are listed.
+    let mut spec = LivenessSpec::new(
+        MAX_TTL + RETRY_DELAY + RETRY_JITTER + SLACK + extra,
+        attempt + SLACK,
         end_ns,
-        leftover_keys,
-    }
+    );
+    spec.heals_ns = heals_ns;
+    spec.leftover_keys = leftover_keys;
+    spec
 }
 
 /// The counters C2 checks: the fenced resources always, the unfenced one on request.

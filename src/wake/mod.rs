@@ -31,6 +31,10 @@ use crate::node::{Node, Request};
 use crate::scripts;
 use crate::sync::lock;
 
+mod hints;
+
+pub(crate) use hints::Hints;
+
 /// A release publishes on this prefix followed by the waiting manager's id.
 pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
 /// The wait queue of a lock key is this key followed by this suffix.
@@ -62,9 +66,11 @@ type Registry = Arc<Mutex<HashMap<String, KeyWaiters>>>;
 /// with the manager, since dropping a sink does not close its connection.
 type Subscription = Option<(PubSubSink, tokio::task::AbortHandle)>;
 
-/// A manager's wake-up machinery: its id, its subscriber connections, its waiters.
+/// A manager's wake-up machinery: its id, its subscriber connections, its waiters, and
+/// what it learnt of each key's contention.
 pub(crate) struct Wakeups {
     state: Arc<State>,
+    pub(crate) hints: Hints,
 }
 
 struct State {
@@ -210,6 +216,7 @@ impl Wakeups {
                 listening: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
                 retry_at: (0..nodes).map(|_| Mutex::new(None)).collect(),
             }),
+            hints: Hints::default(),
         }
     }
 

@@ -1,0 +1,59 @@
+//! The one seam for test-only mutations of the crate, used by the safety suite
+//! (`scripts/mutants.sh`) to prove that its checkers catch real defects.
+//!
+//! A mutant is selected at build time with `RUSTFLAGS='--cfg redlock_mutant="NAME"'` (a
+//! cfg rather than a feature, so `--all-features` never turns one on). Without one,
+//! every item here is the crate's real behaviour and compiles to it: a constant `false`,
+//! `None`, or the identity. The code that uses them names the defect it would bring in.
+
+/// `skip_validity`: a round won too late still counts as won.
+pub(crate) const SKIP_VALIDITY: bool = cfg!(redlock_mutant = "skip_validity");
+
+/// `quorum_half`: half the nodes make a "quorum", which is no majority.
+pub(crate) const QUORUM_HALF: bool = cfg!(redlock_mutant = "quorum_half");
+
+/// `constant_value`: every acquisition stores the same owner value.
+pub(crate) fn constant_value() -> Option<String> {
+    cfg!(redlock_mutant = "constant_value").then(|| "0".repeat(32))
+}
+
+/// The fencing token of a won round: the candidate, or, with `incr_max`, the highest
+/// counter a yes-voter reported after its own `INCR` (not monotone; see docs/safety.md).
+pub(crate) fn token<T>(
+    candidate: Option<u64>,
+    answers: &[Option<T>],
+    counter: impl Fn(&T) -> Option<u64>,
+) -> Option<u64> {
+    if cfg!(redlock_mutant = "incr_max") {
+        answers.iter().flatten().filter_map(counter).max()
+    } else {
+        candidate
+    }
+}
+
+/// `plain_del`: a release that deletes whoever holds the key.
+pub(crate) fn release_script() -> Option<&'static str> {
+    cfg!(redlock_mutant = "plain_del").then_some(
+        "local m = #KEYS if ARGV[2] and ARGV[2] ~= '' then m = #KEYS / 2 end \
+         local n = 0 for i = 1, m do n = n + redis.call('DEL', KEYS[i]) end return {n, 0}",
+    )
+}
+
+/// `incr_max`: no candidate; each node `INCR`s its own counter and answers it.
+pub(crate) fn fenced_acquire_script() -> Option<&'static str> {
+    cfg!(redlock_mutant = "incr_max").then_some(
+        r"
+local m = #KEYS / 2
+for i = 1, m do
+  local v = redis.call('GET', KEYS[i])
+  if v and v ~= ARGV[1] then return {1, 0} end
+end
+local c = 0
+for i = 1, m do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  c = math.max(c, redis.call('INCR', KEYS[m + i]))
+end
+return {2, c}
+",
+    )
+}
