@@ -16,6 +16,7 @@ mod driver;
 mod oracle;
 mod panics;
 mod schedule;
+mod selftest;
 mod shrink;
 mod timeline;
 
