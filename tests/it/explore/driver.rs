@@ -222,7 +222,8 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
             oracle: oracle.clone(),
             rec: rec.clone(),
             acquisitions: acquisitions.clone(),
-            prefix: prefix.clone(),
+            // Clients contend within a group of resources (one group unless a soak).
+            prefix: format!("{prefix}g{}", c / sched.workload.contending()),
             op,
             holding,
             tail,

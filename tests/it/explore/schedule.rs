@@ -23,6 +23,10 @@ pub enum Workload {
     Api,
     /// 3 nodes with `appendfsync always`: kill -9 and immediate restart, pauses, partitions.
     Crash,
+    /// For long runs: the `api` faults, fewer of them, and quick operations (mostly
+    /// acquire, extend, release) by 8 clients contending in pairs over 4 groups of
+    /// resources. Not part of the default run.
+    Soak,
 }
 
 impl Workload {
@@ -32,23 +36,34 @@ impl Workload {
         match self {
             Self::Api => "api",
             Self::Crash => "crash",
+            Self::Soak => "soak",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|w| w.name() == s)
+        [Self::Api, Self::Crash, Self::Soak]
+            .into_iter()
+            .find(|w| w.name() == s)
+    }
+
+    /// Clients `c` and `c'` contend when `c / pair == c' / pair`.
+    pub fn contending(self) -> usize {
+        match self {
+            Self::Soak => 2,
+            _ => usize::MAX,
+        }
     }
 
     pub fn nodes(self) -> usize {
         match self {
-            Self::Api => 5,
+            Self::Api | Self::Soak => 5,
             Self::Crash => 3,
         }
     }
 
     pub fn persistence(self) -> Persistence {
         match self {
-            Self::Api => Persistence::Memory,
+            Self::Api | Self::Soak => Persistence::Memory,
             Self::Crash => Persistence::AofAlways,
         }
     }
@@ -57,12 +72,13 @@ impl Workload {
         match self {
             Self::Api => 6,
             Self::Crash => 4,
+            Self::Soak => 8,
         }
     }
 
     pub fn episodes(self) -> usize {
         match self {
-            Self::Api => 6,
+            Self::Api | Self::Soak => 6,
             Self::Crash => 4,
         }
     }
@@ -528,6 +544,58 @@ fn op(rng: &mut StdRng) -> Op {
     }
 }
 
+/// Quick operations for long runs: mostly acquire, extend and release, short holds.
+fn soak_op(rng: &mut StdRng) -> Op {
+    let mgr = rng.random_range(0..2);
+    let res = rng.random_range(0..RESOURCES);
+    let ttl_ms = rng.random_range(100..=2_000);
+    let budget_ms = rng.random_bool(0.05).then(|| rng.random_range(0..=10));
+    match rng.random_range(0..100) {
+        0..=29 => Op::Acquire {
+            mgr,
+            res,
+            how: How::Acquire,
+            ttl_ms,
+            budget_ms,
+        },
+        30..=44 => Op::Acquire {
+            mgr,
+            res,
+            how: How::TryAcquire,
+            ttl_ms,
+            budget_ms,
+        },
+        45..=49 => Op::Acquire {
+            mgr,
+            res,
+            how: How::Many,
+            ttl_ms,
+            budget_ms,
+        },
+        50..=62 => Op::Extend {
+            ttl: ExtendTtl::OfLeft(rng.random_range(0.3..2.0)),
+            budget_ms,
+        },
+        63..=84 => Op::Release { budget_ms },
+        85..=87 => Op::Drop,
+        88..=89 => Op::KeepAlive {
+            opts: opts(rng),
+            on_thread: rng.random_bool(0.3),
+        },
+        90..=94 => Op::Hold {
+            ms: rng.random_range(1..=20),
+        },
+        _ => Op::WithLock {
+            mgr,
+            res,
+            ttl_ms,
+            opts: opts(rng),
+            work_ms: rng.random_range(0..=50),
+            budget_ms: None,
+        },
+    }
+}
+
 fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
     let span = EPISODE.as_millis() as u64;
     let steps = (0..workload.clients())
@@ -535,12 +603,16 @@ fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
             let mut steps = Vec::new();
             let mut t = 0;
             while t < span {
-                let think_ms = pick(rng, &[0, 0, 1, 5, 20, 60]);
-                t += think_ms + 40;
-                steps.push(Step {
-                    think_ms,
-                    op: op(rng),
-                });
+                let (think_ms, op) = if workload == Workload::Soak {
+                    let think_ms = pick(rng, &[0, 0, 1, 2, 5]);
+                    t += think_ms + 8;
+                    (think_ms, soak_op(rng))
+                } else {
+                    let think_ms = pick(rng, &[0, 0, 1, 5, 20, 60]);
+                    t += think_ms + 40;
+                    (think_ms, op(rng))
+                };
+                steps.push(Step { think_ms, op });
             }
             steps
         })
@@ -572,7 +644,11 @@ fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
             });
             busy_until[node] = t + dur_ms + 50;
         }
-        t += rng.random_range(50..400);
+        t += if workload == Workload::Soak {
+            rng.random_range(300..1_200)
+        } else {
+            rng.random_range(50..400)
+        };
     }
     Episode { steps, faults }
 }
@@ -592,7 +668,7 @@ fn fault_kind(rng: &mut StdRng, workload: Workload) -> FaultKind {
             _ => FaultKind::ScriptFlush,
         };
         let ok = match workload {
-            Workload::Api => kind != FaultKind::KillRestart,
+            Workload::Api | Workload::Soak => kind != FaultKind::KillRestart,
             Workload::Crash => !matches!(kind, FaultKind::ScriptFlush),
         };
         if ok {
