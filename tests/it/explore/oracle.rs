@@ -458,7 +458,17 @@ impl Oracle {
                             .map(|(v, c)| ((*v).to_owned(), *c));
                         match best {
                             Some((v, c)) if c >= self.quorum => {
-                                self.bind(look.id, look.client, look.op, k, key, v)
+                                if let Some(other) = self.bind(look.id, k, key, v) {
+                                    let what =
+                                        format!("{}; the value is holding {other}'s", detail());
+                                    suspects.push((
+                                        look.id,
+                                        look.gen,
+                                        look.client,
+                                        Kind::SharedValue,
+                                        what,
+                                    ));
+                                }
                             }
                             Some((_, c)) if c + unknown >= self.quorum => {}
                             None if unknown >= self.quorum => {}
@@ -542,21 +552,39 @@ impl Oracle {
         }
     }
 
-    fn bind(&self, id: u64, client: u32, op: u64, k: usize, key: &str, value: String) {
-        let mut owners = lock(&self.owners);
-        let owner = *owners.entry((key.to_owned(), value.clone())).or_insert(id);
+    /// Binds `value` to holding `id`; if another holding has it, says which (client, op,
+    /// state and story) and binds nothing.
+    fn bind(&self, id: u64, k: usize, key: &str, value: String) -> Option<String> {
+        let owner = *lock(&self.owners)
+            .entry((key.to_owned(), value.clone()))
+            .or_insert(id);
+        let mut entries = lock(&self.entries);
         if owner != id {
-            let what = format!("op {op} key {key}: the value on a quorum is the one bound to holding {owner}, another holder's");
-            lock(&self.violations).push(Violation {
-                t_ns: now_ns(),
-                kind: Kind::SharedValue,
-                client: Some(client),
-                what,
-            });
+            let other = entries.get(&owner)?;
+            let state = match &other.belief {
+                Belief::Guard(v) => format!(
+                    "a guard believing {:?} more",
+                    v.saturating_duration_since(Instant::now())
+                ),
+                Belief::Lease(l) => format!(
+                    "a lease, held: {}, {:?} more",
+                    l.is_held(),
+                    l.remaining_validity()
+                ),
+                Belief::InFlight => "a guard in a call".into(),
+                Belief::Closed => format!("ended ({})", other.bar.end_how),
+            };
+            return Some(format!(
+                "{owner} (client {} op {}, {state}): {}",
+                other.client,
+                other.op,
+                other.story.join("; ")
+            ));
         }
-        if let Some(e) = lock(&self.entries).get_mut(&id) {
+        if let Some(e) = entries.get_mut(&id) {
             e.bound[k] = Some(value);
         }
+        None
     }
 }
 
