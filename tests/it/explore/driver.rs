@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_redlock::harness::checker;
-use tokio_redlock::harness::history::{now_ns, History, Recorder};
+use tokio_redlock::harness::history::{now_ns, History};
 use tokio_redlock::harness::Cluster;
 use tokio_redlock::Redlock;
 use tokio_util::sync::CancellationToken;
@@ -197,7 +197,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         .max()
         .unwrap_or_default();
     let oracle = Oracle::new(cluster.len(), max_nt + MAX_PROXY_HOLD + GHOST_SLACK);
-    let rec = Recorder::new();
+    let rec = oracle.recorder().clone();
     let acquisitions = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(oracle.clone().sample(cluster.direct_urls(), stop.clone()));

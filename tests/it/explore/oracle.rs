@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::history::{instant_ns, now_ns};
+use tokio_redlock::harness::history::{instant_ns, now_ns, EventKind, Recorder};
 use tokio_redlock::Lease;
 use tokio_util::sync::CancellationToken;
 
@@ -145,6 +145,7 @@ pub struct Oracle {
     /// Per node, when a pause or kill last ended ([`ONGOING`] while one lasts).
     disturbed: Vec<AtomicU64>,
     grace: Duration,
+    rec: Recorder,
     pub samples: AtomicU64,
 }
 
@@ -170,7 +171,14 @@ impl Oracle {
             violations: Mutex::new(Vec::new()),
             disturbed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             samples: AtomicU64::new(0),
+            rec: Recorder::new(),
         })
+    }
+
+    /// The history: the clients record starts, successes, extensions and failures, the
+    /// oracle the end of each holding (as `Released`).
+    pub fn recorder(&self) -> &Recorder {
+        &self.rec
     }
 
     pub fn flag(&self, kind: Kind, client: Option<u32>, what: String) {
@@ -276,6 +284,8 @@ impl Oracle {
             e.belief = Belief::Closed;
             e.gen += 1;
             if e.bar.end_ns.is_none() {
+                self.rec
+                    .record(e.client, e.op, &e.bar.label, EventKind::Released);
                 e.closed_at = Some(Instant::now());
                 e.bar.end_ns = Some(now_ns());
                 e.bar.end_how = how.to_owned();
