@@ -406,8 +406,30 @@ impl Oracle {
             .map(|(i, k)| (k.as_str(), i))
             .collect();
         self.watch(&watches, &index, &reads);
+        // Only holdings whose state did not change while the nodes were read are judged
+        // (or bound): a holding released, dropped, in a call or lost meanwhile may have
+        // seen its key go and another holder's come.
+        let unchanged: Vec<bool> = {
+            let entries = lock(&self.entries);
+            looks
+                .iter()
+                .map(|l| {
+                    entries.get(&l.id).is_some_and(|e| {
+                        e.gen == l.gen
+                            && match &e.belief {
+                                Belief::Guard(_) => true,
+                                Belief::Lease(lease) => lease.is_held(),
+                                Belief::InFlight | Belief::Closed => false,
+                            }
+                    })
+                })
+                .collect()
+        };
         let mut suspects = Vec::new();
-        for look in &looks {
+        for (look, unchanged) in looks.iter().zip(unchanged) {
+            if !unchanged {
+                continue;
+            }
             let left = look.until.saturating_duration_since(t_e);
             if left <= SLACK {
                 continue;
