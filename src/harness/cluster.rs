@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::proxy::Proxy;
+use super::proxy::{Direction, Proxy};
 use super::server::{self, Server, ServerConfig, TlsPem};
 use super::{HarnessError, Persistence};
 
@@ -212,8 +212,8 @@ impl Cluster {
             .map(drop)
     }
 
-    /// Undoes every fault: resumes paused nodes, restarts killed ones, heals partitions and
-    /// sets latency to zero. A convenience built from the per-node undos.
+    /// Undoes every fault: resumes paused nodes, restarts killed ones, heals partitions (of
+    /// both kinds), sets latency to zero and disarms resets. A convenience built from the per-node undos.
     ///
     /// # Errors
     ///
@@ -227,6 +227,7 @@ impl Cluster {
             }
             n.heal().await?;
             n.set_latency(Duration::ZERO).await?;
+            n.stop_resets().await?;
         }
         Ok(())
     }
@@ -302,7 +303,7 @@ impl Node {
         self.server.is_paused()
     }
 
-    /// Whether the proxy is partitioned.
+    /// Whether the proxy is partitioned (both directions dropped).
     pub fn is_partitioned(&self) -> bool {
         self.proxy.is_partitioned()
     }
@@ -378,9 +379,11 @@ impl Node {
         Ok(())
     }
 
-    /// Ends a partition. Connections that lived through it are closed (their requests were
-    /// lost, so their replies would no longer line up); this returns once they are, and new
-    /// connections are forwarded. Healing an unpartitioned node does nothing.
+    /// Ends a partition, one-way ([`drop_requests`](Self::drop_requests),
+    /// [`drop_replies`](Self::drop_replies)) or both ways. Connections that lived through it
+    /// are closed (bytes of theirs were lost, so replies would no longer line up with
+    /// requests); this returns once they are, and new connections are forwarded. Healing an
+    /// unpartitioned node does nothing.
     ///
     /// # Errors
     ///
@@ -397,6 +400,116 @@ impl Node {
     /// None today; the `Result` leaves room for faults that can fail.
     pub async fn set_latency(&self, latency: Duration) -> Result<(), HarnessError> {
         self.proxy.set_latency(latency);
+        Ok(())
+    }
+
+    /// Whether the proxy drops what clients send (by [`drop_requests`](Self::drop_requests)
+    /// or [`partition`](Self::partition)).
+    pub fn is_dropping_requests(&self) -> bool {
+        self.proxy.is_dropping(Direction::Requests)
+    }
+
+    /// Whether the proxy drops what the server answers (by
+    /// [`drop_replies`](Self::drop_replies) or [`partition`](Self::partition)).
+    pub fn is_dropping_replies(&self) -> bool {
+        self.proxy.is_dropping(Direction::Replies)
+    }
+
+    /// A one-way partition: the proxy drops every byte clients send; what the server sends
+    /// still reaches them. The server sees nothing new; clients see timeouts. New
+    /// connections are dialled but their requests are dropped too. Undo with
+    /// [`heal`](Self::heal), which closes every connection that lived through it.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for faults that can fail.
+    pub async fn drop_requests(&self) -> Result<(), HarnessError> {
+        self.proxy.drop(Direction::Requests);
+        Ok(())
+    }
+
+    /// A one-way partition the other way: requests reach the server and are applied, but
+    /// every byte of its replies is dropped, so clients time out on requests that took
+    /// effect. Undo with [`heal`](Self::heal), which closes every connection that lived
+    /// through it.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for faults that can fail.
+    pub async fn drop_replies(&self) -> Result<(), HarnessError> {
+        self.proxy.drop(Direction::Replies);
+        Ok(())
+    }
+
+    /// Arms `n` connection resets: each of the next `n` chunks a client sends (a request,
+    /// or a pipeline of them) is forwarded to the server, and then, before any reply is
+    /// passed back, that client's connection is reset (the client sees `ECONNRESET`). The
+    /// server applies the request; the client does not learn it did. `u32::MAX` resets
+    /// after every request until [`stop_resets`](Self::stop_resets).
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for faults that can fail.
+    pub async fn reset_after_requests(&self, n: u32) -> Result<(), HarnessError> {
+        self.proxy.set_resets(n);
+        Ok(())
+    }
+
+    /// Disarms the resets still armed by [`reset_after_requests`](Self::reset_after_requests).
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for faults that can fail.
+    pub async fn stop_resets(&self) -> Result<(), HarnessError> {
+        self.proxy.set_resets(0);
+        Ok(())
+    }
+
+    /// How many resets armed by [`reset_after_requests`](Self::reset_after_requests) have
+    /// not happened yet.
+    pub fn pending_resets(&self) -> u32 {
+        self.proxy.resets()
+    }
+
+    /// A short partition: [`partition`](Self::partition), wait `duration`, then
+    /// [`heal`](Self::heal); returns after the heal. With `duration` below a client's
+    /// request timeout, a request caught by the flap may still be answered on a new
+    /// connection in time, which is what makes a flap different from a partition.
+    ///
+    /// # Errors
+    ///
+    /// As for [`heal`](Self::heal).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future during the wait leaves the node partitioned; call `heal`.
+    pub async fn flap(&self, duration: Duration) -> Result<(), HarnessError> {
+        self.partition().await?;
+        tokio::time::sleep(duration).await;
+        self.heal().await
+    }
+
+    /// A latency spike: the proxy delays each chunk by `latency` (as
+    /// [`set_latency`](Self::set_latency)) for `duration`, then goes back to the latency it
+    /// had before; returns after that. Chunks read during the spike keep their delay.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for faults that can fail.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future during the spike leaves the spike's latency in place; call
+    /// `set_latency` to undo it.
+    pub async fn latency_spike(
+        &self,
+        latency: Duration,
+        duration: Duration,
+    ) -> Result<(), HarnessError> {
+        let before = self.proxy.latency();
+        self.proxy.set_latency(latency);
+        tokio::time::sleep(duration).await;
+        self.proxy.set_latency(before);
         Ok(())
     }
 

@@ -11,6 +11,11 @@
 //! | [`Node::kill`]            | [`Node::restart`]      | `SIGKILL` + reap; start on same port/dir  |
 //! | [`Node::partition`]       | [`Node::heal`]         | the proxy black-holes every byte          |
 //! | [`Node::set_latency`]`(d)`| `set_latency(ZERO)`    | the proxy delays each chunk by `d`        |
+//! | [`Node::drop_requests`]   | [`Node::heal`]         | only client-to-server bytes are dropped   |
+//! | [`Node::drop_replies`]    | [`Node::heal`]         | only server-to-client bytes are dropped   |
+//! | [`Node::reset_after_requests`]`(n)` | [`Node::stop_resets`] | forward a request, then reset before its reply |
+//! | [`Node::flap`]`(d)`       | (heals itself)         | partition, heal after `d`                 |
+//! | [`Node::latency_spike`]`(l, d)` | (ends itself)    | latency `l` for `d`, then as before       |
 //!
 //! # Use it in your own tests
 //!
@@ -91,7 +96,7 @@
 //! # Limits
 //!
 //! Unix only (signals, `/proc`): on other targets the `harness` feature compiles, but this
-//! module is absent. Faults apply to both directions at once.
+//! module is absent. Latency applies to both directions at once; partitions can be one-way.
 
 use std::io;
 use std::time::Duration;

@@ -1,24 +1,34 @@
-//! A loopback TCP fault proxy in front of one server: partition (black hole) and latency.
+//! A loopback TCP fault proxy in front of one server: partitions (both ways or one way),
+//! latency, and connection resets.
 //!
 //! Semantics:
 //! - No fault: a plain read/write copy loop per direction (one state check per chunk).
 //! - Partition: every byte read from either side is dropped; connections stay open and new
 //!   ones are accepted but get nothing. Pending delayed chunks are dropped too.
+//! - One-way partition: only the bytes of one direction are dropped, requests (client to
+//!   server) or replies (server to client); the other direction still flows, so with replies
+//!   dropped the server applies requests whose client never hears back. New connections are
+//!   dialled and treated the same way.
 //! - Heal: new connections are forwarded again. Every connection that lived through a
-//!   partition (opened before or during it) is **closed** at heal, and `heal()` returns once
-//!   they are: its requests were lost, so resuming it would pair later replies with earlier,
-//!   dropped requests. Clients see the close and reconnect.
+//!   partition of either kind (opened before or during it) is **closed** at heal, and `heal()`
+//!   returns once they are: bytes of it were lost, so resuming it would pair later replies
+//!   with earlier, dropped requests. Clients see the close and reconnect.
 //! - Latency `d`: each chunk is held `d` before it is written on, in each direction, so a
 //!   request/reply round trip costs at least `2d`. Order is kept (FIFO per direction).
+//! - Reset after request: the next `n` chunks from clients are written to the server, and
+//!   then their connection is reset (`SO_LINGER` 0, so the client sees `ECONNRESET`) before
+//!   any reply is passed on. The server applies the request; the client cannot know.
 //! - Each new connection dials the server afresh, so the proxy outlives kill/restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWrite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -36,26 +46,59 @@ const HEAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed `accept` (e.g. EMFILE), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
+/// Which way bytes flow through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Client to server: requests.
+    Requests,
+    /// Server to client: replies.
+    Replies,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Faults {
-    partitioned: bool,
+    drop_requests: bool,
+    drop_replies: bool,
     latency: Duration,
-    /// Bumped at every partition and every heal. A connection forwards only while the epoch
-    /// is the one it was opened in; so one that saw a partition never forwards again.
-    epoch: u64,
+    /// Bumped at every heal that ended a partition. A connection forwards only while the
+    /// generation is the one it was opened in; so one that lived through a partition never
+    /// forwards again, and is closed.
+    generation: u64,
 }
 
 impl Faults {
-    fn forwards(&self, epoch: u64) -> bool {
-        !self.partitioned && self.epoch == epoch
+    fn dropping(&self) -> bool {
+        self.drop_requests || self.drop_replies
     }
-    fn doomed(&self, epoch: u64) -> bool {
-        !self.partitioned && self.epoch != epoch
+    fn forwards(&self, generation: u64, dir: Direction) -> bool {
+        let dropped = match dir {
+            Direction::Requests => self.drop_requests,
+            Direction::Replies => self.drop_replies,
+        };
+        !dropped && self.generation == generation
+    }
+    fn doomed(&self, generation: u64) -> bool {
+        self.generation != generation
     }
 }
 
-/// Open connections per epoch, so `heal()` can wait for the doomed ones to close.
+/// Open connections per generation, so `heal()` can wait for the doomed ones to close.
 type Live = Arc<watch::Sender<BTreeMap<u64, usize>>>;
+
+/// Client chunks still to be forwarded and then reset; `u32::MAX` means every one. Outside
+/// the watched state because the pumps consume it.
+type Resets = Arc<AtomicU32>;
+
+/// Takes one armed reset, if any.
+fn take_reset(resets: &AtomicU32) -> bool {
+    resets
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+            0 => None,
+            u32::MAX => Some(u32::MAX),
+            n => Some(n - 1),
+        })
+        .is_ok()
+}
 
 /// The proxy. Dropping it aborts the accept loop and with it every connection task.
 #[derive(Debug)]
@@ -63,6 +106,7 @@ pub(crate) struct Proxy {
     port: u16,
     state: watch::Sender<Faults>,
     live: Live,
+    resets: Resets,
     _accept: AbortOnDropHandle<()>,
 }
 
@@ -79,11 +123,19 @@ impl Proxy {
             .port();
         let (state, rx) = watch::channel(Faults::default());
         let live: Live = Arc::new(watch::Sender::new(BTreeMap::new()));
-        let accept = tokio::spawn(accept_loop(listener, upstream, rx, live.clone()));
+        let resets: Resets = Arc::new(AtomicU32::new(0));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            rx,
+            live.clone(),
+            resets.clone(),
+        ));
         Ok(Self {
             port,
             state,
             live,
+            resets,
             _accept: AbortOnDropHandle::new(accept),
         })
     }
@@ -92,43 +144,64 @@ impl Proxy {
         self.port
     }
 
+    /// Whether both directions are dropped.
     pub(crate) fn is_partitioned(&self) -> bool {
-        self.state.borrow().partitioned
+        let s = self.state.borrow();
+        s.drop_requests && s.drop_replies
+    }
+
+    /// Whether `dir` is dropped.
+    pub(crate) fn is_dropping(&self, dir: Direction) -> bool {
+        let s = self.state.borrow();
+        match dir {
+            Direction::Requests => s.drop_requests,
+            Direction::Replies => s.drop_replies,
+        }
     }
 
     pub(crate) fn latency(&self) -> Duration {
         self.state.borrow().latency
     }
 
-    /// Starts black-holing. In effect for the next chunk of every connection when this returns.
+    /// Starts black-holing both directions. In effect for the next chunk of every connection
+    /// when this returns.
     pub(crate) fn partition(&self) {
+        self.drop(Direction::Requests);
+        self.drop(Direction::Replies);
+    }
+
+    /// Starts black-holing one direction. In effect for the next chunk when this returns.
+    pub(crate) fn drop(&self, dir: Direction) {
         self.state.send_if_modified(|s| {
-            if s.partitioned {
-                return false;
-            }
-            s.partitioned = true;
-            s.epoch += 1;
-            true
+            let flag = match dir {
+                Direction::Requests => &mut s.drop_requests,
+                Direction::Replies => &mut s.drop_replies,
+            };
+            let changed = !*flag;
+            *flag = true;
+            changed
         });
     }
 
-    /// Forwards again; returns once every connection that saw the partition is closed.
+    /// Forwards both directions again; returns once every connection that lived through the
+    /// partition is closed.
     pub(crate) async fn heal(&self) -> Result<(), HarnessError> {
-        let mut epoch = None;
+        let mut generation = None;
         self.state.send_if_modified(|s| {
-            if !s.partitioned {
+            if !s.dropping() {
                 return false;
             }
-            s.partitioned = false;
-            s.epoch += 1;
-            epoch = Some(s.epoch);
+            s.drop_requests = false;
+            s.drop_replies = false;
+            s.generation += 1;
+            generation = Some(s.generation);
             true
         });
-        let Some(epoch) = epoch else {
+        let Some(generation) = generation else {
             return Ok(());
         };
         let mut rx = self.live.subscribe();
-        let closed = rx.wait_for(|m| m.range(..epoch).all(|(_, n)| *n == 0));
+        let closed = rx.wait_for(|m| m.range(..generation).all(|(_, n)| *n == 0));
         let result = tokio::time::timeout(HEAL_TIMEOUT, closed).await;
         match result {
             Ok(_) => Ok(()),
@@ -146,6 +219,17 @@ impl Proxy {
             changed
         });
     }
+
+    /// Resets the connections of the next `n` client chunks after forwarding them
+    /// (`u32::MAX`: every one until set to 0).
+    pub(crate) fn set_resets(&self, n: u32) {
+        self.resets.store(n, Ordering::SeqCst);
+    }
+
+    /// Client chunks still to be reset.
+    pub(crate) fn resets(&self) -> u32 {
+        self.resets.load(Ordering::SeqCst)
+    }
 }
 
 async fn accept_loop(
@@ -153,6 +237,7 @@ async fn accept_loop(
     upstream: u16,
     state: watch::Receiver<Faults>,
     live: Live,
+    resets: Resets,
 ) {
     // Owned here so that aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
@@ -160,7 +245,8 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    conns.spawn(connection(client, upstream, state.clone(), live.clone()));
+                    let conn = connection(client, upstream, state.clone(), live.clone(), resets.clone());
+                    conns.spawn(conn);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "fault proxy accept failed");
@@ -172,26 +258,26 @@ async fn accept_loop(
     }
 }
 
-/// Counts a connection in its epoch while it lives.
+/// Counts a connection in its generation while it lives.
 struct LiveGuard {
     live: Live,
-    epoch: u64,
+    generation: u64,
 }
 
 impl LiveGuard {
-    fn new(live: Live, epoch: u64) -> Self {
-        live.send_modify(|m| *m.entry(epoch).or_default() += 1);
-        Self { live, epoch }
+    fn new(live: Live, generation: u64) -> Self {
+        live.send_modify(|m| *m.entry(generation).or_default() += 1);
+        Self { live, generation }
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.live.send_modify(|m| {
-            if let Some(n) = m.get_mut(&self.epoch) {
+            if let Some(n) = m.get_mut(&self.generation) {
                 *n -= 1;
                 if *n == 0 {
-                    m.remove(&self.epoch);
+                    m.remove(&self.generation);
                 }
             }
         });
@@ -203,15 +289,20 @@ async fn connection(
     upstream: u16,
     mut state: watch::Receiver<Faults>,
     live: Live,
+    resets: Resets,
 ) {
-    let epoch = state.borrow().epoch;
-    let _guard = LiveGuard::new(live, epoch);
-    // Completes when this connection must close: a partition it saw has healed.
+    let generation = state.borrow().generation;
+    let _guard = LiveGuard::new(live, generation);
+    // Completes when this connection must close: a partition it lived through has healed.
     let mut closer_rx = state.clone();
     let closer = async move {
-        let _ = closer_rx.wait_for(|s| s.doomed(epoch)).await;
+        let _ = closer_rx.wait_for(|s| s.doomed(generation)).await;
     };
-    if !state.borrow_and_update().forwards(epoch) {
+    let fully_partitioned = {
+        let s = state.borrow_and_update();
+        !s.forwards(generation, Direction::Requests) && !s.forwards(generation, Direction::Replies)
+    };
+    if fully_partitioned {
         // Accepted during a partition: hold it, swallow what it sends, close at heal.
         tokio::select! {
             () = closer => {}
@@ -225,12 +316,29 @@ async fn connection(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    let both = futures::future::try_join(
-        pump(cr, sw, state.clone(), epoch),
-        pump(sr, cw, state, epoch),
-    );
+    let (mut client, mut server) = (client, server);
+    // Borrowed halves: unlike owned ones they do not shut down (send a FIN) on drop, so a
+    // reset closes the client socket with nothing but a RST.
+    let (cr, cw) = client.split();
+    let (sr, sw) = server.split();
+    // Set by the request pump before it forwards a chunk it will reset after: from then on
+    // no reply may reach the client.
+    let tripped = Arc::new(AtomicBool::new(false));
+    let requests = Pump {
+        dir: Direction::Requests,
+        state: state.clone(),
+        generation,
+        tripped: tripped.clone(),
+        resets: resets.clone(),
+    };
+    let replies = Pump {
+        dir: Direction::Replies,
+        state,
+        generation,
+        tripped,
+        resets,
+    };
+    let both = futures::future::try_join(requests.run(cr, sw), replies.run(sr, cw));
     tokio::select! {
         () = closer => {}
         _ = both => {}
@@ -242,58 +350,92 @@ async fn drain(mut client: TcpStream) {
     while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
-/// Copies one direction until EOF, then shuts down the write side.
-async fn pump(
-    mut src: OwnedReadHalf,
-    mut dst: OwnedWriteHalf,
+/// One direction of one connection.
+struct Pump {
+    dir: Direction,
     state: watch::Receiver<Faults>,
-    epoch: u64,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; BUF_SIZE];
-    // Chunks held back by latency, oldest first, with the instant each is due.
-    let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-    let mut eof = false;
-    loop {
-        let n = match pending.front() {
-            // Fast path: nothing held back, just read.
-            None if eof => break,
-            None => src.read(&mut buf).await?,
-            Some((due, _)) => {
-                let due = *due;
-                tokio::select! {
-                    biased;
-                    () = tokio::time::sleep_until(due) => {
-                        if let Some((_, chunk)) = pending.pop_front() {
-                            if state.borrow().forwards(epoch) {
-                                dst.write_all(&chunk).await?;
+    generation: u64,
+    tripped: Arc<AtomicBool>,
+    resets: Resets,
+}
+
+impl Pump {
+    /// Copies one direction until EOF, then shuts down the write side.
+    async fn run<W: AsyncWrite + Unpin>(self, mut src: ReadHalf<'_>, mut dst: W) -> io::Result<()> {
+        let mut buf = vec![0u8; BUF_SIZE];
+        // Chunks held back by latency, oldest first, with the instant each is due.
+        let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+        let mut eof = false;
+        loop {
+            let n = match pending.front() {
+                // Fast path: nothing held back, just read.
+                None if eof => break,
+                None => src.read(&mut buf).await?,
+                Some((due, _)) => {
+                    let due = *due;
+                    tokio::select! {
+                        biased;
+                        () = tokio::time::sleep_until(due) => {
+                            if let Some((_, chunk)) = pending.pop_front() {
+                                self.emit(&src, &mut dst, &chunk).await?;
                             }
+                            continue;
                         }
-                        continue;
+                        r = src.read(&mut buf), if !eof => r?,
                     }
-                    r = src.read(&mut buf), if !eof => r?,
                 }
+            };
+            if n == 0 {
+                eof = true;
+                continue;
             }
-        };
-        if n == 0 {
-            eof = true;
-            continue;
+            let latency = self.state.borrow().latency;
+            if latency.is_zero() && pending.is_empty() {
+                self.emit(&src, &mut dst, &buf[..n]).await?;
+            } else {
+                // Behind earlier held chunks even when latency is now zero, to keep order.
+                pending.push_back((Instant::now() + latency, buf[..n].to_vec()));
+            }
         }
-        let (forwards, latency) = {
-            let s = state.borrow();
-            (s.forwards(epoch), s.latency)
-        };
-        if !forwards {
+        dst.shutdown().await
+    }
+
+    /// Writes one chunk on, unless its direction is dropped; resets the connection after a
+    /// request when a reset is armed.
+    async fn emit(
+        &self,
+        src: &ReadHalf<'_>,
+        dst: &mut (impl AsyncWrite + Unpin),
+        chunk: &[u8],
+    ) -> io::Result<()> {
+        if !self.state.borrow().forwards(self.generation, self.dir) {
             // Black hole: the bytes are gone.
-            continue;
+            return Ok(());
         }
-        if latency.is_zero() && pending.is_empty() {
-            dst.write_all(&buf[..n]).await?;
-        } else {
-            // Behind earlier held chunks even when latency is now zero, to keep order.
-            pending.push_back((Instant::now() + latency, buf[..n].to_vec()));
+        match self.dir {
+            Direction::Replies => {
+                if self.tripped.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                dst.write_all(chunk).await
+            }
+            Direction::Requests => {
+                if !take_reset(&self.resets) {
+                    return dst.write_all(chunk).await;
+                }
+                // Before the write: the reply must not slip through in between.
+                self.tripped.store(true, Ordering::SeqCst);
+                dst.write_all(chunk).await?;
+                dst.flush().await?;
+                // The client's socket: closing it with SO_LINGER 0 sends a RST.
+                let _ = src.as_ref().set_zero_linger();
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "fault proxy reset the connection after a request",
+                ))
+            }
         }
     }
-    dst.shutdown().await
 }
 
 #[cfg(test)]

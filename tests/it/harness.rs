@@ -355,3 +355,172 @@ async fn startup_errors_are_typed_and_say_what_to_do() {
     assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
     assert!(err.to_string().contains("no-such-directive"), "{err}");
 }
+
+/// `GET key` straight to the server, polled until it equals `want` (bounded by `LONG`).
+async fn direct_value_becomes(node: &tokio_redlock::harness::Node, key: &str, want: Option<&str>) {
+    let mut direct = connect(&node.direct_url()).await.unwrap();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let got: Option<String> = direct.get(key).await.unwrap();
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key} is {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn set(con: &mut MultiplexedConnection, key: &str, value: &str) -> Result<(), String> {
+    match timeout(SHORT * 2, con.set::<_, _, ()>(key, value)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("outer timeout".into()),
+    }
+}
+
+#[tokio::test]
+async fn drop_requests_loses_them_until_heal() {
+    let cluster = start(1, Persistence::Memory).await;
+    let node = cluster.node(0);
+    let mut old = connect(&node.url()).await.unwrap();
+    ping(&mut old).await.unwrap();
+
+    node.drop_requests().await.unwrap();
+    assert!(node.is_dropping_requests() && !node.is_dropping_replies());
+    assert!(!node.is_partitioned());
+    let err = set(&mut old, "k", "v").await.unwrap_err();
+    assert!(
+        err.contains("timed out") || err.contains("outer timeout"),
+        "{err}"
+    );
+    assert!(node.ping(SHORT).await.unwrap_err().is_timeout());
+    // The request never reached the server.
+    direct_value_becomes(node, "k", None).await;
+
+    timeout(LONG, node.heal()).await.unwrap().unwrap();
+    assert!(!node.is_dropping_requests());
+    assert!(ping(&mut old).await.is_err(), "lived through it: closed");
+    let mut fresh = connect(&node.url()).await.unwrap();
+    set(&mut fresh, "k", "w").await.unwrap();
+    direct_value_becomes(node, "k", Some("w")).await;
+}
+
+#[tokio::test]
+async fn drop_replies_applies_requests_the_client_never_hears_of() {
+    let cluster = start(1, Persistence::Memory).await;
+    let node = cluster.node(0);
+    let mut old = connect(&node.url()).await.unwrap();
+    ping(&mut old).await.unwrap();
+
+    node.drop_replies().await.unwrap();
+    assert!(node.is_dropping_replies() && !node.is_dropping_requests());
+    let err = set(&mut old, "k", "v").await.unwrap_err();
+    assert!(
+        err.contains("timed out") || err.contains("outer timeout"),
+        "{err}"
+    );
+    // Applied all the same.
+    direct_value_becomes(node, "k", Some("v")).await;
+    assert!(node.ping(SHORT).await.unwrap_err().is_timeout());
+
+    timeout(LONG, node.heal()).await.unwrap().unwrap();
+    assert!(!node.is_dropping_replies());
+    assert!(ping(&mut old).await.is_err(), "lived through it: closed");
+    node.ping(LONG).await.unwrap();
+}
+
+#[tokio::test]
+async fn reset_after_request_applies_it_and_cuts_the_reply() {
+    let cluster = start(1, Persistence::Memory).await;
+    let node = cluster.node(0);
+    let mut con = connect(&node.url()).await.unwrap();
+    ping(&mut con).await.unwrap();
+
+    node.reset_after_requests(1).await.unwrap();
+    assert_eq!(node.pending_resets(), 1);
+    let started = Instant::now();
+    let err = set(&mut con, "k", "v").await.unwrap_err();
+    // An error at once (the reset), not a timeout.
+    assert!(
+        started.elapsed() < SHORT,
+        "{err} after {:?}",
+        started.elapsed()
+    );
+    assert!(!err.contains("outer timeout"), "{err}");
+    direct_value_becomes(node, "k", Some("v")).await;
+    assert_eq!(node.pending_resets(), 0);
+    // Only one was armed: the next connection works.
+    let mut fresh = connect(&node.url()).await.unwrap();
+    set(&mut fresh, "k", "w").await.unwrap();
+
+    // Every request, until the undo. A raw socket: a redis-rs handshake is a request too.
+    node.reset_after_requests(u32::MAX).await.unwrap();
+    for value in ["x", "y"] {
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", node.proxy_port()))
+            .await
+            .unwrap();
+        let cmd = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n{value}\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut raw, cmd.as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let read = timeout(LONG, tokio::io::AsyncReadExt::read(&mut raw, &mut buf)).await;
+        let err = read.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        direct_value_becomes(node, "k", Some(value)).await;
+    }
+    assert_eq!(node.pending_resets(), u32::MAX);
+    node.stop_resets().await.unwrap();
+    assert_eq!(node.pending_resets(), 0);
+    let mut con = connect(&node.url()).await.unwrap();
+    set(&mut con, "k", "z").await.unwrap();
+}
+
+#[tokio::test]
+async fn flap_partitions_for_its_duration_then_heals() {
+    let cluster = start(1, Persistence::Memory).await;
+    let node = cluster.node(0);
+    let mut old = connect(&node.url()).await.unwrap();
+    ping(&mut old).await.unwrap();
+    let d = Duration::from_millis(250);
+    let started = Instant::now();
+    let during = async {
+        // The flap partitions on its first poll, before this runs.
+        assert!(node.is_partitioned());
+        assert!(node.ping(Duration::from_millis(50)).await.is_err());
+    };
+    let (flapped, ()) = timeout(LONG, async { tokio::join!(node.flap(d), during) })
+        .await
+        .unwrap();
+    flapped.unwrap();
+    assert!(started.elapsed() >= d);
+    assert!(!node.is_partitioned());
+    node.ping(LONG).await.unwrap();
+    assert!(ping(&mut old).await.is_err(), "lived through it: closed");
+}
+
+#[tokio::test]
+async fn latency_spike_delays_then_restores_the_latency_before() {
+    let cluster = start(1, Persistence::Memory).await;
+    let node = cluster.node(0);
+    let base = Duration::from_millis(2);
+    let spike = Duration::from_millis(60);
+    node.set_latency(base).await.unwrap();
+    let during = async {
+        assert_eq!(node.latency(), spike);
+        let rtt = node.ping(LONG).await.unwrap();
+        assert!(rtt >= 2 * spike, "{rtt:?}");
+    };
+    let (spiked, ()) = timeout(LONG, async {
+        tokio::join!(
+            node.latency_spike(spike, Duration::from_millis(400)),
+            during
+        )
+    })
+    .await
+    .unwrap();
+    spiked.unwrap();
+    assert_eq!(node.latency(), base);
+    let rtt = node.ping(LONG).await.unwrap();
+    assert!(rtt < spike, "{rtt:?}");
+}

@@ -5,6 +5,7 @@
 
 mod belief;
 mod core;
+mod explore;
 mod fencing;
 mod harness;
 mod hostile;

@@ -1,0 +1,447 @@
+//! Runs a [`Schedule`] against a cluster: client tasks doing the drawn operations, the
+//! drawn faults, the sampler, and after each episode the ghost check.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_redlock::harness::checker;
+use tokio_redlock::harness::history::{now_ns, History};
+use tokio_redlock::harness::Cluster;
+use tokio_redlock::Redlock;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Client, Holding, TAIL_RELEASED};
+use super::direct::Direct;
+use super::oracle::{HoldBar, Kind, Oracle, Violation};
+use super::schedule::{
+    ms, Episode, FaultKind, How, MgrSpec, Op, Schedule, Step, EPISODE, RESOURCES,
+};
+
+/// A client still busy this long after its episode's end is reported stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// Extra wait after the longest node timeout before the ghost check (the "+ slack").
+const GHOST_SLACK: Duration = Duration::from_millis(200);
+/// A key found by the ghost check counts only if it is still there this much later.
+const GHOST_RECHECK: Duration = Duration::from_millis(500);
+/// Longest a request can sit in a proxy (the largest drawn latency or spike), plus margin.
+const MAX_PROXY_HOLD: Duration = Duration::from_millis(600);
+
+/// A fault as the timeline draws it.
+#[derive(Debug, Clone)]
+pub struct FaultBar {
+    pub node: usize,
+    pub kind: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// What a run did and found.
+pub struct Outcome {
+    pub acquisitions: u64,
+    pub faults: u64,
+    pub violations: Vec<Violation>,
+    /// Per violation, the episode it was found in.
+    pub violation_episodes: Vec<usize>,
+    pub bars: Vec<HoldBar>,
+    pub fault_bars: Vec<FaultBar>,
+    pub history: History,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub samples: u64,
+}
+
+/// Distinct key names per run, so nothing of an earlier run (a background task) interferes.
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn build(urls: &[String], s: &MgrSpec) -> Option<Redlock> {
+    Redlock::builder()
+        .nodes(urls.iter().cloned())
+        .fencing(s.fencing)
+        .retry_count(s.retry_count)
+        .retry_delay(ms(s.retry_delay_ms))
+        .retry_jitter(ms(s.jitter_ms))
+        .drift_factor(s.drift)
+        .node_timeout(ms(s.node_timeout_ms))
+        .wake_on_release(s.wake)
+        .build()
+        .ok()
+}
+
+/// Every key on every node, with its value (strings) or its type.
+async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
+    let mut out = BTreeSet::new();
+    for (i, d) in conns.iter_mut().enumerate() {
+        let Some(mut con) = d.connection().await else {
+            continue;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut con)
+            .await
+            .unwrap_or_default();
+        for k in keys {
+            let t: String = redis::cmd("TYPE")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default();
+            let v = if t == "string" {
+                redis::cmd("GET")
+                    .arg(&k)
+                    .query_async::<Option<String>>(&mut con)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            } else {
+                format!("<{t}>")
+            };
+            out.insert((i, k, v));
+        }
+    }
+    out
+}
+
+async fn run_fault(
+    cluster: &Cluster,
+    oracle: &Oracle,
+    node: usize,
+    kind: FaultKind,
+    dur: Duration,
+) {
+    let n = cluster.node(node);
+    let stops = matches!(kind, FaultKind::Pause | FaultKind::KillRestart);
+    if stops {
+        oracle.disturb(node, true);
+    }
+    let result = match kind {
+        FaultKind::Pause => {
+            async {
+                n.pause().await?;
+                tokio::time::sleep(dur).await;
+                n.resume().await
+            }
+            .await
+        }
+        FaultKind::KillRestart => {
+            async {
+                n.kill().await?;
+                tokio::time::sleep(dur).await;
+                n.restart().await
+            }
+            .await
+        }
+        FaultKind::Partition | FaultKind::DropRequests | FaultKind::DropReplies => {
+            async {
+                match kind {
+                    FaultKind::Partition => n.partition().await?,
+                    FaultKind::DropRequests => n.drop_requests().await?,
+                    _ => n.drop_replies().await?,
+                }
+                tokio::time::sleep(dur).await;
+                n.heal().await
+            }
+            .await
+        }
+        FaultKind::Resets(k) => {
+            async {
+                n.reset_after_requests(k).await?;
+                tokio::time::sleep(dur).await;
+                n.stop_resets().await
+            }
+            .await
+        }
+        FaultKind::Flap => n.flap(dur).await,
+        FaultKind::Latency(l) => {
+            async {
+                n.set_latency(Duration::from_millis(l)).await?;
+                tokio::time::sleep(dur).await;
+                n.set_latency(Duration::ZERO).await
+            }
+            .await
+        }
+        FaultKind::Spike(l) => n.latency_spike(Duration::from_millis(l), dur).await,
+        FaultKind::ScriptFlush => {
+            let mut d = Direct::new(n.direct_url());
+            if let Some(mut con) = d.connection().await {
+                let _: redis::RedisResult<()> = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut con)
+                    .await;
+            }
+            Ok(())
+        }
+    };
+    if stops {
+        oracle.disturb(node, false);
+    }
+    if let Err(e) = result {
+        eprintln!("explore: fault {kind} on node {node} failed: {e}");
+    }
+}
+
+/// Runs `sched` on `cluster` (which must be healthy and empty).
+pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
+    let run_id = RUN.fetch_add(1, Ordering::Relaxed);
+    super::panics::install_panic_hook();
+    super::panics::take_panics();
+    let urls = cluster.urls();
+    let max_nt = sched
+        .managers
+        .iter()
+        .flat_map(|m| m.iter())
+        .map(|s| ms(s.node_timeout_ms))
+        .max()
+        .unwrap_or_default();
+    let oracle = Oracle::new(cluster.len(), max_nt + MAX_PROXY_HOLD + GHOST_SLACK);
+    let rec = oracle.recorder().clone();
+    let acquisitions = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let sampler = tokio::spawn(oracle.clone().sample(cluster.direct_urls(), stop.clone()));
+    let mut direct: Vec<Direct> = cluster.direct_urls().into_iter().map(Direct::new).collect();
+    let mut managers: Vec<Arc<[Option<Redlock>; 2]>> = Vec::new();
+    for (c, [a, b]) in sched.managers.iter().enumerate() {
+        let shared = c > 0 && sched.shared.get(c).copied().unwrap_or(false);
+        let own = || Arc::new([build(&urls, a), build(&urls, b)]);
+        managers.push(if shared { managers[0].clone() } else { own() });
+    }
+    let start_ns = now_ns();
+    let mut fault_bars = Vec::new();
+    let mut faults = 0;
+    let mut violation_episodes = Vec::new();
+    let mut ops: Vec<u64> = vec![0; sched.managers.len()];
+    for (e, episode) in sched.episodes.iter().enumerate() {
+        let prefix = format!("x{run_id}e{e}");
+        let make = |c: usize, op: u64, holding: Option<Holding>, tail: bool| Client {
+            id: c as u32,
+            mgrs: managers[c].clone(),
+            specs: sched.managers[c].clone(),
+            oracle: oracle.clone(),
+            rec: rec.clone(),
+            acquisitions: acquisitions.clone(),
+            // Clients contend within a group of resources (one group unless a soak).
+            prefix: format!("{prefix}g{}", c / sched.workload.contending()),
+            op,
+            holding,
+            tail,
+        };
+        let before = oracle.violations().len();
+        let (holdings, bars) = run_episode(&cluster, episode, &make, &mut ops, &oracle).await;
+        faults += episode.faults.len() as u64;
+        fault_bars.extend(bars);
+        // Heal everything, let the last requests land, then see what the nodes hold.
+        if let Err(e) = cluster.clear_faults().await {
+            eprintln!("explore: clearing faults failed: {e}");
+        }
+        let _ = cluster.wait_healthy(Duration::from_secs(10)).await;
+        tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
+        let before_tail = snapshot(&mut direct).await;
+        // The tail: everyone releases, then takes and releases a contended lock twice.
+        let mut tail = JoinSet::new();
+        for (c, holding) in holdings.into_iter().enumerate() {
+            let mut client = make(c, ops[c], holding, true);
+            let tail_mgr = sched.tail_manager(c);
+            tail.spawn(async move {
+                let mut steps = vec![Step {
+                    think_ms: 0,
+                    op: Op::Release { budget_ms: None },
+                }];
+                let mgr = tail_mgr;
+                for _ in 0..mgr.map_or(0, |_| 2) {
+                    let mgr = mgr.unwrap_or(0);
+                    let res = (c % RESOURCES as usize) as u8;
+                    let ttl_ms = 2_000;
+                    steps.push(Step {
+                        think_ms: 0,
+                        op: Op::Acquire {
+                            mgr,
+                            res,
+                            how: How::TryAcquire,
+                            ttl_ms,
+                            budget_ms: None,
+                        },
+                    });
+                    steps.push(Step {
+                        think_ms: 0,
+                        op: Op::Hold { ms: 2 },
+                    });
+                    steps.push(Step {
+                        think_ms: 0,
+                        op: Op::Release { budget_ms: None },
+                    });
+                }
+                client.run(&steps, None).await;
+                (c, client.op)
+            });
+        }
+        while let Some(joined) = tail.join_next().await {
+            match joined {
+                Ok((c, op)) => ops[c] = op,
+                Err(e) => oracle.flag(
+                    Kind::Panic,
+                    None,
+                    format!("a client panicked in the tail: {e}"),
+                ),
+            }
+        }
+        tokio::time::sleep(max_nt + GHOST_SLACK).await;
+        let after = snapshot(&mut direct).await;
+        let mut found = ghosts(&oracle, &before_tail, &after, &prefix);
+        if !found.is_empty() {
+            // Only what is still there a moment later: a straggler delayed by a loaded
+            // machine is gone by then, a ghost lives on until its ttl.
+            tokio::time::sleep(GHOST_RECHECK).await;
+            let again = snapshot(&mut direct).await;
+            found.retain(|(entry, _)| again.contains(entry));
+        }
+        for (_, what) in found {
+            oracle.flag(Kind::Ghost, None, what);
+        }
+        for d in direct.iter_mut() {
+            if let Some(mut con) = d.connection().await {
+                let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut con).await;
+            }
+        }
+        let now = oracle.violations().len();
+        violation_episodes.extend(std::iter::repeat_n(e, now - before));
+    }
+    stop.cancel();
+    let _ = sampler.await;
+    let history = rec.history();
+    let before = oracle.violations().len();
+    for v in checker::fencing(&history) {
+        oracle.flag(Kind::Fencing, None, v.what);
+    }
+    for p in super::panics::take_panics() {
+        oracle.flag(Kind::Panic, None, format!("library code panicked: {p}"));
+    }
+    let last = sched.episodes.len().saturating_sub(1);
+    violation_episodes.extend(std::iter::repeat_n(
+        last,
+        oracle.violations().len() - before,
+    ));
+    Outcome {
+        acquisitions: acquisitions.load(Ordering::Relaxed),
+        faults,
+        violations: oracle.violations(),
+        violation_episodes,
+        bars: oracle.bars(),
+        fault_bars,
+        history,
+        start_ns,
+        end_ns: now_ns(),
+        samples: oracle.samples.load(Ordering::Relaxed),
+    }
+}
+
+/// Keys present after the tail that were not there before it (made by the tail's own
+/// fault-free calls, so every one must be gone), and values of holdings released in the
+/// tail that are still there. Fencing counters live on by design.
+fn ghosts(
+    oracle: &Oracle,
+    before: &BTreeSet<(usize, String, String)>,
+    after: &BTreeSet<(usize, String, String)>,
+    prefix: &str,
+) -> Vec<((usize, String, String), String)> {
+    let mut found = Vec::new();
+    let bound = oracle.bound_values();
+    for (node, key, value) in after {
+        if key.ends_with(":fence") || !key.starts_with(prefix) {
+            continue;
+        }
+        let owner = bound.get(&(key.clone(), value.clone()));
+        if let Some((id, how, story)) = owner {
+            if how == TAIL_RELEASED {
+                let what = format!("node {node} still holds `{key}` of holding {id}, released in the fault-free tail, after node timeout + slack; holding {id}: {story}");
+                found.push(((*node, key.clone(), value.clone()), what));
+                continue;
+            }
+        }
+        if !before.contains(&(*node, key.clone(), value.clone())) {
+            let whose = match owner {
+                Some((id, how, story)) => format!("the value of holding {id} ({how}): {story}"),
+                None => "a value no holding was bound to (a failed or cancelled attempt's)".into(),
+            };
+            let what = format!("node {node} holds `{key}` after heal, release and node timeout + slack, and did not at heal; {whose}");
+            found.push(((*node, key.clone(), value.clone()), what));
+        }
+    }
+    found
+}
+
+async fn run_episode(
+    cluster: &Arc<Cluster>,
+    episode: &Episode,
+    make: &impl Fn(usize, u64, Option<Holding>, bool) -> Client,
+    ops: &mut [u64],
+    oracle: &Arc<Oracle>,
+) -> (Vec<Option<Holding>>, Vec<FaultBar>) {
+    let started = Instant::now();
+    let deadline = started + EPISODE;
+    let mut clients = JoinSet::new();
+    for (c, steps) in episode.steps.iter().enumerate() {
+        let mut client = make(c, ops[c], None, false);
+        let steps = steps.clone();
+        clients.spawn(async move {
+            client.run(&steps, Some(deadline)).await;
+            (c, client.op, client.holding.take())
+        });
+    }
+    let mut faults = JoinSet::new();
+    let plan = episode.faults.clone();
+    let cl = cluster.clone();
+    let or = oracle.clone();
+    let fault_driver = tokio::spawn(async move {
+        let mut bars = Vec::new();
+        let mut running = JoinSet::new();
+        for f in plan {
+            tokio::time::sleep_until((started + Duration::from_millis(f.at_ms)).into()).await;
+            let (cl, or) = (cl.clone(), or.clone());
+            let start_ns = now_ns();
+            running.spawn(async move {
+                run_fault(&cl, &or, f.node, f.kind, Duration::from_millis(f.dur_ms)).await;
+                FaultBar {
+                    node: f.node,
+                    kind: f.kind.short().to_owned(),
+                    start_ns,
+                    end_ns: now_ns(),
+                }
+            });
+        }
+        while let Some(bar) = running.join_next().await {
+            if let Ok(bar) = bar {
+                bars.push(bar);
+            }
+        }
+        bars
+    });
+    faults.spawn(async move { fault_driver.await.unwrap_or_default() });
+    let mut holdings: Vec<Option<Holding>> = (0..episode.steps.len()).map(|_| None).collect();
+    let stuck = tokio::time::sleep_until((deadline + STUCK_AFTER).into());
+    tokio::pin!(stuck);
+    loop {
+        tokio::select! {
+            joined = clients.join_next() => match joined {
+                Some(Ok((c, op, holding))) => {
+                    ops[c] = op;
+                    holdings[c] = holding;
+                }
+                Some(Err(e)) => oracle.flag(Kind::Panic, None, format!("a client task panicked: {e}")),
+                None => break,
+            },
+            () = &mut stuck => {
+                oracle.flag(Kind::CallBound, None, format!("{} client(s) still busy {STUCK_AFTER:?} after the episode's end", clients.len()));
+                clients.abort_all();
+                break;
+            }
+        }
+    }
+    let mut bars = Vec::new();
+    while let Some(Ok(b)) = faults.join_next().await {
+        bars.extend(b);
+    }
+    (holdings, bars)
+}
