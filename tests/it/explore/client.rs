@@ -127,7 +127,8 @@ impl Client {
 
     fn check_attempts(&self, what: &str, made: Option<u32>, retries: u32) {
         if let Some(a) = made {
-            if a == 0 || a > retries + 1 {
+            // 0 is a lock handed over in-process by another task of the manager.
+            if a > retries + 1 {
                 self.flag(
                     Kind::Attempts,
                     format!(
