@@ -373,7 +373,9 @@ impl LockGuard {
         let start = self.clock.stamp();
         // The belief first: nodes may apply this ttl whatever comes of the call.
         let promised = start.after(ttl.saturating_sub(drift));
-        self.valid_until = self.valid_until.min(promised);
+        if !crate::mutants::OLD_BELIEF {
+            self.valid_until = self.valid_until.min(promised);
+        }
         // The stragglers extend too (when `replies` is dropped), so the key lives as long
         // on every healthy node.
         let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");

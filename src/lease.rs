@@ -356,9 +356,12 @@ impl LockGuard {
         let stop = CancellationToken::new();
         // The runtime the lock was taken on: the guard's drop releases there, so the
         // keep-alive must run there too, or a lease could outlive its released lock.
-        let handle = self
-            .runtime()
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let handle = if crate::mutants::KEEP_ALIVE_HERE {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            self.runtime()
+                .or_else(|| tokio::runtime::Handle::try_current().ok())
+        };
         let task = match handle {
             Some(handle) => {
                 let span = tracing::debug_span!("keep_alive", resource = %self.resource());

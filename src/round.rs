@@ -165,7 +165,9 @@ pub(crate) fn fan_out_where(
                 _ => None,
             };
             async move {
-                if let Order::Clears(value) = &op.order {
+                if let (Order::Clears(value), false) =
+                    (&op.order, crate::mutants::UNORDERED_RELEASE)
+                {
                     nodes[i].settled(value).await;
                 }
                 let reply = nodes[i].run(op.request()).await;
