@@ -308,50 +308,29 @@ fn interleaved(
         .collect())
 }
 
-fn contended(rt: &Runtime, s: &Settings, urls: &[String]) -> Result<Vec<(Kind, Summary)>, String> {
-    let kinds = [Kind::TokioRedlock, Kind::Rslock];
-    let mut groups = Vec::new();
-    for kind in kinds {
-        let mut clients = Vec::new();
-        for _ in 0..CONTENDERS {
-            clients.push(rt.block_on(Async::connect(kind, urls))?);
-        }
-        let key = format!("contended:{}:warm", kind.tag());
-        rt.block_on(contended::round(&clients, &key, CONTENDED_TTL, s.secs(0.5)));
-        groups.push((kind, clients, Vec::new()));
-    }
-    for r in 0..s.rounds {
-        for j in 0..groups.len() {
-            let idx = (r + j) % groups.len();
-            let (kind, clients, rounds) = &mut groups[idx];
-            let key = format!("contended:{}:{r}", kind.tag());
-            let cpu = client_cpu_ns();
-            let mut round =
-                rt.block_on(contended::round(clients, &key, CONTENDED_TTL, s.secs(2.0)));
-            round.cpu_ns = client_cpu_ns().saturating_sub(cpu);
-            rounds.push(round);
-        }
-    }
-    Ok(groups
-        .into_iter()
-        .map(|(kind, _, rounds)| (kind, Summary::of(&rounds)))
-        .collect())
-}
-
-/// Scenario 3b: the same loop as 3, but the contenders are tasks sharing ONE manager
-/// (one set of connections) per subject: where in-process coalescing can hand the lock
-/// from task to task without the nodes.
-fn contended_shared(
+/// Scenario 3 (`shared` false: each contender has its own manager and connections) and
+/// 3b (`shared` true: the contenders are tasks of ONE manager per subject, where the
+/// in-process hand-over can pass the lock from task to task without the nodes).
+fn contended(
     rt: &Runtime,
     s: &Settings,
     urls: &[String],
+    shared: bool,
 ) -> Result<Vec<(Kind, Summary)>, String> {
     let kinds = [Kind::TokioRedlock, Kind::Rslock];
+    let tag = if shared { "shared" } else { "contended" };
     let mut groups = Vec::new();
     for kind in kinds {
-        let one = rt.block_on(Async::connect(kind, urls))?;
-        let clients = vec![one; CONTENDERS];
-        let key = format!("shared:{}:warm", kind.tag());
+        let clients = if shared {
+            vec![rt.block_on(Async::connect(kind, urls))?; CONTENDERS]
+        } else {
+            let mut clients = Vec::new();
+            for _ in 0..CONTENDERS {
+                clients.push(rt.block_on(Async::connect(kind, urls))?);
+            }
+            clients
+        };
+        let key = format!("{tag}:{}:warm", kind.tag());
         rt.block_on(contended::round(&clients, &key, CONTENDED_TTL, s.secs(0.5)));
         groups.push((kind, clients, Vec::new()));
     }
@@ -359,7 +338,7 @@ fn contended_shared(
         for j in 0..groups.len() {
             let idx = (r + j) % groups.len();
             let (kind, clients, rounds) = &mut groups[idx];
-            let key = format!("shared:{}:{r}", kind.tag());
+            let key = format!("{tag}:{}:{r}", kind.tag());
             let cpu = client_cpu_ns();
             let mut round =
                 rt.block_on(contended::round(clients, &key, CONTENDED_TTL, s.secs(2.0)));
@@ -413,11 +392,7 @@ fn contention_scenarios(rt: &Runtime, s: &Settings, direct: &[String]) -> Result
         ),
     ] {
         eprintln!("scenario {tag}");
-        let groups = if shared {
-            contended_shared(rt, s, direct)?
-        } else {
-            contended(rt, s, direct)?
-        };
+        let groups = contended(rt, s, direct, shared)?;
         report::contended(title, &groups);
         let series: Vec<(&str, &[u64], &[u64])> = groups
             .iter()
