@@ -22,15 +22,37 @@ test_of() {
     *) echo "safety::mutant_$1" ;;
   esac
 }
-# The defects of issue 11 are the explorer's to catch: its fixed-seed run must end
-# with violations (its last line `explore: A acquisitions, F faults, V violations, ...`).
+# The defects of issue 11: the explorer's fixed-seed run must end with violations (its
+# last line `explore: A acquisitions, F faults, V violations, ...`) for the first two;
+# the other two it does not reach (a reordering that needs a reconnect at the wrong
+# moment, and attempts it cannot count from outside), so their regression tests in
+# tests/it/belief.rs must fail instead.
 explored() {
   case "$1" in
-    old_belief|keep_alive_here|unordered_release|free_queue_attempt) return 0 ;;
+    old_belief|keep_alive_here) return 0 ;;
     *) return 1 ;;
   esac
 }
+failing_test() {
+  case "$1" in
+    unordered_release) echo "belief::no_ghost_lock_after_a_partition_heals_within_the_node_timeout" ;;
+    free_queue_attempt) echo "belief::retry_count_bounds_the_attempts_made_and_reported" ;;
+    *) echo "" ;;
+  esac
+}
 for m in "${mutants[@]}"; do
+  ft="$(failing_test "$m")"
+  if [ -n "$ft" ]; then
+    echo "=== mutant $m: expect $ft to fail"
+    if CARGO_TARGET_DIR="$base/$m" RUSTFLAGS="--cfg redlock_mutant=\"$m\"" \
+        cargo test --all-features --test it "$ft" -- --exact; then
+      echo "=== mutant $m: NOT caught"
+      failed+=("$m")
+    else
+      echo "=== mutant $m: caught"
+    fi
+    continue
+  fi
   if explored "$m"; then
     echo "=== mutant $m: expect the explorer to find violations"
     log="$(mktemp)"
