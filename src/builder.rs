@@ -12,7 +12,16 @@ use crate::redlock::Redlock;
 #[cfg(feature = "tls")]
 use crate::tls::TlsSettings;
 
+mod build;
 mod checks;
+mod into_node;
+mod owner_label;
+
+pub(crate) use build::redact_url;
+pub(crate) use owner_label::{label_of, labelled_value};
+
+pub use into_node::IntoNode;
+use into_node::NodeSpec;
 
 /// Default attempts after the first one (node-redlock's default too).
 pub(crate) const DEFAULT_RETRY_COUNT: u32 = 10;
@@ -54,6 +63,9 @@ pub(crate) struct Config {
     pub(crate) wake_on_release: bool,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
+    /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
+    pub(crate) owner_label: Option<Arc<str>>,
+    pub(crate) local_handover: bool,
     /// Where validity is measured (suspend-aware; a manual one in tests).
     pub(crate) clock: Clock,
 }
@@ -70,8 +82,11 @@ pub(crate) struct Config {
 ///
 /// let redlock = Redlock::builder()
 ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
-///     .retry_count(5)
 ///     .node_timeout(Duration::from_millis(30))
+///     .retry_count(5)
+///     .retry_delay(Duration::from_millis(100))
+///     .fencing(true)
+///     .restart_quarantine(Some(Duration::from_secs(60)))
 ///     .build()?;
 /// assert_eq!(redlock.quorum(), 2);
 /// # Ok::<(), tokio_redlock::Error>(())
@@ -79,7 +94,7 @@ pub(crate) struct Config {
 #[must_use = "a builder does nothing until build() is called"]
 #[derive(Clone)]
 pub struct RedlockBuilder {
-    nodes: Vec<String>,
+    nodes: Vec<NodeSpec>,
     retry_count: u32,
     retry_delay: Duration,
     retry_jitter: Duration,
@@ -93,6 +108,8 @@ pub struct RedlockBuilder {
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
     min_validity: Duration,
+    owner_label: Option<String>,
+    local_handover: bool,
     clock: Clock,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
@@ -115,11 +132,13 @@ impl fmt::Debug for RedlockBuilder {
             restart_quarantine,
             check_on_connect,
             min_validity,
+            owner_label,
+            local_handover,
             clock,
             #[cfg(feature = "tls")]
             tls,
         } = self;
-        let nodes: Vec<String> = nodes.iter().map(|u| redact_url(u)).collect();
+        let nodes: Vec<String> = nodes.iter().map(NodeSpec::shown).collect();
         let mut f = f.debug_struct("RedlockBuilder");
         f.field("nodes", &nodes)
             .field("retry_count", retry_count)
@@ -135,6 +154,8 @@ impl fmt::Debug for RedlockBuilder {
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
+            .field("owner_label", owner_label)
+            .field("local_handover", local_handover)
             .field("clock", clock);
         #[cfg(feature = "tls")]
         {
@@ -163,6 +184,8 @@ impl Default for RedlockBuilder {
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
+            owner_label: None,
+            local_handover: true,
             clock: Clock::system(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
@@ -175,13 +198,12 @@ impl RedlockBuilder {
     /// with the `tls` feature. Each must be an independent master. Defaults to none.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
+    /// assert_eq!(redlock.node_count(), 3);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn nodes<I, S>(mut self, urls: I) -> Self
@@ -189,26 +211,33 @@ impl RedlockBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.nodes
-            .extend(urls.into_iter().map(|u| u.as_ref().to_owned()));
+        self.nodes.extend(
+            urls.into_iter()
+                .map(|u| NodeSpec::Url(u.as_ref().to_owned())),
+        );
         self
     }
 
-    /// Adds one node URL (see [`nodes`](Self::nodes)).
+    /// Adds one node: a URL (see [`nodes`](Self::nodes)), a [`redis::ConnectionInfo`], a
+    /// `(host, port)` pair or a [`redis::Client`] the application already has (see
+    /// [`IntoNode`]). A client is used for its connection info (address, credentials,
+    /// database, TLS parameters); the crate makes its own connections from it.
+    /// A password in a URL, connection info or client is used to log in and never
+    /// shown: logs, errors and `Debug` name the node by `host:port[/db]`.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
     ///     .node("redis://10.0.0.1:6379")
     ///     .node("redis://app:secret@10.0.0.2:6379/1")
+    ///     .node(redis::Client::open("redis://10.0.0.3:6379")?)
     ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
+    /// assert!(!format!("{redlock:?}").contains("secret"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn node(mut self, url: impl AsRef<str>) -> Self {
-        self.nodes.push(url.as_ref().to_owned());
+    pub fn node(mut self, node: impl IntoNode) -> Self {
+        self.nodes.push(node.into_spec());
         self
     }
 
@@ -218,50 +247,18 @@ impl RedlockBuilder {
     /// attempts are made, the immediate one that joins the wait queue included, and
     /// the error reports how many were. A fencing round that only taught the client a
     /// newer counter (no node set anything) is not an attempt. Defaults to 10.
-    ///
-    /// ```
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").retry_count(3).build()?;
-    /// # drop(redlock);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
     /// Pause between attempts. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_delay(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
     }
 
     /// Upper bound of a uniform random pause added to each `retry_delay`. Defaults to 200 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .retry_jitter(Duration::from_millis(50))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
         self.retry_jitter = jitter;
         self
@@ -269,15 +266,6 @@ impl RedlockBuilder {
 
     /// Clock drift allowed, as a fraction of the TTL: validity is
     /// `ttl − elapsed − (ttl × factor + 2 ms)`. Must be in `[0, 1)`. Defaults to 0.01.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").drift_factor(0.02).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
         self
@@ -285,18 +273,6 @@ impl RedlockBuilder {
 
     /// Bound on each request to one node, connecting included. A node that does not
     /// answer within it counts as failed for that request. Defaults to 50 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .node_timeout(Duration::from_millis(20))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -304,18 +280,6 @@ impl RedlockBuilder {
 
     /// Bound on making a connection to one node. Connections are made in the background
     /// and requests never wait longer than `node_timeout` for one. Defaults to 1 s.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .connect_timeout(Duration::from_millis(300))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -326,12 +290,10 @@ impl RedlockBuilder {
     /// those clients and by this crate exclude each other.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").key_prefix("locks:").build()?;
     /// assert_eq!(redlock.key_of("payment:42"), "locks:payment:42");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -342,15 +304,6 @@ impl RedlockBuilder {
     /// Hand out fencing tokens with every acquisition (see
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) and `docs/safety.md`).
     /// Defaults to off.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").fencing(true).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn fencing(mut self, enabled: bool) -> Self {
         self.fencing = enabled;
         self
@@ -360,7 +313,6 @@ impl RedlockBuilder {
     /// (`<key><suffix>`). Defaults to `":fence"`.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
     /// let redlock = Redlock::builder()
@@ -369,7 +321,6 @@ impl RedlockBuilder {
     ///     .fence_suffix(":token")
     ///     .build()?;
     /// assert_eq!(redlock.fence_key_of("job"), "job:token");
-    /// # let _ = (redlock, Duration::ZERO);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
@@ -384,15 +335,6 @@ impl RedlockBuilder {
     /// instead of sleeping out `retry_delay`. Correctness never depends on it: a woken
     /// waiter still needs a quorum, and a missed message only means the retry delay
     /// applies. Defaults to on.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").wake_on_release(false).build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
         self
@@ -405,20 +347,30 @@ impl RedlockBuilder {
     /// section needs at the least; per call with
     /// [`LockRequest::min_validity`](crate::LockRequest::min_validity). A request whose
     /// ttl can never leave this much is refused with [`Error::Config`]. Defaults to 1 ms.
+    pub fn min_validity(mut self, least: Duration) -> Self {
+        self.min_validity = least;
+        self
+    }
+
+    /// Let tasks of this manager that wait for the same key queue here, first come
+    /// first served, with at most one of them competing on the nodes; a task that
+    /// releases hands the lock straight to the next one, with the same owner value and
+    /// the validity counted from the original grant (the receiver extends it first when
+    /// less than half of its own ttl is left). After a few hand-overs in a row the lock
+    /// goes back to the nodes, so that other processes waiting there get their turn.
+    /// Applies to single-key acquisitions with retries, without fencing (a fenced
+    /// holder needs a fresh token from the nodes). Defaults to on.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use tokio_redlock::Redlock;
     ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .min_validity(Duration::from_millis(200))
-    ///     .build()?;
+    /// // Every task competes on the nodes by itself, as separate processes would.
+    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").local_handover(false).build()?;
     /// # drop(redlock);
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
-    pub fn min_validity(mut self, least: Duration) -> Self {
-        self.min_validity = least;
+    pub fn local_handover(mut self, enabled: bool) -> Self {
+        self.local_handover = enabled;
         self
     }
 
@@ -444,36 +396,42 @@ impl RedlockBuilder {
     /// a test) can be locked on at once; turn it on in production unless every node
     /// runs `appendfsync always`. A quarantined node's vote is a failure whose cause is
     /// [`NodeErrorKind::Quarantined`](crate::NodeErrorKind::Quarantined).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .restart_quarantine(Some(Duration::from_secs(60)))
-    ///     .build()?;
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
     pub fn restart_quarantine(mut self, period: Option<Duration>) -> Self {
         self.restart_quarantine = period;
         self
     }
 
-    /// Runs [`Redlock::diagnose`] when locking starts: [`CheckMode::Warn`] logs what it
-    /// finds, [`CheckMode::Strict`] refuses to lock with
-    /// [`Error::Unhealthy`] while a configuration error is found (checked again at most
-    /// every 5 s). Defaults to [`CheckMode::Off`], which costs nothing.
+    /// Runs [`Redlock::diagnose`] before locking: [`CheckMode::Warn`] logs what it finds,
+    /// [`CheckMode::Strict`] refuses to lock with [`Error::Unhealthy`] while a
+    /// configuration error is found (checked again at most every 5 s). Defaults to
+    /// [`CheckMode::Off`], which costs nothing.
     ///
-    /// ```
-    /// use tokio_redlock::{CheckMode, Redlock};
+    /// Despite the name, nothing is checked at `build()` or when a node connects: the
+    /// check runs at the start of an acquisition (`acquire`, `try_acquire`,
+    /// `acquire_many`, `lock(…)`, `with_lock`), after the request's own checks and before
+    /// its first attempt, so the first acquisition in strict mode waits for it. Extending
+    /// or releasing a held lock never runs it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio_redlock::{CheckMode, Error, Redlock};
+    ///
+    /// # async fn run() -> Result<(), Error> {
     /// let redlock = Redlock::builder()
-    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
     ///     .check_on_connect(CheckMode::Strict)
-    ///     .build()?;
-    /// # let _ = redlock;
-    /// # Ok::<(), tokio_redlock::Error>(())
+    ///     .build()?; // nothing checked yet
+    /// match redlock.acquire("job", Duration::from_secs(5)).await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(Error::Unhealthy { findings, .. }) => {
+    ///         for finding in findings {
+    ///             eprintln!("fix this first: {finding}");
+    ///         }
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
         self.check_on_connect = mode;
@@ -489,7 +447,6 @@ impl RedlockBuilder {
     ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
     ///     .tls_root_ca(ca)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -509,7 +466,6 @@ impl RedlockBuilder {
     ///     .tls_root_ca(std::fs::read("ca.crt")?)
     ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
     ///     .build()?;
-    /// # let _ = redlock;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
@@ -522,284 +478,7 @@ impl RedlockBuilder {
         self.tls.client = Some((cert_pem.into(), key_pem.into()));
         self
     }
-
-    /// Checks the configuration and makes the manager. No connection is made here:
-    /// each node connects on first use, and again after a failure, so a node that is
-    /// down now is not an error.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an empty node list, a URL without a scheme (`host:port`
-    /// instead of `redis://host:port`) or that does not parse (or needs a feature that
-    /// is off), the same node listed twice, a drift factor outside `[0, 1)`, a zero
-    /// `node_timeout` or `connect_timeout`, or a fence suffix that ends like the wait
-    /// queue's; with the `tls` feature, for a `rediss://` node when the application has
-    /// installed no rustls crypto provider (the crate installs none; see the crate docs'
-    /// features).
-    ///
-    /// A node list that works but weakens the quorum is logged once, as a `tracing`
-    /// warning: 2 nodes or another even count, and one server written two ways
-    /// (`127.0.0.1:7001` and `localhost:7001`, or two databases of one server).
-    /// [`Redlock::diagnose`] checks these and more against the servers themselves.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio_redlock::Redlock;
-    ///
-    /// let redlock = Redlock::builder().node("redis://127.0.0.1:7001").build()?;
-    /// assert!(Redlock::builder().build().is_err());
-    /// # let _ = (redlock, Duration::ZERO);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
-    pub fn build(self) -> Result<Redlock, Error> {
-        if self.nodes.is_empty() {
-            return Err(Error::Config(
-                "no nodes: add the lock nodes' URLs with nodes() or node()".into(),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.drift_factor) {
-            return Err(Error::Config(format!(
-                "drift_factor {} is outside [0, 1): use a small fraction such as 0.01",
-                self.drift_factor
-            )));
-        }
-        if self.node_timeout.is_zero() {
-            return Err(Error::Config(
-                "node_timeout is zero: every request would time out; use a few tens of ms".into(),
-            ));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::Config(
-                "connect_timeout is zero: no connection could ever be made".into(),
-            ));
-        }
-        if self.fence_suffix.is_empty() {
-            return Err(Error::Config(
-                "fence_suffix is empty: the counter key would be the lock key itself".into(),
-            ));
-        }
-        let queue = crate::wake::QUEUE_SUFFIX;
-        if queue.ends_with(&self.fence_suffix) || self.fence_suffix.ends_with(queue) {
-            return Err(Error::Config(format!(
-                "fence_suffix `{}` and the wait-queue suffix `{queue}` end alike, so a counter \
-                 key could be a queue key; choose another suffix such as `:fence`",
-                self.fence_suffix
-            )));
-        }
-        let mut nodes = Vec::with_capacity(self.nodes.len());
-        for (index, url) in self.nodes.iter().enumerate() {
-            if let Some(problem) = checks::missing_scheme(url) {
-                return Err(Error::Config(format!("node {index}: {problem}")));
-            }
-            let client = self.client(url).map_err(|e| {
-                Error::Config(format!(
-                    "node {index}: cannot use `{}`: {e}; expected redis://[user:password@]host:port[/db]{}",
-                    redact_url(url),
-                    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
-                        " (rediss:// needs the `tls` feature)"
-                    } else {
-                        ""
-                    }
-                ))
-            })?;
-            #[cfg(feature = "tls")]
-            crate::tls::require_crypto_provider(index, &client)?;
-            let node = Node::new(
-                index,
-                client,
-                self.node_timeout,
-                self.connect_timeout,
-                self.restart_quarantine,
-            );
-            if let Some(first) = nodes
-                .iter()
-                .position(|n: &Node| n.endpoint == node.endpoint)
-            {
-                return Err(Error::Config(format!(
-                    "node {index} ({}) is node {first} again: each node must be listed once, \
-                     or the quorum would count it twice",
-                    node.endpoint
-                )));
-            }
-            nodes.push(node);
-        }
-        // Once per manager: a mistake in the node list, not in any one lock.
-        for warning in checks::layout_warnings(nodes.iter().map(|n| &*n.endpoint)) {
-            tracing::warn!("{warning}");
-        }
-        let config = Config {
-            retry_count: self.retry_count,
-            retry_delay: self.retry_delay,
-            retry_jitter: self.retry_jitter,
-            drift_factor: self.drift_factor,
-            node_timeout: self.node_timeout,
-            key_prefix: self.key_prefix,
-            fencing: self.fencing,
-            fence_suffix: self.fence_suffix,
-            wake_on_release: self.wake_on_release,
-            check_on_connect: self.check_on_connect,
-            min_validity: self.min_validity,
-            clock: self.clock,
-        };
-        Ok(Redlock::from_parts(Arc::from(nodes), config))
-    }
-}
-
-impl RedlockBuilder {
-    #[cfg(not(feature = "tls"))]
-    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(url)
-    }
-
-    #[cfg(feature = "tls")]
-    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        self.tls.client(url)
-    }
-}
-
-/// `scheme://user:secret@host` → `scheme://user:***@host`; anything else unchanged.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let hidden = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        "***".to_owned()
-    };
-    format!("{}{hidden}{}", &url[..scheme_end + 3], &rest[at..])
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    fn config_err(b: RedlockBuilder) -> String {
-        match b.build() {
-            Err(Error::Config(msg)) => msg,
-            other => panic!("expected a config error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn rejects_impossible_settings_naming_them() {
-        assert!(config_err(Redlock::builder()).contains("no nodes"));
-        let one = || Redlock::builder().node("redis://127.0.0.1:1");
-        assert!(config_err(one().drift_factor(1.0)).contains("drift_factor"));
-        assert!(config_err(one().drift_factor(-0.1)).contains("drift_factor"));
-        assert!(config_err(one().drift_factor(f64::NAN)).contains("drift_factor"));
-        assert!(config_err(one().node_timeout(Duration::ZERO)).contains("node_timeout"));
-        assert!(config_err(one().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
-        assert!(config_err(one().fencing(true).fence_suffix("")).contains("fence_suffix"));
-        assert!(config_err(one().fence_suffix("ers")).contains("fence_suffix"));
-        assert!(config_err(one().fence_suffix(":q:waiters")).contains("fence_suffix"));
-        assert!(config_err(Redlock::builder().node("http://x")).contains("node 0"));
-        let dup = config_err(one().node("redis://127.0.0.1:1/"));
-        assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");
-    }
-
-    /// Durations at the edges of what `Duration` and Redis can take, and random ones.
-    pub(crate) fn extreme(rng: &mut impl rand::Rng) -> Duration {
-        const EDGES: [Duration; 12] = [
-            Duration::ZERO,
-            Duration::from_nanos(1),
-            Duration::from_micros(999),
-            Duration::from_millis(1),
-            Duration::from_millis(2),
-            Duration::from_millis(3),
-            Duration::from_secs(1),
-            Duration::from_secs(86_400 * 365 * 300),
-            Duration::from_millis(i64::MAX as u64),
-            Duration::from_millis(u64::MAX),
-            Duration::from_secs(u64::MAX),
-            Duration::MAX,
-        ];
-        match rng.random_range(0..4) {
-            0 => Duration::from_nanos(rng.random()),
-            1 => Duration::new(rng.random(), rng.random_range(0..1_000_000_000)),
-            _ => EDGES[rng.random_range(0..EDGES.len())],
-        }
-    }
-
-    /// Issue 11, item 3: every public duration is refused with `Error::Config` or
-    /// saturates; nothing derived from it panics (checked requests, backoff, deadlines).
-    #[test]
-    fn every_duration_setting_is_refused_or_saturates() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for _ in 0..3_000 {
-            let quarantine = rng.random_bool(0.5).then(|| extreme(&mut rng));
-            let b = Redlock::builder()
-                .node("redis://127.0.0.1:1")
-                .retry_delay(extreme(&mut rng))
-                .retry_jitter(extreme(&mut rng))
-                .node_timeout(extreme(&mut rng))
-                .connect_timeout(extreme(&mut rng))
-                .restart_quarantine(quarantine)
-                .min_validity(extreme(&mut rng));
-            let settings = format!("{b:?}");
-            let redlock = match b.build() {
-                Ok(r) => r,
-                Err(Error::Config(_)) => continue,
-                Err(e) => panic!("{settings}: not a config error: {e}"),
-            };
-            let config = &redlock.inner.config;
-            let want = crate::redlock::Want {
-                ttl: extreme(&mut rng),
-                retries: rng.random(),
-                wait: rng.random_bool(0.5).then(|| extreme(&mut rng)),
-                min_validity: config.min_validity,
-            };
-            match redlock.check_request(&["r"], &want) {
-                Ok(ms) => assert!(ms > 2 && ms <= i64::MAX as u64, "{settings}: {ms}"),
-                Err(Error::Config(_)) => {}
-                Err(e) => panic!("{settings}: {e}"),
-            }
-            let pause = crate::quorum::backoff(config.retry_delay, config.retry_jitter, &mut rng);
-            assert!(pause >= config.retry_delay);
-            let _ = crate::clock::instant_after(pause);
-            let d = config
-                .clock
-                .stamp()
-                .after(want.ttl)
-                .before(extreme(&mut rng));
-            let _ = (config.clock.left(d), config.clock.instant(d));
-            let _ = want.wait.map(crate::clock::instant_after);
-        }
-    }
-
-    #[test]
-    fn defaults_are_documented_values() {
-        let b = RedlockBuilder::default();
-        assert_eq!(b.retry_count, 10);
-        assert_eq!(b.retry_delay, Duration::from_millis(200));
-        assert_eq!(b.retry_jitter, Duration::from_millis(200));
-        assert_eq!(b.drift_factor, 0.01);
-        assert_eq!(b.node_timeout, Duration::from_millis(50));
-    }
-
-    #[test]
-    fn secrets_never_show() {
-        assert_eq!(
-            redact_url("redis://app:s3cret@h:6379/2"),
-            "redis://app:***@h:6379/2"
-        );
-        assert_eq!(redact_url("redis://:s3cret@h:6379"), "redis://:***@h:6379");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        let b = Redlock::builder().node("redis://app:s3cret@127.0.0.1:1");
-        assert!(!format!("{b:?}").contains("s3cret"));
-        let bad = config_err(Redlock::builder().node("redis://app:s3cret@[bad"));
-        assert!(!bad.contains("s3cret"), "{bad}");
-        let r = Redlock::builder()
-            .node("redis://app:s3cret@127.0.0.1:1")
-            .build()
-            .unwrap();
-        assert!(!format!("{r:?}").contains("s3cret"));
-    }
-}
+pub(crate) mod tests;

@@ -1,8 +1,13 @@
 //! The crate's one error type and the per-node causes it carries.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
+
+use crate::diagnose::report::Finding;
+
+pub(crate) mod node;
+
+pub use node::{NodeError, NodeErrorKind, NodeErrors};
 
 /// Everything that can go wrong when locking, extending or releasing.
 ///
@@ -114,7 +119,7 @@ pub enum Error {
     #[non_exhaustive]
     Unhealthy {
         /// The error-severity findings, each saying what to change.
-        findings: Vec<crate::diagnose::Finding>,
+        findings: Vec<Finding>,
     },
 }
 
@@ -189,52 +194,27 @@ impl Error {
     }
 
     /// True when the lock could not be taken because another owner holds it.
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// assert!(!err.is_conflict());
-    /// ```
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
 
     /// True when too few nodes answered.
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// assert!(!err.is_no_quorum());
-    /// ```
     pub fn is_no_quorum(&self) -> bool {
         matches!(self, Self::NoQuorum { .. })
     }
 
     /// True when a held lock was lost.
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// assert!(!err.is_lock_lost());
-    /// ```
     pub fn is_lock_lost(&self) -> bool {
         matches!(self, Self::LockLost { .. })
     }
 
     /// True when every node cause is a timeout (and there is at least one).
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// assert!(!err.is_timeout());
-    /// ```
     pub fn is_timeout(&self) -> bool {
         let causes = self.node_errors();
         !causes.is_empty() && causes.iter().all(NodeError::is_timeout)
     }
 
     /// How many attempts were made, for errors that come from acquisition.
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// assert_eq!(err.attempts(), None);
-    /// ```
     pub fn attempts(&self) -> Option<u32> {
         match self {
             Self::Conflict { attempts, .. }
@@ -244,224 +224,6 @@ impl Error {
         }
     }
 }
-
-/// The per-node failures of one operation.
-///
-/// Displays every failed node with its cause, nodes with the same cause together
-/// (`node 0 (a:1) and node 1 (b:1): Connection refused (os error 111)`), and groups
-/// apart with `; `. It is the end of the [`source`](std::error::Error::source) chain:
-/// the message already says everything below it, and each [`NodeError`] (with the Redis
-/// error in its [`kind`](NodeError::kind)) is in [`as_slice`](Self::as_slice).
-#[derive(Debug, Clone, Default)]
-pub struct NodeErrors(pub(crate) Vec<NodeError>);
-
-impl NodeErrors {
-    /// The failures, one per failed node.
-    ///
-    /// ```
-    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
-    /// let _ = err; // NoQuorum's `causes` field holds one of these
-    /// ```
-    pub fn as_slice(&self) -> &[NodeError] {
-        &self.0
-    }
-}
-
-impl fmt::Display for NodeErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Group by cause, in the order each cause first appears.
-        let mut groups: Vec<(String, Vec<&NodeError>)> = Vec::new();
-        for e in &self.0 {
-            let cause = e.cause().to_string();
-            match groups.iter_mut().find(|(c, _)| *c == cause) {
-                Some((_, nodes)) => nodes.push(e),
-                None => groups.push((cause, vec![e])),
-            }
-        }
-        for (i, (cause, nodes)) in groups.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            for (j, e) in nodes.iter().enumerate() {
-                match j {
-                    0 => {}
-                    _ if j + 1 == nodes.len() => f.write_str(" and ")?,
-                    _ => f.write_str(", ")?,
-                }
-                write!(f, "node {} ({})", e.node, e.endpoint)?;
-            }
-            write!(f, ": {cause}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for NodeErrors {}
-
-/// Why one node did not give a usable answer.
-#[derive(Debug, Clone)]
-pub struct NodeError {
-    pub(crate) node: usize,
-    pub(crate) endpoint: Arc<str>,
-    pub(crate) kind: NodeErrorKind,
-}
-
-/// The kind of a [`NodeError`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum NodeErrorKind {
-    /// No answer within `node_timeout`.
-    Timeout(Duration),
-    /// The connection could not be made, broke, or the server answered with an error.
-    Redis(Arc<redis::RedisError>),
-    /// The node answered, but not as Redis would (wrong type or shape).
-    Protocol(String),
-    /// The node restarted recently without proof that its data survived (see
-    /// [`RedlockBuilder::restart_quarantine`](crate::RedlockBuilder::restart_quarantine));
-    /// its votes count again after this long.
-    Quarantined(Duration),
-}
-
-impl NodeError {
-    pub(crate) fn new(node: usize, endpoint: Arc<str>, kind: NodeErrorKind) -> Self {
-        Self {
-            node,
-            endpoint,
-            kind,
-        }
-    }
-
-    /// The index of the node in the order given to the builder.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// // Nothing listens on port 1: the node fails, and says why.
-    /// let redlock = tokio_redlock::Redlock::builder()
-    ///     .node("redis://127.0.0.1:1")
-    ///     .retry_count(0)
-    ///     .build()
-    ///     .unwrap();
-    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
-    /// let cause = &err.node_errors()[0];
-    /// assert_eq!(cause.node(), 0);
-    /// # }
-    /// ```
-    pub fn node(&self) -> usize {
-        self.node
-    }
-
-    /// The node's address, without credentials.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// // Nothing listens on port 1: the node fails, and says why.
-    /// let redlock = tokio_redlock::Redlock::builder()
-    ///     .node("redis://127.0.0.1:1")
-    ///     .retry_count(0)
-    ///     .build()
-    ///     .unwrap();
-    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
-    /// let cause = &err.node_errors()[0];
-    /// assert_eq!(cause.endpoint(), "127.0.0.1:1");
-    /// # }
-    /// ```
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// What went wrong.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// // Nothing listens on port 1: the node fails, and says why.
-    /// let redlock = tokio_redlock::Redlock::builder()
-    ///     .node("redis://127.0.0.1:1")
-    ///     .retry_count(0)
-    ///     .build()
-    ///     .unwrap();
-    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
-    /// let cause = &err.node_errors()[0];
-    /// assert!(matches!(cause.kind(), tokio_redlock::NodeErrorKind::Redis(_)));
-    /// # }
-    /// ```
-    pub fn kind(&self) -> &NodeErrorKind {
-        &self.kind
-    }
-
-    /// True when the node did not answer in time.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// // Nothing listens on port 1: the node fails, and says why.
-    /// let redlock = tokio_redlock::Redlock::builder()
-    ///     .node("redis://127.0.0.1:1")
-    ///     .retry_count(0)
-    ///     .build()
-    ///     .unwrap();
-    /// let err = redlock.acquire("job", std::time::Duration::from_secs(1)).await.unwrap_err();
-    /// let cause = &err.node_errors()[0];
-    /// assert!(!cause.is_timeout());
-    /// # }
-    /// ```
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, NodeErrorKind::Timeout(_))
-    }
-}
-
-impl NodeError {
-    /// What went wrong, without the node: the message after `node i (endpoint): `.
-    fn cause(&self) -> Cause<'_> {
-        Cause(&self.kind)
-    }
-}
-
-struct Cause<'a>(&'a NodeErrorKind);
-
-impl fmt::Display for NodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "node {} ({}): {}",
-            self.node,
-            self.endpoint,
-            self.cause()
-        )
-    }
-}
-
-impl fmt::Display for Cause<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            NodeErrorKind::Timeout(d) => write!(f, "no answer within {d:?}"),
-            NodeErrorKind::Redis(e) => {
-                if let Some(code) = e.code() {
-                    if code == "NOPERM" {
-                        return write!(
-                            f,
-                            "permission denied ({e}); grant the user the commands in docs/operations.md"
-                        );
-                    }
-                }
-                write!(f, "{e}")
-            }
-            NodeErrorKind::Protocol(what) => write!(f, "unexpected reply: {what}"),
-            NodeErrorKind::Quarantined(left) => write!(
-                f,
-                "restarted recently without appendfsync always, so it may have lost lock \
-                 keys; it votes again in {left:?}"
-            ),
-        }
-    }
-}
-
-/// No `source()`: the message already includes the Redis error's, which repeats its own
-/// source's (an I/O error's) word for word; the Redis error itself is in
-/// [`NodeError::kind`].
-impl std::error::Error for NodeError {}
 
 #[cfg(test)]
 mod tests;

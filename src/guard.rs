@@ -10,6 +10,8 @@ use redis::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, LostReason};
+use crate::kind::LockKind;
+use crate::local::LocalTurn;
 use crate::metrics;
 use crate::quorum::{self, Outcome, Vote};
 use crate::round::{self, fan_out, Collecting, Count, Op};
@@ -26,6 +28,9 @@ pub(crate) struct Held {
     pub(crate) value: Arc<str>,
     /// The runtime the lock was taken on; `Drop` releases there.
     pub(crate) handle: Option<tokio::runtime::Handle>,
+    /// What is held, which picks the release and extend scripts: for
+    /// [`LockKind::Read`], `keys` is the reader set; for a permit, its slot key.
+    pub(crate) kind: LockKind,
 }
 
 /// A lock held on a quorum of nodes, until [`valid_until`](Self::valid_until).
@@ -64,8 +69,12 @@ pub struct LockGuard {
     ttl: Duration,
     token: Option<u64>,
     attempts: u32,
+    kind: LockKind,
     /// `Some` until `release` takes it; `Drop` releases only what is still here.
     held: Option<Held>,
+    /// This manager's turn on the key, when tasks of it queue locally for the lock: on
+    /// release the lock goes to the next of them (see `local.rs`).
+    local: Option<LocalTurn>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -74,6 +83,7 @@ impl fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("resources", &self.resources)
             .field("remaining_validity", &self.remaining_validity())
+            .field("kind", &self.kind)
             .field("fencing_token", &self.token)
             .field("held", &self.held.is_some())
             .finish()
@@ -95,12 +105,86 @@ impl LockGuard {
             ttl,
             token,
             attempts: 1,
+            kind: held.kind,
             held: Some(held),
+            local: None,
+        }
+    }
+
+    pub(crate) fn set_local(&mut self, turn: LocalTurn) {
+        self.local = Some(turn);
+    }
+
+    pub(crate) fn take_local(&mut self) -> Option<LocalTurn> {
+        self.local.take()
+    }
+
+    /// Gives the lock to the next task of this manager waiting for it, if there is one
+    /// and the validity has not ended: nothing is sent to the nodes, and the receiver
+    /// believes what this guard did. Returns whether it was handed over; if not, this
+    /// manager's turn (if any) comes back, to be passed on after the real release.
+    pub(crate) fn hand_over(&mut self) -> (bool, Option<LocalTurn>) {
+        let Some(turn) = self.local.take() else {
+            return (false, None);
+        };
+        if !self.is_valid() {
+            return (false, Some(turn));
+        }
+        let Some(held) = self.held.take() else {
+            return (false, Some(turn));
+        };
+        let handed = Self {
+            kind: self.kind,
+            resources: Arc::clone(&self.resources),
+            valid_until: self.valid_until,
+            clock: self.clock.clone(),
+            ttl: self.ttl,
+            token: self.token,
+            attempts: 0,
+            held: Some(held),
+            local: None,
+        };
+        match turn.hand_over(handed) {
+            Ok(()) => (true, None),
+            Err(back) => {
+                let (mut back, turn) = *back;
+                self.held = back.held.take();
+                (false, Some(turn))
+            }
         }
     }
 
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
         self.attempts = attempts;
+    }
+
+    /// What this guard holds: an exclusive lock, a read or write lock, or a permit.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.lock("doc:1").read().acquire().await?;
+    /// assert_eq!(guard.kind(), tokio_redlock::LockKind::Read);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// Which permit slot (`0..n`) this guard holds, if it is a semaphore's permit.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let permit = redlock.lock("gpu").permits(4).acquire().await?;
+    /// assert!(permit.permit().is_some_and(|slot| slot < 4));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn permit(&self) -> Option<usize> {
+        match self.kind {
+            LockKind::Permit(slot) => Some(slot),
+            _ => None,
+        }
     }
 
     /// How many attempts the acquisition took.
@@ -283,13 +367,15 @@ impl LockGuard {
             .map_err(|why| Error::Config(format!("extend ttl {ttl:?} is out of range: {why}")))?;
         let ttl = Duration::from_millis(ttl_ms);
         let inner = Arc::clone(&held.inner);
-        let op = Op::extend(&held.keys, &held.value, ttl_ms);
+        let op = held.extend_op(ttl_ms);
         let span = tracing::debug_span!("extend", resource = %resource, ttl_ms);
         let drift = quorum::drift(ttl, inner.config.drift_factor);
         let start = self.clock.stamp();
         // The belief first: nodes may apply this ttl whatever comes of the call.
         let promised = start.after(ttl.saturating_sub(drift));
-        self.valid_until = self.valid_until.min(promised);
+        if !crate::mutants::OLD_BELIEF {
+            self.valid_until = self.valid_until.min(promised);
+        }
         // The stragglers extend too (when `replies` is dropped), so the key lives as long
         // on every healthy node.
         let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");
@@ -343,10 +429,28 @@ impl LockGuard {
 }
 
 impl Held {
+    /// The release of what is held, by kind. Exclusive and write locks wake the
+    /// waiters queued on their key; readers and permits have no queue.
+    pub(crate) fn release_op(&self) -> Op {
+        match self.kind {
+            LockKind::Read => Op::read_release(&self.keys[0], &self.value),
+            LockKind::Permit(_) => Op::release(&self.keys, &self.value, false),
+            _ => Op::release(&self.keys, &self.value, self.inner.config.wake_on_release),
+        }
+    }
+
+    /// The extension of what is held to `ttl_ms` from now, by kind.
+    pub(crate) fn extend_op(&self, ttl_ms: u64) -> Op {
+        match self.kind {
+            LockKind::Read => Op::read_extend(&self.keys[0], &self.value, ttl_ms),
+            _ => Op::extend(&self.keys, &self.value, ttl_ms),
+        }
+    }
+
     pub(crate) fn release_in_background(self, what: &'static str) {
         // Without the runtime the lock was taken on, nothing is sent: the TTL frees it.
         if let Some(handle) = &self.handle {
-            let op = Op::release(&self.keys, &self.value, self.inner.config.wake_on_release);
+            let op = self.release_op();
             round::release_in_background(handle, Arc::clone(&self.inner.nodes), op, what);
         }
     }
@@ -354,8 +458,13 @@ impl Held {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.release_in_background("dropped guard");
+        let (handed, turn) = self.hand_over();
+        if !handed {
+            if let Some(held) = self.held.take() {
+                held.release_in_background("dropped guard");
+            }
         }
+        // The next local waiter, if any, competes once the release is on its way.
+        drop(turn);
     }
 }

@@ -102,103 +102,37 @@ impl fmt::Debug for Lease {
 
 impl Lease {
     /// The resource (the first one, for several).
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// assert_eq!(lease.resource(), "job:1");
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn resource(&self) -> &str {
         &self.shared.resource
     }
 
     /// The fencing token of the acquisition; extensions keep it.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// let token = lease.fencing_token(); // Some(..) with `fencing(true)`
-    /// # let _ = token;
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.shared.token
     }
 
     /// Whether the lock is still guaranteed: not declared lost, not released (by
     /// [`KeptGuard::release`] or its drop), and within its validity.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// if lease.is_held() {
-    ///     // the irreversible step
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn is_held(&self) -> bool {
         !self.shared.lost.is_cancelled() && !self.remaining_validity().is_zero()
     }
 
     /// Until when the lock is guaranteed, as of the last successful extension.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// assert!(lease.valid_until() > std::time::Instant::now());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn valid_until(&self) -> Instant {
         self.shared.clock.instant(*lock(&self.shared.valid_until))
     }
 
     /// How much of the validity is left; zero once it has run out.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// assert!(lease.remaining_validity() <= std::time::Duration::from_secs(3));
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn remaining_validity(&self) -> Duration {
         self.shared.clock.left(*lock(&self.shared.valid_until))
     }
 
     /// How many extensions have succeeded.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// assert_eq!(lease.extensions(), 0); // none yet, just after acquiring
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn extensions(&self) -> u32 {
         *lock(&self.shared.extensions)
     }
 
     /// Why the lock was lost, once it was; `None` while it is held and after a release.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// assert_eq!(lease.lost_reason(), None);
-    /// # Ok(())
-    /// # }
-    /// ```
     pub fn lost_reason(&self) -> Option<LostReason> {
         lock(&self.shared.reason).clone()
     }
@@ -223,16 +157,6 @@ impl Lease {
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future changes nothing.
-    ///
-    /// ```no_run
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// # let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
-    /// # let lease = kept.lease();
-    /// lease.lost().await;
-    /// assert!(!lease.is_held());
-    /// # Ok(())
-    /// # }
-    /// ```
     pub async fn lost(&self) {
         self.shared.lost.cancelled().await;
     }
@@ -253,9 +177,10 @@ impl Lease {
     /// let token = kept.lease().cancellation_token();
     /// // The upload stops at its next await once the lock is lost (or released).
     /// let upload = tokio::spawn(async move { token.run_until_cancelled(upload_chunks()).await });
-    /// let uploaded = upload.await.ok().flatten().is_some();
+    /// if upload.await.ok().flatten().is_none() {
+    ///     eprintln!("upload stopped early: the lock was lost");
+    /// }
     /// kept.release().await?;
-    /// # let _ = uploaded;
     /// # Ok(())
     /// # }
     /// ```
@@ -315,7 +240,12 @@ impl KeptGuard {
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let kept = redlock.acquire("job:1", std::time::Duration::from_secs(3)).await?.keep_alive();
     /// let lease = kept.lease().clone(); // hand it to whoever must watch the lock
-    /// # let _ = lease;
+    /// tokio::spawn(async move {
+    ///     lease.lost().await;
+    ///     eprintln!("`{}` is no longer held", lease.resource());
+    /// });
+    /// // ... the work ...
+    /// kept.release().await?;
     /// # Ok(())
     /// # }
     /// ```
@@ -368,12 +298,17 @@ impl LockGuard {
     ///
     /// ```no_run
     /// # use std::time::Duration;
+    /// # async fn import(_: u32) {}
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let kept = redlock.acquire("import:1", Duration::from_secs(3)).await?.keep_alive();
-    /// let lease = kept.lease().clone();
-    /// // ... long work, checking lease.is_held() before each irreversible step ...
-    /// # let _ = lease;
-    /// kept.release().await?;
+    /// for batch in 0..100 {
+    ///     // Checked before each irreversible step.
+    ///     if !kept.lease().is_held() {
+    ///         break;
+    ///     }
+    ///     import(batch).await;
+    /// }
+    /// kept.release().await?; // Err(LockLost) if it was lost meanwhile
     /// # Ok(())
     /// # }
     /// ```
@@ -398,7 +333,8 @@ impl LockGuard {
     ///     .acquire("job:1", Duration::from_secs(3))
     ///     .await?
     ///     .keep_alive_with(LeaseOptions::default().max_hold(Some(Duration::from_secs(60))));
-    /// # kept.release().await?;
+    /// // ... at most a minute of work ...
+    /// kept.release().await?;
     /// # Ok(())
     /// # }
     /// ```
@@ -420,9 +356,12 @@ impl LockGuard {
         let stop = CancellationToken::new();
         // The runtime the lock was taken on: the guard's drop releases there, so the
         // keep-alive must run there too, or a lease could outlive its released lock.
-        let handle = self
-            .runtime()
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let handle = if crate::mutants::KEEP_ALIVE_HERE {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            self.runtime()
+                .or_else(|| tokio::runtime::Handle::try_current().ok())
+        };
         let task = match handle {
             Some(handle) => {
                 let span = tracing::debug_span!("keep_alive", resource = %self.resource());

@@ -19,6 +19,10 @@
 //! - With [`RedlockBuilder::fencing`], every acquisition carries a fencing token that is
 //!   strictly greater than every earlier one for the resource; [`FenceGate`] and
 //!   [`FENCE_CHECK_LUA`] let the protected storage refuse a stale holder.
+//! - Nodes come as URLs, [`redis::ConnectionInfo`], `(host, port)` or the
+//!   [`redis::Client`]s you have ([`IntoNode`]); with [`RedlockBuilder::owner_label`] a
+//!   node's `GET` shows who holds a lock, and [`Redlock::inspect`] reports it per stored
+//!   value (a snapshot for operators, never a lock check).
 //! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
 //!   your own tests: see [`harness`] for the `[dev-dependencies]` line and a complete test.
 //!
@@ -111,7 +115,10 @@ mod diagnose;
 mod error;
 mod fencing;
 mod guard;
+mod info;
+mod kind;
 mod lease;
+mod local;
 mod metrics;
 mod mutants;
 mod node;
@@ -135,13 +142,20 @@ pub mod harness;
 /// dependency: redis-rs" above).
 pub use redis;
 
-pub use builder::RedlockBuilder;
-pub use diagnose::{CheckMode, Finding, FindingKind, NodeReport, Report, Severity};
+pub use builder::{IntoNode, RedlockBuilder};
+pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
 pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
+pub use kind::LockKind;
 pub use lease::{KeptGuard, Lease, LeaseOptions};
-pub use redlock::{LockRequest, Redlock};
+pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
+
+/// The former name of [`HealthReport`], kept so that code written against it compiles.
+#[deprecated(
+    note = "renamed to `HealthReport`, beside `ReleaseReport` and the harness's `checker::Report`"
+)]
+pub type Report = HealthReport;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

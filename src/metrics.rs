@@ -1,5 +1,5 @@
 //! Metrics through the `metrics` facade (feature `metrics`); without the feature every
-//! function here is empty and compiles away.
+//! function here is empty and compiles away, its arguments unused.
 //!
 //! | name | kind | labels |
 //! | --- | --- | --- |
@@ -11,81 +11,63 @@
 //! | `redlock_releases_total` | counter | `outcome`: ok, no_quorum |
 //! | `redlock_background_releases_total` | counter | `reason`: dropped guard, cancelled acquire, ... |
 //! | `redlock_node_errors_total` | counter | `node` (index), `kind`: timeout, io, protocol, quarantined, or the server's error code |
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
 use std::time::Duration;
 
-use crate::error::{Error, NodeError, NodeErrorKind};
-
-/// The `outcome` label of an acquisition error.
-fn error_outcome(err: &Error) -> &'static str {
-    match err {
-        Error::Conflict { .. } => "conflict",
-        Error::NoQuorum { .. } => "no_quorum",
-        Error::Expired { .. } => "expired",
-        Error::LockLost { .. } => "lost",
-        _ => "invalid",
-    }
-}
+use crate::error::{Error, LostReason, NodeError};
 
 pub(crate) fn acquired(result: Result<(), &Error>, attempts: u32, wait: Duration) {
-    let outcome = match result {
-        Ok(()) => "ok",
-        Err(e) => error_outcome(e),
-    };
     #[cfg(feature = "metrics")]
     {
+        let outcome = result.map_or_else(error_outcome, |()| "ok");
         metrics::counter!("redlock_acquisitions_total", "outcome" => outcome).increment(1);
         metrics::histogram!("redlock_acquire_attempts", "outcome" => outcome)
             .record(f64::from(attempts));
         metrics::histogram!("redlock_acquire_seconds", "outcome" => outcome)
             .record(wait.as_secs_f64());
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (outcome, attempts, wait);
 }
 
 pub(crate) fn extended(result: Result<(), &Error>) {
-    let outcome = match result {
-        Ok(()) => "ok",
-        Err(e) => error_outcome(e),
-    };
     #[cfg(feature = "metrics")]
-    metrics::counter!("redlock_extensions_total", "outcome" => outcome).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = outcome;
+    {
+        let outcome = result.map_or_else(error_outcome, |()| "ok");
+        metrics::counter!("redlock_extensions_total", "outcome" => outcome).increment(1);
+    }
 }
 
-pub(crate) fn lost(reason: &crate::LostReason) {
-    let reason = match reason {
-        crate::LostReason::Expired => "expired",
-        crate::LostReason::NotHeld { .. } => "not_held",
-        crate::LostReason::ExtensionFailed => "extension_failed",
-        crate::LostReason::CapReached => "cap_reached",
-    };
+pub(crate) fn lost(reason: &LostReason) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("redlock_locks_lost_total", "reason" => reason).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = reason;
+    {
+        let reason = match reason {
+            LostReason::Expired => "expired",
+            LostReason::NotHeld { .. } => "not_held",
+            LostReason::ExtensionFailed => "extension_failed",
+            LostReason::CapReached => "cap_reached",
+        };
+        metrics::counter!("redlock_locks_lost_total", "reason" => reason).increment(1);
+    }
 }
 
 pub(crate) fn released(ok: bool) {
-    let outcome = if ok { "ok" } else { "no_quorum" };
     #[cfg(feature = "metrics")]
-    metrics::counter!("redlock_releases_total", "outcome" => outcome).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = outcome;
+    {
+        let outcome = if ok { "ok" } else { "no_quorum" };
+        metrics::counter!("redlock_releases_total", "outcome" => outcome).increment(1);
+    }
 }
 
 pub(crate) fn background_release(reason: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("redlock_background_releases_total", "reason" => reason).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = reason;
 }
 
 pub(crate) fn node_error(err: &NodeError) {
     #[cfg(feature = "metrics")]
     {
+        use crate::error::NodeErrorKind;
+
         let kind: String = match err.kind() {
             NodeErrorKind::Timeout(_) => "timeout".into(),
             NodeErrorKind::Redis(e) => match e.code() {
@@ -102,6 +84,16 @@ pub(crate) fn node_error(err: &NodeError) {
         )
         .increment(1);
     }
-    #[cfg(not(feature = "metrics"))]
-    let _: (&NodeError, Option<&NodeErrorKind>) = (err, None);
+}
+
+/// The `outcome` label of an acquisition or extension error.
+#[cfg(feature = "metrics")]
+fn error_outcome(err: &Error) -> &'static str {
+    match err {
+        Error::Conflict { .. } => "conflict",
+        Error::NoQuorum { .. } => "no_quorum",
+        Error::Expired { .. } => "expired",
+        Error::LockLost { .. } => "lost",
+        _ => "invalid",
+    }
 }

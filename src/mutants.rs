@@ -9,8 +9,28 @@
 /// `skip_validity`: a round won too late still counts as won.
 pub(crate) const SKIP_VALIDITY: bool = cfg!(redlock_mutant = "skip_validity");
 
+/// The defects of issue 11, for the explorer to catch (`scripts/mutants.sh`):
+/// `old_belief`: a shorter extension leaves the guard's belief where it was.
+pub(crate) const OLD_BELIEF: bool = cfg!(redlock_mutant = "old_belief");
+
+/// `keep_alive_here`: a keep-alive starts on the current runtime only (none on a plain
+/// thread), while the guard's drop still releases on its own.
+pub(crate) const KEEP_ALIVE_HERE: bool = cfg!(redlock_mutant = "keep_alive_here");
+
+/// `unordered_release`: a release or undo does not wait for the requests that may still
+/// set its value on a node (a re-sent request can land after it).
+pub(crate) const UNORDERED_RELEASE: bool = cfg!(redlock_mutant = "unordered_release");
+
+/// `free_queue_attempt`: the immediate attempt that joins the wait queue is not counted,
+/// so more than `retry_count + 1` attempts are made.
+pub(crate) const FREE_QUEUE_ATTEMPT: bool = cfg!(redlock_mutant = "free_queue_attempt");
+
 /// `quorum_half`: half the nodes make a "quorum", which is no majority.
 pub(crate) const QUORUM_HALF: bool = cfg!(redlock_mutant = "quorum_half");
+
+/// `semaphore_count`: a permit is won when a quorum of nodes granted any slot, each
+/// node counting its own holders (unsafe: see docs/safety.md, "Counting semaphore").
+pub(crate) const SEMAPHORE_COUNT: bool = cfg!(redlock_mutant = "semaphore_count");
 
 /// `constant_value`: every acquisition stores the same owner value.
 pub(crate) fn constant_value() -> Option<String> {

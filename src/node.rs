@@ -12,6 +12,7 @@ use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKin
 
 use crate::clock::instant_after;
 use crate::error::{NodeError, NodeErrorKind};
+use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::sync::lock;
 
 /// After this many timeouts in a row the connection is presumed dead (a half-open TCP
@@ -380,37 +381,20 @@ impl Node {
 /// nothing, so the node is treated as unproven.
 async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) -> Option<Instant> {
     let now = Instant::now();
-    // Plain INFO (its default sections include server and persistence): Redis before
-    // 7.0 takes no list of sections.
-    let info: String = match redis::cmd("INFO").query_async(conn).await {
-        Ok(info) => info,
+    let reply = info_cmd().query_async::<Value>(conn).await;
+    let Some(info) = reply.ok().as_ref().and_then(ServerInfo::from_reply) else {
         // Unreadable proves nothing: the whole period, counted from now.
-        Err(_) => return Some(instant_after(period)),
+        return Some(instant_after(period));
     };
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    let aof = field("aof_enabled") == Some("1");
-    let always = if aof {
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendfsync")
-            .query_async(conn)
-            .await;
-        matches!(reply.as_deref(), Ok([_, policy]) if policy == "always")
-    } else {
-        false
-    };
-    if always {
-        return None;
+    if info.aof_enabled == Some(true) {
+        let reply = appendfsync_cmd().query_async::<Value>(conn).await;
+        if reply.ok().as_ref().and_then(appendfsync).as_deref() == Some("always") {
+            return None;
+        }
     }
     // Whole seconds, rounded down, and an unreadable uptime counts as zero: the
     // quarantine errs on the long side.
-    let uptime = field("uptime_in_seconds")
-        .and_then(|u| u.parse().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let uptime = info.uptime.unwrap_or(Duration::ZERO);
     // Saturating: a quarantine of centuries is "until this process ends", not a panic.
     period
         .checked_sub(uptime)

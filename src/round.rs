@@ -101,6 +101,41 @@ impl Op {
     }
 }
 
+/// The requests of the reader-writer lock and the semaphore (`scripts/kinds.rs`).
+impl Op {
+    /// A script request that neither sets nor removes an owner value.
+    pub(crate) fn free(call: scripts::Call) -> Self {
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Free,
+        }
+    }
+
+    /// A script request that removes `value`: runs on each node after every earlier
+    /// request that may set it.
+    pub(crate) fn clearing(call: scripts::Call, value: &Arc<str>) -> Self {
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Clears(Arc::clone(value)),
+        }
+    }
+
+    /// A reader leaves the reader set `readers` (also the undo of a read attempt).
+    pub(crate) fn read_release(readers: &str, value: &Arc<str>) -> Self {
+        let mut call = scripts::Call::new(&scripts::READ_RELEASE, &[readers]);
+        call.arg(&**value);
+        Self::clearing(call, value)
+    }
+
+    /// A reader's expiry becomes `ttl_ms` from now, if it is still a reader. Unordered,
+    /// like [`Op::extend`]: sent after a release, it finds the reader gone.
+    pub(crate) fn read_extend(readers: &str, value: &str, ttl_ms: u64) -> Self {
+        let mut call = scripts::Call::new(&scripts::READ_EXTEND, &[readers]);
+        call.arg(value).arg(ttl_ms);
+        Self::free(call)
+    }
+}
+
 pub(crate) type Reply = (usize, Result<Value, NodeError>);
 pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
 
@@ -130,7 +165,9 @@ pub(crate) fn fan_out_where(
                 _ => None,
             };
             async move {
-                if let Order::Clears(value) = &op.order {
+                if let (Order::Clears(value), false) =
+                    (&op.order, crate::mutants::UNORDERED_RELEASE)
+                {
                     nodes[i].settled(value).await;
                 }
                 let reply = nodes[i].run(op.request()).await;

@@ -11,6 +11,13 @@ use redis::{Script, ToRedisArgs};
 
 use crate::mutants;
 
+mod kinds;
+
+pub(crate) use kinds::{
+    INTENT_CLEAR, PERMIT_ACQUIRE, PERMIT_TAKEN, READ_ACQUIRE, READ_EXTEND, READ_RELEASE,
+    WRITE_ACQUIRE,
+};
+
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
 /// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.
 /// (`redis::ScriptInvocation` would rebuild the command for each node.)

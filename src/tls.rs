@@ -23,15 +23,16 @@ pub(crate) struct TlsSettings {
 }
 
 impl TlsSettings {
-    /// A client for `url`: with these certificates when the URL is `rediss://` and any
-    /// are set, else as redis-rs parses it (system roots for `rediss://`).
-    pub(crate) fn client(&self, url: &str) -> RedisResult<redis::Client> {
+    /// A client for `info`: with these certificates when it is a TLS address and any
+    /// are set, else as given (system roots for TLS, or the parameters it carries).
+    pub(crate) fn client(&self, info: redis::ConnectionInfo) -> RedisResult<redis::Client> {
         let Self { root_ca, client } = self;
-        if !url.starts_with("rediss://") || (root_ca.is_none() && client.is_none()) {
-            return redis::Client::open(url);
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        if !tls || (root_ca.is_none() && client.is_none()) {
+            return redis::Client::open(info);
         }
         redis::Client::build_with_tls(
-            url,
+            info,
             redis::TlsCertificates {
                 client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
                     client_cert: cert.clone(),

@@ -7,8 +7,10 @@
 //! `REDLOCK_BENCH_PROFILE=secs` runs only one subject's uncontended loop, for a profiler
 //! (`REDLOCK_BENCH_SUBJECT=rslock|async-floor|sync-floor`; tokio-redlock by default).
 
+mod charts;
 mod contended;
 mod measure;
+mod read_heavy;
 mod report;
 mod subjects;
 
@@ -336,6 +338,123 @@ fn contended(rt: &Runtime, s: &Settings, urls: &[String]) -> Result<Vec<(Kind, S
         .collect())
 }
 
+/// Scenario 3b: the same loop as 3, but the contenders are tasks sharing ONE manager
+/// (one set of connections) per subject: where in-process coalescing can hand the lock
+/// from task to task without the nodes.
+fn contended_shared(
+    rt: &Runtime,
+    s: &Settings,
+    urls: &[String],
+) -> Result<Vec<(Kind, Summary)>, String> {
+    let kinds = [Kind::TokioRedlock, Kind::Rslock];
+    let mut groups = Vec::new();
+    for kind in kinds {
+        let one = rt.block_on(Async::connect(kind, urls))?;
+        let clients = vec![one; CONTENDERS];
+        let key = format!("shared:{}:warm", kind.tag());
+        rt.block_on(contended::round(&clients, &key, CONTENDED_TTL, s.secs(0.5)));
+        groups.push((kind, clients, Vec::new()));
+    }
+    for r in 0..s.rounds {
+        for j in 0..groups.len() {
+            let idx = (r + j) % groups.len();
+            let (kind, clients, rounds) = &mut groups[idx];
+            let key = format!("shared:{}:{r}", kind.tag());
+            let cpu = client_cpu_ns();
+            let mut round =
+                rt.block_on(contended::round(clients, &key, CONTENDED_TTL, s.secs(2.0)));
+            round.cpu_ns = client_cpu_ns().saturating_sub(cpu);
+            rounds.push(round);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(kind, _, rounds)| (kind, Summary::of(&rounds)))
+        .collect())
+}
+
+/// Scenario 2 and its table.
+fn parallel_scenario(rt: &Runtime, s: &Settings, direct: &[String]) -> Result<(), String> {
+    eprintln!("scenario 2: 32 tasks, direct");
+    let par = [Kind::TokioRedlock, Kind::Rslock, Kind::AsyncFloor];
+    let s2 = interleaved(
+        rt,
+        s,
+        Phase {
+            scenario: "s2",
+            kinds: &par,
+            urls: direct,
+            tasks: PARALLEL_TASKS,
+            dur: s.secs(1.0),
+        },
+        None,
+    )?;
+    report::table(
+        "2. Parallel: 32 tasks on one manager, each on its own keys (direct)",
+        &s2,
+        None,
+    );
+
+    Ok(())
+}
+
+/// Scenarios 3 and 3b, their tables and their charts.
+fn contention_scenarios(rt: &Runtime, s: &Settings, direct: &[String]) -> Result<(), String> {
+    for (tag, title, shared) in [
+        (
+            "s3",
+            "3. Contended: 16 clients, each its own manager, one key (direct)",
+            false,
+        ),
+        (
+            "s3b",
+            "3b. Contended: 16 tasks sharing one manager, one key (direct)",
+            true,
+        ),
+    ] {
+        eprintln!("scenario {tag}");
+        let groups = if shared {
+            contended_shared(rt, s, direct)?
+        } else {
+            contended(rt, s, direct)?
+        };
+        report::contended(title, &groups);
+        let series: Vec<(&str, &[u64], &[u64])> = groups
+            .iter()
+            .map(|(kind, sum)| (kind.name(), &sum.all_us[..], &sum.per_client[..]))
+            .collect();
+        charts::write_contended(tag, title, &series);
+    }
+    Ok(())
+}
+
+/// Scenario 6: the same 17 clients with `read()`/`write()`, then all exclusive,
+/// interleaved round by round, each round on its own resource.
+fn read_heavy(
+    rt: &Runtime,
+    s: &Settings,
+    urls: &[String],
+) -> Result<Vec<(&'static str, Vec<read_heavy::ReadHeavy>)>, String> {
+    let mut managers = Vec::new();
+    for _ in 0..=read_heavy::READERS {
+        managers.push(
+            tokio_redlock::Redlock::builder()
+                .nodes(urls)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    rt.block_on(read_heavy::round(&managers, "rw:warm", true, s.secs(0.5)));
+    let mut rows = vec![("read/write", Vec::new()), ("all exclusive", Vec::new())];
+    for r in 0..s.rounds {
+        for (j, (_, rounds)) in rows.iter_mut().enumerate() {
+            let key = format!("rw:{j}:{r}");
+            rounds.push(rt.block_on(read_heavy::round(&managers, &key, j == 0, s.secs(2.0))));
+        }
+    }
+    Ok(rows)
+}
+
 /// Runs every scenario and prints the tables (Markdown, as pasted into the docs).
 pub fn run() {
     if let Err(e) = try_run() {
@@ -401,6 +520,26 @@ fn try_run() -> Result<(), String> {
         return Ok(());
     }
 
+    // REDLOCK_BENCH_READ_HEAVY=1: only scenario 6.
+    if std::env::var_os("REDLOCK_BENCH_READ_HEAVY").is_some() {
+        let s6 = read_heavy(&rt, &s, &direct)?;
+        read_heavy::report(
+            "6. Read-heavy: 16 readers and 1 writer, each its own manager, one resource (direct)",
+            &s6,
+        );
+        return Ok(());
+    }
+    // REDLOCK_BENCH_PARALLEL=1: only scenario 2.
+    if std::env::var_os("REDLOCK_BENCH_PARALLEL").is_some() {
+        parallel_scenario(&rt, &s, &direct)?;
+        return Ok(());
+    }
+    // REDLOCK_BENCH_CONTENDED=1: only the two contention scenarios (3 and 3b).
+    if std::env::var_os("REDLOCK_BENCH_CONTENDED").is_some() {
+        contention_scenarios(&rt, &s, &direct)?;
+        return Ok(());
+    }
+
     eprintln!("scenario 1: uncontended, direct");
     let s1 = interleaved(
         &rt,
@@ -420,31 +559,14 @@ fn try_run() -> Result<(), String> {
         None,
     );
 
-    eprintln!("scenario 2: 32 tasks, direct");
-    let par = [Kind::TokioRedlock, Kind::Rslock, Kind::AsyncFloor];
-    let s2 = interleaved(
-        &rt,
-        &s,
-        Phase {
-            scenario: "s2",
-            kinds: &par,
-            urls: &direct,
-            tasks: PARALLEL_TASKS,
-            dur: s.secs(1.0),
-        },
-        None,
-    )?;
-    report::table(
-        "2. Parallel: 32 tasks on one manager, each on its own keys (direct)",
-        &s2,
-        None,
-    );
+    parallel_scenario(&rt, &s, &direct)?;
+    contention_scenarios(&rt, &s, &direct)?;
 
-    eprintln!("scenario 3: 16 contenders, direct");
-    let s3 = contended(&rt, &s, &direct)?;
-    report::contended(
-        "3. Contended: 16 clients, each its own manager, one key (direct)",
-        &s3,
+    eprintln!("scenario 6: read-heavy, 16 readers and 1 writer, direct");
+    let s6 = read_heavy(&rt, &s, &direct)?;
+    read_heavy::report(
+        "6. Read-heavy: 16 readers and 1 writer, each its own manager, one resource (direct)",
+        &s6,
     );
 
     eprintln!("scenario 1p: uncontended, through the proxies");

@@ -142,6 +142,10 @@ pub(crate) struct Summary {
     pub(crate) fair_max: f64,
     pub(crate) retake: f64,
     pub(crate) overlaps: u64,
+    /// Every operation's latency of every round (µs), for the charts.
+    pub(crate) all_us: Vec<u64>,
+    /// Contended scenarios: acquisitions per client, summed over the rounds.
+    pub(crate) per_client: Vec<u64>,
 }
 
 impl Summary {
@@ -159,6 +163,17 @@ impl Summary {
             fair_max: median(rounds.iter().map(|r| r.fairness().1)),
             retake: median(rounds.iter().map(Round::retake_share)),
             overlaps: rounds.iter().map(|r| r.overlaps).sum(),
+            all_us: rounds
+                .iter()
+                .flat_map(|r| r.latencies_us.iter().copied())
+                .collect(),
+            per_client: rounds.iter().fold(Vec::new(), |mut sum, r| {
+                sum.resize(sum.len().max(r.per_client.len()), 0);
+                for (s, n) in sum.iter_mut().zip(&r.per_client) {
+                    *s += n;
+                }
+                sum
+            }),
         }
     }
 }

@@ -1,12 +1,16 @@
-//! The types of a health report: [`Report`], [`NodeReport`], [`Finding`] and its
-//! [`Display`](fmt::Display) that says what to change.
+//! The types of a health check's result: [`HealthReport`], [`NodeReport`], and
+//! [`Finding`] with its [`Display`](fmt::Display) that says what to change.
+//!
+//! Types only, below [`Error`](crate::Error), which carries findings in
+//! [`Error::Unhealthy`](crate::Error::Unhealthy): this file imports nothing of the crate
+//! but the node errors and the `INFO` fields.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::NodeError;
-use crate::node::Node;
+use crate::error::node::NodeError;
+use crate::info::ServerInfo;
 
 /// How serious a [`Finding`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -255,8 +259,8 @@ impl fmt::Display for Finding {
     }
 }
 
-/// What [`Redlock::diagnose`](crate::Redlock::diagnose) learned about one node. Fields are `None` where the node
-/// did not say (unreachable, or the setting could not be read).
+/// What [`Redlock::diagnose`](crate::Redlock::diagnose) learned about one node. Fields
+/// are `None` where the node did not say (unreachable, or the setting could not be read).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NodeReport {
@@ -293,12 +297,20 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    pub(super) fn empty(node: &Node) -> Self {
-        Self::blank(node.index, node.endpoint.clone())
+    /// Takes in what the node's `INFO` said.
+    pub(super) fn apply(&mut self, info: ServerInfo) {
+        self.server = Some(info.server);
+        self.version = info.version;
+        self.role = info.role;
+        self.run_id = info.run_id;
+        self.maxmemory_policy = info.maxmemory_policy;
+        self.aof_enabled = info.aof_enabled;
+        self.uptime = info.uptime;
+        self.cluster_enabled = info.cluster_enabled;
     }
 
     /// Nothing known yet of node `index` at `endpoint`.
-    pub(super) fn blank(index: usize, endpoint: std::sync::Arc<str>) -> Self {
+    pub(super) fn blank(index: usize, endpoint: Arc<str>) -> Self {
         Self {
             index,
             endpoint,
@@ -319,17 +331,17 @@ impl NodeReport {
     }
 }
 
-/// The result of [`Redlock::diagnose`](crate::Redlock::diagnose): one [`NodeReport`] per node and the
-/// [`Finding`]s.
+/// The result of [`Redlock::diagnose`](crate::Redlock::diagnose): one [`NodeReport`] per
+/// node and the [`Finding`]s.
 ///
 /// Displays as one line per finding (or "healthy").
 #[derive(Debug, Clone)]
-pub struct Report {
+pub struct HealthReport {
     pub(super) nodes: Vec<NodeReport>,
     pub(super) findings: Vec<Finding>,
 }
 
-impl Report {
+impl HealthReport {
     /// True when no finding has [`Severity::Error`].
     pub fn is_healthy(&self) -> bool {
         !self.findings.iter().any(|f| f.severity == Severity::Error)
@@ -346,7 +358,7 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for HealthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.findings.is_empty() {
             return f.write_str("healthy: no findings");

@@ -1,5 +1,7 @@
 //! Unit tests of the error texts and the `source()` chain.
 
+use std::sync::Arc;
+
 use super::*;
 
 #[test]

@@ -12,7 +12,7 @@ use crate::error::{Error, LostReason};
 use crate::metrics;
 use crate::quorum;
 use crate::quorum::Vote;
-use crate::round::{self, fan_out, Collecting, Count, Op};
+use crate::round::{self, fan_out, Collecting, Count};
 
 /// The least and most a releaser that woke a waiter holds back its own next
 /// acquisition of the key: about one round trip on loopback at least, never long.
@@ -38,6 +38,9 @@ pub struct ReleaseReport {
     /// The guard's validity had already ended when the release was sent: the lock was
     /// not guaranteed for some time before it was released.
     pub validity_ended: bool,
+    /// Nothing was sent: the lock went, as it was, to the next task of this manager
+    /// waiting for it (see [`RedlockBuilder::local_handover`](crate::RedlockBuilder::local_handover)).
+    pub handed_over: bool,
 }
 
 impl ReleaseReport {
@@ -62,7 +65,9 @@ impl ReleaseReport {
         let needed = quorum::quorum(nodes);
         if self.validity_ended {
             Some(LostReason::Expired)
-        } else if self.not_held > nodes - needed {
+        } else if self.handed_over {
+            None
+        } else if self.not_held > nodes.saturating_sub(needed) {
             Some(LostReason::NotHeld {
                 held: self.released,
                 needed,
@@ -175,6 +180,17 @@ impl LockGuard {
     pub async fn release_with_report(mut self) -> Result<ReleaseReport, Error> {
         let resource = self.resource().to_owned();
         let validity_ended = !self.is_valid();
+        // Another task of this manager waits for the lock: it takes it as it is.
+        let (handed, turn) = self.hand_over();
+        if handed {
+            tracing::debug!(resource = %resource, "handed over within the process");
+            return Ok(ReleaseReport {
+                handed_over: true,
+                ..ReleaseReport::default()
+            });
+        }
+        // The next local waiter, if any, competes once the release is done (or dropped).
+        let _turn = turn;
         let Some(held) = self.held.take() else {
             return Ok(ReleaseReport {
                 validity_ended,
@@ -194,7 +210,7 @@ impl LockGuard {
             };
             let inner = &held.inner;
             let started = Instant::now();
-            let op = Op::release(&held.keys, &held.value, inner.config.wake_on_release);
+            let op = held.release_op();
             // Cancelled once sent, the rest still goes out (see `# Cancel safety`).
             let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "release");
             // Once a quorum answered (released or not held), nobody can be kept from
@@ -220,6 +236,7 @@ impl LockGuard {
                 pending: tally.pending(),
                 woken: votes.answers.iter().flatten().sum(),
                 validity_ended,
+                handed_over: false,
             };
             drop(replies);
             if report.woken > 0 {

@@ -23,10 +23,12 @@
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::time::{clock_gettime, ClockId};
+
+use crate::sync::lock;
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock every history is written in.
 ///
@@ -342,7 +344,7 @@ impl Recorder {
     /// Records an event of `client`'s acquisition `op` on `resource`, stamped now.
     /// Returns the time stamp.
     pub fn record(&self, client: u32, op: u64, resource: &str, kind: EventKind) -> u64 {
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut events = lock(&self.events);
         let t_ns = now_ns();
         events.push(Event {
             t_ns,
@@ -356,11 +358,7 @@ impl Recorder {
 
     /// A copy of everything recorded so far.
     pub fn history(&self) -> History {
-        let events = self
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let events = lock(&self.events).clone();
         History { events }
     }
 }

@@ -72,8 +72,6 @@
 //!     .persistence(Persistence::AofAlways)
 //!     .start()
 //!     .await?;
-//! let urls: Vec<String> = cluster.urls();
-//! # let _ = urls;
 //! cluster.node(2).partition().await?;
 //! assert!(cluster.node(2).ping(Duration::from_millis(200)).await.is_err());
 //! cluster.node(2).heal().await?;

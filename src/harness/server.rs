@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::{HarnessError, Persistence};
+use crate::sync::lock;
 
 /// How often readiness is polled. Short: a fresh `redis-server` is up within a few ms, and
 /// each poll is one loopback connect.
@@ -143,11 +144,11 @@ impl Server {
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.lock_child().as_ref().and_then(Child::id)
+        lock(&self.child).as_ref().and_then(Child::id)
     }
 
     pub(crate) fn is_running(&self) -> bool {
-        self.lock_child()
+        lock(&self.child)
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
@@ -194,7 +195,7 @@ impl Server {
             }
             match launch(&self.config, self.dir.path(), self.port, self.tls_port).await? {
                 Launch::Ready(child) => {
-                    *self.lock_child() = Some(child);
+                    *lock(&self.child) = Some(child);
                     return Ok(());
                 }
                 Launch::PortInUse(t) => tail = t,
@@ -211,7 +212,7 @@ impl Server {
         self.paused.store(false, Ordering::Release);
         // Taken out before the first `.await`: if this future is cancelled, dropping the child
         // still kills it (`kill_on_drop`) and tokio reaps it in the background.
-        let Some(mut child) = self.lock_child().take() else {
+        let Some(mut child) = lock(&self.child).take() else {
             return Ok(());
         };
         // Fails only when the child was already reaped; `wait` then returns at once.
@@ -224,7 +225,7 @@ impl Server {
     }
 
     fn running_pid(&self) -> Result<u32, HarnessError> {
-        let mut guard = self.lock_child();
+        let mut guard = lock(&self.child);
         let child = guard.as_mut();
         child
             .and_then(|c| match c.try_wait() {
@@ -233,16 +234,11 @@ impl Server {
             })
             .ok_or(HarnessError::NotRunning { index: self.index })
     }
-
-    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let slot = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let Some(mut child) = slot.take() else {
+        let Some(mut child) = lock(&self.child).take() else {
             return;
         };
         let _ = child.start_kill();

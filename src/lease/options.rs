@@ -6,14 +6,22 @@ use std::time::Duration;
 /// [`with_lock_opts`](crate::Redlock::with_lock_opts) does with the work when the lock
 /// is lost.
 ///
-/// ```
+/// ```no_run
 /// use std::time::Duration;
 /// use tokio_redlock::LeaseOptions;
 ///
+/// # async fn build_report(_: Option<u64>) {}
+/// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
 /// let opts = LeaseOptions::default()
 ///     .extend_after(0.5)                          // extend when half the ttl has passed
 ///     .max_hold(Some(Duration::from_secs(600)));  // never hold longer than 10 minutes
-/// # let _ = opts;
+/// redlock
+///     .with_lock_opts("report:daily", Duration::from_secs(30), opts, |lease| async move {
+///         build_report(lease.fencing_token()).await
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
@@ -39,11 +47,6 @@ impl Default for LeaseOptions {
 impl LeaseOptions {
     /// Extend once this fraction of the ttl has passed since the last successful
     /// acquisition or extension. Clamped to `[0.05, 0.9]`. Defaults to 1/3.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().extend_after(0.5);
-    /// # let _ = opts;
-    /// ```
     pub fn extend_after(mut self, fraction: f64) -> Self {
         self.extend_after = if fraction.is_nan() {
             1.0 / 3.0
@@ -57,12 +60,6 @@ impl LeaseOptions {
     /// lost when its validity ends ([`LostReason::CapReached`](crate::LostReason::CapReached)).
     /// Redlock's liveness argument assumes holders do not keep a lock forever. Defaults
     /// to unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default()
-    ///     .max_hold(Some(std::time::Duration::from_secs(300)));
-    /// # let _ = opts;
-    /// ```
     pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
         self.max_hold = cap;
         self
@@ -70,11 +67,6 @@ impl LeaseOptions {
 
     /// Stop after this many extensions (see [`max_hold`](Self::max_hold)). Defaults to
     /// unlimited.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().max_extensions(Some(10));
-    /// # let _ = opts;
-    /// ```
     pub fn max_extensions(mut self, cap: Option<u32>) -> Self {
         self.max_extensions = cap;
         self
@@ -98,11 +90,6 @@ impl LeaseOptions {
     ///
     /// [`KeptGuard`](crate::KeptGuard) has no work to drop; this setting does not
     /// change it.
-    ///
-    /// ```
-    /// let opts = tokio_redlock::LeaseOptions::default().drop_work_on_loss(false);
-    /// # let _ = opts;
-    /// ```
     pub fn drop_work_on_loss(mut self, drop: bool) -> Self {
         self.drop_work_on_loss = drop;
         self

@@ -1,4 +1,4 @@
-//! Unit tests of the keep-alive that need no server.
+//! Unit tests of the keep-alive that need no server: extreme settings, suspend, no runtime.
 
 use super::*;
 use crate::redlock::Redlock;
@@ -16,6 +16,7 @@ fn unreachable_guard(redlock: &Redlock, ttl: Duration, valid_for: Duration) -> L
             keys: Arc::from(vec!["r".to_owned()]),
             value: Arc::from("v"),
             handle: tokio::runtime::Handle::try_current().ok(),
+            kind: crate::LockKind::Exclusive,
         },
     )
 }
@@ -112,6 +113,7 @@ fn keep_alive_without_a_runtime_neither_panics_nor_holds_past_validity() {
             keys: Arc::from(vec!["r".to_owned()]),
             value: Arc::from("v"),
             handle: None,
+            kind: crate::LockKind::Exclusive,
         },
     );
     let kept = guard.keep_alive();

@@ -52,7 +52,7 @@ impl Redlock {
     ///         charge(lease.fencing_token()).await
     ///     })
     ///     .await?;
-    /// # let _ = receipt;
+    /// println!("charged, receipt {receipt}");
     /// # Ok(())
     /// # }
     /// ```
@@ -85,7 +85,7 @@ impl Redlock {
     ///         done
     ///     })
     ///     .await?; // Err(LockLost) after the work returned, if the lock was lost
-    /// # let _ = copied;
+    /// println!("{copied} batches copied and committed");
     /// # Ok(())
     /// # }
     /// ```
@@ -125,13 +125,14 @@ impl Redlock {
     /// ```no_run
     /// # use std::time::Duration;
     /// # use tokio_redlock::LeaseOptions;
+    /// # async fn build_report(_: Option<u64>) {}
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// // Extend at half the ttl, and give the lock up after at most 20 extensions.
+    /// // Extend at half the ttl, and give the lock up after at most 20 extensions
+    /// // (about 5 minutes).
     /// let opts = LeaseOptions::default().extend_after(0.5).max_extensions(Some(20));
     /// redlock
     ///     .with_lock_opts("report:daily", Duration::from_secs(30), opts, |lease| async move {
-    ///         // ... at most ~10 minutes of work ...
-    /// #       let _ = lease;
+    ///         build_report(lease.fencing_token()).await
     ///     })
     ///     .await?;
     /// # Ok(())

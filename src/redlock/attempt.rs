@@ -85,17 +85,17 @@ enum Answer {
 /// acquisition cleans up after itself in the background instead of leaving keys to
 /// the TTL. Made before the first request is sent, with the runtime it will release on
 /// (none outside a runtime: the TTL frees the keys); `disarm` takes it.
-struct Undo(Option<(Arc<[Node]>, Op)>, Option<tokio::runtime::Handle>);
+pub(super) struct Undo(Option<(Arc<[Node]>, Op)>, Option<tokio::runtime::Handle>);
 
 impl Undo {
-    fn new(nodes: Arc<[Node]>, op: Op) -> Self {
+    pub(super) fn new(nodes: Arc<[Node]>, op: Op) -> Self {
         Self(
             Some((nodes, op)),
             tokio::runtime::Handle::try_current().ok(),
         )
     }
 
-    fn disarm(&mut self) -> Option<(Arc<[Node]>, Op)> {
+    pub(super) fn disarm(&mut self) -> Option<(Arc<[Node]>, Op)> {
         self.0.take()
     }
 }
@@ -113,7 +113,7 @@ impl Redlock {
     pub(super) async fn attempt(&self, ask: &Ask<'_>) -> Attempt {
         let inner = &self.inner;
         let keys = ask.keys;
-        let value: Arc<str> = super::new_value().into();
+        let value: Arc<str> = super::new_value(inner.config.owner_label.as_deref()).into();
         let op = match (ask.fence_keys, ask.candidate, ask.queue) {
             (None, _, Some((member, front))) if keys.len() == 1 => {
                 let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
@@ -207,6 +207,7 @@ impl Redlock {
                         keys: Arc::clone(keys),
                         value,
                         handle: tokio::runtime::Handle::try_current().ok(),
+                        kind: crate::LockKind::Exclusive,
                     },
                 );
                 if let (Some(fences), Some(t)) = (ask.fence_keys, candidate) {
@@ -247,9 +248,9 @@ impl Redlock {
 ///   answer "not set": under contention that is every node, and the undo costs nothing.
 ///
 /// On each node the undo runs after this attempt's own request (see `Node::settled`).
-async fn undo_failed(
+pub(super) async fn undo_failed<T>(
     undo: &mut Undo,
-    votes: &round::Votes<Answer>,
+    votes: &round::Votes<T>,
     refused: &[bool],
     pending: Option<Replies>,
     refuses: impl Fn(&Value) -> bool + Send + 'static,

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::builder::{Config, RedlockBuilder};
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::local::Turn;
 use crate::metrics;
 use crate::node::Node;
 use crate::quorum;
@@ -18,10 +19,14 @@ use crate::shared::Shared;
 use crate::wake;
 
 mod attempt;
+mod health;
+mod inspect;
+mod kinds;
 pub(crate) mod policy;
 mod request;
 mod retry;
 
+pub use inspect::{Holder, LockInfo};
 pub use request::LockRequest;
 pub(crate) use retry::Want;
 
@@ -303,6 +308,14 @@ impl Redlock {
                     )));
                 }
             }
+            // Likewise `<key>:readers`, `<key>:writer` and `<key>:permit:<i>`.
+            if let Some(suffix) = crate::kind::aux_suffix(r) {
+                return Err(Error::Config(format!(
+                    "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \
+                     each read/write lock or semaphore key; its key could be another \
+                     resource's. Rename it"
+                )));
+            }
         }
         let ttl = want.ttl;
         let ttl_ms =
@@ -320,6 +333,87 @@ impl Redlock {
         Ok(ttl_ms)
     }
 
+    /// Acquires, queueing behind this manager's own tasks for the same key first when
+    /// local hand-over applies (see [`RedlockBuilder::local_handover`]): at most one of
+    /// them competes on the nodes, and a release hands the lock to the next.
+    async fn take_turn(
+        &self,
+        resources: &[&str],
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        let config = &self.inner.config;
+        let local =
+            config.local_handover && !config.fencing && resources.len() == 1 && want.retries > 0;
+        if !local {
+            return self.run_attempts(resources, ttl_ms, want).await;
+        }
+        let key = self.key_of(resources[0]);
+        let turn = match self.inner.local.enter(&key) {
+            Ok(turn) => Some(turn),
+            Err(waiting) => {
+                // As long as the retries could have waited on the nodes, or the budget.
+                let per_try = config.retry_delay.saturating_add(config.retry_jitter);
+                let budget = want.wait.unwrap_or_else(|| {
+                    per_try
+                        .saturating_mul(want.retries.saturating_add(1))
+                        .saturating_add(config.node_timeout)
+                });
+                match tokio::time::timeout(budget, waiting).await {
+                    Ok(Ok(Turn::Handed(guard))) => {
+                        return self.adopt(guard, resources, ttl_ms, want).await
+                    }
+                    Ok(Ok(Turn::Compete(turn))) => Some(turn),
+                    // Out of time in the local queue: one attempt of its own, which
+                    // fails while another task of this manager holds the lock.
+                    Ok(Err(_)) | Err(_) => {
+                        let last = Want {
+                            retries: 0,
+                            wait: None,
+                            ..*want
+                        };
+                        return self.run_attempts(resources, ttl_ms, &last).await;
+                    }
+                }
+            }
+        };
+        let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+        if let Some(turn) = turn {
+            guard.set_local(turn);
+        }
+        Ok(guard)
+    }
+
+    /// Takes a lock handed over by another task of this manager: extended first when
+    /// less than half of this request's ttl is left, and given up (released, then
+    /// competed for on the nodes) if that extension fails.
+    async fn adopt(
+        &self,
+        mut guard: LockGuard,
+        resources: &[&str],
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        if guard.remaining_validity() >= want.ttl / 2
+            && guard.remaining_validity() >= want.min_validity
+        {
+            return Ok(guard);
+        }
+        match guard.extend(Duration::from_millis(ttl_ms)).await {
+            Ok(()) => Ok(guard),
+            Err(e) => {
+                tracing::debug!(error = %e, "a handed-over lock could not be extended; competing for it");
+                let turn = guard.take_local();
+                drop(guard);
+                let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+                if let Some(turn) = turn {
+                    guard.set_local(turn);
+                }
+                Ok(guard)
+            }
+        }
+    }
+
     /// Every acquisition goes through here: checks, the health gate, the retry loop,
     /// metrics.
     pub(crate) async fn acquire_with(
@@ -334,7 +428,7 @@ impl Redlock {
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
         let start = Instant::now();
         let result = self
-            .run_attempts(resources, ttl_ms, &want)
+            .take_turn(resources, ttl_ms, &want)
             .instrument(span)
             .await;
         let attempts = match &result {
@@ -346,10 +440,14 @@ impl Redlock {
     }
 }
 
-/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits.
-pub(crate) fn new_value() -> String {
+/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits; with an
+/// owner label, `<label>:<UUID v4>` (122 random bits, the format the design names).
+pub(crate) fn new_value(label: Option<&str>) -> String {
     if let Some(same) = crate::mutants::constant_value() {
         return same;
     }
-    format!("{:032x}", rand::rng().random::<u128>())
+    match label {
+        Some(label) => crate::builder::labelled_value(label),
+        None => format!("{:032x}", rand::rng().random::<u128>()),
+    }
 }

@@ -194,6 +194,9 @@ impl Policy {
             if state.waiting_on != Some(key) {
                 state.waiting_on = Some(key);
                 if self.single {
+                    if crate::mutants::FREE_QUEUE_ATTEMPT {
+                        state.attempts = state.attempts.saturating_sub(1);
+                    }
                     return Step::Queue(key);
                 }
                 join = Some(false);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Redlock, Want};
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::kind::Mode;
 use crate::lease::{Lease, LeaseOptions};
 
 /// The ttl of a request that sets none: long enough for most jobs with a keep-alive
@@ -42,6 +43,8 @@ pub struct LockRequest<'a> {
     /// Whether `retries` was set; with only `wait` set, retries are unbounded.
     retries_set: bool,
     options: LeaseOptions,
+    /// Exclusive (the default), read, write, or a permit of a semaphore.
+    mode: Mode,
 }
 
 impl fmt::Debug for LockRequest<'_> {
@@ -53,6 +56,7 @@ impl fmt::Debug for LockRequest<'_> {
             .field("wait", &self.want.wait)
             .field("min_validity", &self.want.min_validity)
             .field("options", &self.options)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -65,6 +69,107 @@ impl<'a> LockRequest<'a> {
             want: redlock.want(DEFAULT_TTL),
             retries_set: false,
             options: LeaseOptions::default(),
+            mode: Mode::Exclusive,
+        }
+    }
+
+    /// Asks for a read lock: shared with other readers, never held while a writer (or
+    /// an exclusive lock) holds the resource, and refused while a writer waits for
+    /// readers to leave, so writers do not starve. The guard's
+    /// [`kind`](LockGuard::kind) is [`LockKind::Read`](crate::LockKind::Read); it has
+    /// no fencing token. Waiting readers retry on the timer (no release wake-ups).
+    ///
+    /// A plain exclusive lock of the same resource keeps new readers out but does not
+    /// wait for readers already in: use [`write`](Self::write) for that.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let a = redlock.lock("doc:1").read().acquire().await?;
+    /// let b = redlock.lock("doc:1").read().acquire().await?; // readers share
+    /// # drop((a, b));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read(mut self) -> Self {
+        self.mode = Mode::Read;
+        self
+    }
+
+    /// Asks for a write lock: an exclusive lock of the resource's key that is only
+    /// granted once no reader holds it. While it waits for readers to leave it keeps
+    /// new readers out (for at most its ttl after it gave up or died). Writers exclude
+    /// each other and plain exclusive locks of the same resource, and with fencing on
+    /// take their tokens from the same counter. Waiting writers retry on the timer.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let w = redlock.lock("doc:1").write().acquire().await?;
+    /// assert_eq!(w.kind(), tokio_redlock::LockKind::Write);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write(mut self) -> Self {
+        self.mode = Mode::Write;
+        self
+    }
+
+    /// Asks for one of `permits` permits of a counting semaphore: at most `permits`
+    /// holders at any instant. Each permit is a slot, an ordinary lock on the key
+    /// `<resource>:permit:<i>`; the guard's [`permit`](LockGuard::permit) says which.
+    /// Every request of one semaphore must name the same `permits`. No fencing token;
+    /// waiting contenders retry on the timer.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let p = redlock.lock("gpu").permits(4).acquire().await?;
+    /// println!("using GPU slot {:?}", p.permit());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn permits(mut self, permits: usize) -> Self {
+        self.mode = Mode::Permits(permits);
+        self
+    }
+
+    /// How many of the semaphore's permits are free now on enough nodes to be
+    /// granted: a snapshot for operators and dashboards, racy by nature (permits come
+    /// and go while it is read), never a way to decide whether to acquire.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let free = redlock.lock("gpu").permits(4).available().await?;
+    /// println!("{free} of 4 GPU slots free");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the request is not a semaphore's
+    /// ([`permits`](Self::permits) not called, or 0); [`Error::NoQuorum`] when fewer
+    /// than a quorum of nodes answered.
+    pub async fn available(self) -> Result<usize, Error> {
+        let Mode::Permits(n) = self.mode else {
+            return Err(Error::Config(
+                "available() counts a semaphore's free permits: call permits(n) first".into(),
+            ));
+        };
+        self.redlock.check_request(&[&self.resource], &self.want)?;
+        self.redlock.available_permits(&self.resource, n).await
+    }
+
+    /// Every chain ends here: the exclusive path, or the one of the other kinds.
+    async fn acquire_mode(&self) -> Result<LockGuard, Error> {
+        match self.mode {
+            Mode::Exclusive => {
+                self.redlock
+                    .acquire_with(&[&self.resource], self.want)
+                    .await
+            }
+            mode => {
+                self.redlock
+                    .acquire_kind(&self.resource, mode, self.want)
+                    .await
+            }
         }
     }
 
@@ -176,9 +281,7 @@ impl<'a> LockRequest<'a> {
     /// # Cancel safety
     /// As for [`Redlock::acquire`].
     pub async fn acquire(self) -> Result<LockGuard, Error> {
-        self.redlock
-            .acquire_with(&[&self.resource], self.want)
-            .await
+        self.acquire_mode().await
     }
 
     /// Makes exactly one attempt with these options.
@@ -207,10 +310,7 @@ impl<'a> LockRequest<'a> {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        let guard = self
-            .redlock
-            .acquire_with(&[&self.resource], self.want)
-            .await?;
+        let guard = self.acquire_mode().await?;
         crate::lease::run_kept(guard, self.options, work).await
     }
 }

@@ -176,7 +176,13 @@ impl Redlock {
 }
 
 /// The error of an acquisition that gave up after `attempt`, its last.
-fn error_of(attempt: Attempt, loss: Loss, resource: &str, attempts: u32, ttl_ms: u64) -> Error {
+pub(super) fn error_of(
+    attempt: Attempt,
+    loss: Loss,
+    resource: &str,
+    attempts: u32,
+    ttl_ms: u64,
+) -> Error {
     match attempt {
         Attempt::Lost {
             tally,

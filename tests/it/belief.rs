@@ -444,8 +444,9 @@ async fn retry_count_bounds_the_attempts_made_and_reported() {
             "retry_count({retries}) made {made} attempts"
         );
     }
-    // The per-call form keeps the same promise.
-    let err = bounded(holder.lock("belief:retries").retries(2).acquire())
+    // The per-call form keeps the same promise (from another manager: the holder's own
+    // tasks would wait for it locally, see tests/it/local.rs).
+    let err = bounded(waiter(10).lock("belief:retries").retries(2).acquire())
         .await
         .unwrap_err();
     assert_eq!(err.attempts(), Some(3), "{err}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio_redlock::harness::{Cluster, Persistence};
-use tokio_redlock::{CheckMode, Error, FindingKind, Redlock, Report, Severity};
+use tokio_redlock::{CheckMode, Error, FindingKind, HealthReport, Redlock, Severity};
 
 use crate::support::*;
 
@@ -27,7 +27,7 @@ async fn cmd(conn: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
     c.query_async(conn).await.expect(args[0])
 }
 
-fn kinds(report: &Report) -> Vec<(Option<usize>, String)> {
+fn kinds(report: &HealthReport) -> Vec<(Option<usize>, String)> {
     report
         .findings()
         .iter()
@@ -306,6 +306,44 @@ fn full_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// `Redlock::inspect` needs `+pttl` beyond the locker's rule, as docs/operations.md says:
+/// without it every node is unknown, with the permission error; with it the holder shows.
+#[tokio::test]
+async fn inspect_needs_pttl_beyond_the_locker_rule() {
+    let cluster = cluster(3).await;
+    acl_user(&cluster, "locker", "pw-locker-1", LOCKER_RULE).await;
+    acl_user(
+        &cluster,
+        "operator",
+        "pw-operator-1",
+        &format!("{LOCKER_RULE} +pttl"),
+    )
+    .await;
+    let as_user = |user: &str, pw: &str| {
+        Redlock::builder()
+            .nodes(urls_as(&cluster, user, pw))
+            .owner_label("acl-test")
+            .node_timeout(Duration::from_millis(250))
+            .build()
+            .unwrap()
+    };
+    let locker = as_user("locker", "pw-locker-1");
+    let guard = bounded(locker.acquire("inspected", TTL)).await.unwrap();
+
+    let denied = bounded(locker.inspect("inspected")).await.unwrap();
+    assert_eq!(denied.unknown_nodes(), 3, "{denied}");
+    assert!(denied.holders().is_empty(), "{denied}");
+    // Refused by the server (the script may not run PTTL), not a timeout.
+    assert!(denied.errors().iter().all(|e| !e.is_timeout()), "{denied}");
+
+    let info = bounded(as_user("operator", "pw-operator-1").inspect("inspected"))
+        .await
+        .unwrap();
+    assert!(info.held_by_quorum(), "{info}");
+    assert_eq!(info.holders()[0].label(), Some("acl-test"), "{info}");
+    guard.release().await.unwrap();
 }
 
 #[tokio::test]
@@ -598,13 +636,18 @@ async fn strict_refuses_a_node_that_denies_info_and_config() {
             .build()
             .unwrap();
         let g = bounded(plain.acquire("unverified", TTL)).await.unwrap();
-        assert!(
-            values(&mut conns, "unverified")
-                .await
-                .iter()
-                .all(Option::is_some),
-            "{what}: node 1 votes"
-        );
+        // The acquisition returns at quorum; node 1's reply may still be on its way.
+        let c = conns.clone();
+        eventually(&format!("{what}: node 1 votes"), || {
+            let mut c = c.clone();
+            async move {
+                values(&mut c, "unverified")
+                    .await
+                    .iter()
+                    .all(Option::is_some)
+            }
+        })
+        .await;
         bounded(g.release()).await.unwrap();
         // diagnose says what was denied, and does not call it unreachable.
         let report = bounded(plain.diagnose()).await;

@@ -64,10 +64,13 @@ async fn quarantined_nodes_do_not_vote_until_it_passes() {
     // Once the period has passed since the restart, the nodes vote again. Waiting out
     // the quarantine is the behaviour under test.
     let start = Instant::now();
-    // The two restarted nodes forgot the key: the release reports that the lock was no
-    // longer held by a quorum (Ok would mean "held until released").
-    let err = held.release().await.unwrap_err();
-    assert!(err.is_lock_lost(), "{err}");
+    // The two restarted nodes forgot the key. The release returns once a quorum
+    // answered: if that was both of them, it reports the lock lost; if one of them and
+    // the node that kept it, it cannot tell, and says held. Anything else is wrong.
+    match held.release().await {
+        Ok(()) => {}
+        Err(e) => assert!(e.is_lock_lost(), "{e}"),
+    }
     eventually("quarantine over", || {
         let careful = careful.clone();
         async move {

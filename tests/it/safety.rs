@@ -163,6 +163,17 @@ async fn inject(cluster: &Cluster, fault: Fault, seed: u64, run: Duration) -> (u
 /// A safe scenario: 8 clients on 5 nodes under `fault`; every check must be clean
 /// (C2 on the fenced resources).
 async fn safe(name: &str, fault: Fault, persistence: Persistence, pauser: bool, default_seed: u64) {
+    safe_with(name, fault, persistence, pauser, default_seed, false).await;
+}
+
+async fn safe_with(
+    name: &str,
+    fault: Fault,
+    persistence: Persistence,
+    pauser: bool,
+    default_seed: u64,
+    shared: bool,
+) {
     let seed = workload::seed(default_seed);
     let run = workload::soak().unwrap_or(RUN);
     let cluster = cluster(5, persistence).await;
@@ -172,6 +183,7 @@ async fn safe(name: &str, fault: Fault, persistence: Persistence, pauser: bool, 
         run,
         seed,
         pauser,
+        shared,
     };
     let (done, (faults, heals)) = tokio::join!(
         workload::clients(&cluster, &plan, &rec),
@@ -203,6 +215,35 @@ async fn safe(name: &str, fault: Fault, persistence: Persistence, pauser: bool, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline() {
     safe("baseline", Fault::None, Persistence::Memory, false, 1).await;
+}
+
+/// Issue 14: the clients are tasks of one manager pair, so the unfenced lock is handed
+/// over in-process; every hand-over is a release and an acquisition for the checkers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_one_manager_hand_over_in_process() {
+    safe_with(
+        "tasks_of_one_manager",
+        Fault::None,
+        Persistence::Memory,
+        false,
+        21,
+        true,
+    )
+    .await;
+}
+
+/// The same under minority partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_one_manager_under_minority_partitions() {
+    safe_with(
+        "tasks_of_one_manager_partitions",
+        Fault::Partition,
+        Persistence::Memory,
+        false,
+        22,
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,6 +588,7 @@ fn active_mutant() -> Option<&'static str> {
         (cfg!(redlock_mutant = "constant_value"), "constant_value"),
         (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
         (cfg!(redlock_mutant = "incr_max"), "incr_max"),
+        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
     ]
     .into_iter()
     .find(|(on, _)| *on)

@@ -157,6 +157,10 @@ pub struct Plan {
     /// Client 0 sometimes sleeps past its TTL between acquiring and its critical
     /// section, like a GC pause.
     pub pauser: bool,
+    /// All clients are tasks of the same two managers (fenced and unfenced), so the
+    /// unfenced lock passes between them in-process (local hand-over); each client is
+    /// still a client of its own for the checkers.
+    pub shared: bool,
 }
 
 /// What a run produced.
@@ -166,14 +170,19 @@ pub struct Run {
     pub end_ns: u64,
 }
 
-/// Runs `plan.clients` clients until `plan.run` has passed; each has its own managers.
+/// Runs `plan.clients` clients until `plan.run` has passed; each has its own managers,
+/// or all share one pair (`plan.shared`).
 pub async fn clients(cluster: &Cluster, plan: &Plan, rec: &Recorder) -> Run {
     let store = Arc::new(Store::default());
     let deadline = Instant::now() + plan.run;
     let mut tasks = Vec::new();
+    let pair = (manager(cluster, true), manager(cluster, false));
     for client in 0..plan.clients {
-        let fenced = manager(cluster, true);
-        let unfenced = manager(cluster, false);
+        let (fenced, unfenced) = if plan.shared {
+            pair.clone()
+        } else {
+            (manager(cluster, true), manager(cluster, false))
+        };
         let rec = rec.clone();
         let store = Arc::clone(&store);
         let pauser = plan.pauser && client == 0;
@@ -229,8 +238,10 @@ pub async fn clients(cluster: &Cluster, plan: &Plan, rec: &Recorder) -> Run {
 /// Lock keys still present on some node, polled briefly: after every client released,
 /// only background undos of the last moments may still be running.
 pub async fn leftover_keys(cluster: &Cluster) -> Vec<String> {
-    // Well under the shortest TTL, so a leaked key cannot just have expired meanwhile.
-    let grace = Duration::from_millis(150);
+    // A release or undo on a node waits for the earlier request of its value there (at
+    // most one node timeout), then takes its own: two node timeouts and a little, still
+    // under the shortest TTL (300 ms), so a leaked key cannot just have expired meanwhile.
+    let grace = NODE_TIMEOUT * 2 + Duration::from_millis(50);
     let deadline = Instant::now() + grace;
     let mut conns = support::direct(cluster).await;
     loop {

@@ -593,6 +593,15 @@ impl Oracle {
         let mut entries = lock(&self.entries);
         if owner != id {
             let other = entries.get(&owner)?;
+            // A holding that ended may have handed its lock, value and all, to a task
+            // of the same manager (in-process hand-over): the value moves on with it.
+            if matches!(other.belief, Belief::Closed) {
+                lock(&self.owners).insert((key.to_owned(), value.clone()), id);
+                if let Some(e) = entries.get_mut(&id) {
+                    e.bound[k] = Some(value);
+                }
+                return None;
+            }
             let state = match &other.belief {
                 Belief::Guard(v) => format!(
                     "a guard believing {:?} more",

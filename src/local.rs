@@ -1,0 +1,187 @@
+//! In-process coalescing: tasks of one manager that want the same key queue here, first
+//! come first served, and at most one of them competes on the nodes at a time. When a
+//! task releases with local waiters, the lock passes to the next one inside the process,
+//! without a release and a new acquisition: same owner value on the nodes, validity
+//! counted from the original grant.
+//!
+//! Safety: a hand-over moves the one guard that holds the lock from one task to the next
+//! (the giver's guard is consumed by `release` or its drop), so two tasks never hold it at
+//! once, and the receiver believes exactly what the giver did (the same deadline), which
+//! is what the nodes hold. Fenced managers never hand over (each holder must get a fresh,
+//! greater token, which needs the nodes anyway; see docs/design.md).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::guard::LockGuard;
+use crate::sync::lock;
+
+/// Local hand-overs in a row before the lock goes back to the nodes: a real release then
+/// wakes the oldest waiter of another manager, if there is one, and this manager's next
+/// task competes (queued on the nodes) like everyone else. Small enough that other
+/// processes wait at most a few critical sections longer; large enough that a busy
+/// process skips most releases and re-acquisitions.
+pub(crate) const MAX_LOCAL_HANDOVERS: u32 = 4;
+
+/// What a waiting task is given when its turn comes.
+pub(crate) enum Turn {
+    /// Compete on the nodes (the previous task gave up, or released for real).
+    Compete(LocalTurn),
+    /// The lock itself, handed over by the previous holder.
+    Handed(LockGuard),
+}
+
+#[derive(Default)]
+struct Local {
+    waiters: VecDeque<oneshot::Sender<Turn>>,
+    /// Hand-overs since the lock last came from the nodes.
+    handovers: u32,
+}
+
+/// Per key, whether a task of this manager holds or competes for it (an entry exists),
+/// and who waits behind it.
+#[derive(Default)]
+pub(crate) struct LocalQueues(Mutex<HashMap<String, Local>>);
+
+impl fmt::Debug for LocalQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalQueues")
+            .field("keys", &lock(&self.0).len())
+            .finish()
+    }
+}
+
+impl LocalQueues {
+    /// The key's turn at once when no task of this manager holds or competes for it;
+    /// else a place at the end of its queue.
+    pub(crate) fn enter(self: &Arc<Self>, key: &str) -> Result<LocalTurn, oneshot::Receiver<Turn>> {
+        let mut map = lock(&self.0);
+        match map.get_mut(key) {
+            None => {
+                map.insert(key.to_owned(), Local::default());
+                Ok(LocalTurn::new(self, key))
+            }
+            Some(local) => {
+                let (tx, rx) = oneshot::channel();
+                local.waiters.push_back(tx);
+                Err(rx)
+            }
+        }
+    }
+
+    /// Gives the turn to the next waiter that still waits, or frees the key.
+    fn pass_on(self: &Arc<Self>, key: &str) {
+        loop {
+            let next = {
+                let mut map = lock(&self.0);
+                let Some(local) = map.get_mut(key) else {
+                    return;
+                };
+                local.handovers = 0;
+                match local.waiters.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        map.remove(key);
+                        return;
+                    }
+                }
+            };
+            match next.send(Turn::Compete(LocalTurn::new(self, key))) {
+                Ok(()) => return,
+                // That waiter was cancelled: the turn comes back, unused; try the next.
+                Err(Turn::Compete(turn)) => turn.disarm(),
+                Err(Turn::Handed(_)) => return,
+            }
+        }
+    }
+
+    /// Hands `guard` to the next waiter, if there is one and the hand-over bound allows;
+    /// gives it back otherwise (to be released on the nodes).
+    fn hand_over(self: &Arc<Self>, key: &str, guard: LockGuard) -> Result<(), Box<LockGuard>> {
+        let mut guard = Box::new(guard);
+        loop {
+            let next = {
+                let mut map = lock(&self.0);
+                let Some(local) = map.get_mut(key) else {
+                    return Err(guard);
+                };
+                if local.handovers >= MAX_LOCAL_HANDOVERS || local.waiters.is_empty() {
+                    return Err(guard);
+                }
+                local.handovers += 1;
+                local.waiters.pop_front()
+            };
+            let Some(next) = next else {
+                return Err(guard);
+            };
+            guard.set_local(LocalTurn::new(self, key));
+            match next.send(Turn::Handed(*guard)) {
+                Ok(()) => return Ok(()),
+                Err(Turn::Handed(mut back)) => {
+                    // Cancelled meanwhile: the guard comes back; its turn is ours again.
+                    if let Some(turn) = back.take_local() {
+                        turn.disarm();
+                    }
+                    guard = Box::new(back);
+                }
+                Err(Turn::Compete(turn)) => {
+                    turn.disarm();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The key's turn in this manager: held by the task that competes for or holds the lock.
+/// Dropping it passes the turn to the next local waiter (who then competes on the nodes).
+pub(crate) struct LocalTurn {
+    queues: Arc<LocalQueues>,
+    key: String,
+    armed: bool,
+}
+
+impl fmt::Debug for LocalTurn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalTurn").field("key", &self.key).finish()
+    }
+}
+
+impl LocalTurn {
+    fn new(queues: &Arc<LocalQueues>, key: &str) -> Self {
+        Self {
+            queues: Arc::clone(queues),
+            key: key.to_owned(),
+            armed: true,
+        }
+    }
+
+    /// Forgets the turn without passing it on (it was handed back unused).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// Hands `guard`, whose lock this turn covers, to the next local waiter; gives it
+    /// back when there is none (or the bound says the nodes come first). On success the
+    /// turn went with the guard.
+    pub(crate) fn hand_over(mut self, guard: LockGuard) -> Result<(), Box<(LockGuard, LocalTurn)>> {
+        match self.queues.hand_over(&self.key, guard) {
+            Ok(()) => {
+                self.armed = false;
+                Ok(())
+            }
+            Err(guard) => Err(Box::new((*guard, self))),
+        }
+    }
+}
+
+impl Drop for LocalTurn {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queues.pass_on(&self.key);
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! Reader-writer locks and counting semaphores against real servers (issue 16): readers
+//! share, a writer excludes, a waiting writer keeps new readers out, expiry frees a dead
+//! holder's place, n + 1 contenders on n permits (checked by C5/C6), faults of a
+//! minority of nodes during use, and the per-node-counting semaphore mutant caught.
+
+use std::time::{Duration, Instant};
+
+use tokio_redlock::harness::checker::{self, Check, Violation};
+use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
+use tokio_redlock::harness::Cluster;
+use tokio_redlock::{LockGuard, LockKind, LockRequest, Redlock};
+
+use crate::support::{self, bounded, builder, cluster, direct, eventually, values, WAIT};
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// How many members the reader set of `key` has on each node.
+async fn reader_counts(cluster: &Cluster, key: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for mut c in direct(cluster).await {
+        let n: i64 = redis::cmd("ZCARD")
+            .arg(format!("{key}:readers"))
+            .query_async(&mut c)
+            .await
+            .expect("ZCARD");
+        out.push(n);
+    }
+    out
+}
+
+/// Records the attempt and its outcome around an acquisition of `request`.
+async fn take(
+    rec: &Recorder,
+    (client, op): (u32, u64),
+    resource: &str,
+    request: LockRequest<'_>,
+) -> Option<LockGuard> {
+    rec.record(client, op, resource, EventKind::Start);
+    match request.acquire().await {
+        Ok(guard) => {
+            let kind = EventKind::Acquired {
+                valid_until_ns: instant_ns(guard.valid_until()),
+                token: guard.fencing_token(),
+            };
+            rec.record(client, op, resource, kind);
+            Some(guard)
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            rec.record(client, op, resource, EventKind::Failed { reason });
+            None
+        }
+    }
+}
+
+/// Records the release before it is sent: from then on the holder claims nothing.
+async fn give_back(rec: &Recorder, (client, op): (u32, u64), guard: LockGuard) {
+    rec.record(client, op, guard.resource(), EventKind::Released);
+    let _ = guard.release().await;
+}
+
+fn assert_clean(what: &str, violations: &[Violation]) {
+    assert!(
+        violations.is_empty(),
+        "{what}: {}",
+        violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_share_and_leave_nothing_behind() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let mut a = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("first reader");
+    let b = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("second reader shares");
+    assert_eq!((a.kind(), b.kind()), (LockKind::Read, LockKind::Read));
+    assert_eq!((a.permit(), a.fencing_token()), (None, None));
+    assert_eq!(reader_counts(&cluster, "doc").await, vec![2, 2, 2]);
+    // The set expires with its readers: it has an expiry, at most the longest ttl.
+    let ttls = support::pttls(&mut direct(&cluster).await, "doc:readers").await;
+    assert!(ttls.iter().all(|t| *t > 0 && *t <= 10_000), "{ttls:?}");
+    // A reader extends like any guard, and the set's expiry follows its longest member.
+    bounded(a.extend(Duration::from_secs(20)))
+        .await
+        .expect("reader extends");
+    let ttls = support::pttls(&mut direct(&cluster).await, "doc:readers").await;
+    assert!(ttls.iter().all(|t| *t > 10_000), "{ttls:?}");
+    bounded(a.release()).await.expect("held until released");
+    assert_eq!(reader_counts(&cluster, "doc").await, vec![1, 1, 1]);
+    // Dropping releases in the background; the last reader out removes the set.
+    drop(b);
+    let conns = direct(&cluster).await;
+    eventually("the reader set is gone", || {
+        let mut conns = conns.clone();
+        async move {
+            support::pttls(&mut conns, "doc:readers")
+                .await
+                .iter()
+                .all(|t| *t == -2)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_excludes_readers_writers_and_exclusive_locks() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let w = bounded(lock.lock("doc").write().ttl(LONG).try_acquire())
+        .await
+        .expect("writer");
+    assert_eq!(w.kind(), LockKind::Write);
+    let reader = bounded(lock.lock("doc").read().try_acquire()).await;
+    assert!(
+        reader.as_ref().is_err_and(|e| e.is_conflict()),
+        "{reader:?}"
+    );
+    let writer = bounded(lock.lock("doc").write().try_acquire()).await;
+    assert!(
+        writer.as_ref().is_err_and(|e| e.is_conflict()),
+        "{writer:?}"
+    );
+    let plain = bounded(lock.try_acquire("doc", LONG)).await;
+    assert!(plain.as_ref().is_err_and(|e| e.is_conflict()), "{plain:?}");
+    bounded(w.release()).await.expect("held until released");
+
+    // And readers exclude a writer, which then withdraws its intent as it gives up.
+    let r = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("reader after the writer");
+    let writer = bounded(lock.lock("doc").write().ttl(LONG).try_acquire()).await;
+    assert!(
+        writer.as_ref().is_err_and(|e| e.is_conflict()),
+        "{writer:?}"
+    );
+    let conns = direct(&cluster).await;
+    eventually("the writer's intent is withdrawn", || {
+        let mut conns = conns.clone();
+        async move {
+            values(&mut conns, "doc:writer")
+                .await
+                .iter()
+                .all(Option::is_none)
+        }
+    })
+    .await;
+    let again = bounded(lock.lock("doc").read().try_acquire())
+        .await
+        .expect("a new reader once the writer gave up");
+    drop(again);
+    drop(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_writer_keeps_new_readers_out() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let first = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("first reader");
+    let waiting = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            lock.lock("doc")
+                .write()
+                .ttl(LONG)
+                .wait(WAIT)
+                .acquire()
+                .await
+        })
+    };
+    let conns = direct(&cluster).await;
+    eventually("the writer's intent is on a quorum", || {
+        let mut conns = conns.clone();
+        async move {
+            let v = values(&mut conns, "doc:writer").await;
+            v.iter().filter(|v| v.is_some()).count() >= 2
+        }
+    })
+    .await;
+    let late = bounded(lock.lock("doc").read().try_acquire()).await;
+    assert!(late.as_ref().is_err_and(|e| e.is_conflict()), "{late:?}");
+    assert!(
+        !waiting.is_finished(),
+        "the writer must wait for the first reader"
+    );
+    bounded(first.release()).await.expect("held until released");
+    let w = bounded(waiting)
+        .await
+        .expect("writer task")
+        .expect("the writer gets in once the reader left");
+    assert_eq!(w.kind(), LockKind::Write);
+    // The nodes that granted it removed its intent.
+    let v = values(&mut conns.clone(), "doc:writer").await;
+    assert!(v.iter().filter(|v| v.is_none()).count() >= 2, "{v:?}");
+    bounded(w.release()).await.expect("held until released");
+    let again = bounded(lock.lock("doc").read().try_acquire())
+        .await
+        .expect("readers again after the writer");
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_frees_a_dead_readers_and_a_dead_permits_place() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let ttl = Duration::from_millis(400);
+    // A holder that dies: its guard is never released nor dropped.
+    let dead = bounded(lock.lock("doc").read().ttl(ttl).try_acquire())
+        .await
+        .expect("reader");
+    let until = dead.valid_until();
+    std::mem::forget(dead);
+    let w = bounded(lock.lock("doc").write().ttl(LONG).wait(WAIT).acquire())
+        .await
+        .expect("the writer gets in after the dead reader's ttl");
+    assert!(
+        Instant::now() >= until,
+        "the writer got in before the reader's validity ended"
+    );
+    drop(w);
+
+    let dead = bounded(lock.lock("gpu").permits(1).ttl(ttl).try_acquire())
+        .await
+        .expect("permit");
+    assert_eq!((dead.kind(), dead.permit()), (LockKind::Permit(0), Some(0)));
+    let until = dead.valid_until();
+    std::mem::forget(dead);
+    let p = bounded(lock.lock("gpu").permits(1).ttl(LONG).wait(WAIT).acquire())
+        .await
+        .expect("the permit is free after the dead holder's ttl");
+    assert!(Instant::now() >= until);
+    assert_eq!(p.permit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writers_intent_stops_blocking_within_its_ttl() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    // A writer that recorded its intent and died: the intent lives on with its ttl.
+    let mut conns = direct(&cluster).await;
+    for c in &mut conns {
+        support::set_on(c, "doc:writer", "dead-writer", 500).await;
+    }
+    let set_at = Instant::now();
+    let refused = bounded(lock.lock("doc").read().try_acquire()).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_conflict()),
+        "{refused:?}"
+    );
+    let r = bounded(lock.lock("doc").read().wait(WAIT).acquire())
+        .await
+        .expect("a reader once the intent expired");
+    assert!(set_at.elapsed() >= Duration::from_millis(400));
+    drop(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_guards_take_fencing_tokens_from_the_exclusive_counter() {
+    let cluster = cluster(3).await;
+    let lock = builder(&cluster).fencing(true).build().expect("config");
+    let g = bounded(lock.acquire("doc", LONG)).await.expect("exclusive");
+    let t1 = g.fencing_token().expect("token");
+    g.release().await.expect("release");
+    let w = bounded(lock.lock("doc").write().try_acquire())
+        .await
+        .expect("writer");
+    let t2 = w.fencing_token().expect("a writer has a token");
+    w.release().await.expect("release");
+    // A fresh manager: no cached counter, so the nodes' counters decide.
+    let other = builder(&cluster).fencing(true).build().expect("config");
+    let g = bounded(other.acquire("doc", LONG))
+        .await
+        .expect("exclusive");
+    let t3 = g.fencing_token().expect("token");
+    assert!(t1 < t2 && t2 < t3, "{t1} {t2} {t3}");
+    g.release().await.expect("release");
+    let r = bounded(lock.lock("doc").read().try_acquire())
+        .await
+        .expect("reader");
+    assert_eq!(r.fencing_token(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn available_counts_the_free_permits() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let free = || lock.lock("gpu").permits(3).available();
+    assert_eq!(bounded(free()).await.expect("snapshot"), 3);
+    let a = bounded(lock.lock("gpu").permits(3).try_acquire())
+        .await
+        .expect("a");
+    let b = bounded(lock.lock("gpu").permits(3).try_acquire())
+        .await
+        .expect("b");
+    assert_ne!(a.permit(), b.permit());
+    assert_eq!(bounded(free()).await.expect("snapshot"), 1);
+    bounded(a.release()).await.expect("release");
+    assert_eq!(bounded(free()).await.expect("snapshot"), 2);
+    let not_a_semaphore = bounded(lock.lock("gpu").available()).await;
+    assert!(matches!(
+        not_a_semaphore,
+        Err(tokio_redlock::Error::Config(_))
+    ));
+    drop(b);
+}
+
+#[tokio::test]
+async fn names_ending_like_the_new_keys_and_zero_permits_are_refused() {
+    let lock = Redlock::builder()
+        .node("redis://127.0.0.1:1")
+        .build()
+        .expect("config");
+    for name in ["doc:readers", "doc:writer", "gpu:permit:2"] {
+        let got = lock.lock(name).read().try_acquire().await;
+        assert!(
+            matches!(got, Err(tokio_redlock::Error::Config(_))),
+            "{name}: {got:?}"
+        );
+        let got = lock.try_acquire(name, LONG).await;
+        assert!(
+            matches!(got, Err(tokio_redlock::Error::Config(_))),
+            "{name}: {got:?}"
+        );
+    }
+    let got = lock.lock("gpu").permits(0).try_acquire().await;
+    assert!(
+        matches!(got, Err(tokio_redlock::Error::Config(_))),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_keeps_a_read_lock_and_a_permit_alive() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let ttl = Duration::from_millis(300);
+    let held = bounded(lock.lock("doc").read().ttl(ttl).with(|lease| async move {
+        // Past the ttl: held only if the keep-alive extended the reader.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        lease.is_held()
+    }))
+    .await
+    .expect("with a read lock");
+    assert!(held);
+    let held = bounded(
+        lock.lock("gpu")
+            .permits(2)
+            .ttl(ttl)
+            .with(|lease| async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                lease.is_held()
+            }),
+    )
+    .await
+    .expect("with a permit");
+    assert!(held);
+    assert_eq!(reader_counts(&cluster, "doc").await, vec![0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reader_or_permit_is_reported_like_a_lost_lock() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let mut r = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("reader");
+    let mut p = bounded(lock.lock("gpu").permits(2).ttl(LONG).try_acquire())
+        .await
+        .expect("permit");
+    let slot_key = format!("gpu:permit:{}", p.permit().expect("a slot"));
+    // Someone wipes the keys on every node (FLUSHALL, a careless operator).
+    for mut c in direct(&cluster).await {
+        let _: () = redis::cmd("DEL")
+            .arg("doc:readers")
+            .arg(&slot_key)
+            .query_async(&mut c)
+            .await
+            .expect("DEL");
+    }
+    let got = bounded(r.extend(LONG)).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    assert!(!r.is_valid());
+    let got = bounded(p.extend(LONG)).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    let got = bounded(p.release()).await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+    // A lease on a reader whose member is removed signals the loss.
+    let ttl = Duration::from_millis(300);
+    let conns = direct(&cluster).await;
+    let got = bounded(lock.lock("doc").read().ttl(ttl).with(|lease| async move {
+        for mut c in conns {
+            let _: () = redis::cmd("DEL")
+                .arg("doc:readers")
+                .query_async(&mut c)
+                .await
+                .expect("DEL");
+        }
+        lease.lost().await;
+    }))
+    .await;
+    assert!(got.as_ref().is_err_and(|e| e.is_lock_lost()), "{got:?}");
+}
+
+/// One client's rounds: acquire `request()` (waiting), hold `hold`, release.
+async fn rounds(
+    rec: Recorder,
+    slots: Recorder,
+    client: u32,
+    rounds: u64,
+    hold: Duration,
+    request: impl Fn() -> LockRequest<'static>,
+    resource: &'static str,
+) -> u64 {
+    let mut got = 0;
+    for op in 0..rounds {
+        if let Some(guard) = take(&rec, (client, op), resource, request()).await {
+            got += 1;
+            if let Some(slot) = guard.permit() {
+                let kind = EventKind::Acquired {
+                    valid_until_ns: instant_ns(guard.valid_until()),
+                    token: None,
+                };
+                slots.record(client, op, &format!("{resource}#{slot}"), kind);
+                tokio::time::sleep(hold).await;
+                slots.record(
+                    client,
+                    op,
+                    &format!("{resource}#{slot}"),
+                    EventKind::Released,
+                );
+            } else {
+                tokio::time::sleep(hold).await;
+            }
+            give_back(&rec, (client, op), guard).await;
+        }
+    }
+    got
+}
+
+/// Managers leaked for `'static` requests in spawned tasks; a test's few are no burden.
+fn manager(cluster: &Cluster) -> &'static Redlock {
+    Box::leak(Box::new(
+        builder(cluster)
+            .retry_delay(Duration::from_millis(5))
+            .retry_jitter(Duration::from_millis(10))
+            .build()
+            .expect("config"),
+    ))
+}
+
+/// Four contenders on three permits and three readers beside one writer, each client
+/// with its own manager; with `faults`, a minority of nodes is partitioned, then killed,
+/// during the run. Returns (history, per-slot history, acquisitions per client).
+async fn contended(cluster: &Cluster, faults: bool) -> (Recorder, Recorder, Vec<u64>) {
+    let (rec, slots) = (Recorder::new(), Recorder::new());
+    let mut tasks = Vec::new();
+    for client in 0..4u32 {
+        let lock = manager(cluster);
+        let request = move || lock.lock("gpu").permits(3).ttl(LONG).wait(WAIT);
+        let (rec, slots) = (rec.clone(), slots.clone());
+        tasks.push(tokio::spawn(rounds(
+            rec,
+            slots,
+            client,
+            8,
+            Duration::from_millis(20),
+            request,
+            "gpu",
+        )));
+    }
+    for client in 10..14u32 {
+        let lock = manager(cluster);
+        let write = client == 10;
+        let request = move || {
+            let r = lock.lock("doc").ttl(LONG).wait(WAIT);
+            if write {
+                r.write()
+            } else {
+                r.read()
+            }
+        };
+        let (rec, slots) = (rec.clone(), slots.clone());
+        tasks.push(tokio::spawn(rounds(
+            rec,
+            slots,
+            client,
+            8,
+            Duration::from_millis(15),
+            request,
+            "doc",
+        )));
+    }
+    if faults {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cluster.node(0).partition().await.expect("partition");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.node(0).heal().await.expect("heal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cluster.node(2).kill().await.expect("kill");
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("clients finish")
+                .expect("client task"),
+        );
+    }
+    (rec, slots, got)
+}
+
+fn check_contended(rec: &Recorder, slots: &Recorder) {
+    let h = rec.history();
+    assert_clean("C6", &checker::permits(&h, &["gpu"], 3));
+    assert_clean("C5", &checker::read_write(&h, |hold| hold.client == 10));
+    // Each permit slot is an ordinary lock: its claims never overlap (C1).
+    assert_clean("C1 per slot", &checker::claims(&slots.history()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contenders_never_exceed_the_permits_nor_overlap_a_writer() {
+    let cluster = cluster(3).await;
+    let (rec, slots, got) = contended(&cluster, false).await;
+    check_contended(&rec, &slots);
+    let failed: Vec<String> = rec
+        .history()
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Failed { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        got,
+        vec![8; 8],
+        "every round of every client got in: {failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_partitioned_then_killed_during_use() {
+    let cluster = cluster(3).await;
+    let (rec, slots, got) = contended(&cluster, true).await;
+    check_contended(&rec, &slots);
+    assert!(
+        got.iter().all(|g| *g > 0),
+        "every client got in at least once: {got:?}"
+    );
+    // The survivors still serve every kind.
+    let lock = support::redlock(&cluster);
+    let mut r = bounded(lock.lock("after").read().try_acquire())
+        .await
+        .expect("reader");
+    bounded(r.extend(LONG))
+        .await
+        .expect("reader extends on a quorum");
+    drop(r);
+    cluster.node(2).restart().await.expect("restart");
+}
+
+fn active_mutant() -> Option<&'static str> {
+    [
+        (cfg!(redlock_mutant = "skip_validity"), "skip_validity"),
+        (cfg!(redlock_mutant = "plain_del"), "plain_del"),
+        (cfg!(redlock_mutant = "constant_value"), "constant_value"),
+        (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
+        (cfg!(redlock_mutant = "incr_max"), "incr_max"),
+        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
+    ]
+    .into_iter()
+    .find(|(on, _)| *on)
+    .map(|(_, name)| name)
+}
+
+/// Issue 16's trap, built with partitions: on 3 nodes and 2 permits, A holds nodes
+/// {0, 1}, B {1, 2}, and C asks {0, 2}, where each node holds one permit. Counting
+/// holders per node lets C in (three holders); per-slot quorums do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutant_semaphore_count() {
+    let cluster = cluster(3).await;
+    let rec = Recorder::new();
+    let (a, b, c) = (manager(&cluster), manager(&cluster), manager(&cluster));
+    let permit =
+        |lock: &'static Redlock, retries| lock.lock("gpu").permits(2).ttl(LONG).retries(retries);
+    let mut held = Vec::new();
+    // (cut-off node, client, retries): B may need a few rotations to agree on one slot.
+    for (cut, client, retries) in [(2, (1, 0), 20), (0, (2, 0), 20), (1, (3, 0), 2)] {
+        cluster.node(cut).partition().await.expect("partition");
+        let lock = [a, b, c][client.0 as usize - 1];
+        held.extend(take(&rec, client, "gpu", permit(lock, retries)).await);
+        cluster.node(cut).heal().await.expect("heal");
+    }
+    let found = checker::permits(&rec.history(), &["gpu"], 2);
+    let flagged: Vec<Check> = found.iter().map(|v| v.check).take(1).collect();
+    println!(
+        "mutant_semaphore_count: {} holders, flagged {flagged:?}",
+        held.len()
+    );
+    match active_mutant() {
+        None => {
+            assert_clean("no mutant", &found);
+            assert_eq!(held.len(), 2, "A and B hold, C is refused");
+        }
+        Some("semaphore_count") => assert_eq!(flagged, vec![Check::Permits], "C6 must catch it"),
+        Some(other) => println!("under mutant {other}: not judged"),
+    }
+}
