@@ -213,18 +213,27 @@ impl Client {
                 }
             }
             Op::KeepAlive { opts, on_thread } => {
-                if let Some(Holding::Guard { guard, id, mgr, .. }) = self.holding.take() {
-                    self.oracle.set(id, Belief::InFlight);
-                    let options = opts.options();
-                    let kept = if on_thread {
-                        on_plain_thread(guard, move |g| g.keep_alive_with(options)).await
-                    } else {
-                        Some(guard.keep_alive_with(options))
-                    };
-                    if let Some(kept) = kept {
+                // Only a guard is kept alive; anything else stays held as it is (taking
+                // it out would drop, and so release, a kept lock behind the oracle's back).
+                if !matches!(self.holding, Some(Holding::Guard { .. })) {
+                    return String::new();
+                }
+                let Some(Holding::Guard { guard, id, mgr, .. }) = self.holding.take() else {
+                    return String::new();
+                };
+                self.oracle.set(id, Belief::InFlight);
+                let options = opts.options();
+                let kept = if on_thread {
+                    on_plain_thread(guard, move |g| g.keep_alive_with(options)).await
+                } else {
+                    Some(guard.keep_alive_with(options))
+                };
+                match kept {
+                    Some(kept) => {
                         self.oracle.set(id, Belief::Lease(kept.lease().clone()));
                         self.holding = Some(Holding::Kept { kept, id, mgr });
                     }
+                    None => self.oracle.close(id, "lost in keep_alive on a thread"),
                 }
             }
             Op::Hold { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
