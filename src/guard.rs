@@ -127,7 +127,7 @@ impl LockGuard {
         let Some(turn) = self.local.take() else {
             return (false, None);
         };
-        if !self.is_valid() {
+        if !self.is_valid() || !turn.can_hand_over() {
             return (false, Some(turn));
         }
         let Some(held) = self.held.take() else {

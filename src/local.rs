@@ -98,6 +98,15 @@ impl LocalQueues {
         }
     }
 
+    /// Whether a hand-over of `key` could happen now: a waiter is queued and the bound
+    /// allows one more. Checked before a release builds the guard to hand over, so a
+    /// release with nobody waiting (the common case) pays one lock and nothing else.
+    fn can_hand_over(&self, key: &str) -> bool {
+        lock(&self.0)
+            .get(key)
+            .is_some_and(|l| l.handovers < MAX_LOCAL_HANDOVERS && !l.waiters.is_empty())
+    }
+
     /// Hands `guard` to the next waiter, if there is one and the hand-over bound allows;
     /// gives it back otherwise (to be released on the nodes).
     fn hand_over(self: &Arc<Self>, key: &str, guard: LockGuard) -> Result<(), Box<LockGuard>> {
@@ -162,6 +171,11 @@ impl LocalTurn {
     /// Forgets the turn without passing it on (it was handed back unused).
     fn disarm(mut self) {
         self.armed = false;
+    }
+
+    /// Whether a task of this manager waits for the key and may take it now.
+    pub(crate) fn can_hand_over(&self) -> bool {
+        self.queues.can_hand_over(&self.key)
     }
 
     /// Hands `guard`, whose lock this turn covers, to the next local waiter; gives it

@@ -34,6 +34,10 @@ impl Redlock {
     /// Runs the configured [`CheckMode`](crate::CheckMode) before a lock; `Err` refuses it.
     pub(crate) async fn health_gate(&self) -> Result<(), Error> {
         let mode = self.inner.config.check_on_connect;
+        if mode == crate::CheckMode::Off {
+            // Costs nothing when off: no settings built, nothing awaited.
+            return Ok(());
+        }
         let settings = self.health_settings();
         self.inner
             .health

@@ -422,22 +422,26 @@ impl Redlock {
         want: Want,
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(resources, &want)?;
-        if self.inner.config.check_on_connect != crate::diagnose::CheckMode::Off {
-            self.health_gate().await?;
-        }
+        self.health_gate().await?;
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
-        let start = Instant::now();
-        let result = self
-            .take_turn(resources, ttl_ms, &want)
-            .instrument(span)
-            .await;
-        let attempts = match &result {
-            Ok(guard) => guard.attempts(),
-            Err(e) => e.attempts().unwrap_or(1),
-        };
-        metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
-        result
+        metered(span, self.take_turn(resources, ttl_ms, &want)).await
     }
+}
+
+/// Runs an acquisition in its span and records its outcome, attempts and wait in the
+/// metrics: the one tail of every kind of acquisition.
+pub(super) async fn metered(
+    span: tracing::Span,
+    acquisition: impl std::future::Future<Output = Result<LockGuard, Error>>,
+) -> Result<LockGuard, Error> {
+    let start = Instant::now();
+    let result = acquisition.instrument(span).await;
+    let attempts = match &result {
+        Ok(guard) => guard.attempts(),
+        Err(e) => e.attempts().unwrap_or(1),
+    };
+    metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
+    result
 }
 
 /// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits; with an

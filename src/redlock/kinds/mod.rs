@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::Instrument;
-
 use super::attempt::Attempt;
 use super::policy::{loss_of, AttemptOutcome, Policy, State, Step};
 use super::retry::{error_of, Want};
@@ -16,7 +14,6 @@ use crate::clock::instant_after;
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::kind::{self, Mode, WRITER_SUFFIX};
-use crate::metrics;
 use crate::round::{self, fan_out, Op};
 use crate::scripts::{self, Call};
 
@@ -40,21 +37,9 @@ impl Redlock {
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(&[resource], &want)?;
         check_permits(mode)?;
-        if self.inner.config.check_on_connect != crate::diagnose::CheckMode::Off {
-            self.health_gate().await?;
-        }
+        self.health_gate().await?;
         let span = tracing::debug_span!("acquire", resource, ?mode, ttl_ms);
-        let start = Instant::now();
-        let result = self
-            .run_kind(resource, mode, ttl_ms, &want)
-            .instrument(span)
-            .await;
-        let attempts = match &result {
-            Ok(guard) => guard.attempts(),
-            Err(e) => e.attempts().unwrap_or(1),
-        };
-        metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
-        result
+        super::metered(span, self.run_kind(resource, mode, ttl_ms, &want)).await
     }
 
     /// Attempts until one wins or the retries or the wait budget are spent, pausing
