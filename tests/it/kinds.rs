@@ -31,32 +31,16 @@ async fn reader_counts(cluster: &Cluster, key: &str) -> Vec<i64> {
 /// Records the attempt and its outcome around an acquisition of `request`.
 async fn take(
     rec: &Recorder,
-    (client, op): (u32, u64),
+    id: (u32, u64),
     resource: &str,
     request: LockRequest<'_>,
 ) -> Option<LockGuard> {
-    rec.record(client, op, resource, EventKind::Start);
-    match request.acquire().await {
-        Ok(guard) => {
-            let kind = EventKind::Acquired {
-                valid_until_ns: instant_ns(guard.valid_until()),
-                token: guard.fencing_token(),
-            };
-            rec.record(client, op, resource, kind);
-            Some(guard)
-        }
-        Err(e) => {
-            let reason = e.to_string();
-            rec.record(client, op, resource, EventKind::Failed { reason });
-            None
-        }
-    }
+    crate::workload::recorded(rec, id, resource, request.acquire()).await
 }
 
 /// Records the release before it is sent: from then on the holder claims nothing.
-async fn give_back(rec: &Recorder, (client, op): (u32, u64), guard: LockGuard) {
-    rec.record(client, op, guard.resource(), EventKind::Released);
-    let _ = guard.release().await;
+async fn give_back(rec: &Recorder, id: (u32, u64), guard: LockGuard) {
+    crate::workload::release(rec, id, guard).await;
 }
 
 fn assert_clean(what: &str, violations: &[Violation]) {
@@ -567,20 +551,6 @@ async fn a_minority_partitioned_then_killed_during_use() {
     cluster.node(2).restart().await.expect("restart");
 }
 
-fn active_mutant() -> Option<&'static str> {
-    [
-        (cfg!(redlock_mutant = "skip_validity"), "skip_validity"),
-        (cfg!(redlock_mutant = "plain_del"), "plain_del"),
-        (cfg!(redlock_mutant = "constant_value"), "constant_value"),
-        (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
-        (cfg!(redlock_mutant = "incr_max"), "incr_max"),
-        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
-    ]
-    .into_iter()
-    .find(|(on, _)| *on)
-    .map(|(_, name)| name)
-}
-
 /// Issue 16's trap, built with partitions: on 3 nodes and 2 permits, A holds nodes
 /// {0, 1}, B {1, 2}, and C asks {0, 2}, where each node holds one permit. Counting
 /// holders per node lets C in (three holders); per-slot quorums do not.
@@ -605,7 +575,7 @@ async fn mutant_semaphore_count() {
         "mutant_semaphore_count: {} holders, flagged {flagged:?}",
         held.len()
     );
-    match active_mutant() {
+    match crate::support::active_mutant() {
         None => {
             assert_clean("no mutant", &found);
             assert_eq!(held.len(), 2, "A and B hold, C is refused");

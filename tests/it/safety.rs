@@ -581,24 +581,10 @@ async fn unsafe_pause_unfenced() {
 // mutant each test must be flagged by the named checker; without any mutant it must be
 // clean; under another mutant it only reports.
 
-fn active_mutant() -> Option<&'static str> {
-    [
-        (cfg!(redlock_mutant = "skip_validity"), "skip_validity"),
-        (cfg!(redlock_mutant = "plain_del"), "plain_del"),
-        (cfg!(redlock_mutant = "constant_value"), "constant_value"),
-        (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
-        (cfg!(redlock_mutant = "incr_max"), "incr_max"),
-        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
-    ]
-    .into_iter()
-    .find(|(on, _)| *on)
-    .map(|(_, name)| name)
-}
-
 fn judge_mutant(mutant: &str, check: Check, rec: &Recorder) {
     let report = plain_report(rec, Default::default());
     let name = format!("mutant_{mutant}");
-    match active_mutant() {
+    match crate::support::active_mutant() {
         None => workload::verdict(&name, 0, &rec.history(), 0, &report, &[]),
         Some(m) if m == mutant => workload::verdict(&name, 0, &rec.history(), 0, &report, &[check]),
         Some(other) => println!(

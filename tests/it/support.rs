@@ -230,3 +230,28 @@ pub async fn warm(redlock: &Redlock) {
         .expect("warm-up acquire");
     guard.release().await.expect("warm-up release");
 }
+
+/// The test-only mutant this build was made with (`scripts/mutants.sh`), if any.
+pub fn active_mutant() -> Option<&'static str> {
+    [
+        (cfg!(redlock_mutant = "skip_validity"), "skip_validity"),
+        (cfg!(redlock_mutant = "plain_del"), "plain_del"),
+        (cfg!(redlock_mutant = "constant_value"), "constant_value"),
+        (cfg!(redlock_mutant = "quorum_half"), "quorum_half"),
+        (cfg!(redlock_mutant = "incr_max"), "incr_max"),
+        (cfg!(redlock_mutant = "semaphore_count"), "semaphore_count"),
+        (cfg!(redlock_mutant = "old_belief"), "old_belief"),
+        (cfg!(redlock_mutant = "keep_alive_here"), "keep_alive_here"),
+        (
+            cfg!(redlock_mutant = "unordered_release"),
+            "unordered_release",
+        ),
+        (
+            cfg!(redlock_mutant = "free_queue_attempt"),
+            "free_queue_attempt",
+        ),
+    ]
+    .into_iter()
+    .find(|(on, _)| *on)
+    .map(|(_, name)| name)
+}

@@ -119,13 +119,25 @@ pub async fn acquire(
     ttl: Duration,
     retry: bool,
 ) -> Option<LockGuard> {
-    rec.record(client, op, resource, EventKind::Start);
-    let got = if retry {
-        lock.acquire(resource, ttl).await
-    } else {
-        lock.try_acquire(resource, ttl).await
+    let got = async {
+        if retry {
+            lock.acquire(resource, ttl).await
+        } else {
+            lock.try_acquire(resource, ttl).await
+        }
     };
-    match got {
+    recorded(rec, (client, op), resource, got).await
+}
+
+/// Records the start of an acquisition, runs it, and records how it ended.
+pub async fn recorded(
+    rec: &Recorder,
+    (client, op): (u32, u64),
+    resource: &str,
+    acquisition: impl std::future::Future<Output = Result<LockGuard, tokio_redlock::Error>>,
+) -> Option<LockGuard> {
+    rec.record(client, op, resource, EventKind::Start);
+    match acquisition.await {
         Ok(guard) => {
             let kind = EventKind::Acquired {
                 valid_until_ns: instant_ns(guard.valid_until()),
