@@ -27,6 +27,26 @@ async fn holders(cluster: &tokio_redlock::harness::Cluster, key: &str) -> Vec<Op
     values(&mut conns, key).await
 }
 
+/// A manager that waits 3 s between attempts: only a release wake-up gets it a lock
+/// that was released sooner.
+fn waits_3s(cluster: &tokio_redlock::harness::Cluster) -> Redlock {
+    builder(cluster)
+        .retry_count(5)
+        .retry_delay(Duration::from_secs(3))
+        .retry_jitter(Duration::ZERO)
+        .build()
+        .unwrap()
+}
+
+/// The acquisition won, sooner than the 3 s retry delay could have made it.
+fn assert_woken(got: &Result<tokio_redlock::LockGuard, Error>, after: Duration) {
+    assert!(got.is_ok(), "{got:?}");
+    assert!(
+        after < Duration::from_secs(3),
+        "woken only by the retry delay: {after:?}"
+    );
+}
+
 /// Issue 11, item 1: a failed shorter extension must not leave the guard believing in
 /// the old, later expiry while the nodes applied the shorter one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,12 +514,7 @@ async fn a_silent_node_does_not_stall_a_woken_waiter() {
     cluster.node(4).partition().await.unwrap();
     // A fresh manager: its subscriptions are made while it waits. Its retry delay is
     // long, so only a wake-up gets it the lock soon after the release.
-    let waiter = builder(&cluster)
-        .retry_count(5)
-        .retry_delay(Duration::from_secs(3))
-        .retry_jitter(Duration::ZERO)
-        .build()
-        .unwrap();
+    let waiter = waits_3s(&cluster);
     let started = Instant::now();
     let wait = tokio::spawn(async move {
         let g = waiter
@@ -601,11 +616,7 @@ async fn a_cancelled_wait_does_not_absorb_wake_ups() {
     .await;
     guard.release().await.unwrap();
     let (got, after) = bounded(live).await.unwrap();
-    assert!(got.is_ok(), "{got:?}");
-    assert!(
-        after < Duration::from_secs(3),
-        "woken only by the retry delay: {after:?}"
-    );
+    assert_woken(&got, after);
 }
 
 /// Item 9: `acquire_many` waits for the release of the key that actually conflicted.
@@ -613,12 +624,7 @@ async fn a_cancelled_wait_does_not_absorb_wake_ups() {
 async fn acquire_many_waits_for_the_key_that_conflicted() {
     let cluster = cluster(3).await;
     let holder = redlock(&cluster);
-    let waiter = builder(&cluster)
-        .retry_count(5)
-        .retry_delay(Duration::from_secs(3))
-        .retry_jitter(Duration::ZERO)
-        .build()
-        .unwrap();
+    let waiter = waits_3s(&cluster);
     warm(&waiter).await;
     let guard = bounded(holder.acquire("belief:many:b", Duration::from_secs(30)))
         .await
@@ -643,11 +649,7 @@ async fn acquire_many_waits_for_the_key_that_conflicted() {
     .await;
     guard.release().await.unwrap();
     let (got, after) = bounded(wait).await.unwrap();
-    assert!(got.is_ok(), "{got:?}");
-    assert!(
-        after < Duration::from_secs(3),
-        "woken only by the retry delay: {after:?}"
-    );
+    assert_woken(&got, after);
 }
 
 /// Item 10: no resource's key can be another's auxiliary key, and the queue join never
