@@ -247,20 +247,34 @@ impl Node {
         }
     }
 
-    /// Runs `request` once more on a new connection if the shared one turned out to be
-    /// dead (the node restarted, or closed it): every request this crate sends is
-    /// idempotent for its owner value, so a second try cannot do harm, and without it
-    /// the first request after every restart would fail.
+    /// Runs `request` again on a new connection whenever the one it went out on turned
+    /// out to be dead (the node restarted, closed it, or a flap of the network broke
+    /// it), until it gets an answer or its deadline (the caller's timeout) ends it:
+    /// every request this crate sends is idempotent for its owner value, so another try
+    /// cannot do harm. Without it the first request after every restart would fail, and
+    /// a release caught by two breaks in a row would leave its key to the ttl on a node
+    /// that is back within milliseconds. A connection that cannot be made ends it at
+    /// once (the node is down: no point in hammering it).
     async fn run_unbounded(
         &self,
         request: Request<'_>,
     ) -> Result<Value, (RedisError, Option<u64>)> {
-        match self.run_once(request).await {
-            Err((e, Some(generation))) if e.is_connection_dropped() || e.is_io_error() => {
-                self.reset(Some(generation));
-                self.run_once(request.resend()).await
+        let mut result = self.run_once(request).await;
+        let mut tries = 1u32;
+        loop {
+            match result {
+                Err((e, generation)) if broke(&e, generation.is_some()) => {
+                    if let Some(generation) = generation {
+                        self.reset(Some(generation));
+                    }
+                    if tries > 1 {
+                        tokio::time::sleep(reconnect_pause(tries)).await;
+                    }
+                    tries = tries.saturating_add(1);
+                    result = self.run_once(request.resend()).await;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -393,6 +407,22 @@ impl Node {
     }
 }
 
+/// Whether `e` says a connection broke (worth another try on a new one) rather than
+/// that the node cannot be reached. A connection being made (`established` false) that
+/// breaks during its handshake counts as broken: a proxy or a node's network that
+/// accepts and then drops it (a flap) is back in a moment. A refused or timed-out
+/// connect is the node being down or unreachable: no point in hammering it.
+fn broke(e: &RedisError, established: bool) -> bool {
+    let dropped = e.is_connection_dropped() || e.is_io_error();
+    dropped && (established || !(e.is_connection_refusal() || e.is_timeout()))
+}
+
+/// The pause before the `tries`-th try of a request whose connections kept breaking:
+/// none before the second, then 1, 2, 4 .. ms, at most 16 ms.
+fn reconnect_pause(tries: u32) -> Duration {
+    Duration::from_millis(1u64 << tries.saturating_sub(2).min(4))
+}
+
 /// When a node may vote again, or `None` if it may now. A node may vote when it proves
 /// its data survives restarts (AOF with `appendfsync always`) or has been up at least
 /// `period`. What cannot be read (an error, an ACL that denies `CONFIG GET`) proves
@@ -417,4 +447,43 @@ async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) ->
     period
         .checked_sub(uptime)
         .map(|left| now.checked_add(left).unwrap_or_else(|| instant_after(left)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> RedisError {
+        RedisError::from(std::io::Error::new(kind, "test"))
+    }
+
+    #[test]
+    fn a_broken_connection_is_tried_again_a_refused_or_silent_one_is_not() {
+        use std::io::ErrorKind::*;
+        for kind in [
+            BrokenPipe,
+            ConnectionReset,
+            ConnectionAborted,
+            UnexpectedEof,
+        ] {
+            assert!(broke(&io(kind), true), "{kind:?} on a connection in use");
+            assert!(broke(&io(kind), false), "{kind:?} while connecting");
+        }
+        // The node is down or unreachable: connecting again at once cannot help.
+        for kind in [ConnectionRefused, TimedOut] {
+            assert!(!broke(&io(kind), false), "{kind:?} while connecting");
+        }
+        // A reply the server gave is no broken connection.
+        let server = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR x"));
+        assert!(!broke(&server, true));
+    }
+
+    #[test]
+    fn the_pause_between_tries_grows_to_a_cap() {
+        let pauses: Vec<u64> = (2..=12)
+            .map(|t| reconnect_pause(t).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16, 16, 16, 16, 16]);
+        assert_eq!(reconnect_pause(u32::MAX), Duration::from_millis(16));
+    }
 }

@@ -249,7 +249,9 @@ impl Wakeups {
             nodes: Arc::clone(nodes),
             member: state.id.clone(),
         };
-        self.listen(nodes);
+        if !crate::mutants::STALLED_SUBSCRIPTION {
+            self.listen(nodes);
+        }
         waiter
     }
 

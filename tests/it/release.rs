@@ -185,3 +185,35 @@ async fn a_release_outlasts_the_node_timeout_but_its_caller_does_not_wait_for_it
     assert_gone_within(&cluster, "rel:slow", Duration::from_secs(5)).await;
     set_latency(Duration::ZERO).await;
 }
+
+/// A release whose connection breaks, and whose next connection breaks again while it
+/// is being made (a network that flaps twice), still lands: it tries again until its
+/// deadline. Before, the second break ended it and the key stayed until its ttl on a
+/// node that was back within milliseconds (found by the explorer's flap probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_outlasts_a_connection_that_breaks_while_it_is_made() {
+    let cluster = cluster(3).await;
+    let redlock = builder(&cluster)
+        .node_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    warm(&redlock).await;
+    let guard = bounded(redlock.acquire("rel:flap", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut conns = direct(&cluster).await;
+    assert!(values(&mut conns, "rel:flap")
+        .await
+        .iter()
+        .all(Option::is_some));
+    // The release to node 0 goes into a black hole; the other two answer it.
+    cluster.node(0).partition().await.unwrap();
+    let report = bounded(guard.release_with_report()).await.unwrap();
+    assert_eq!(report.released, 2, "{report:?}");
+    // The first request on the next connection (its handshake, or the release itself)
+    // is forwarded and then the connection is reset; the heal breaks the old one.
+    cluster.node(0).reset_after_requests(1).await.unwrap();
+    cluster.node(0).heal().await.unwrap();
+    assert_gone_within(&cluster, "rel:flap", Duration::from_secs(3)).await;
+    cluster.clear_faults().await.unwrap();
+}

@@ -30,6 +30,8 @@ const GHOST_RECHECK: Duration = Duration::from_millis(500);
 /// A release or undo may take this many node timeouts to land, after waiting at most
 /// one for its value's earlier requests (docs/design.md, "Releases and undos").
 const CLEAR_TIMEOUTS: u32 = 4;
+/// Acquire-release cycles of the flap probe at the end of each tail.
+const PROBE_CYCLES: usize = 12;
 /// Longest a request can sit in a proxy (the largest drawn latency or spike), plus margin.
 const MAX_PROXY_HOLD: Duration = Duration::from_millis(600);
 
@@ -206,12 +208,6 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(oracle.clone().sample(cluster.direct_urls(), stop.clone()));
     let mut direct: Vec<Direct> = cluster.direct_urls().into_iter().map(Direct::new).collect();
-    let mut managers: Vec<Arc<[Option<Redlock>; 2]>> = Vec::new();
-    for (c, [a, b]) in sched.managers.iter().enumerate() {
-        let shared = c > 0 && sched.shared.get(c).copied().unwrap_or(false);
-        let own = || Arc::new([build(&urls, a), build(&urls, b)]);
-        managers.push(if shared { managers[0].clone() } else { own() });
-    }
     let start_ns = now_ns();
     let mut fault_bars = Vec::new();
     let mut faults = 0;
@@ -219,6 +215,15 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     let mut ops: Vec<u64> = vec![0; sched.managers.len()];
     for (e, episode) in sched.episodes.iter().enumerate() {
         let prefix = format!("x{run_id}e{e}");
+        // Fresh managers every episode: first connections and first subscriptions are
+        // made under the episode's faults (a wait must not hang on a silent node's
+        // subscription, nor a release overtake a request waiting for a connection).
+        let mut managers: Vec<Arc<[Option<Redlock>; 2]>> = Vec::new();
+        for (c, [a, b]) in sched.managers.iter().enumerate() {
+            let shared = c > 0 && sched.shared.get(c).copied().unwrap_or(false);
+            let own = || Arc::new([build(&urls, a), build(&urls, b)]);
+            managers.push(if shared { managers[0].clone() } else { own() });
+        }
         let make = |c: usize, op: u64, holding: Option<Holding>, tail: bool| Client {
             id: c as u32,
             mgrs: managers[c].clone(),
@@ -291,6 +296,17 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
                 ),
             }
         }
+        let probe = flap_probe(
+            &cluster,
+            &urls,
+            &prefix,
+            &oracle,
+            &rec,
+            &acquisitions,
+            sched,
+            e,
+        );
+        faults += probe.await;
         tokio::time::sleep(max_nt + GHOST_SLACK).await;
         let after = snapshot(&mut direct).await;
         let mut found = ghosts(&oracle, &before_tail, &after, &prefix);
@@ -301,8 +317,22 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
             let again = snapshot(&mut direct).await;
             found.retain(|(entry, _)| again.contains(entry));
         }
-        for (_, what) in found {
-            oracle.flag(Kind::Ghost, None, what);
+        for ((node, key, value), what) in found {
+            // When it was set, told by what is left of its ttl.
+            let mut pttl = None;
+            if let Some(mut con) = direct[node].connection().await {
+                pttl = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async::<i64>(&mut con)
+                    .await
+                    .ok();
+            }
+            let value: String = value.chars().take(12).collect();
+            oracle.flag(
+                Kind::Ghost,
+                None,
+                format!("{what} (value {value}…, pttl {pttl:?} ms)"),
+            );
         }
         for d in direct.iter_mut() {
             if let Some(mut con) = d.connection().await {
@@ -344,6 +374,112 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
 /// Keys present after the tail that were not there before it (made by the tail's own
 /// fault-free calls, so every one must be gone), and values of holdings released in the
 /// tail that are still there. Fencing counters live on by design.
+/// A manager that can carry a request through a short flap: its node timeout leaves
+/// room to connect again and send a request once more, also on a loaded machine.
+fn probe_spec() -> MgrSpec {
+    MgrSpec {
+        fencing: false,
+        retry_count: 0,
+        retry_delay_ms: 0,
+        jitter_ms: 0,
+        drift: 0.01,
+        node_timeout_ms: 250,
+        wake: true,
+    }
+}
+
+/// The end of the tail: one more client, with a fresh manager, takes and releases a lock
+/// again and again while minority nodes flap (a partition shorter than its node timeout,
+/// whose heal closes the connections, so requests caught in it are sent again on a new
+/// connection). A release that overtook its own acquisition's re-sent `SET` would leave
+/// a ghost that the check after the tail finds (ttl 10 s, so it outlives the check).
+/// Returns the flaps made.
+#[allow(clippy::too_many_arguments)]
+async fn flap_probe(
+    cluster: &Arc<Cluster>,
+    urls: &[String],
+    prefix: &str,
+    oracle: &Arc<Oracle>,
+    rec: &tokio_redlock::harness::history::Recorder,
+    acquisitions: &Arc<AtomicU64>,
+    sched: &Schedule,
+    episode: usize,
+) -> u64 {
+    use rand::{Rng, SeedableRng};
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(sched.seed ^ (episode as u64).wrapping_mul(0x9e37_79b9));
+    let spec = probe_spec();
+    let mut client = Client {
+        id: sched.managers.len() as u32,
+        mgrs: Arc::new([build(urls, &spec), None]),
+        specs: [spec.clone(), spec],
+        oracle: oracle.clone(),
+        rec: rec.clone(),
+        acquisitions: acquisitions.clone(),
+        prefix: format!("{prefix}p"),
+        op: 0,
+        holding: None,
+        tail: true,
+    };
+    let mut steps = Vec::new();
+    for _ in 0..PROBE_CYCLES {
+        let res = rng.random_range(0..RESOURCES);
+        let think_ms = rng.random_range(0..=8);
+        steps.push(Step {
+            think_ms,
+            op: Op::Acquire {
+                mgr: 0,
+                res,
+                how: How::TryAcquire,
+                ttl_ms: 10_000,
+                budget_ms: None,
+            },
+        });
+        steps.push(Step {
+            think_ms: rng.random_range(0..=3),
+            op: Op::Release { budget_ms: None },
+        });
+    }
+    let flaps: Vec<(usize, u64, u64)> = (0..PROBE_CYCLES)
+        .map(|_| {
+            (
+                rng.random_range(0..cluster.len()),
+                rng.random_range(3..=15),
+                rng.random_range(0..=10),
+            )
+        })
+        .collect();
+    let done = CancellationToken::new();
+    let flapper = {
+        let (cluster, done) = (cluster.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut made = 0;
+            for (node, dur, pause) in flaps.into_iter().cycle() {
+                if done.is_cancelled() {
+                    break;
+                }
+                if cluster
+                    .node(node)
+                    .flap(Duration::from_millis(dur))
+                    .await
+                    .is_ok()
+                {
+                    made += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            made
+        })
+    };
+    client.run(&steps, None).await;
+    done.cancel();
+    let made = flapper.await.unwrap_or(0);
+    if let Err(e) = cluster.clear_faults().await {
+        eprintln!("explore: clearing faults after the probe failed: {e}");
+    }
+    made
+}
+
 fn ghosts(
     oracle: &Oracle,
     before: &BTreeSet<(usize, String, String)>,

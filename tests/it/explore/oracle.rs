@@ -595,7 +595,15 @@ impl Oracle {
             let other = entries.get(&owner)?;
             // A holding that ended may have handed its lock, value and all, to a task
             // of the same manager (in-process hand-over): the value moves on with it.
-            if matches!(other.belief, Belief::Closed) {
+            // So may a lease that says it no longer holds (a keep-alive that gave up
+            // drops its guard, which hands the lock over while the client still has
+            // the lost lease; `revived` checks that it never says held again).
+            let ended = match &other.belief {
+                Belief::Closed => true,
+                Belief::Lease(l) => !l.is_held(),
+                _ => false,
+            };
+            if ended {
                 lock(&self.owners).insert((key.to_owned(), value.clone()), id);
                 if let Some(e) = entries.get_mut(&id) {
                     e.bound[k] = Some(value);

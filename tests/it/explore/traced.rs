@@ -63,7 +63,18 @@ pub fn installed() -> bool {
                     && meta.fields().field("step").is_some()
                     && meta.fields().field("attempts").is_some())
         }));
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).is_ok()
+        // `REDLOCK_EXPLORE_LOG=<file>`: the crate's debug log too, for hunting.
+        let log = std::env::var("REDLOCK_EXPLORE_LOG").ok().and_then(|path| {
+            let file = std::fs::File::create(path).ok()?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_ansi(false)
+                    .with_filter(tracing_subscriber::EnvFilter::new("tokio_redlock=trace")),
+            )
+        });
+        let subscriber = tracing_subscriber::registry().with(layer).with(log);
+        tracing::subscriber::set_global_default(subscriber).is_ok()
     })
 }
 
