@@ -632,11 +632,13 @@ fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
         let allow = faulted < minority || rng.random_bool(0.1);
         if busy_until[node] <= t && allow {
             let kind = fault_kind(rng, workload);
-            // A flap heals within the node timeout of most managers.
-            let dur_ms = if kind == FaultKind::Flap {
-                rng.random_range(5..=80)
-            } else {
-                dur_ms
+            // A flap heals within the node timeout of most managers; one pause in four
+            // is a node silent for seconds (it accepts connections and answers
+            // nothing), longer than a subscription may take to give up.
+            let dur_ms = match kind {
+                FaultKind::Flap => rng.random_range(5..=80),
+                FaultKind::Pause if rng.random_bool(0.25) => rng.random_range(2_200..=2_600),
+                _ => dur_ms,
             };
             faults.push(FaultStep {
                 at_ms: t,
