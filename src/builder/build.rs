@@ -81,16 +81,11 @@ impl RedlockBuilder {
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, spec) in self.nodes.iter().enumerate() {
-            let client = self.client_of(index, spec)?;
-            #[cfg(feature = "tls")]
-            crate::tls::require_crypto_provider(index, &client)?;
-            let node = Node::new(
-                index,
-                client,
-                self.node_timeout,
-                self.connect_timeout,
-                self.restart_quarantine,
-            );
+            let node = match spec {
+                #[cfg(feature = "cluster")]
+                NodeSpec::Cluster(seeds) => self.cluster_of(index, seeds)?,
+                _ => self.server_of(index, spec)?,
+            };
             if let Some(first) = nodes
                 .iter()
                 .position(|n: &Node| n.endpoint == node.endpoint)
@@ -128,6 +123,20 @@ impl RedlockBuilder {
 }
 
 impl RedlockBuilder {
+    /// The node of server `index`.
+    fn server_of(&self, index: usize, spec: &NodeSpec) -> Result<Node, Error> {
+        let client = self.client_of(index, spec)?;
+        #[cfg(feature = "tls")]
+        crate::tls::require_crypto_provider(index, &client)?;
+        Ok(Node::new(
+            index,
+            client,
+            self.node_timeout,
+            self.connect_timeout,
+            self.restart_quarantine,
+        ))
+    }
+
     #[cfg(not(feature = "tls"))]
     pub(super) fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
         redis::Client::open(info)
