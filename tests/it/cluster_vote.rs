@@ -36,6 +36,16 @@ fn builder(nodes: &Cluster, redis_cluster: &RedisCluster) -> RedlockBuilder {
         .node_timeout(NODE_TIMEOUT)
 }
 
+/// Waits (bounded) until the cluster vote (the last node) answers, so that its
+/// connection, made on first use, is there before a test looks at what it stores.
+async fn warm_cluster_vote(redlock: &Redlock) {
+    support::eventually("the cluster vote answers", || async {
+        let report = redlock.diagnose().await;
+        report.nodes().last().is_some_and(|n| n.reachable)
+    })
+    .await;
+}
+
 /// The cluster vote alone (one vote: it decides every lock by itself).
 fn cluster_only(redis_cluster: &RedisCluster) -> Redlock {
     Redlock::builder()
@@ -63,6 +73,28 @@ async fn cluster_get(redis_cluster: &RedisCluster, key: &str) -> Option<String> 
         .query_async(&mut conn)
         .await
         .expect("GET")
+}
+
+/// Waits (bounded) until the cluster stores `key`, and returns its value: a grant may
+/// be decided by the standalone votes while the cluster vote's request is still on its
+/// way (stragglers are not waited for), and a release likewise.
+async fn on_cluster(redis_cluster: &RedisCluster, key: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = cluster_get(redis_cluster, key).await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "`{key}` never reached the cluster");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) until the cluster no longer stores `key`.
+async fn gone_from_cluster(redis_cluster: &RedisCluster, key: &str) {
+    support::eventually(&format!("`{key}` gone from the cluster"), || async {
+        cluster_get(redis_cluster, key).await.is_none()
+    })
+    .await;
 }
 
 async fn cluster_pttl(redis_cluster: &RedisCluster, key: &str) -> i64 {
@@ -98,28 +130,25 @@ async fn lock_extend_release_across_standalone_and_cluster_votes() {
     let (nodes, rc) = deployment(2).await;
     let redlock = builder(&nodes, &rc).build().expect("valid config");
     assert_eq!((redlock.node_count(), redlock.quorum()), (3, 2));
+    warm_cluster_vote(&redlock).await;
     let mut guard = redlock.try_acquire("payment:42", TTL).await.expect("lock");
 
     // Standalone nodes keep the plain key; the cluster vote the tagged one.
     let mut conns = support::direct(&nodes).await;
     let stored = support::values(&mut conns, "payment:42").await;
     assert!(stored.iter().all(Option::is_some), "{stored:?}");
-    let value = stored[0].clone();
-    // The quorum may have been the two standalone votes, with the cluster vote's request
-    // still on its way (stragglers are not waited for): wait for it, bounded.
-    let deadline = Instant::now() + WAIT;
-    while cluster_get(&rc, "{payment:42}").await.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(cluster_get(&rc, "{payment:42}").await, value);
+    assert_eq!(Some(on_cluster(&rc, "{payment:42}").await), stored[0]);
     assert_eq!(support::values(&mut conns, "{payment:42}").await, [None, None]);
 
     guard.extend(Duration::from_secs(30)).await.expect("extend");
-    assert!(cluster_pttl(&rc, "{payment:42}").await > 20_000);
+    support::eventually("the extension on the cluster", || async {
+        cluster_pttl(&rc, "{payment:42}").await > 20_000
+    })
+    .await;
 
     guard.release().await.expect("release");
-    assert_eq!(cluster_get(&rc, "{payment:42}").await, None);
-    assert_eq!(support::values(&mut conns, "payment:42").await, [None, None]);
+    gone_from_cluster(&rc, "{payment:42}").await;
+    support::eventually_gone(&nodes, "payment:42").await;
 }
 
 /// With one standalone node down, the cluster vote is needed for the quorum: locking
@@ -148,21 +177,23 @@ async fn the_cluster_vote_completes_the_quorum_when_a_standalone_node_is_down() 
 async fn keys_of_every_master_and_acquire_many_in_one_slot() {
     let (nodes, rc) = deployment(2).await;
     let redlock = builder(&nodes, &rc).build().expect("valid config");
+    // Standalone node 0 down: every grant below needs the cluster vote's yes.
+    nodes.node(0).kill().await.expect("kill");
     let resources = one_per_master(&rc);
     assert_eq!(resources.len(), 3);
     let mut guards = Vec::new();
     for r in &resources {
         guards.push(redlock.try_acquire(r, TTL).await.expect("lock"));
-        let stored = cluster_get(&rc, &format!("{{{r}}}")).await;
-        assert!(stored.is_some(), "{r} is not on its master");
+        // Asked of the master `master_of` names: there, or the wait times out.
+        on_cluster(&rc, &format!("{{{r}}}")).await;
     }
     for g in guards {
         g.release().await.expect("release");
     }
 
     // Different slots: refused before anything is sent, with what to do.
-    let refused = [resources[0].as_str(), resources[1].as_str()];
-    match redlock.acquire_many(&refused, TTL).await {
+    let split = [resources[0].as_str(), resources[1].as_str()];
+    match redlock.acquire_many(&split, TTL).await {
         Err(Error::Config(m)) => assert!(m.contains("hash tag"), "{m}"),
         other => panic!("expected a config error, got {other:?}"),
     }
@@ -171,12 +202,12 @@ async fn keys_of_every_master_and_acquire_many_in_one_slot() {
         .acquire_many(&["{acct}:1", "{acct}:2"], TTL)
         .await
         .expect("lock both");
-    assert!(cluster_get(&rc, "{acct}:1").await.is_some());
-    assert!(cluster_get(&rc, "{acct}:2").await.is_some());
+    on_cluster(&rc, "{acct}:1").await;
+    on_cluster(&rc, "{acct}:2").await;
     let err = redlock.try_acquire("{acct}:2", TTL).await.unwrap_err();
-    assert!(err.is_conflict(), "{err}");
+    assert!(refused(&err), "{err}");
     many.release().await.expect("release");
-    assert_eq!(cluster_get(&rc, "{acct}:1").await, None);
+    gone_from_cluster(&rc, "{acct}:1").await;
 }
 
 #[tokio::test]
@@ -312,7 +343,9 @@ async fn inspect_and_diagnose_see_the_cluster_vote() {
         .owner_label("worker-1")
         .build()
         .expect("valid config");
+    warm_cluster_vote(&redlock).await;
     let guard = redlock.try_acquire("report", TTL).await.expect("lock");
+    on_cluster(&rc, "{report}").await;
     let info = redlock.inspect("report").await.expect("inspect");
     assert!(info.held_by_quorum());
     let holders = info.holders();
