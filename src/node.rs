@@ -30,6 +30,9 @@ enum Slot {
 }
 
 /// What a node is: one server, or (feature `cluster`) a whole Redis Cluster voting once.
+// One per node, made once: the size difference costs nothing, and a boxed client would
+// only add a pointer hop.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Server(Client),
     #[cfg(feature = "cluster")]

@@ -346,7 +346,9 @@ mod tests {
         let redlock = b.build().unwrap();
         let node = &redlock.inner.nodes[0];
         assert_eq!(&*node.endpoint, "10.0.0.1:6379/4");
-        let settings = node.pubsub_clients()[0].get_connection_info().redis_settings();
+        let settings = node.pubsub_clients()[0]
+            .get_connection_info()
+            .redis_settings();
         assert_eq!(settings.username(), Some("app"));
         assert_eq!(settings.password(), Some("s3cret"));
         assert_eq!(&*redlock.inner.nodes[1].endpoint, "10.0.0.2:6379");

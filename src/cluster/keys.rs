@@ -102,12 +102,15 @@ impl KeyMap {
             READERS_SUFFIX,
             WRITER_SUFFIX,
         ];
-        let base = plain.iter().find_map(|s| key.strip_suffix(*s)).or_else(|| {
-            let digits = key.trim_end_matches(|c: char| c.is_ascii_digit());
-            (digits.len() < key.len())
-                .then(|| digits.strip_suffix(PERMIT_INFIX))
-                .flatten()
-        })?;
+        let base = plain
+            .iter()
+            .find_map(|s| key.strip_suffix(*s))
+            .or_else(|| {
+                let digits = key.trim_end_matches(|c: char| c.is_ascii_digit());
+                (digits.len() < key.len())
+                    .then(|| digits.strip_suffix(PERMIT_INFIX))
+                    .flatten()
+            })?;
         (!base.is_empty()).then_some(base)
     }
 
@@ -144,8 +147,7 @@ impl KeyMap {
             })
             .collect();
         let name = args.first().copied().unwrap_or_default();
-        let keys = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")
-        {
+        let keys = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
             let n = args
                 .get(2)
                 .and_then(|n| std::str::from_utf8(n).ok())
@@ -196,7 +198,15 @@ mod tests {
         // `{}abc}` would have an empty tag again: such a base goes behind a fixed tag.
         assert_eq!(tagged("}abc"), "{=}}abc");
         assert_eq!(tagged("кошка:🔒"), "{кошка:🔒}");
-        for k in ["payment:42", "acct:{7}:1", "x{}y", "}abc", "a}b", "кошка:🔒", "{"] {
+        for k in [
+            "payment:42",
+            "acct:{7}:1",
+            "x{}y",
+            "}abc",
+            "a}b",
+            "кошка:🔒",
+            "{",
+        ] {
             let t = tagged(k);
             assert!(has_tag(&t), "{k} -> {t} has no tag");
             assert_eq!(tagged(&t), t, "not idempotent for {k}");
@@ -205,7 +215,16 @@ mod tests {
 
     #[test]
     fn untagged_inverts_tagged() {
-        for k in ["payment:42", "x{}y", "}abc", "}", "a}b", "кошка:🔒", "{", "a{"] {
+        for k in [
+            "payment:42",
+            "x{}y",
+            "}abc",
+            "}",
+            "a}b",
+            "кошка:🔒",
+            "{",
+            "a{",
+        ] {
             assert_eq!(untagged(&tagged(k)), k, "{k}");
         }
         // A key with a tag of its own is its own stored key and comes back as given,
@@ -264,7 +283,12 @@ mod tests {
     fn commands_get_their_keys_mapped_and_nothing_else() {
         let m = map();
         let mut eval = redis::cmd("EVALSHA");
-        eval.arg("abc").arg(2).arg("doc").arg("doc:fence").arg("doc").arg(5);
+        eval.arg("abc")
+            .arg(2)
+            .arg("doc")
+            .arg("doc:fence")
+            .arg("doc")
+            .arg(5);
         assert_eq!(
             args(&m.map_cmd(&eval)),
             ["EVALSHA", "abc", "2", "{doc}", "{doc}:fence", "doc", "5"]

@@ -118,9 +118,7 @@ impl ClusterVote {
                         let Some(route) = script_route(&cmd) else {
                             return Err(e);
                         };
-                        call.script
-                            .load_async(&mut Pinned { conn, route })
-                            .await?;
+                        call.script.load_async(&mut Pinned { conn, route }).await?;
                         cmd.query_async(conn).await
                     }
                     other => other,
@@ -143,9 +141,9 @@ fn script_route(cmd: &Cmd) -> Option<RoutingInfo> {
         _ => return None,
     };
     let route = Route::with_key(key, SlotAddr::Master);
-    Some(RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-        route,
-    )))
+    Some(RoutingInfo::SingleNode(
+        SingleNodeRoutingInfo::SpecificNode(route),
+    ))
 }
 
 /// A cluster connection that sends every command to one route: `Script::load_async`

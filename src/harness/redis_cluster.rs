@@ -155,7 +155,9 @@ impl RedisCluster {
 
     /// `redis://127.0.0.1:<port>` of every master: the seeds for `cluster_node`.
     pub fn seed_urls(&self) -> Vec<String> {
-        (0..self.servers.len()).map(|i| self.master_url(i)).collect()
+        (0..self.servers.len())
+            .map(|i| self.master_url(i))
+            .collect()
     }
 
     /// `redis://127.0.0.1:<port>` of master `i`.
@@ -234,7 +236,11 @@ impl RedisCluster {
             if i > 0 {
                 let mut meet = redis::cmd("CLUSTER");
                 meet.arg("MEET").arg("127.0.0.1").arg(server.port());
-                meet.arg(server.bus_port().unwrap_or(server.port().wrapping_add(10000)));
+                meet.arg(
+                    server
+                        .bus_port()
+                        .unwrap_or(server.port().wrapping_add(10000)),
+                );
                 run(&mut first.clone(), &meet, "CLUSTER MEET").await?;
             }
         }
@@ -271,12 +277,11 @@ impl RedisCluster {
     }
 
     async fn connect(&self, i: usize) -> Result<redis::aio::MultiplexedConnection, HarnessError> {
-        let client = redis::Client::open(self.master_url(i)).map_err(|source| {
-            HarnessError::Redis {
+        let client =
+            redis::Client::open(self.master_url(i)).map_err(|source| HarnessError::Redis {
                 what: format!("opening master {i}"),
                 source,
-            }
-        })?;
+            })?;
         client
             .get_multiplexed_async_connection()
             .await

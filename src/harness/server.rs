@@ -375,7 +375,12 @@ fn args(config: &ServerConfig, dir: &Path, ports: Ports) -> Vec<OsString> {
     if let Some(bus_port) = bus_port {
         // The cluster's own state file, in the server's dir (relative: the server
         // changes to `--dir` before it reads it).
-        for s in ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] {
+        for s in [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ] {
             a.push(s.into());
         }
         a.push("--cluster-port".into());

@@ -84,7 +84,10 @@ async fn on_cluster(redis_cluster: &RedisCluster, key: &str) -> String {
         if let Some(value) = cluster_get(redis_cluster, key).await {
             return value;
         }
-        assert!(Instant::now() < deadline, "`{key}` never reached the cluster");
+        assert!(
+            Instant::now() < deadline,
+            "`{key}` never reached the cluster"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -138,7 +141,10 @@ async fn lock_extend_release_across_standalone_and_cluster_votes() {
     let stored = support::values(&mut conns, "payment:42").await;
     assert!(stored.iter().all(Option::is_some), "{stored:?}");
     assert_eq!(Some(on_cluster(&rc, "{payment:42}").await), stored[0]);
-    assert_eq!(support::values(&mut conns, "{payment:42}").await, [None, None]);
+    assert_eq!(
+        support::values(&mut conns, "{payment:42}").await,
+        [None, None]
+    );
 
     guard.extend(Duration::from_secs(30)).await.expect("extend");
     support::eventually("the extension on the cluster", || async {
@@ -160,7 +166,10 @@ async fn the_cluster_vote_completes_the_quorum_when_a_standalone_node_is_down() 
     let other = builder(&nodes, &rc).build().expect("valid config");
     nodes.node(0).kill().await.expect("kill");
 
-    let guard = redlock.try_acquire("job:7", TTL).await.expect("lock with 2 of 3");
+    let guard = redlock
+        .try_acquire("job:7", TTL)
+        .await
+        .expect("lock with 2 of 3");
     let held = cluster_get(&rc, "{job:7}").await;
     assert!(held.is_some());
     // Refused: held on the two live votes (a no-quorum rather than a conflict, as one
@@ -301,7 +310,13 @@ async fn a_killed_master_fails_only_its_keys_and_nothing_hangs() {
     let resources = one_per_master(&rc);
     // Every master is known to the vote's connection before one dies.
     for r in &resources {
-        alone.try_acquire(r, TTL).await.expect("lock").release().await.expect("release");
+        alone
+            .try_acquire(r, TTL)
+            .await
+            .expect("lock")
+            .release()
+            .await
+            .expect("release");
     }
     let dead = &resources[0];
     let live = &resources[1];
@@ -315,7 +330,11 @@ async fn a_killed_master_fails_only_its_keys_and_nothing_hangs() {
     assert!(err.is_no_quorum(), "{err}");
     let causes = err.node_errors();
     assert_eq!(causes.len(), 1, "{err}");
-    assert!(causes[0].endpoint().starts_with("cluster("), "{}", causes[0]);
+    assert!(
+        causes[0].endpoint().starts_with("cluster("),
+        "{}",
+        causes[0]
+    );
     // One request, bounded by the node timeout, then the undo (also bounded).
     assert!(took < NODE_TIMEOUT * 4, "took {took:?}");
 
@@ -332,7 +351,11 @@ async fn a_killed_master_fails_only_its_keys_and_nothing_hangs() {
         .await
         .expect("bounded")
         .expect("the standalone votes carry it");
-    assert!(started.elapsed() < NODE_TIMEOUT * 4, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < NODE_TIMEOUT * 4,
+        "{:?}",
+        started.elapsed()
+    );
     guard.release().await.expect("release on the live votes");
 }
 
@@ -363,7 +386,10 @@ async fn inspect_and_diagnose_see_the_cluster_vote() {
         .unwrap_or_else(|| panic!("no cluster-vote finding in:\n{report}"));
     assert_eq!(caveat.node(), Some(2));
     let text = caveat.to_string();
-    assert!(text.contains("failover") && text.contains("asynchronous"), "{text}");
+    assert!(
+        text.contains("failover") && text.contains("asynchronous"),
+        "{text}"
+    );
     // Not the standalone nodes' "runs in cluster mode" warning.
     assert!(!report
         .findings()
@@ -418,5 +444,8 @@ async fn a_release_on_the_cluster_vote_wakes_a_waiter() {
         .release()
         .await
         .expect("release");
-    assert!(took < Duration::from_secs(4), "woken only by its retry: {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "woken only by its retry: {took:?}"
+    );
 }
