@@ -66,7 +66,7 @@ impl RedisClusterBuilder {
 
     /// Starts the servers, gives each its share of the slots (`CLUSTER ADDSLOTSRANGE`),
     /// joins them (`CLUSTER MEET`) and waits until every master says `cluster_state:ok`
-    /// and knows all the others.
+    /// and knows all the others and every slot's owner.
     ///
     /// # Errors
     /// [`HarnessError::Config`] for 0 masters; the errors of starting a server (see
@@ -247,9 +247,16 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Waits until every master says `cluster_state:ok` and knows all the masters.
+    /// Waits until every master says `cluster_state:ok`, knows all the masters and the
+    /// owner of every slot. (With `cluster-require-full-coverage no` the state is `ok`
+    /// before a master has heard who owns the others' slots; it answers "hash slot not
+    /// served" for them until then.)
     async fn wait_agreed(&self, deadline: Instant, bound: Duration) -> Result<(), HarnessError> {
-        let want = format!("cluster_known_nodes:{}", self.servers.len());
+        let want = [
+            format!("cluster_known_nodes:{}", self.servers.len()),
+            format!("cluster_slots_ok:{SLOTS}"),
+            "cluster_state:ok".to_owned(),
+        ];
         for i in 0..self.servers.len() {
             let mut conn = self.connect(i).await?;
             loop {
@@ -261,7 +268,7 @@ impl RedisCluster {
                         what: "CLUSTER INFO".into(),
                         source,
                     })?;
-                if info.contains("cluster_state:ok") && info.contains(&want) {
+                if want.iter().all(|w| info.contains(w.as_str())) {
                     break;
                 }
                 if Instant::now() >= deadline {

@@ -449,3 +449,99 @@ async fn a_release_on_the_cluster_vote_wakes_a_waiter() {
         "woken only by its retry: {took:?}"
     );
 }
+
+/// A paused master (SIGSTOP: it holds its connections and answers nothing) costs the
+/// cluster vote one node timeout for its keys, and nothing once it is resumed.
+#[tokio::test]
+async fn a_paused_master_costs_one_node_timeout() {
+    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
+        .await
+        .expect("start timed out")
+        .expect("starts");
+    let alone = cluster_only(&rc);
+    let resources = one_per_master(&rc);
+    for r in &resources {
+        alone
+            .try_acquire(r, TTL)
+            .await
+            .expect("lock")
+            .release()
+            .await
+            .expect("release");
+    }
+    let master = rc.master_of(&format!("{{{}}}", resources[0]));
+    rc.pause_master(master).await.expect("pause");
+    let started = Instant::now();
+    let err = alone.try_acquire(&resources[0], TTL).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_no_quorum(), "{err}");
+    assert!(err.node_errors()[0].is_timeout(), "{err}");
+    assert!(took < NODE_TIMEOUT * 4, "took {took:?}");
+    // The other masters answer meanwhile.
+    alone
+        .try_acquire(&resources[1], TTL)
+        .await
+        .expect("another master")
+        .release()
+        .await
+        .expect("release");
+    rc.resume_master(master).await.expect("resume");
+    let guard = tokio::time::timeout(WAIT, alone.acquire(&resources[0], TTL))
+        .await
+        .expect("bounded")
+        .expect("the resumed master answers again");
+    guard.release().await.expect("release");
+}
+
+/// `with_lock` keeps a lock alive through the cluster vote past its ttl.
+#[tokio::test]
+async fn keep_alive_extends_through_the_cluster_vote() {
+    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
+        .await
+        .expect("start timed out")
+        .expect("starts");
+    let alone = cluster_only(&rc);
+    let ttl = Duration::from_millis(900);
+    let rc = &rc;
+    let held = alone
+        .with_lock("batch", ttl, |lease| async move {
+            let first = on_cluster(rc, "{batch}").await;
+            // Work that outlasts the ttl twice over.
+            tokio::time::sleep(ttl * 2).await;
+            assert!(lease.is_held());
+            cluster_get(rc, "{batch}").await == Some(first)
+        })
+        .await
+        .expect("kept alive");
+    assert!(held, "the value changed or expired on the cluster");
+    gone_from_cluster(rc, "{batch}").await;
+}
+
+/// Dropping a `RedisCluster` stops every server it started, paused ones too.
+#[tokio::test]
+async fn dropping_the_redis_cluster_stops_every_server() {
+    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
+        .await
+        .expect("start timed out")
+        .expect("starts");
+    let ports: Vec<u16> = rc
+        .seed_urls()
+        .iter()
+        .map(|u| {
+            u.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port")
+        })
+        .collect();
+    assert_eq!(ports.len(), 3);
+    rc.pause_master(1).await.expect("pause");
+    drop(rc);
+    for port in ports {
+        let refused =
+            tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
+                .await
+                .expect("bounded");
+        assert!(refused.is_err(), "port {port} still answers");
+    }
+}
