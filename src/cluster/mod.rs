@@ -113,7 +113,8 @@ impl ClusterVote {
                 match cmd.query_async::<Value>(conn).await {
                     // NOSCRIPT (a master restarted, or failed over): load the script on
                     // the master that said so, not on every node (`SCRIPT LOAD`'s
-                    // default route): one master down would fail the others' reload.
+                    // default route): the others have it or will ask, and a master
+                    // that is down or paused is not waited for.
                     Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                         let Some(route) = script_route(&cmd) else {
                             return Err(e);

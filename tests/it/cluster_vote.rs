@@ -545,3 +545,32 @@ async fn dropping_the_redis_cluster_stops_every_server() {
         assert!(refused.is_err(), "port {port} still answers");
     }
 }
+
+/// A master that lost its scripts (restarted, failed over, `SCRIPT FLUSH`) gets them
+/// again from the cluster vote (NOSCRIPT, load, run again), with another master down.
+#[tokio::test]
+async fn scripts_are_reloaded_on_the_master_that_lost_them() {
+    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
+        .await
+        .expect("start timed out")
+        .expect("starts");
+    let alone = cluster_only(&rc);
+    let resources = one_per_master(&rc);
+    let mut guard = alone.try_acquire(&resources[0], TTL).await.expect("lock");
+    let key = format!("{{{}}}", resources[0]);
+    let other = (rc.master_of(&key) + 1) % rc.masters();
+    rc.kill_master(other).await.expect("kill");
+    let mut conn = master(&rc, &key).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    guard
+        .extend(Duration::from_secs(30))
+        .await
+        .expect("extend after NOSCRIPT");
+    assert!(cluster_pttl(&rc, &key).await > 20_000);
+    guard.release().await.expect("release");
+    gone_from_cluster(&rc, &key).await;
+}
