@@ -3,7 +3,9 @@
 
 use super::into_node::NodeSpec;
 use super::RedlockBuilder;
-use crate::cluster::ClusterVote;
+use redis::ConnectionAddr;
+
+use crate::cluster::{ClusterClientBuilder, ClusterVote};
 use crate::error::Error;
 use crate::node::Node;
 
@@ -62,6 +64,8 @@ impl RedlockBuilder {
         let mut clients = Vec::with_capacity(seeds.len());
         for url in seeds {
             let client = self.client_of(index, &NodeSpec::Url(url.clone()))?;
+            #[cfg(feature = "tls")]
+            crate::tls::require_crypto_provider(index, &client)?;
             if client.get_connection_info().redis_settings().db() != 0 {
                 return Err(Error::Config(format!(
                     "node {index}: cluster seed `{}` names a database; a Redis Cluster has \
@@ -71,14 +75,39 @@ impl RedlockBuilder {
             }
             clients.push(client);
         }
-        let vote = ClusterVote::new(clients, &self.fence_suffix, self.connect_timeout)
-            .map_err(|e| Error::Config(format!("node {index}: cannot use the cluster: {e}")))?;
+        let tls = clients.iter().any(|c| {
+            matches!(
+                c.get_connection_info().addr(),
+                ConnectionAddr::TcpTls { .. }
+            )
+        });
+        let configure = |builder| self.cluster_tls(builder, tls);
+        let vote =
+            ClusterVote::new(clients, &self.fence_suffix, self.connect_timeout, configure)
+                .map_err(|e| Error::Config(format!("node {index}: cannot use the cluster: {e}")))?;
         Ok(Node::cluster(
             index,
             vote,
             self.node_timeout,
             self.connect_timeout,
         ))
+    }
+}
+
+impl RedlockBuilder {
+    /// With `rediss://` seeds, the builder's certificates (`tls_root_ca`,
+    /// `tls_client_cert`) for every connection of the cluster client.
+    #[cfg(feature = "tls")]
+    fn cluster_tls(&self, builder: ClusterClientBuilder, tls: bool) -> ClusterClientBuilder {
+        match self.tls.certificates() {
+            Some(certificates) if tls => builder.certs(certificates),
+            _ => builder,
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn cluster_tls(&self, builder: ClusterClientBuilder, _tls: bool) -> ClusterClientBuilder {
+        builder
     }
 }
 

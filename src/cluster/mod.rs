@@ -14,7 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::FutureExt;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster::ClusterClient;
+pub(crate) use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
@@ -54,19 +55,21 @@ impl fmt::Debug for ClusterVote {
 }
 
 impl ClusterVote {
-    /// A vote from the seed nodes' clients (credentials are the first seed's).
+    /// A vote from the seed nodes' clients (credentials are the first seed's, TLS too),
+    /// with `configure` adding what the manager's builder has (certificates).
     pub(crate) fn new(
         seeds: Vec<Client>,
         fence_suffix: &str,
         connect_timeout: Duration,
+        configure: impl FnOnce(ClusterClientBuilder) -> ClusterClientBuilder,
     ) -> RedisResult<Self> {
         let infos = seeds.iter().map(|c| c.get_connection_info().clone());
-        let client = ClusterClientBuilder::new(infos)
+        let builder = ClusterClientBuilder::new(infos)
             .connection_timeout(connect_timeout)
             .retries(CLIENT_RETRIES)
             .min_retry_wait(RETRY_WAIT_MS.0)
-            .max_retry_wait(RETRY_WAIT_MS.1)
-            .build()?;
+            .max_retry_wait(RETRY_WAIT_MS.1);
+        let client = configure(builder).build()?;
         Ok(Self {
             client,
             seeds,

@@ -29,6 +29,20 @@ const STATE_POLL: Duration = Duration::from_millis(20);
 const NODE_TIMEOUT_MS: u64 = 2000;
 
 /// Builds a [`RedisCluster`]; see [`RedisCluster::builder`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tokio_redlock::harness::HarnessError> {
+/// use tokio_redlock::harness::{Persistence, RedisCluster};
+///
+/// let redis_cluster = RedisCluster::builder()
+///     .masters(5)
+///     .persistence(Persistence::AofAlways)
+///     .start()
+///     .await?;
+/// assert_eq!(redis_cluster.masters(), 5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisClusterBuilder {
