@@ -16,13 +16,15 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// `standalone` independent nodes and one 3-master Redis Cluster, started together.
 async fn deployment(standalone: usize) -> (Cluster, RedisCluster) {
-    let (nodes, redis_cluster) = tokio::join!(support::cluster(standalone), async {
-        tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-            .await
-            .expect("redis cluster start timed out")
-            .expect("redis cluster starts")
-    });
-    (nodes, redis_cluster)
+    tokio::join!(support::cluster(standalone), redis_cluster())
+}
+
+/// A 3-master Redis Cluster, its start bounded.
+async fn redis_cluster() -> RedisCluster {
+    tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
+        .await
+        .expect("redis cluster start timed out")
+        .expect("redis cluster starts")
 }
 
 /// The standalone nodes, then the cluster vote (the last node), with test timings.
@@ -126,6 +128,15 @@ fn one_per_master(redis_cluster: &RedisCluster) -> Vec<String> {
 /// A second owner refused: held elsewhere, on every vote that answered.
 fn refused(err: &Error) -> bool {
     err.is_conflict() || (err.is_no_quorum() && err.node_errors().len() == 1)
+}
+
+/// Locks and releases each of `resources` (one per master) once, so that the vote's
+/// connection knows every master before a test takes one down.
+async fn touch_every_master(redlock: &Redlock, resources: &[String]) {
+    for r in resources {
+        let guard = redlock.try_acquire(r, TTL).await.expect("lock");
+        guard.release().await.expect("release");
+    }
 }
 
 #[tokio::test]
@@ -308,16 +319,7 @@ async fn a_killed_master_fails_only_its_keys_and_nothing_hangs() {
     let redlock = builder(&nodes, &rc).build().expect("valid config");
     let alone = cluster_only(&rc);
     let resources = one_per_master(&rc);
-    // Every master is known to the vote's connection before one dies.
-    for r in &resources {
-        alone
-            .try_acquire(r, TTL)
-            .await
-            .expect("lock")
-            .release()
-            .await
-            .expect("release");
-    }
+    touch_every_master(&alone, &resources).await;
     let dead = &resources[0];
     let live = &resources[1];
     rc.kill_master(rc.master_of(&format!("{{{dead}}}")))
@@ -401,10 +403,7 @@ async fn inspect_and_diagnose_see_the_cluster_vote() {
 /// node of the cluster): the waiter gets the lock long before its retry delay.
 #[tokio::test]
 async fn a_release_on_the_cluster_vote_wakes_a_waiter() {
-    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-        .await
-        .expect("start timed out")
-        .expect("starts");
+    let rc = redis_cluster().await;
     let holder = cluster_only(&rc);
     let waiter = Redlock::builder()
         .cluster_node(rc.seed_urls())
@@ -454,21 +453,10 @@ async fn a_release_on_the_cluster_vote_wakes_a_waiter() {
 /// cluster vote one node timeout for its keys, and nothing once it is resumed.
 #[tokio::test]
 async fn a_paused_master_costs_one_node_timeout() {
-    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-        .await
-        .expect("start timed out")
-        .expect("starts");
+    let rc = redis_cluster().await;
     let alone = cluster_only(&rc);
     let resources = one_per_master(&rc);
-    for r in &resources {
-        alone
-            .try_acquire(r, TTL)
-            .await
-            .expect("lock")
-            .release()
-            .await
-            .expect("release");
-    }
+    touch_every_master(&alone, &resources).await;
     let master = rc.master_of(&format!("{{{}}}", resources[0]));
     rc.pause_master(master).await.expect("pause");
     let started = Instant::now();
@@ -496,10 +484,7 @@ async fn a_paused_master_costs_one_node_timeout() {
 /// `with_lock` keeps a lock alive through the cluster vote past its ttl.
 #[tokio::test]
 async fn keep_alive_extends_through_the_cluster_vote() {
-    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-        .await
-        .expect("start timed out")
-        .expect("starts");
+    let rc = redis_cluster().await;
     let alone = cluster_only(&rc);
     let ttl = Duration::from_millis(900);
     let rc = &rc;
@@ -520,10 +505,7 @@ async fn keep_alive_extends_through_the_cluster_vote() {
 /// Dropping a `RedisCluster` stops every server it started, paused ones too.
 #[tokio::test]
 async fn dropping_the_redis_cluster_stops_every_server() {
-    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-        .await
-        .expect("start timed out")
-        .expect("starts");
+    let rc = redis_cluster().await;
     let ports: Vec<u16> = rc
         .seed_urls()
         .iter()
@@ -550,10 +532,7 @@ async fn dropping_the_redis_cluster_stops_every_server() {
 /// again from the cluster vote (NOSCRIPT, load, run again), with another master down.
 #[tokio::test]
 async fn scripts_are_reloaded_on_the_master_that_lost_them() {
-    let rc = tokio::time::timeout(Duration::from_secs(30), RedisCluster::start())
-        .await
-        .expect("start timed out")
-        .expect("starts");
+    let rc = redis_cluster().await;
     let alone = cluster_only(&rc);
     let resources = one_per_master(&rc);
     let mut guard = alone.try_acquire(&resources[0], TTL).await.expect("lock");
