@@ -25,6 +25,11 @@ pub(crate) const UNORDERED_RELEASE: bool = cfg!(redlock_mutant = "unordered_rele
 /// so more than `retry_count + 1` attempts are made.
 pub(crate) const FREE_QUEUE_ATTEMPT: bool = cfg!(redlock_mutant = "free_queue_attempt");
 
+/// `stalled_subscription`: a waiter makes its subscriptions before it waits, one node
+/// after the other, so a node that accepts connections but never answers holds up
+/// every wait that needs a subscription there (issue 11, item 8).
+pub(crate) const STALLED_SUBSCRIPTION: bool = cfg!(redlock_mutant = "stalled_subscription");
+
 /// `quorum_half`: half the nodes make a "quorum", which is no majority.
 pub(crate) const QUORUM_HALF: bool = cfg!(redlock_mutant = "quorum_half");
 

@@ -20,6 +20,14 @@ use crate::sync::lock;
 /// from reconnecting on every hiccup.
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
+/// A request that removes an owner value (a release, an undo) gets this many node
+/// timeouts to land, where every other request gets one. It is a compare-and-delete,
+/// harmless however late it runs, and dropping it leaves the key to its ttl: on a node
+/// that is slow for a moment (a saturated machine, a reconnect) the longer deadline is
+/// what removes the key within seconds rather than the ttl. Callers still wait at most
+/// one node timeout for it (`round::Collecting::until`); the rest runs in the background.
+pub(crate) const CLEAR_TIMEOUTS: u32 = 4;
+
 type ConnectFuture = Shared<BoxFuture<'static, Result<Conn, Arc<RedisError>>>>;
 
 enum Slot {
@@ -227,6 +235,16 @@ impl Node {
         let mut setters = lock(&self.setters);
         drop(entry);
         forget_if_unused(&mut setters, value);
+    }
+
+    /// The deadline of one request to this node.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The deadline of a request that removes an owner value (see [`CLEAR_TIMEOUTS`]).
+    pub(crate) fn clear_timeout(&self) -> Duration {
+        self.timeout.saturating_mul(CLEAR_TIMEOUTS)
     }
 
     /// The clients to try, in order, for connections of another kind (pub/sub): the

@@ -5,12 +5,14 @@
 //! scripts, never the manager.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use redis::Value;
 
+use crate::clock::instant_after;
 use crate::error::{Error, NodeError, NodeErrors};
 use crate::metrics;
 use crate::node::{Node, Request};
@@ -139,6 +141,15 @@ impl Op {
 pub(crate) type Reply = (usize, Result<Value, NodeError>);
 pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
 
+/// How long a caller waits for a release or undo of its own value: the wait for the
+/// value's earlier requests (at most one node timeout, counted from before the caller
+/// started) and one node timeout for the request itself. The request may go on longer
+/// in the background (`node::CLEAR_TIMEOUTS`).
+pub(crate) fn clear_patience(nodes: &[Node]) -> Duration {
+    let longest = nodes.iter().map(Node::timeout).max().unwrap_or_default();
+    longest.saturating_mul(2)
+}
+
 /// Sends `op` to every node at once. Each reply comes back with its node's index.
 ///
 /// The futures own what they use, so the caller can stop listening at any time and
@@ -165,12 +176,16 @@ pub(crate) fn fan_out_where(
                 _ => None,
             };
             async move {
-                if let (Order::Clears(value), false) =
-                    (&op.order, crate::mutants::UNORDERED_RELEASE)
-                {
-                    nodes[i].settled(value).await;
-                }
-                let reply = nodes[i].run(op.request()).await;
+                let timeout = match &op.order {
+                    Order::Clears(value) => {
+                        if !crate::mutants::UNORDERED_RELEASE {
+                            nodes[i].settled(value).await;
+                        }
+                        nodes[i].clear_timeout()
+                    }
+                    _ => nodes[i].timeout(),
+                };
+                let reply = nodes[i].run_within(op.request(), timeout).await;
                 drop(ticket);
                 (i, reply)
             }
@@ -209,6 +224,7 @@ pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
 pub(crate) struct Collecting {
     replies: Option<Replies>,
     what: &'static str,
+    until: Option<tokio::time::Instant>,
 }
 
 impl Collecting {
@@ -216,12 +232,30 @@ impl Collecting {
         Self {
             replies: Some(replies),
             what,
+            until: None,
         }
     }
 
-    /// The next reply, or `None` when every node answered.
+    /// Stops collecting after the caller has waited `patience`: the replies still out
+    /// go on in the background when this is dropped. For releases and undos, whose
+    /// requests may run longer than their callers should wait (see
+    /// `node::CLEAR_TIMEOUTS`).
+    pub(crate) fn until(mut self, patience: Duration) -> Self {
+        self.until = Some(tokio::time::Instant::from_std(instant_after(patience)));
+        self
+    }
+
+    /// The next reply, or `None` when every node answered (or the caller's patience
+    /// ran out).
     pub(crate) async fn next(&mut self) -> Option<Reply> {
-        self.replies.as_mut()?.next().await
+        let replies = self.replies.as_mut()?;
+        match self.until {
+            Some(until) => tokio::time::timeout_at(until, replies.next())
+                .await
+                .ok()
+                .flatten(),
+            None => replies.next().await,
+        }
     }
 
     /// The replies not read yet, for the caller to finish its own way.

@@ -241,8 +241,9 @@ impl Redlock {
 }
 
 /// Undoes a failed attempt wherever its value may be, and only there:
-/// - nodes that answered "set" are undone now and waited for (bounded by the node
-///   timeout), so the next attempt starts with them clean;
+/// - nodes that answered "set" are undone now and waited for (two node timeouts at
+///   most, `round::clear_patience`), so the next attempt starts with them clean; an
+///   undo still out then goes on in the background until its own, longer deadline;
 /// - nodes whose request failed (it may still have landed) are undone in the background;
 /// - nodes still to answer are undone in the background once they do, unless they
 ///   answer "not set": under contention that is every node, and the undo costs nothing.
@@ -281,7 +282,8 @@ pub(super) async fn undo_failed<T>(
         return;
     }
     // Dropped mid-way (the acquisition cancelled), the rest still goes out.
-    let mut replies = Collecting::new(fan_out_where(&nodes, op, now), "undo");
+    let mut replies = Collecting::new(fan_out_where(&nodes, op, now), "undo")
+        .until(round::clear_patience(&nodes));
     let mut waiting = (0..nodes.len())
         .filter(|i| votes.heard[*i] && !refused[*i])
         .count();

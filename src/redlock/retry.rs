@@ -139,7 +139,11 @@ impl Redlock {
                     // Listening (re)starts in the background where it broke or was never
                     // made; joining runs beside the pause: a node that hangs must not eat
                     // into the wait, nor delay the next attempt.
-                    inner.wakeups.listen(&inner.nodes);
+                    if crate::mutants::STALLED_SUBSCRIPTION {
+                        inner.wakeups.listen_in_line(&inner.nodes).await;
+                    } else {
+                        inner.wakeups.listen(&inner.nodes);
+                    }
                     let joining = async {
                         if let Some(front) = join {
                             w.join(front).await;

@@ -276,6 +276,24 @@ impl Wakeups {
     }
 }
 
+impl Wakeups {
+    /// The `stalled_subscription` mutant's [`Wakeups::listen`]: makes the missing
+    /// subscriptions itself, one node after the other, and only then returns.
+    pub(crate) async fn listen_in_line(&self, nodes: &Arc<[Node]>) {
+        let state = &self.state;
+        for i in 0..nodes.len().min(state.subs.len()) {
+            let live = lock(&state.subs[i])
+                .as_ref()
+                .is_some_and(|(_, reader)| !reader.is_finished());
+            let not_yet = lock(&state.retry_at[i]).is_some_and(|at| Instant::now() < at);
+            if live || not_yet || state.listening[i].swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            subscribe(Arc::downgrade(state), Arc::clone(nodes), i).await;
+        }
+    }
+}
+
 /// Subscribes this manager's channel on node `i` and keeps the subscription in `state`,
 /// unless the manager is gone by then.
 async fn subscribe(state: Weak<State>, nodes: Arc<[Node]>, i: usize) {

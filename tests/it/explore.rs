@@ -19,6 +19,7 @@ mod schedule;
 mod selftest;
 mod shrink;
 mod timeline;
+mod traced;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -199,6 +200,14 @@ async fn explore() {
         failing_seed: None,
     };
     println!("explore: oracle {}", oracle::describe());
+    println!(
+        "explore: attempts counted from the crate's traces: {}",
+        if traced::installed() {
+            "yes"
+        } else {
+            "NO (another global tracing subscriber was installed first)"
+        }
+    );
     let base = seed.unwrap_or(FIXED_SEED);
     for w in workloads {
         let cluster = start(w).await;
@@ -212,6 +221,10 @@ async fn explore() {
             _ => run_seed(&cluster, w, base, &mut totals).await,
         }
     }
+    println!(
+        "explore: {} attempts traced inside the explorer's calls",
+        traced::total()
+    );
     let shown = totals.failing_seed.unwrap_or(base);
     println!(
         "explore: {} acquisitions, {} faults, {} violations, seed {shown}",

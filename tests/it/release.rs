@@ -114,3 +114,74 @@ async fn releasing_a_valid_guard_whose_keys_a_quorum_lost_is_lock_lost() {
         "{left:?}"
     );
 }
+
+/// A release gets longer than one node timeout to land (it is a compare-and-delete,
+/// harmless when late), while its caller waits at most two node timeouts: on nodes a
+/// little slower than the node timeout the release is still seen through, and on nodes
+/// far slower the caller returns in time and the key still goes, long before its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_outlasts_the_node_timeout_but_its_caller_does_not_wait_for_it() {
+    let cluster = cluster(3).await;
+    let timeout = Duration::from_millis(100);
+    let redlock = builder(&cluster).node_timeout(timeout).build().unwrap();
+    warm(&redlock).await;
+    let set_latency = |each_way: Duration| {
+        let cluster = &cluster;
+        async move {
+            for node in cluster.nodes() {
+                node.set_latency(each_way).await.unwrap();
+            }
+        }
+    };
+
+    // Round trips of 120 ms and more: past the node timeout, within the release's own.
+    let guard = bounded(redlock.acquire("rel:slow", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    set_latency(Duration::from_millis(60)).await;
+    let report = bounded(guard.release_with_report()).await.unwrap();
+    // A quorum answered "released" (the caller stops there), none timed out.
+    assert!(
+        report.held_until_released() && report.released >= 2,
+        "{report:?}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    // The node the caller did not wait for is released too.
+    assert_gone_within(&cluster, "rel:slow", Duration::from_secs(5)).await;
+    set_latency(Duration::ZERO).await;
+
+    // Round trips of 600 ms: the caller gives up after two node timeouts, the requests
+    // it sent still remove the key.
+    let guard = bounded(redlock.acquire("rel:slow", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    // Every SET of the acquisition landed before the network slows down (the third
+    // node's may still be on the way when the quorum has answered).
+    let mut conns = direct(&cluster).await;
+    let landed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let vals = values(&mut conns, "rel:slow").await;
+            if vals.iter().all(|v| v.is_some() && *v == vals[0]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        landed.is_ok(),
+        "the acquisition's SETs did not all land: {:?}",
+        values(&mut conns, "rel:slow").await
+    );
+    set_latency(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let result = bounded(guard.release_with_report()).await;
+    let took = started.elapsed();
+    assert!(result.is_err(), "no node can answer in time: {result:?}");
+    assert!(
+        took < timeout * 2 + Duration::from_millis(150),
+        "the caller waited {took:?}"
+    );
+    assert_gone_within(&cluster, "rel:slow", Duration::from_secs(5)).await;
+    set_latency(Duration::ZERO).await;
+}

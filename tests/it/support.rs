@@ -250,6 +250,10 @@ pub fn active_mutant() -> Option<&'static str> {
             cfg!(redlock_mutant = "free_queue_attempt"),
             "free_queue_attempt",
         ),
+        (
+            cfg!(redlock_mutant = "stalled_subscription"),
+            "stalled_subscription",
+        ),
     ]
     .into_iter()
     .find(|(on, _)| *on)

@@ -13,11 +13,15 @@ use super::oracle::{Belief, Kind, Oracle};
 use super::schedule::{
     ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES, TAIL_MIN_NODE_TIMEOUT_MS,
 };
+use super::traced::Seen;
 
 /// Allowance on top of a call's documented bound, for a loaded 2-core machine.
 const CALL_SLACK: Duration = Duration::from_millis(1_500);
 /// `STALE_REROUNDS` in the crate: immediate re-rounds of a fenced attempt.
 const FENCED_ROUNDS: u32 = 4;
+/// Slack on one pause and one round (a loaded machine); a wait that hangs on a silent
+/// node for the 2 s a subscription may take stands out above it.
+const GAP_SLACK: Duration = Duration::from_millis(1_000);
 
 /// How a holding released in the fault-free tail ends; the ghost check knows it.
 pub const TAIL_RELEASED: &str = "released in the tail";
@@ -122,6 +126,31 @@ impl Client {
                     format!("op {}: {what} took {took:?}, bound {b:?}", self.op),
                 );
             }
+        }
+    }
+
+    /// What the crate's traces showed of a call (`traced.rs`): no more attempts than
+    /// `retry_count + 1`, and no gap between attempts longer than a pause and a round.
+    fn check_traced(&self, what: &str, seen: Option<Seen>, spec: &MgrSpec, retries: u32) {
+        let Some(seen) = seen else { return };
+        self.check_attempts(
+            &format!("the traces of {what}"),
+            Some(seen.attempts),
+            retries,
+        );
+        let rounds = if spec.fencing { FENCED_ROUNDS } else { 1 };
+        let bound = ms(spec.retry_delay_ms)
+            .saturating_add(ms(spec.jitter_ms))
+            .saturating_add(round_bound(spec).saturating_mul(rounds))
+            .saturating_add(GAP_SLACK);
+        if seen.longest_gap > bound {
+            self.flag(
+                Kind::CallBound,
+                format!(
+                    "op {}: {what}: {:?} between two attempts, bound {bound:?} (a pause and a round)",
+                    self.op, seen.longest_gap
+                ),
+            );
         }
     }
 
@@ -282,14 +311,14 @@ impl Client {
         };
         self.rec.record(self.id, self.op, &label, EventKind::Start);
         let started = Instant::now();
-        let call = async {
+        let call = super::traced::counted(|| async {
             match how {
                 How::Acquire => redlock.acquire(&names[0], ttl).await,
                 How::TryAcquire => redlock.try_acquire(&names[0], ttl).await,
                 How::Many => redlock.acquire_many(&names, ttl).await,
             }
-        };
-        let Some(result) = within(budget_ms, call).await else {
+        });
+        let Some((result, traced)) = within(budget_ms, call).await else {
             self.rec.record(
                 self.id,
                 self.op,
@@ -306,6 +335,7 @@ impl Client {
             took,
             acquire_bound(spec, retries),
         );
+        self.check_traced(&format!("{how:?} of {label}"), traced, spec, retries);
         match result {
             Ok(guard) => {
                 self.check_attempts("the guard", Some(guard.attempts()), retries);
@@ -429,16 +459,19 @@ impl Client {
         let started = Instant::now();
         let label = name.clone();
         let ttl = ms(ttl_ms);
-        let call = redlock.with_lock_opts(&name, ms(ttl_ms), opts.options(), move |lease| async move {
+        let call = super::traced::counted(|| {
+            redlock.with_lock_opts(&name, ms(ttl_ms), opts.options(), move |lease| async move {
             acquisitions.fetch_add(1, Ordering::Relaxed);
             rec.record(client, op, &label, EventKind::Acquired { valid_until_ns: instant_ns(lease.valid_until()), token: lease.fencing_token() });
             let id = oracle.open(client, op, label, fenced, vec![key], Belief::Lease(lease.clone()));
             oracle.note(id, format!("op {op} with_lock(ttl {ttl:?}, {opts}, work {work_ms}ms) -> valid for {:?}", lease.remaining_validity()));
             let _close = CloseOnDrop { oracle, id };
             tokio::time::sleep(Duration::from_millis(work_ms)).await;
+        })
         });
         let result = within(budget_ms, call).await;
-        if let Some(result) = result {
+        if let Some((result, traced)) = result {
+            self.check_traced("with_lock", traced, spec, spec.retry_count);
             let b = acquire_bound(spec, spec.retry_count)
                 .map(|b| b + Duration::from_millis(work_ms) + round_bound(spec));
             self.check_bound("with_lock", started.elapsed(), b);

@@ -24,8 +24,12 @@ use super::schedule::{
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Extra wait after the longest node timeout before the ghost check (the "+ slack").
 const GHOST_SLACK: Duration = Duration::from_millis(200);
-/// A key found by the ghost check counts only if it is still there this much later.
+/// A key found by the ghost check counts only if it is still there this much later
+/// (or after a release's own deadline, if that is longer).
 const GHOST_RECHECK: Duration = Duration::from_millis(500);
+/// A release or undo may take this many node timeouts to land, after waiting at most
+/// one for its value's earlier requests (docs/design.md, "Releases and undos").
+const CLEAR_TIMEOUTS: u32 = 4;
 /// Longest a request can sit in a proxy (the largest drawn latency or spike), plus margin.
 const MAX_PROXY_HOLD: Duration = Duration::from_millis(600);
 
@@ -293,7 +297,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         if !found.is_empty() {
             // Only what is still there a moment later: a straggler delayed by a loaded
             // machine is gone by then, a ghost lives on until its ttl.
-            tokio::time::sleep(GHOST_RECHECK).await;
+            tokio::time::sleep(GHOST_RECHECK.max(max_nt * CLEAR_TIMEOUTS)).await;
             let again = snapshot(&mut direct).await;
             found.retain(|(entry, _)| again.contains(entry));
         }
