@@ -78,7 +78,7 @@
 //! - `metrics`: counters and histograms through the `metrics` facade (off by default;
 //!   the names are listed in `docs/operations.md`).
 //! - `cluster`: a whole Redis Cluster as one of the N votes,
-//!   [`RedlockBuilder::cluster_node`], through redis-rs's async cluster client (off by
+//!   `RedlockBuilder::cluster_node`, through redis-rs's async cluster client (off by
 //!   default; see `docs/operations.md`, "A Redis Cluster as a vote").
 //!
 //! # What the lock does and does not promise

@@ -20,6 +20,8 @@ impl RedlockBuilder {
     /// the crate docs' features), and for a node given as a client or connection info
     /// with TLS certificates of its own while `tls_root_ca` or `tls_client_cert` is set:
     /// one set would replace the other.
+    /// With the `cluster` feature, for a cluster node that breaks a rule of
+    /// `cluster_node` (no seeds, a seed with a database, a seed listed again).
     ///
     /// A node list that works but weakens the quorum is logged once, as a `tracing`
     /// warning: 2 nodes or another even count, and one server written two ways
@@ -96,6 +98,8 @@ impl RedlockBuilder {
                     node.endpoint
                 )));
             }
+            #[cfg(feature = "cluster")]
+            super::cluster::check_disjoint(&nodes, &node)?;
             nodes.push(node);
         }
         // Once per manager: a mistake in the node list, not in any one lock.

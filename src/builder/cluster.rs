@@ -41,7 +41,8 @@ impl RedlockBuilder {
     /// ```
     ///
     /// [`build`](Self::build) returns [`Error::Config`] for no seeds, a seed URL that
-    /// does not parse, or one with a database other than 0 (a cluster has only db 0).
+    /// does not parse, one with a database other than 0 (a cluster has only db 0), or a
+    /// seed that is listed again (as a server, or in another cluster vote).
     #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster_node<I, S>(mut self, seeds: I) -> Self
     where
@@ -94,6 +95,32 @@ impl RedlockBuilder {
     }
 }
 
+/// `Err(Error::Config)` when `node` and an earlier node share an address and one of
+/// them is a cluster vote: a server that is also a cluster's seed would vote twice.
+pub(super) fn check_disjoint(earlier: &[Node], node: &Node) -> Result<(), Error> {
+    let addresses = |n: &Node| -> Vec<String> {
+        n.pubsub_clients()
+            .iter()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .collect()
+    };
+    let mine = addresses(node);
+    for other in earlier
+        .iter()
+        .filter(|o| o.is_cluster() || node.is_cluster())
+    {
+        if let Some(shared) = addresses(other).into_iter().find(|a| mine.contains(a)) {
+            return Err(Error::Config(format!(
+                "node {} ({}) and node {} ({}) both name {shared}: a Redis Cluster is one \
+                 vote, and none of its nodes may be listed again, or the quorum would count \
+                 it twice",
+                other.index, other.endpoint, node.index, node.endpoint
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl RedlockBuilder {
     /// With `rediss://` seeds, the builder's certificates (`tls_root_ca`,
     /// `tls_client_cert`) for every connection of the cluster client.
@@ -144,5 +171,14 @@ mod tests {
             .cluster_node(["redis://a:7000"])
             .cluster_node(["redis://a:7000"]));
         assert!(m.contains("listed once"), "{m}");
+        // A seed listed again, as a server or in another cluster vote.
+        let m = err(Redlock::builder()
+            .node("redis://b:7001")
+            .cluster_node(["redis://a:7000", "redis://b:7001"]));
+        assert!(m.contains("both name b:7001"), "{m}");
+        let m = err(Redlock::builder()
+            .cluster_node(["redis://a:7000", "redis://b:7001"])
+            .cluster_node(["redis://b:7001", "redis://c:7002"]));
+        assert!(m.contains("both name b:7001"), "{m}");
     }
 }
