@@ -553,3 +553,37 @@ async fn scripts_are_reloaded_on_the_master_that_lost_them() {
     guard.release().await.expect("release");
     gone_from_cluster(&rc, &key).await;
 }
+
+/// Names with braces, an empty tag or non-ASCII characters: every script's keys still
+/// share a slot on the cluster (a fenced acquire sends the lock key and its counter
+/// together, a read lock three keys), where Redis would refuse them with CROSSSLOT.
+#[tokio::test]
+async fn unusual_names_keep_each_scripts_keys_in_one_slot() {
+    let rc = redis_cluster().await;
+    let fenced = Redlock::builder()
+        .cluster_node(rc.seed_urls())
+        .fencing(true)
+        .retry_count(0)
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .expect("valid config");
+    let names = [
+        ("}weird", "{=}}weird"),
+        ("x{}y", "{x{}y}"),
+        ("кошка:🔒", "{кошка:🔒}"),
+        ("user:{42}:cart", "user:{42}:cart"),
+    ];
+    for (name, stored) in names {
+        let guard = fenced.try_acquire(name, TTL).await.expect(name);
+        assert!(guard.fencing_token().is_some());
+        assert!(
+            cluster_get(&rc, stored).await.is_some(),
+            "{name} -> {stored}"
+        );
+        let counter = format!("{stored}:fence");
+        assert!(cluster_get(&rc, &counter).await.is_some(), "{counter}");
+        guard.release().await.expect("release");
+        let reader = fenced.lock(name).ttl(TTL).read().try_acquire().await;
+        reader.expect("read lock").release().await.expect("release");
+    }
+}
