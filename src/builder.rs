@@ -14,6 +14,8 @@ use crate::tls::TlsSettings;
 
 mod build;
 mod checks;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod into_node;
 mod owner_label;
 

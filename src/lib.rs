@@ -77,6 +77,9 @@
 //!   [`Error::Config`] for a `rediss://` node (see `docs/operations.md`, "TLS").
 //! - `metrics`: counters and histograms through the `metrics` facade (off by default;
 //!   the names are listed in `docs/operations.md`).
+//! - `cluster`: a whole Redis Cluster as one of the N votes,
+//!   `RedlockBuilder::cluster_node`, through redis-rs's async cluster client (off by
+//!   default; see `docs/operations.md`, "A Redis Cluster as a vote").
 //!
 //! # What the lock does and does not promise
 //! A lock is guaranteed until [`LockGuard::valid_until`] and not a moment longer, and
@@ -111,6 +114,8 @@
 
 mod builder;
 mod clock;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod diagnose;
 mod error;
 mod fencing;

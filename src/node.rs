@@ -28,13 +28,34 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// one node timeout for it (`round::Collecting::until`); the rest runs in the background.
 pub(crate) const CLEAR_TIMEOUTS: u32 = 4;
 
-type ConnectFuture = Shared<BoxFuture<'static, Result<MultiplexedConnection, Arc<RedisError>>>>;
+type ConnectFuture = Shared<BoxFuture<'static, Result<Conn, Arc<RedisError>>>>;
 
 enum Slot {
     Idle,
     /// A connection attempt is under way in its own task; requests wait on it.
     Connecting(ConnectFuture, u64),
-    Ready(MultiplexedConnection, u64),
+    Ready(Conn, u64),
+}
+
+/// What a node is: one server, or (feature `cluster`) a whole Redis Cluster voting once.
+// One per node, made once: the size difference costs nothing, and a boxed client would
+// only add a pointer hop.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Server(Client),
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<crate::cluster::ClusterVote>),
+}
+
+/// A node's shared connection, of its target's kind.
+#[derive(Clone)]
+enum Conn {
+    Server(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(
+        redis::cluster_async::ClusterConnection,
+        Arc<crate::cluster::ClusterVote>,
+    ),
 }
 
 /// A request that one node should run.
@@ -95,7 +116,7 @@ pub(crate) struct Node {
     pub(crate) index: usize,
     /// `host:port[/db]`, never with credentials: this is what logs and errors show.
     pub(crate) endpoint: Arc<str>,
-    client: Client,
+    target: Target,
     timeout: Duration,
     connect_timeout: Duration,
     slot: Mutex<Slot>,
@@ -135,10 +156,43 @@ impl Node {
         } else {
             format!("{}/{db}", info.addr())
         };
+        Self::with_target(
+            index,
+            endpoint,
+            Target::Server(client),
+            timeout,
+            connect_timeout,
+            quarantine,
+        )
+    }
+
+    /// A whole Redis Cluster as node `index`. No restart quarantine: it reads one
+    /// server's uptime, and a cluster vote's masters restart one by one (see
+    /// docs/operations.md).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(
+        index: usize,
+        vote: crate::cluster::ClusterVote,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        let endpoint = vote.endpoint();
+        let target = Target::Cluster(Arc::new(vote));
+        Self::with_target(index, endpoint, target, timeout, connect_timeout, None)
+    }
+
+    fn with_target(
+        index: usize,
+        endpoint: String,
+        target: Target,
+        timeout: Duration,
+        connect_timeout: Duration,
+        quarantine: Option<Duration>,
+    ) -> Self {
         Self {
             index,
             endpoint: endpoint.into(),
-            client,
+            target,
             timeout,
             connect_timeout,
             slot: Mutex::new(Slot::Idle),
@@ -193,9 +247,31 @@ impl Node {
         self.timeout.saturating_mul(CLEAR_TIMEOUTS)
     }
 
-    /// The node's client, for connections of another kind (pub/sub).
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// The clients to try, in order, for connections of another kind (pub/sub): the
+    /// server's, or a cluster vote's seeds (a classic `PUBLISH` reaches every node of a
+    /// cluster, so any one of them hears the vote's wake-ups).
+    pub(crate) fn pubsub_clients(&self) -> &[Client] {
+        match &self.target {
+            Target::Server(client) => std::slice::from_ref(client),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(vote) => vote.seeds(),
+        }
+    }
+
+    /// Whether this node is a whole Redis Cluster (one vote).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The lock key a released key published by this node stands for: a cluster vote
+    /// publishes its own form of the key (`{key}`, see `cluster/keys.rs`).
+    pub(crate) fn lock_key_of<'k>(&self, published: &'k str) -> &'k str {
+        match &self.target {
+            Target::Server(_) => published,
+            #[cfg(feature = "cluster")]
+            Target::Cluster(_) => crate::cluster::keys::untagged(published),
+        }
     }
 
     fn error(&self, kind: NodeErrorKind) -> NodeError {
@@ -279,10 +355,18 @@ impl Node {
     }
 
     async fn run_once(&self, request: Request<'_>) -> Result<Value, (RedisError, Option<u64>)> {
-        let (mut conn, generation) = self.connection().await.map_err(|e| {
+        let (conn, generation) = self.connection().await.map_err(|e| {
             // A failed connect already cleared its slot.
             ((*e).clone(), None)
         })?;
+        let mut conn = match conn {
+            Conn::Server(conn) => conn,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(mut conn, vote) => {
+                let reply = vote.run(&mut conn, request).await;
+                return reply.map_err(|e| (e, Some(generation)));
+            }
+        };
         let reply = match request {
             Request::Cmd(cmd) | Request::Set { cmd, .. } => {
                 cmd.query_async::<Value>(&mut conn).await
@@ -303,7 +387,7 @@ impl Node {
     }
 
     /// The shared connection, made on first use and again after it broke.
-    async fn connection(&self) -> Result<(MultiplexedConnection, u64), Arc<RedisError>> {
+    async fn connection(&self) -> Result<(Conn, u64), Arc<RedisError>> {
         let (connecting, generation) = {
             let mut slot = lock(&self.slot);
             match &*slot {
@@ -339,7 +423,18 @@ impl Node {
     /// Connects in a task of its own, so that a request that times out while waiting
     /// does not cancel the connection attempt the next request will want.
     fn spawn_connect(&self) -> ConnectFuture {
-        let client = self.client.clone();
+        let client = match &self.target {
+            Target::Server(client) => client.clone(),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(vote) => {
+                let vote = Arc::clone(vote);
+                let task = tokio::spawn(async move {
+                    let conn = vote.connect().await?;
+                    Ok(Conn::Cluster(conn, vote))
+                });
+                return joined(task);
+            }
+        };
         // Our own timeout bounds each request; the driver's response timeout would only
         // add a second, different clock.
         let config = AsyncConnectionConfig::new()
@@ -364,18 +459,9 @@ impl Node {
                 }
                 *lock(&votes_from) = until;
             }
-            Ok(conn)
+            Ok(Conn::Server(conn))
         });
-        async move {
-            match task.await {
-                Ok(result) => result.map_err(Arc::new),
-                Err(join) => Err(Arc::new(RedisError::from(std::io::Error::other(format!(
-                    "connection task ended: {join}"
-                ))))),
-            }
-        }
-        .boxed()
-        .shared()
+        joined(task)
     }
 
     /// The reply, if this node's vote counts now: a node in restart quarantine does not
@@ -396,6 +482,10 @@ impl Node {
     fn reset(&self, generation: Option<u64>) {
         let mut slot = lock(&self.slot);
         let matches = match (&*slot, generation) {
+            // A cluster connection re-makes its connection to each master on its own, and
+            // a new one would first have to learn the slots again: it is kept.
+            #[cfg(feature = "cluster")]
+            (Slot::Ready(Conn::Cluster(..), _), _) => false,
             (Slot::Ready(_, g), Some(want)) => *g == want,
             (Slot::Ready(..), None) => true,
             _ => false,
@@ -410,17 +500,34 @@ impl Node {
 /// Whether `e` says a connection broke (worth another try on a new one) rather than
 /// that the node cannot be reached. A connection being made (`established` false) that
 /// breaks during its handshake counts as broken: a proxy or a node's network that
-/// accepts and then drops it (a flap) is back in a moment. A refused or timed-out
-/// connect is the node being down or unreachable: no point in hammering it.
+/// accepts and then drops it (a flap) is back in a moment. A refused, timed-out or
+/// unresolvable connect is the node being down or unreachable: no point in hammering it.
 fn broke(e: &RedisError, established: bool) -> bool {
-    let dropped = e.is_connection_dropped() || e.is_io_error();
-    dropped && (established || !(e.is_connection_refusal() || e.is_timeout()))
+    if established {
+        e.is_connection_dropped() || e.is_io_error()
+    } else {
+        e.is_connection_dropped() && !e.is_connection_refusal()
+    }
 }
 
 /// The pause before the `tries`-th try of a request whose connections kept breaking:
 /// none before the second, then 1, 2, 4 .. ms, at most 16 ms.
 fn reconnect_pause(tries: u32) -> Duration {
     Duration::from_millis(1u64 << tries.saturating_sub(2).min(4))
+}
+
+/// The connection a connecting task made, for every request that waits on it.
+fn joined(task: tokio::task::JoinHandle<Result<Conn, RedisError>>) -> ConnectFuture {
+    async move {
+        match task.await {
+            Ok(result) => result.map_err(Arc::new),
+            Err(join) => Err(Arc::new(RedisError::from(std::io::Error::other(format!(
+                "connection task ended: {join}"
+            ))))),
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 /// When a node may vote again, or `None` if it may now. A node may vote when it proves
@@ -470,7 +577,7 @@ mod tests {
             assert!(broke(&io(kind), false), "{kind:?} while connecting");
         }
         // The node is down or unreachable: connecting again at once cannot help.
-        for kind in [ConnectionRefused, TimedOut] {
+        for kind in [ConnectionRefused, TimedOut, NotFound, Other] {
             assert!(!broke(&io(kind), false), "{kind:?} while connecting");
         }
         // A reply the server gave is no broken connection.

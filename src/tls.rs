@@ -26,21 +26,26 @@ impl TlsSettings {
     /// A client for `info`: with these certificates when it is a TLS address and any
     /// are set, else as given (system roots for TLS, or the parameters it carries).
     pub(crate) fn client(&self, info: redis::ConnectionInfo) -> RedisResult<redis::Client> {
-        let Self { root_ca, client } = self;
         let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-        if !tls || (root_ca.is_none() && client.is_none()) {
-            return redis::Client::open(info);
+        match self.certificates() {
+            Some(certificates) if tls => redis::Client::build_with_tls(info, certificates),
+            _ => redis::Client::open(info),
         }
-        redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                root_cert: root_ca.clone(),
-            },
-        )
+    }
+
+    /// The certificates to use instead of the system roots, if any are set.
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        let Self { root_ca, client } = self;
+        if root_ca.is_none() && client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: root_ca.clone(),
+        })
     }
 }
 

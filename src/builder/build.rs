@@ -20,6 +20,8 @@ impl RedlockBuilder {
     /// the crate docs' features), and for a node given as a client or connection info
     /// with TLS certificates of its own while `tls_root_ca` or `tls_client_cert` is set:
     /// one set would replace the other.
+    /// With the `cluster` feature, for a cluster node that breaks a rule of
+    /// `cluster_node` (no seeds, a seed with a database, a seed listed again).
     ///
     /// A node list that works but weakens the quorum is logged once, as a `tracing`
     /// warning: 2 nodes or another even count, and one server written two ways
@@ -81,16 +83,11 @@ impl RedlockBuilder {
         }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, spec) in self.nodes.iter().enumerate() {
-            let client = self.client_of(index, spec)?;
-            #[cfg(feature = "tls")]
-            crate::tls::require_crypto_provider(index, &client)?;
-            let node = Node::new(
-                index,
-                client,
-                self.node_timeout,
-                self.connect_timeout,
-                self.restart_quarantine,
-            );
+            let node = match spec {
+                #[cfg(feature = "cluster")]
+                NodeSpec::Cluster(seeds) => self.cluster_of(index, seeds)?,
+                _ => self.server_of(index, spec)?,
+            };
             if let Some(first) = nodes
                 .iter()
                 .position(|n: &Node| n.endpoint == node.endpoint)
@@ -101,6 +98,8 @@ impl RedlockBuilder {
                     node.endpoint
                 )));
             }
+            #[cfg(feature = "cluster")]
+            super::cluster::check_disjoint(&nodes, &node)?;
             nodes.push(node);
         }
         // Once per manager: a mistake in the node list, not in any one lock.
@@ -128,6 +127,20 @@ impl RedlockBuilder {
 }
 
 impl RedlockBuilder {
+    /// The node of server `index`.
+    fn server_of(&self, index: usize, spec: &NodeSpec) -> Result<Node, Error> {
+        let client = self.client_of(index, spec)?;
+        #[cfg(feature = "tls")]
+        crate::tls::require_crypto_provider(index, &client)?;
+        Ok(Node::new(
+            index,
+            client,
+            self.node_timeout,
+            self.connect_timeout,
+            self.restart_quarantine,
+        ))
+    }
+
     #[cfg(not(feature = "tls"))]
     pub(super) fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
         redis::Client::open(info)

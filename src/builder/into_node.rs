@@ -56,6 +56,9 @@ pub enum NodeSpec {
     /// A `(host, port)` or address that did not convert (redis-rs' conversion of these
     /// cannot fail today; kept so that one that does is reported at `build()`).
     Invalid { shown: String, error: String },
+    /// A Redis Cluster's seed URLs: the whole cluster is one vote.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
 }
 
 impl std::fmt::Debug for NodeSpec {
@@ -90,6 +93,11 @@ impl NodeSpec {
             Self::Url(url) => redact_url(url),
             Self::Info { info, .. } => endpoint_of(info),
             Self::Invalid { shown, .. } => shown.clone(),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|s| redact_url(s)).collect();
+                format!("cluster({})", seeds.join(","))
+            }
         }
     }
 }
@@ -225,6 +233,10 @@ impl RedlockBuilder {
             NodeSpec::Invalid { shown, error } => Err(Error::Config(format!(
                 "node {index}: cannot use `{shown}`: {error}"
             ))),
+            #[cfg(feature = "cluster")]
+            NodeSpec::Cluster(_) => Err(Error::Config(format!(
+                "node {index} is a Redis Cluster, not one server"
+            ))),
         }
     }
 
@@ -334,7 +346,9 @@ mod tests {
         let redlock = b.build().unwrap();
         let node = &redlock.inner.nodes[0];
         assert_eq!(&*node.endpoint, "10.0.0.1:6379/4");
-        let settings = node.client().get_connection_info().redis_settings();
+        let settings = node.pubsub_clients()[0]
+            .get_connection_info()
+            .redis_settings();
         assert_eq!(settings.username(), Some("app"));
         assert_eq!(settings.password(), Some("s3cret"));
         assert_eq!(&*redlock.inner.nodes[1].endpoint, "10.0.0.2:6379");

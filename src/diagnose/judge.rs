@@ -38,6 +38,13 @@ pub(super) fn judge(reports: &[NodeReport], node_timeout: Duration, fencing: boo
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for r in reports {
+        if let Some(masters) = r.masters {
+            findings.push(Finding::new(
+                Severity::Warning,
+                Some(r),
+                FindingKind::ClusterVote { masters },
+            ));
+        }
         if !r.reachable || r.run_id.is_none() {
             if let Some(e) = &r.error {
                 let finding = if r.reachable && answered(e) {
@@ -72,7 +79,7 @@ pub(super) fn judge(reports: &[NodeReport], node_timeout: Duration, fencing: boo
         if r.role.as_deref().is_some_and(|role| role != "master") {
             findings.push(Finding::new(Severity::Error, Some(r), FindingKind::Replica));
         }
-        if r.cluster_enabled == Some(true) {
+        if r.cluster_enabled == Some(true) && r.masters.is_none() {
             findings.push(Finding::new(
                 Severity::Warning,
                 Some(r),

@@ -21,6 +21,8 @@ use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::node::{Node, Request};
 use crate::sync::lock;
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod judge;
 pub(crate) mod report;
 
@@ -171,6 +173,10 @@ fn warn_in_background(nodes: &Arc<[Node]>, settings: Settings) {
 /// Asks one node about itself.
 async fn check_node(node: &Node) -> NodeReport {
     let mut report = NodeReport::blank(node.index, Arc::clone(&node.endpoint));
+    #[cfg(feature = "cluster")]
+    if node.is_cluster() {
+        report.masters = Some(0);
+    }
     let start = Instant::now();
     match node.run(Request::Cmd(&redis::cmd("PING"))).await {
         Ok(Value::SimpleString(s)) if s == "PONG" => {}
@@ -190,14 +196,17 @@ async fn check_node(node: &Node) -> NodeReport {
     report.latency = Some(start.elapsed());
     report.reachable = true;
     match node.run(Request::Cmd(&info_cmd())).await {
-        Ok(reply) => match ServerInfo::from_reply(&reply) {
-            Some(info) => report.apply(info),
+        Ok(reply) => match server_info(node, &reply) {
+            Some((info, masters)) => {
+                report.apply(info);
+                report.masters = masters;
+            }
             None => report.error = Some(node.protocol_error(format!("INFO answered {reply:?}"))),
         },
         Err(e) => report.error = Some(e),
     }
     match node.run(Request::Cmd(&appendfsync_cmd())).await {
-        Ok(reply) => match appendfsync(&reply) {
+        Ok(reply) => match fsync_of(node, &reply) {
             Some(fsync) => report.appendfsync = Some(fsync),
             None => {
                 report.config_error =
@@ -208,6 +217,26 @@ async fn check_node(node: &Node) -> NodeReport {
     }
     report
 }
+/// What a node's `INFO` reply says, and for a cluster vote how many masters said it.
+fn server_info(node: &Node, reply: &Value) -> Option<(ServerInfo, Option<usize>)> {
+    #[cfg(feature = "cluster")]
+    if node.is_cluster() {
+        return cluster::merged_info(reply).map(|(info, n)| (info, Some(n)));
+    }
+    let _ = node;
+    ServerInfo::from_reply(reply).map(|info| (info, None))
+}
+
+/// What a node's `CONFIG GET appendfsync` reply says (for a cluster vote, its worst).
+fn fsync_of(node: &Node, reply: &Value) -> Option<String> {
+    #[cfg(feature = "cluster")]
+    if node.is_cluster() {
+        return cluster::merged_appendfsync(reply);
+    }
+    let _ = node;
+    appendfsync(reply)
+}
+
 /// Whether the node refused a command because of its ACL.
 fn is_denied(e: &NodeError) -> bool {
     matches!(e.kind(), NodeErrorKind::Redis(r) if r.code() == Some("NOPERM"))

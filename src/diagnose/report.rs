@@ -56,6 +56,14 @@ pub enum FindingKind {
     Replica,
     /// The node runs in Redis Cluster mode.
     ClusterMode,
+    /// The node is a whole Redis Cluster voting once (feature `cluster`): its masters
+    /// fail over to replicas asynchronously, so a failover can lose a lock it granted.
+    /// A warning, always given for a cluster vote: the risk is the deployment's, not a
+    /// setting's.
+    ClusterVote {
+        /// How many masters answered the check (0 when none did).
+        masters: usize,
+    },
     /// `maxmemory-policy` is not `noeviction`.
     Eviction {
         /// The policy found.
@@ -198,6 +206,16 @@ impl fmt::Display for Finding {
                 "runs in cluster mode; a failover to a replica can lose locks (replication is \
                  asynchronous): use standalone masters, or accept that risk knowingly",
             ),
+            FindingKind::ClusterVote { masters } => write!(
+                f,
+                "is a Redis Cluster ({masters} master(s) answered) counted as one vote; its \
+                 replication is asynchronous, so a failover can promote a replica that never \
+                 got a lock its master granted, and that vote then says yes to a second \
+                 owner, as a replica would: the other votes must hold the quorum alone \
+                 through such a failover, so prefer standalone masters for most votes, and \
+                 see docs/operations.md (\"A Redis Cluster as a vote\") for `min-replicas-to-write` \
+                 and the failover settings"
+            ),
             FindingKind::Eviction { policy } => write!(
                 f,
                 "has maxmemory-policy {policy}; every policy but noeviction can evict lock \
@@ -290,6 +308,10 @@ pub struct NodeReport {
     pub uptime: Option<Duration>,
     /// Whether it runs in cluster mode.
     pub cluster_enabled: Option<bool>,
+    /// For a whole Redis Cluster voting once: how many masters answered `INFO` (the
+    /// other fields then sum them up: the worst setting found on any master). `None`
+    /// for a server.
+    pub masters: Option<usize>,
     /// Why it could not be checked, when it could not.
     pub error: Option<NodeError>,
     /// Why `CONFIG GET appendfsync` failed, when it did.
@@ -325,6 +347,7 @@ impl NodeReport {
             appendfsync: None,
             uptime: None,
             cluster_enabled: None,
+            masters: None,
             error: None,
             config_error: None,
         }

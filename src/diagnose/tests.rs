@@ -18,6 +18,7 @@ fn healthy(index: usize, run_id: &str) -> NodeReport {
         appendfsync: Some("always".into()),
         uptime: Some(Duration::from_secs(60)),
         cluster_enabled: Some(false),
+        masters: None,
         error: None,
         config_error: None,
     }

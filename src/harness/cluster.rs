@@ -130,6 +130,7 @@ impl ClusterBuilder {
             extra_args: self.extra_args,
             ready_timeout: self.ready_timeout,
             tls: self.tls,
+            cluster: false,
         };
         let starts = (0..self.nodes).map(|i| Node::start(i, config.clone()));
         // On an error the `Ok` nodes in the vector are dropped, which stops them.

@@ -17,6 +17,10 @@
 //! | [`Node::flap`]`(d)`       | (heals itself)         | partition, heal after `d`                 |
 //! | [`Node::latency_spike`]`(l, d)` | (ends itself)    | latency `l` for `d`, then as before       |
 //!
+//! A [`RedisCluster`] is another thing: one real Redis Cluster of N masters (its servers
+//! know each other, so no proxies), to stand as a single vote beside standalone nodes
+//! (`RedlockBuilder::cluster_node`, feature `cluster`).
+//!
 //! # Use it in your own tests
 //!
 //! Turn the feature on for tests only, in your `Cargo.toml`:
@@ -105,9 +109,11 @@ pub mod checker;
 mod cluster;
 pub mod history;
 mod proxy;
+mod redis_cluster;
 mod server;
 
 pub use cluster::{Cluster, ClusterBuilder, Node};
+pub use redis_cluster::{RedisCluster, RedisClusterBuilder};
 
 /// How each `redis-server` keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -44,6 +44,9 @@ pub(crate) struct ServerConfig {
     pub(crate) ready_timeout: Duration,
     /// When set, the server also listens for TLS on a port of its own.
     pub(crate) tls: Option<TlsPem>,
+    /// Cluster mode: the server gets a cluster bus port of its own (not `port + 10000`,
+    /// which may be taken, or above 65535 for a high free port).
+    pub(crate) cluster: bool,
 }
 
 /// The PEM files of a TLS server: its certificate chain, its key, and the CA that client
@@ -69,6 +72,7 @@ pub(crate) struct Server {
     index: usize,
     port: u16,
     tls_port: Option<u16>,
+    bus_port: Option<u16>,
     config: ServerConfig,
     // `None` once killed. A std mutex: never held across an `.await`.
     child: Mutex<Option<Child>>,
@@ -108,12 +112,23 @@ impl Server {
                 Some(_) => Some(free_port()?),
                 None => None,
             };
-            match launch(&config, dir.path(), port, tls_port).await? {
+            let bus_port = if config.cluster {
+                Some(free_port()?)
+            } else {
+                None
+            };
+            let ports = Ports {
+                port,
+                tls_port,
+                bus_port,
+            };
+            match launch(&config, dir.path(), ports).await? {
                 Launch::Ready(child) => {
                     return Ok(Self {
                         index,
                         port,
                         tls_port,
+                        bus_port,
                         config,
                         child: Mutex::new(Some(child)),
                         paused: AtomicBool::new(false),
@@ -133,6 +148,10 @@ impl Server {
 
     pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+
+    pub(crate) fn bus_port(&self) -> Option<u16> {
+        self.bus_port
     }
 
     pub(crate) fn tls_port(&self) -> Option<u16> {
@@ -193,7 +212,12 @@ impl Server {
                 // foreign process grabbed the port; give it a moment to go away.
                 tokio::time::sleep(RESTART_BACKOFF).await;
             }
-            match launch(&self.config, self.dir.path(), self.port, self.tls_port).await? {
+            let ports = Ports {
+                port: self.port,
+                tls_port: self.tls_port,
+                bus_port: self.bus_port,
+            };
+            match launch(&self.config, self.dir.path(), ports).await? {
                 Launch::Ready(child) => {
                     *lock(&self.child) = Some(child);
                     return Ok(());
@@ -297,7 +321,20 @@ fn free_port() -> Result<u16, HarnessError> {
         .map_err(|e| HarnessError::io("could not find a free loopback port", e))
 }
 
-fn args(config: &ServerConfig, dir: &Path, port: u16, tls_port: Option<u16>) -> Vec<OsString> {
+/// The ports one server listens on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    port: u16,
+    tls_port: Option<u16>,
+    bus_port: Option<u16>,
+}
+
+fn args(config: &ServerConfig, dir: &Path, ports: Ports) -> Vec<OsString> {
+    let Ports {
+        port,
+        tls_port,
+        bus_port,
+    } = ports;
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     for s in [
@@ -335,6 +372,20 @@ fn args(config: &ServerConfig, dir: &Path, port: u16, tls_port: Option<u16>) -> 
         a.push("--tls-auth-clients".into());
         a.push("optional".into());
     }
+    if let Some(bus_port) = bus_port {
+        // The cluster's own state file, in the server's dir (relative: the server
+        // changes to `--dir` before it reads it).
+        for s in [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ] {
+            a.push(s.into());
+        }
+        a.push("--cluster-port".into());
+        a.push(bus_port.to_string().into());
+    }
     a.push("--dir".into());
     a.push(dir.into());
     a.push("--logfile".into());
@@ -344,12 +395,8 @@ fn args(config: &ServerConfig, dir: &Path, port: u16, tls_port: Option<u16>) -> 
 }
 
 /// Spawns one server on `port` and waits until it answers, or reports that the port was taken.
-async fn launch(
-    config: &ServerConfig,
-    dir: &Path,
-    port: u16,
-    tls_port: Option<u16>,
-) -> Result<Launch, HarnessError> {
+async fn launch(config: &ServerConfig, dir: &Path, ports: Ports) -> Result<Launch, HarnessError> {
+    let port = ports.port;
     // Truncated per attempt, so "Address already in use" from an earlier attempt is not
     // mistaken for this one's failure. Server output before the log file opens goes to stdio.log.
     File::create(dir.join("redis.log"))
@@ -360,7 +407,7 @@ async fn launch(
         .try_clone()
         .map_err(|e| HarnessError::io("could not open stdio.log", e))?;
     let mut child = Command::new(&config.binary)
-        .args(args(config, dir, port, tls_port))
+        .args(args(config, dir, ports))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(stdio)
@@ -527,8 +574,14 @@ mod tests {
             extra_args: vec!["--maxmemory".into(), "1mb".into()],
             ready_timeout: Duration::from_secs(1),
             tls: None,
+            cluster: false,
         };
-        let a = args(&config, Path::new("/d"), 7000, None);
+        let ports = Ports {
+            port: 7000,
+            tls_port: None,
+            bus_port: None,
+        };
+        let a = args(&config, Path::new("/d"), ports);
         let a: Vec<_> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         let joined = a.join(" ");
         assert!(joined.contains("--port 7000 --bind 127.0.0.1 --save  --daemonize no"));
@@ -548,9 +601,15 @@ mod tests {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(10),
             tls: None,
+            cluster: false,
         };
         let dir = TempDir::new().unwrap();
-        let launched = launch(&config, dir.path(), port, None).await.unwrap();
+        let ports = Ports {
+            port,
+            tls_port: None,
+            bus_port: None,
+        };
+        let launched = launch(&config, dir.path(), ports).await.unwrap();
         assert!(matches!(launched, Launch::PortInUse(ref t) if t.contains("in use")));
     }
 }

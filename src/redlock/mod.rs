@@ -317,6 +317,11 @@ impl Redlock {
                 )));
             }
         }
+        #[cfg(feature = "cluster")]
+        if resources.len() > 1 && self.inner.nodes.iter().any(crate::node::Node::is_cluster) {
+            let keys = resources.iter().map(|r| (*r, self.key_of(r)));
+            crate::cluster::one_slot(keys)?;
+        }
         let ttl = want.ttl;
         let ttl_ms =
             quorum::ttl_ms(ttl).map_err(|why| Error::Config(format!("ttl {ttl:?}: {why}")))?;

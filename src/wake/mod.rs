@@ -303,10 +303,21 @@ async fn subscribe(state: Weak<State>, nodes: Arc<[Node]>, i: usize) {
         return;
     };
     let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-        let pubsub = nodes[i].client().get_async_pubsub().await?;
-        let (mut sink, stream) = pubsub.split();
-        sink.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>((sink, stream))
+        // The first client that connects: one, except for a cluster vote's seeds.
+        let mut last = None;
+        for client in nodes[i].pubsub_clients() {
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => {
+                    let (mut sink, stream) = pubsub.split();
+                    sink.subscribe(channel).await?;
+                    return Ok((sink, stream));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from(std::io::Error::other("no address to subscribe at"))
+        }))
     })
     .await;
     // The manager went away meanwhile: dropping the connection here is all there is to do.
@@ -327,7 +338,15 @@ async fn subscribe(state: Weak<State>, nodes: Arc<[Node]>, i: usize) {
                     let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) else {
                         continue;
                     };
-                    let waiting = lock(&registry).get(key).map(|e| Arc::clone(&e.notify));
+                    // A cluster vote publishes its own form of the key (`{key}`); a key
+                    // with a tag of its own may be either form, so both are looked up.
+                    let waiting = {
+                        let registry = lock(&registry);
+                        registry
+                            .get(nodes[i].lock_key_of(key))
+                            .or_else(|| registry.get(key))
+                            .map(|e| Arc::clone(&e.notify))
+                    };
                     match waiting {
                         Some(notify) => notify.notify_one(),
                         // Nobody here waits for it (a cancelled waiter's queue entry

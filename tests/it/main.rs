@@ -4,6 +4,8 @@
 #![cfg(unix)]
 
 mod belief;
+#[cfg(feature = "cluster")]
+mod cluster_vote;
 mod core;
 mod explore;
 mod fencing;

@@ -1,0 +1,308 @@
+//! The keys of a cluster vote: every key a request names is moved into its resource's
+//! hash slot, so that each script's keys, and every key kept beside a lock key, live on
+//! one master.
+//!
+//! The requests themselves are built once, with the standalone keys (the resource name,
+//! and `<key>:waiters`, `<key><fence suffix>`, `<key>:readers`, `<key>:writer`,
+//! `<key>:permit:<i>` beside it), and a cluster vote rewrites the keys of its copy when
+//! it sends it. A standalone node sends them as built: its keys, and so its interop with
+//! other Redlock clients, do not change, and its hot path pays nothing.
+//!
+//! The rewrite is exact because no resource name may end with one of those suffixes
+//! (`Redlock::check_request` refuses it, and the builder refuses a fence suffix that ends
+//! like another): stripping the suffixes from any key a request names gives back its
+//! lock key, the *base*, with nothing left to guess. The base `K` is stored as
+//! [`tagged`]`(K)`: `{K}`, unless `K` already has a non-empty hash tag (then `K` itself,
+//! so that an application can put several resources in one slot by giving them one tag),
+//! and every auxiliary key is `tagged(K)` followed by its suffix, so it hashes to the same
+//! slot: the hash tag lies wholly inside `tagged(K)`.
+
+use std::borrow::Cow;
+
+use redis::cluster_routing::Slot;
+use redis::{Arg, Cmd};
+
+use crate::kind::{PERMIT_INFIX, READERS_SUFFIX, WRITER_SUFFIX};
+use crate::wake::QUEUE_SUFFIX;
+
+/// What a base that starts with `}` is put behind: `{K}` would have an empty hash tag
+/// there (`{}`), which Redis ignores, hashing each whole key to a slot of its own. The
+/// tag `=` is fixed, so all such resources share a slot; none is common enough to matter.
+const CLOSE_BRACE_PREFIX: &str = "{=}";
+
+/// The hash tag of `key` as Redis Cluster reads it: the text between the first `{` and
+/// the first `}` after it, if both are there (it may be empty: Redis then hashes the
+/// whole key).
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let rest = &key[open + 1..];
+    let close = rest.find('}')?;
+    Some(&rest[..close])
+}
+
+fn has_tag(key: &str) -> bool {
+    hash_tag(key).is_some_and(|tag| !tag.is_empty())
+}
+
+/// The key a cluster vote stores the lock key `base` under: `base` itself if it has a
+/// non-empty hash tag, else `{base}` (or `{=}base` for a base that starts with `}`).
+///
+/// Idempotent: `tagged(tagged(k)) == tagged(k)`, so a key that is already a cluster
+/// vote's (a released key that came back in a wake-up) maps to itself.
+pub(crate) fn tagged(base: &str) -> Cow<'_, str> {
+    if has_tag(base) {
+        Cow::Borrowed(base)
+    } else if base.starts_with('}') {
+        Cow::Owned(format!("{CLOSE_BRACE_PREFIX}{base}"))
+    } else {
+        Cow::Owned(format!("{{{base}}}"))
+    }
+}
+
+/// The lock key whose [`tagged`] form is `stored`: the inverse, for the released keys a
+/// cluster vote publishes to waiters. A key with a tag of its own comes back as given,
+/// except `{k}`, which may also be `k` tagged: callers look both up.
+pub(crate) fn untagged(stored: &str) -> &str {
+    if let Some(rest) = stored.strip_prefix(CLOSE_BRACE_PREFIX) {
+        if rest.starts_with('}') && !has_tag(rest) {
+            return rest;
+        }
+    }
+    if let Some(inner) = stored.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        if !inner.is_empty() && !inner.starts_with('}') && !has_tag(inner) {
+            return inner;
+        }
+    }
+    stored
+}
+
+/// The slot a cluster vote keeps `key` (a lock key) in.
+pub(crate) fn slot_of(key: &str) -> Slot {
+    Slot::for_key(tagged(key).as_bytes())
+}
+
+/// How a cluster vote rewrites the keys of the requests it sends: the suffixes to strip.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyMap {
+    fence_suffix: Box<str>,
+}
+
+impl KeyMap {
+    pub(crate) fn new(fence_suffix: &str) -> Self {
+        Self {
+            fence_suffix: fence_suffix.into(),
+        }
+    }
+
+    /// `key` without the suffix it ends with, if it ends with one and something is left.
+    fn strip_one<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let plain = [
+            QUEUE_SUFFIX,
+            &self.fence_suffix,
+            READERS_SUFFIX,
+            WRITER_SUFFIX,
+        ];
+        let base = plain
+            .iter()
+            .find_map(|s| key.strip_suffix(*s))
+            .or_else(|| {
+                let digits = key.trim_end_matches(|c: char| c.is_ascii_digit());
+                (digits.len() < key.len())
+                    .then(|| digits.strip_suffix(PERMIT_INFIX))
+                    .flatten()
+            })?;
+        (!base.is_empty()).then_some(base)
+    }
+
+    /// The lock key `key` was built from: `key` without every suffix this crate adds.
+    pub(crate) fn base<'k>(&self, key: &'k str) -> &'k str {
+        let mut base = key;
+        while let Some(shorter) = self.strip_one(base) {
+            base = shorter;
+        }
+        base
+    }
+
+    /// Where a cluster vote keeps `key`: its base [`tagged`], then its suffixes.
+    pub(crate) fn map_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        let base = self.base(key);
+        match tagged(base) {
+            Cow::Borrowed(_) => Cow::Borrowed(key),
+            Cow::Owned(mut t) => {
+                t.push_str(&key[base.len()..]);
+                Cow::Owned(t)
+            }
+        }
+    }
+
+    /// `cmd` with the keys it names moved to their cluster slots. Knows the commands
+    /// this crate sends with keys: `EVALSHA`/`EVAL` (the `numkeys` after the script), and
+    /// `SET` and `ZREM` (the first argument). Every other command names no key.
+    pub(crate) fn map_cmd(&self, cmd: &Cmd) -> Cmd {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .filter_map(|a| match a {
+                Arg::Simple(bytes) => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        let name = args.first().copied().unwrap_or_default();
+        let keys = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+            let n = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            3..3 + n
+        } else if name.eq_ignore_ascii_case(b"SET") || name.eq_ignore_ascii_case(b"ZREM") {
+            1..2
+        } else {
+            0..0
+        };
+        let mut out = redis::cmd(&String::from_utf8_lossy(name));
+        for (i, arg) in args.iter().enumerate().skip(1) {
+            match std::str::from_utf8(arg) {
+                Ok(key) if keys.contains(&i) => out.arg(&*self.map_key(key)),
+                _ => out.arg(*arg),
+            };
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> KeyMap {
+        KeyMap::new(":fence")
+    }
+
+    #[test]
+    fn hash_tags_as_redis_reads_them() {
+        assert_eq!(hash_tag("user:{42}:cart"), Some("42"));
+        assert_eq!(hash_tag("{}x"), Some(""));
+        assert_eq!(hash_tag("a{b"), None);
+        assert_eq!(hash_tag("a}b{c}"), Some("c"));
+        assert_eq!(hash_tag("{a{b}c}"), Some("a{b"));
+        assert_eq!(hash_tag("plain"), None);
+    }
+
+    #[test]
+    fn a_base_without_a_tag_is_wrapped_and_one_with_a_tag_is_kept() {
+        assert_eq!(tagged("payment:42"), "{payment:42}");
+        assert_eq!(tagged("acct:{7}:1"), "acct:{7}:1");
+        // An empty tag is no tag: Redis would hash the whole key.
+        assert_eq!(tagged("x{}y"), "{x{}y}");
+        assert_eq!(tagged("{}"), "{{}}");
+        // `{}abc}` would have an empty tag again: such a base goes behind a fixed tag.
+        assert_eq!(tagged("}abc"), "{=}}abc");
+        assert_eq!(tagged("кошка:🔒"), "{кошка:🔒}");
+        for k in [
+            "payment:42",
+            "acct:{7}:1",
+            "x{}y",
+            "}abc",
+            "a}b",
+            "кошка:🔒",
+            "{",
+        ] {
+            let t = tagged(k);
+            assert!(has_tag(&t), "{k} -> {t} has no tag");
+            assert_eq!(tagged(&t), t, "not idempotent for {k}");
+        }
+    }
+
+    #[test]
+    fn untagged_inverts_tagged() {
+        for k in [
+            "payment:42",
+            "x{}y",
+            "}abc",
+            "}",
+            "a}b",
+            "кошка:🔒",
+            "{",
+            "a{",
+        ] {
+            assert_eq!(untagged(&tagged(k)), k, "{k}");
+        }
+        // A key with a tag of its own is its own stored key and comes back as given,
+        // except `{k}` itself, which is also `k` tagged: the wake-up looks up both.
+        assert_eq!(untagged("acct:{7}:1"), "acct:{7}:1");
+        assert_eq!(untagged("{7}"), "7");
+    }
+
+    #[test]
+    fn every_auxiliary_key_lands_in_its_lock_keys_slot() {
+        let m = map();
+        for base in ["doc", "acct:{7}:1", "x{}y", "}abc", "кошка", "a}b"] {
+            let slot = Slot::for_key(m.map_key(base).as_bytes());
+            assert_eq!(slot, slot_of(base), "{base}");
+            for suffix in [
+                ":waiters",
+                ":fence",
+                ":readers",
+                ":writer",
+                ":permit:0",
+                ":permit:12",
+            ] {
+                let key = format!("{base}{suffix}");
+                let mapped = m.map_key(&key);
+                assert_eq!(m.base(&key), base, "{key}");
+                assert!(mapped.ends_with(suffix), "{mapped}");
+                assert_eq!(Slot::for_key(mapped.as_bytes()), slot, "{key} -> {mapped}");
+            }
+        }
+        assert_eq!(m.map_key("doc:readers"), "{doc}:readers");
+        assert_eq!(m.map_key("gpu:permit:3"), "{gpu}:permit:3");
+        assert_eq!(m.map_key("acct:{7}:1:fence"), "acct:{7}:1:fence");
+        // A suffix alone is no base.
+        assert_eq!(m.base(":fence"), ":fence");
+        // Mapping a mapped key changes nothing.
+        assert_eq!(m.map_key("{doc}:waiters"), "{doc}:waiters");
+    }
+
+    #[test]
+    fn a_custom_fence_suffix_is_stripped() {
+        let m = KeyMap::new(".token");
+        assert_eq!(m.map_key("job.token"), "{job}.token");
+        assert_eq!(m.map_key("job:fence"), "{job:fence}");
+    }
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .filter_map(|a| match a {
+                Arg::Simple(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_get_their_keys_mapped_and_nothing_else() {
+        let m = map();
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("abc")
+            .arg(2)
+            .arg("doc")
+            .arg("doc:fence")
+            .arg("doc")
+            .arg(5);
+        assert_eq!(
+            args(&m.map_cmd(&eval)),
+            ["EVALSHA", "abc", "2", "{doc}", "{doc}:fence", "doc", "5"]
+        );
+        let mut set = redis::cmd("SET");
+        set.arg("doc").arg("v").arg("NX").arg("PX").arg(100);
+        assert_eq!(
+            args(&m.map_cmd(&set)),
+            ["SET", "{doc}", "v", "NX", "PX", "100"]
+        );
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg("doc:waiters").arg("doc");
+        assert_eq!(args(&m.map_cmd(&zrem)), ["ZREM", "{doc}:waiters", "doc"]);
+        let info = redis::cmd("INFO");
+        assert_eq!(args(&m.map_cmd(&info)), ["INFO"]);
+    }
+}
