@@ -1,5 +1,6 @@
 //! Runs a [`Schedule`] against a cluster: client tasks doing the drawn operations, the
-//! drawn faults, the sampler, and after each episode the ghost check.
+//! drawn faults, the sampler, one or two client processes per episode (`procs.rs`), and
+//! after each episode the ghost check.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Client, Holding, TAIL_RELEASED};
 use super::direct::Direct;
 use super::oracle::{HoldBar, Kind, Oracle, Violation};
+use super::procs;
 use super::schedule::{
     ms, Episode, FaultKind, How, MgrSpec, Op, Schedule, Step, EPISODE, RESOURCES,
 };
@@ -40,7 +42,12 @@ pub struct FaultBar {
 
 /// What a run did and found.
 pub struct Outcome {
+    /// In-process and client processes' together.
     pub acquisitions: u64,
+    /// Of the acquisitions, those of client processes.
+    pub proc_acquisitions: u64,
+    /// The client processes, one line each, for the script.
+    pub procs: Vec<String>,
     pub faults: u64,
     pub violations: Vec<Violation>,
     /// Per violation, the episode it was found in.
@@ -183,8 +190,33 @@ async fn run_fault(
     }
 }
 
-/// Runs `sched` on `cluster` (which must be healthy and empty).
+/// Runs `sched` on `cluster` (which must be healthy and empty), with client processes
+/// drawn from its seed beside the in-process clients.
 pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
+    let plan = procs::plan(sched.seed, sched.workload, sched.episodes.len());
+    run_with(cluster, sched, plan).await
+}
+
+/// Runs `sched` with its in-process clients only (for the shrinker).
+pub async fn run_in_process(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
+    run_with(cluster, sched, Vec::new()).await
+}
+
+/// Keeps of `found` what is still there [`GHOST_RECHECK`] later: a straggler delayed by a
+/// loaded machine is gone by then, a ghost lives on until its ttl.
+async fn recheck(
+    direct: &mut [Direct],
+    mut found: Vec<((usize, String, String), String)>,
+) -> Vec<((usize, String, String), String)> {
+    if !found.is_empty() {
+        tokio::time::sleep(GHOST_RECHECK).await;
+        let again = snapshot(direct).await;
+        found.retain(|(entry, _)| again.contains(entry));
+    }
+    found
+}
+
+async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::Spec>>) -> Outcome {
     let run_id = RUN.fetch_add(1, Ordering::Relaxed);
     super::panics::install_panic_hook();
     super::panics::take_panics();
@@ -194,6 +226,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         .iter()
         .flat_map(|m| m.iter())
         .map(|s| ms(s.node_timeout_ms))
+        .chain(plan.iter().flatten().map(|p| ms(p.node_timeout_ms)))
         .max()
         .unwrap_or_default();
     let oracle = Oracle::new(cluster.len(), max_nt + MAX_PROXY_HOLD + GHOST_SLACK);
@@ -213,6 +246,8 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     let mut faults = 0;
     let mut violation_episodes = Vec::new();
     let mut ops: Vec<u64> = vec![0; sched.managers.len()];
+    let (mut proc_histories, mut proc_reported, mut proc_lines) = (Vec::new(), 0, Vec::new());
+    let quorum = cluster.len() / 2 + 1;
     for (e, episode) in sched.episodes.iter().enumerate() {
         let prefix = format!("x{run_id}e{e}");
         let make = |c: usize, op: u64, holding: Option<Holding>, tail: bool| Client {
@@ -229,6 +264,9 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
             tail,
         };
         let before = oracle.violations().len();
+        let specs = plan.get(e).map_or(&[][..], Vec::as_slice);
+        proc_lines.extend(specs.iter().map(|p| format!("episode {e}: {p}")));
+        let running = procs::start(specs, &urls, &procs::resources(&prefix, sched.workload)).await;
         let (holdings, bars) = run_episode(&cluster, episode, &make, &mut ops, &oracle).await;
         faults += episode.faults.len() as u64;
         fault_bars.extend(bars);
@@ -237,8 +275,25 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
             eprintln!("explore: clearing faults failed: {e}");
         }
         let _ = cluster.wait_healthy(Duration::from_secs(10)).await;
+        // The processes stop now, fault-free, and release what they hold.
+        let at_heal = match running.is_empty() {
+            true => None,
+            false => Some(snapshot(&mut direct).await),
+        };
+        let stopped = running.stop().await;
+        for (kind, what) in stopped.problems {
+            oracle.flag(kind, None, what);
+        }
+        proc_reported += stopped.reported;
+        proc_histories.extend(stopped.histories);
         tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
         let before_tail = snapshot(&mut direct).await;
+        if let Some(at_heal) = at_heal {
+            let found = procs::ghosts(&at_heal, &before_tail, quorum);
+            for (_, what) in recheck(&mut direct, found).await {
+                oracle.flag(Kind::Ghost, None, what);
+            }
+        }
         // The tail: everyone releases, then takes and releases a contended lock twice.
         let mut tail = JoinSet::new();
         for (c, holding) in holdings.into_iter().enumerate() {
@@ -289,15 +344,8 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         }
         tokio::time::sleep(max_nt + GHOST_SLACK).await;
         let after = snapshot(&mut direct).await;
-        let mut found = ghosts(&oracle, &before_tail, &after, &prefix);
-        if !found.is_empty() {
-            // Only what is still there a moment later: a straggler delayed by a loaded
-            // machine is gone by then, a ghost lives on until its ttl.
-            tokio::time::sleep(GHOST_RECHECK).await;
-            let again = snapshot(&mut direct).await;
-            found.retain(|(entry, _)| again.contains(entry));
-        }
-        for (_, what) in found {
+        let found = ghosts(&oracle, &before_tail, &after, &prefix);
+        for (_, what) in recheck(&mut direct, found).await {
             oracle.flag(Kind::Ghost, None, what);
         }
         for d in direct.iter_mut() {
@@ -310,8 +358,17 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     }
     stop.cancel();
     let _ = sampler.await;
-    let history = rec.history();
+    let history = History::merge(std::iter::once(rec.history()).chain(proc_histories));
+    let proc_acquisitions = procs::acquisitions(&history);
+    // What the processes said they acquired is what the merged history holds.
+    assert!(
+        proc_acquisitions >= proc_reported,
+        "the merged history has {proc_acquisitions} acquisitions of client processes, they reported {proc_reported}"
+    );
     let before = oracle.violations().len();
+    for v in checker::claims(&procs::claims_input(&history)) {
+        oracle.flag(Kind::Claim, None, v.what);
+    }
     for v in checker::fencing(&history) {
         oracle.flag(Kind::Fencing, None, v.what);
     }
@@ -323,12 +380,16 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         last,
         oracle.violations().len() - before,
     ));
+    let mut bars = oracle.bars();
+    bars.extend(procs::bars(&history));
     Outcome {
-        acquisitions: acquisitions.load(Ordering::Relaxed),
+        acquisitions: acquisitions.load(Ordering::Relaxed) + proc_acquisitions,
+        proc_acquisitions,
+        procs: proc_lines,
         faults,
         violations: oracle.violations(),
         violation_episodes,
-        bars: oracle.bars(),
+        bars,
         fault_bars,
         history,
         start_ns,

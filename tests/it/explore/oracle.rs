@@ -50,6 +50,8 @@ pub enum Kind {
     Ghost,
     /// Fencing tokens out of order.
     Fencing,
+    /// C1 over the history, client processes included: two claims of one resource overlap.
+    Claim,
 }
 
 impl fmt::Display for Kind {
@@ -63,6 +65,7 @@ impl fmt::Display for Kind {
             Self::Panic => "panic",
             Self::Ghost => "ghost",
             Self::Fencing => "fencing",
+            Self::Claim => "claim",
         })
     }
 }
