@@ -18,7 +18,8 @@
 //! 100 ms to `--ttl-ms`, a hold of 1 ms to `--hold-ms` with sometimes an `extend` (30 % to
 //! 200 % of what is left) in it, and a release. It prints `ready` once its manager is
 //! built. On SIGTERM, or after `--max-ms`, it finishes the call under way (each is bounded
-//! by the manager's settings), cuts a hold short, releases what it holds, writes its whole
+//! by the manager's settings), cuts a hold short, releases what it holds, gives the
+//! library's background clean-up twice the node timeout to finish, writes its whole
 //! history and prints `done <acquisitions> <failed releases>`.
 //!
 //! ```text
@@ -259,5 +260,9 @@ async fn run_loop(args: &Args, redlock: &Redlock, rec: &Recorder, rounds: u64) {
             break;
         }
     }
+    // A failed attempt's undo and requests to slow nodes finish in the background, on
+    // this runtime: exiting at once would cut them short and leave keys until their ttl.
+    // Each is bounded by the node timeout (a request, then its undo), plus scheduling.
+    tokio::time::sleep(args.node_timeout * 2 + Duration::from_millis(50)).await;
     say(&format!("done {acquisitions} {release_errors}"));
 }

@@ -275,21 +275,26 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
             eprintln!("explore: clearing faults failed: {e}");
         }
         let _ = cluster.wait_healthy(Duration::from_secs(10)).await;
-        // The processes stop now, fault-free, and release what they hold.
-        let at_heal = match running.is_empty() {
+        tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
+        // Whatever was sent under the faults has landed: the processes stop now, and
+        // release what they hold, fault-free.
+        let at_stop = match running.is_empty() {
             true => None,
             false => Some(snapshot(&mut direct).await),
         };
+        let proc_nt = specs.iter().map(|p| ms(p.node_timeout_ms)).max();
         let stopped = running.stop().await;
         for (kind, what) in stopped.problems {
             oracle.flag(kind, None, what);
         }
         proc_reported += stopped.reported;
         proc_histories.extend(stopped.histories);
-        tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
+        if let Some(nt) = proc_nt {
+            tokio::time::sleep(nt + GHOST_SLACK).await;
+        }
         let before_tail = snapshot(&mut direct).await;
-        if let Some(at_heal) = at_heal {
-            let found = procs::ghosts(&at_heal, &before_tail, quorum);
+        if let Some(at_stop) = at_stop {
+            let found = procs::ghosts(&at_stop, &before_tail, quorum);
             for (_, what) in recheck(&mut direct, found).await {
                 oracle.flag(Kind::Ghost, None, what);
             }

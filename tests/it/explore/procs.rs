@@ -297,17 +297,18 @@ fn is_process_value(value: &str) -> bool {
     value.starts_with(LABEL)
 }
 
-/// The ghost rule of the processes: they were stopped after the heal and released what
-/// they held, so after node timeout + slack no key of theirs may be left, except what
-/// failed attempts during the faults left on a minority of the nodes (those live until
-/// their ttl). `at_heal` is every node's keys just before the stop, `now` after it.
+/// The ghost rule of the processes: they were stopped after the heal (once whatever was
+/// sent under the faults had landed) and released what they held, so after node timeout
+/// + slack no key of theirs may be left, except what failed attempts during the faults
+/// left on a minority of the nodes (those live until their ttl). `at_stop` is every
+/// node's keys just before the stop, `now` after it.
 pub fn ghosts(
-    at_heal: &BTreeSet<(usize, String, String)>,
+    at_stop: &BTreeSet<(usize, String, String)>,
     now: &BTreeSet<(usize, String, String)>,
     quorum: usize,
 ) -> Vec<((usize, String, String), String)> {
     let mut copies: HashMap<(&str, &str), usize> = HashMap::new();
-    for (_, key, value) in at_heal {
+    for (_, key, value) in at_stop {
         *copies.entry((key.as_str(), value.as_str())).or_default() += 1;
     }
     let mut found = Vec::new();
@@ -318,10 +319,10 @@ pub fn ghosts(
         let n = copies.get(&(key.as_str(), value.as_str())).copied();
         let what = match n {
             Some(n) if n >= quorum => format!(
-                "node {node} still holds `{key}` = {value}, on {n} nodes when the faults healed (a process's lock), after the process released it and node timeout + slack"
+                "node {node} still holds `{key}` = {value}, on {n} nodes when its process was stopped (its lock), after the process released it and node timeout + slack"
             ),
             None => format!(
-                "node {node} holds `{key}` = {value}, made by a process after the faults healed, after the process stopped and node timeout + slack"
+                "node {node} holds `{key}` = {value}, made by a process after the faults healed and their requests landed, after the process stopped and node timeout + slack"
             ),
             Some(_) => continue,
         };
@@ -482,7 +483,7 @@ mod tests {
         let entry = |n: usize, k: &str, v: &str| (n, k.to_owned(), v.to_owned());
         let held = "explore-p1001:aa";
         let failed = "explore-p1001:bb";
-        let at_heal = BTreeSet::from([
+        let at_stop = BTreeSet::from([
             entry(0, "k", held),
             entry(1, "k", held),
             entry(2, "k", held),
@@ -496,7 +497,7 @@ mod tests {
             entry(0, "k2", "explore-p1002:cc"),
             entry(0, "k:fence", "explore-p1002:dd"),
         ]);
-        let found: Vec<_> = ghosts(&at_heal, &now, 3)
+        let found: Vec<_> = ghosts(&at_stop, &now, 3)
             .into_iter()
             .map(|(e, _)| e)
             .collect();
