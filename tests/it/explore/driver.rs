@@ -78,7 +78,7 @@ fn build(urls: &[String], s: &MgrSpec) -> Option<Redlock> {
 }
 
 /// Every key on every node, with its value (strings) or its type.
-async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
+pub async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
     let mut out = BTreeSet::new();
     for (i, d) in conns.iter_mut().enumerate() {
         let Some(mut con) = d.connection().await else {

@@ -507,3 +507,92 @@ mod tests {
         );
     }
 }
+
+/// A real client process on a real cluster, as the driver runs one.
+#[cfg(test)]
+mod live {
+    use std::time::Duration;
+
+    use tokio_redlock::harness::checker::claims;
+    use tokio_redlock::harness::history::{now_ns, EventKind, Recorder};
+
+    use super::super::direct::Direct;
+    use super::super::driver::snapshot;
+    use super::*;
+
+    /// Its acquisitions reach the merged history and C1's input, each is released, it
+    /// leaves no key behind, and an in-process claim made up to overlap its holds is
+    /// caught by C1 once per hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_history_reaches_c1_and_leaves_no_key() {
+        let cluster = crate::support::cluster(3).await;
+        let spec = Spec {
+            client: FIRST_ID,
+            seed: 1,
+            fencing: true,
+            node_timeout_ms: 100,
+            retry_count: 2,
+            retry_delay_ms: 10,
+            think_ms: 2,
+            hold_ms: 20,
+            ttl_ms: 2_000,
+        };
+        // The made-up claim: client 1 holds `pr0` for the next 10 s.
+        let here = Recorder::new();
+        here.record(1, 1, "pr0", EventKind::Start);
+        let valid_until_ns = now_ns() + 10_000_000_000;
+        let token = None;
+        here.record(
+            1,
+            1,
+            "pr0",
+            EventKind::Acquired {
+                valid_until_ns,
+                token,
+            },
+        );
+        let running = start(&[spec], &cluster.urls(), &["pr0".to_owned()]).await;
+        // Let it do some rounds; it runs until stopped.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut direct: Vec<Direct> = cluster.direct_urls().into_iter().map(Direct::new).collect();
+        let at_stop = snapshot(&mut direct).await;
+        let stopped = running.stop().await;
+        assert!(stopped.problems.is_empty(), "{:?}", stopped.problems);
+        assert!(
+            stopped.reported > 0,
+            "the process acquired nothing in 500 ms"
+        );
+        let process = History::merge(stopped.histories);
+        let merged = History::merge([here.history(), process.clone()]);
+        assert_eq!(acquisitions(&merged), stopped.reported);
+        let released = process
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Released));
+        assert_eq!(
+            released.count() as u64,
+            stopped.reported,
+            "every hold released"
+        );
+        assert!(
+            claims(&claims_input(&process)).is_empty(),
+            "the process alone is clean"
+        );
+        let input = claims_input(&merged);
+        let process_claims = input.events.iter().filter(|e| e.client >= FIRST_ID);
+        assert_eq!(process_claims.count() as u64, 2 * stopped.reported);
+        let v = claims(&input);
+        assert_eq!(v.len() as u64, stopped.reported, "{v:?}");
+        assert!(v
+            .iter()
+            .all(|v| v.what.contains(&format!("client {FIRST_ID} "))));
+        // Nothing of it is left once its node timeout + slack has passed.
+        tokio::time::sleep(Duration::from_millis(100 + 200)).await;
+        let now = snapshot(&mut direct).await;
+        assert!(ghosts(&at_stop, &now, 2).is_empty(), "{now:?}");
+        assert!(
+            now.iter().all(|(_, k, _)| k.ends_with(":fence")),
+            "only the fencing counter stays: {now:?}"
+        );
+    }
+}
