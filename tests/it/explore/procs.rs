@@ -298,10 +298,10 @@ fn is_process_value(value: &str) -> bool {
 }
 
 /// The ghost rule of the processes: they were stopped after the heal (once whatever was
-/// sent under the faults had landed) and released what they held, so after node timeout
-/// + slack no key of theirs may be left, except what failed attempts during the faults
-/// left on a minority of the nodes (those live until their ttl). `at_stop` is every
-/// node's keys just before the stop, `now` after it.
+/// sent under the faults had landed) and released what they held, so after their node
+/// timeout plus slack no key of theirs may be left, except what failed attempts during
+/// the faults left on a minority of the nodes (those live until their ttl). `at_stop` is
+/// every node's keys just before the stop, `now` after it.
 pub fn ghosts(
     at_stop: &BTreeSet<(usize, String, String)>,
     now: &BTreeSet<(usize, String, String)>,
