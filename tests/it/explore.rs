@@ -7,6 +7,7 @@
 //! - `REDLOCK_EXPLORE_SECS=n`: random seeds for `n` seconds per workload.
 //! - `REDLOCK_EXPLORE_SEED=s`, `REDLOCK_EXPLORE_WORKLOAD=api|crash`: replay one run.
 //! - `REDLOCK_EXPLORE_SHRINK_SECS=n`: time for shrinking a failure (default 50 s in all).
+//! - `REDLOCK_EXPLORE_PROCS=0`: no client processes (one or two per episode otherwise).
 //! - `REDLOCK_EXPLORE_STRICT=0`: report violations without failing the test (it fails
 //!   on any violation otherwise).
 

@@ -25,7 +25,7 @@ use super::schedule::{
 /// A client still busy this long after its episode's end is reported stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Extra wait after the longest node timeout before the ghost check (the "+ slack").
-const GHOST_SLACK: Duration = Duration::from_millis(200);
+pub const GHOST_SLACK: Duration = Duration::from_millis(200);
 /// A key found by the ghost check counts only if it is still there this much later.
 const GHOST_RECHECK: Duration = Duration::from_millis(500);
 /// Longest a request can sit in a proxy (the largest drawn latency or spike), plus margin.
@@ -193,7 +193,10 @@ async fn run_fault(
 /// Runs `sched` on `cluster` (which must be healthy and empty), with client processes
 /// drawn from its seed beside the in-process clients.
 pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
-    let plan = procs::plan(sched.seed, sched.workload, sched.episodes.len());
+    let plan = match procs::enabled() {
+        true => procs::plan(sched.seed, sched.workload, sched.episodes.len()),
+        false => Vec::new(),
+    };
     run_with(cluster, sched, plan).await
 }
 
@@ -204,7 +207,7 @@ pub async fn run_in_process(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome 
 
 /// Keeps of `found` what is still there [`GHOST_RECHECK`] later: a straggler delayed by a
 /// loaded machine is gone by then, a ghost lives on until its ttl.
-async fn recheck(
+pub async fn recheck(
     direct: &mut [Direct],
     mut found: Vec<((usize, String, String), String)>,
 ) -> Vec<((usize, String, String), String)> {
@@ -247,7 +250,6 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
     let mut violation_episodes = Vec::new();
     let mut ops: Vec<u64> = vec![0; sched.managers.len()];
     let (mut proc_histories, mut proc_reported, mut proc_lines) = (Vec::new(), 0, Vec::new());
-    let quorum = cluster.len() / 2 + 1;
     for (e, episode) in sched.episodes.iter().enumerate() {
         let prefix = format!("x{run_id}e{e}");
         let make = |c: usize, op: u64, holding: Option<Holding>, tail: bool| Client {
@@ -276,29 +278,11 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
         }
         let _ = cluster.wait_healthy(Duration::from_secs(10)).await;
         tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
-        // Whatever was sent under the faults has landed: the processes stop now, and
-        // release what they hold, fault-free.
-        let at_stop = match running.is_empty() {
-            true => None,
-            false => Some(snapshot(&mut direct).await),
-        };
-        let proc_nt = specs.iter().map(|p| ms(p.node_timeout_ms)).max();
-        let stopped = running.stop().await;
-        for (kind, what) in stopped.problems {
-            oracle.flag(kind, None, what);
-        }
+        // Whatever was sent under the faults has landed: the processes stop now.
+        let stopped = running.finish(&mut direct, &oracle, cluster.len()).await;
         proc_reported += stopped.reported;
         proc_histories.extend(stopped.histories);
-        if let Some(nt) = proc_nt {
-            tokio::time::sleep(nt + GHOST_SLACK).await;
-        }
         let before_tail = snapshot(&mut direct).await;
-        if let Some(at_stop) = at_stop {
-            let found = procs::ghosts(&at_stop, &before_tail, quorum);
-            for (_, what) in recheck(&mut direct, found).await {
-                oracle.flag(Kind::Ghost, None, what);
-            }
-        }
         // The tail: everyone releases, then takes and releases a contended lock twice.
         let mut tail = JoinSet::new();
         for (c, holding) in holdings.into_iter().enumerate() {
@@ -363,13 +347,8 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
     }
     stop.cancel();
     let _ = sampler.await;
-    let history = History::merge(std::iter::once(rec.history()).chain(proc_histories));
+    let history = procs::merge(rec.history(), proc_histories, proc_reported);
     let proc_acquisitions = procs::acquisitions(&history);
-    // What the processes said they acquired is what the merged history holds.
-    assert!(
-        proc_acquisitions >= proc_reported,
-        "the merged history has {proc_acquisitions} acquisitions of client processes, they reported {proc_reported}"
-    );
     let before = oracle.violations().len();
     for v in checker::claims(&procs::claims_input(&history)) {
         oracle.flag(Kind::Claim, None, v.what);

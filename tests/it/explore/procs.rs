@@ -23,7 +23,9 @@ use tokio::sync::OnceCell;
 use tokio_redlock::harness::checker::holds;
 use tokio_redlock::harness::history::{Event, EventKind, History};
 
-use super::oracle::{HoldBar, Kind};
+use super::direct::Direct;
+use super::driver::{recheck, snapshot, GHOST_SLACK};
+use super::oracle::{HoldBar, Kind, Oracle};
 use super::schedule::{Workload, RESOURCES};
 
 /// The longest `cargo build` of the client binary (a cold link on a loaded machine).
@@ -70,6 +72,12 @@ impl std::fmt::Display for Spec {
             self.retry_delay_ms, self.think_ms, self.ttl_ms, self.hold_ms
         )
     }
+}
+
+/// Whether runs have client processes: yes unless `REDLOCK_EXPLORE_PROCS=0` (to tell
+/// whether a finding needs them, or to spare the machine).
+pub fn enabled() -> bool {
+    std::env::var("REDLOCK_EXPLORE_PROCS").map_or(true, |v| v != "0")
 }
 
 /// The processes of each episode, drawn from the run's seed with a generator of their
@@ -201,8 +209,25 @@ pub async fn start(specs: &[Spec], urls: &[String], resources: &[String]) -> Run
 }
 
 impl Running {
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
+    /// Once the faults are healed and their requests landed: stops the processes,
+    /// flags what went wrong with them, and after their node timeout + slack applies the
+    /// [ghost rule](ghosts). Returns what they did.
+    pub async fn finish(self, direct: &mut [Direct], oracle: &Oracle, nodes: usize) -> Stopped {
+        let Some(nt) = self.procs.iter().map(|p| p.spec.node_timeout_ms).max() else {
+            return Stopped::default();
+        };
+        let at_stop = snapshot(direct).await;
+        let mut stopped = self.stop().await;
+        for (kind, what) in stopped.problems.drain(..) {
+            oracle.flag(kind, None, what);
+        }
+        tokio::time::sleep(Duration::from_millis(nt) + GHOST_SLACK).await;
+        let now = snapshot(direct).await;
+        let found = ghosts(&at_stop, &now, nodes / 2 + 1);
+        for (_, what) in recheck(direct, found).await {
+            oracle.flag(Kind::Ghost, None, what);
+        }
+        stopped
     }
 
     /// Stops every process (SIGTERM), waits for each to release and exit, and reads what
@@ -265,6 +290,18 @@ impl Running {
         }
         out
     }
+}
+
+/// The run's history: the in-process clients' and the processes' merged. Panics if it
+/// holds fewer acquisitions of processes than they `reported`: the merge would be lost.
+pub fn merge(in_process: History, processes: Vec<History>, reported: u64) -> History {
+    let merged = History::merge(std::iter::once(in_process).chain(processes));
+    let found = acquisitions(&merged);
+    assert!(
+        found >= reported,
+        "the merged history has {found} acquisitions of client processes, they reported {reported}"
+    );
+    merged
 }
 
 /// Acquisitions in `h` by process clients.
