@@ -281,6 +281,20 @@ impl Oracle {
         }
     }
 
+    /// A kept lease reported its lock lost: its claim ends in the history (as `Released`,
+    /// under its acquisition's op), and the reason goes into its story. The holding stays
+    /// open until its client lets go of it.
+    pub fn lease_lost(&self, id: u64, reason: &str) {
+        if let Some(e) = lock(&self.entries).get_mut(&id) {
+            if e.bar.end_ns.is_none() {
+                self.rec
+                    .record(e.client, e.op, &e.bar.label, EventKind::Released);
+                e.story
+                    .push(format!("the lease reported the lock lost ({reason})"));
+            }
+        }
+    }
+
     /// The holding ends (before the release or drop is started).
     pub fn close(&self, id: u64, how: &str) {
         if let Some(e) = lock(&self.entries).get_mut(&id) {

@@ -371,8 +371,9 @@ pub fn ghosts(
 /// The explorer's history as C1 reads it. The checker's own reading suits workloads that
 /// only lengthen a lock; the explorer also shortens them and records an extension under
 /// the extending call's op, so here:
-/// - a client holds one thing at a time, so an extension or release belongs to that
-///   client's open hold, whatever its op;
+/// - a client holds one thing at a time, so an extension belongs to that client's open
+///   hold, whatever its op (a release names the acquisition's op: a kept lease's loss,
+///   recorded by a task of its own, may come after its client moved on);
 /// - after an extension made while the claim lasted, the claim ends where the holder
 ///   then believes (shorter or longer), not at the longest belief so far;
 /// - an `acquire_many` label `a+b` claims `a` and `b`;
@@ -410,7 +411,8 @@ pub fn claims_input(h: &History) -> History {
                     }
                 }
             }
-            EventKind::Released => {
+            // Under the acquisition's op: a lease's loss may be recorded late.
+            EventKind::Released if open.get(&e.client).is_some_and(|h| h.ok.op == e.op) => {
                 if let Some(mut hold) = open.remove(&e.client) {
                     hold.end_ns = hold.end_ns.min(e.t_ns);
                     done.push(hold);
@@ -500,6 +502,18 @@ mod tests {
         let late = "10 1 1 xr0 start\n20 1 1 xr0 ok 100 -\n150 1 2 xr0 extend 300\n\
                     155 2 1 xr0 start\n160 2 1 xr0 ok 200 -\n";
         assert!(claims(&claims_input(&h(late))).is_empty());
+    }
+
+    #[test]
+    fn a_late_release_of_an_earlier_hold_does_not_end_the_next() {
+        // Client 1's op 1 ended at 30; a lease's loss of it, recorded at 50, must not end
+        // op 2's claim, which client 2's overlaps.
+        let text = "10 1 1 xr0 start\n20 1 1 xr0 ok 100 -\n30 1 1 xr0 release\n\
+                    40 1 2 xr0 start\n45 1 2 xr0 ok 300 -\n50 1 1 xr0 release\n\
+                    60 2 1 xr0 start\n70 2 1 xr0 ok 400 -\n";
+        let v = claims(&claims_input(&h(text)));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].what.contains("client 1 op 2"), "{}", v[0]);
     }
 
     #[test]
