@@ -7,6 +7,7 @@
 //! - `REDLOCK_EXPLORE_SECS=n`: random seeds for `n` seconds per workload.
 //! - `REDLOCK_EXPLORE_SEED=s`, `REDLOCK_EXPLORE_WORKLOAD=api|crash`: replay one run.
 //! - `REDLOCK_EXPLORE_SHRINK_SECS=n`: time for shrinking a failure (default 50 s in all).
+//! - `REDLOCK_EXPLORE_PROCS=0`: no client processes (one or two per episode otherwise).
 //! - `REDLOCK_EXPLORE_STRICT=0`: report violations without failing the test (it fails
 //!   on any violation otherwise).
 
@@ -15,6 +16,7 @@ mod direct;
 mod driver;
 mod oracle;
 mod panics;
+mod procs;
 mod schedule;
 mod selftest;
 mod shrink;
@@ -60,6 +62,9 @@ fn write_artifacts(name: &str, sched: &Schedule, out: &Outcome) -> PathBuf {
     let _ = std::fs::write(&svg, timeline::svg(out, sched.workload.nodes(), &title));
     let _ = out.history.write_file(&dir.join(format!("{name}.history")));
     let mut script = sched.to_string();
+    for line in &out.procs {
+        script.push_str(&format!("# {line}\n"));
+    }
     for v in &out.violations {
         script.push_str(&format!("# violation: {v}\n"));
     }
@@ -96,10 +101,12 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
     let name = format!("{}-{seed}", w.name());
     let svg = write_artifacts(&name, &sched, &out);
     println!(
-        "explore: workload {} seed {seed}: {} ops, {} acquisitions, {} faults, {} samples, {} violations in {:.1}s; timeline {}",
+        "explore: workload {} seed {seed}: {} ops, {} acquisitions ({} by {} client processes), {} faults, {} samples, {} violations in {:.1}s; timeline {}",
         w.name(),
         sched.ops(),
         out.acquisitions,
+        out.proc_acquisitions,
+        out.procs.len(),
         out.faults,
         out.samples,
         out.violations.len(),
@@ -171,8 +178,9 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
 }
 
 /// The order in which found kinds are shrunk, while the shrinking time lasts.
-const SERIOUS: [Kind; 8] = [
+const SERIOUS: [Kind; 9] = [
     Kind::Belief,
+    Kind::Claim,
     Kind::SharedValue,
     Kind::Revived,
     Kind::Fencing,

@@ -168,6 +168,23 @@ pub async fn example_binary(name: &str, bound: Duration) -> std::path::PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = tokio::process::Command::new(cargo);
+    // `cargo test` gives the test process the package's variables (CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, ...). A build script that watches them (ring's) would see a
+    // change against the outer build and rebuild the dependency tree (50-60 s here) at
+    // every call, alternating with the outer build; the inner build runs without them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let package = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+        ];
+        if name.starts_with("CARGO_PKG_") || package.contains(&name.as_ref()) {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["build", "--quiet", "--example", name, "--features"])
         .arg(features.join(","))

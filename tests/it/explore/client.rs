@@ -260,6 +260,14 @@ impl Client {
                 match kept {
                     Some(kept) => {
                         self.oracle.set(id, Belief::Lease(kept.lease().clone()));
+                        // When the lease reports the lock lost, its claim ends (C1).
+                        let (lease, oracle) = (kept.lease().clone(), self.oracle.clone());
+                        tokio::spawn(async move {
+                            lease.lost().await;
+                            if let Some(reason) = lease.lost_reason() {
+                                oracle.lease_lost(id, &format!("{reason:?}"));
+                            }
+                        });
                         self.holding = Some(Holding::Kept { kept, id, mgr });
                     }
                     None => self.oracle.close(id, "lost in keep_alive on a thread"),

@@ -1,5 +1,6 @@
 //! Runs a [`Schedule`] against a cluster: client tasks doing the drawn operations, the
-//! drawn faults, the sampler, and after each episode the ghost check.
+//! drawn faults, the sampler, one or two client processes per episode (`procs.rs`), and
+//! after each episode the ghost check.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Client, Holding, TAIL_RELEASED};
 use super::direct::Direct;
 use super::oracle::{HoldBar, Kind, Oracle, Violation};
+use super::procs;
 use super::schedule::{
     ms, Episode, FaultKind, How, MgrSpec, Op, Schedule, Step, EPISODE, RESOURCES,
 };
@@ -23,10 +25,10 @@ use super::schedule::{
 /// A client still busy this long after its episode's end is reported stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Extra wait after the longest node timeout before the ghost check (the "+ slack").
-const GHOST_SLACK: Duration = Duration::from_millis(200);
+pub const GHOST_SLACK: Duration = Duration::from_millis(200);
 /// A key found by the ghost check counts only if it is still there this much later
 /// (or after a release's own deadline, if that is longer).
-const GHOST_RECHECK: Duration = Duration::from_millis(500);
+pub const GHOST_RECHECK: Duration = Duration::from_millis(500);
 /// A release or undo may take this many node timeouts to land, after waiting at most
 /// one for its value's earlier requests (docs/design.md, "Releases and undos").
 const CLEAR_TIMEOUTS: u32 = 4;
@@ -46,7 +48,12 @@ pub struct FaultBar {
 
 /// What a run did and found.
 pub struct Outcome {
+    /// In-process and client processes' together.
     pub acquisitions: u64,
+    /// Of the acquisitions, those of client processes.
+    pub proc_acquisitions: u64,
+    /// The client processes, one line each, for the script.
+    pub procs: Vec<String>,
     pub faults: u64,
     pub violations: Vec<Violation>,
     /// Per violation, the episode it was found in.
@@ -77,7 +84,7 @@ fn build(urls: &[String], s: &MgrSpec) -> Option<Redlock> {
 }
 
 /// Every key on every node, with its value (strings) or its type.
-async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
+pub async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)> {
     let mut out = BTreeSet::new();
     for (i, d) in conns.iter_mut().enumerate() {
         let Some(mut con) = d.connection().await else {
@@ -189,8 +196,37 @@ async fn run_fault(
     }
 }
 
-/// Runs `sched` on `cluster` (which must be healthy and empty).
+/// Runs `sched` on `cluster` (which must be healthy and empty), with client processes
+/// drawn from its seed beside the in-process clients.
 pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
+    let plan = match procs::enabled() {
+        true => procs::plan(sched.seed, sched.workload, sched.episodes.len()),
+        false => Vec::new(),
+    };
+    run_with(cluster, sched, plan).await
+}
+
+/// Runs `sched` with its in-process clients only (for the shrinker).
+pub async fn run_in_process(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
+    run_with(cluster, sched, Vec::new()).await
+}
+
+/// Keeps of `found` what is still there [`GHOST_RECHECK`] later: a straggler delayed by a
+/// loaded machine is gone by then, a ghost lives on until its ttl.
+pub async fn recheck(
+    direct: &mut [Direct],
+    mut found: Vec<((usize, String, String), String)>,
+    patience: Duration,
+) -> Vec<((usize, String, String), String)> {
+    if !found.is_empty() {
+        tokio::time::sleep(patience).await;
+        let again = snapshot(direct).await;
+        found.retain(|(entry, _)| again.contains(entry));
+    }
+    found
+}
+
+async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::Spec>>) -> Outcome {
     let run_id = RUN.fetch_add(1, Ordering::Relaxed);
     super::panics::install_panic_hook();
     super::panics::take_panics();
@@ -200,6 +236,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         .iter()
         .flat_map(|m| m.iter())
         .map(|s| ms(s.node_timeout_ms))
+        .chain(plan.iter().flatten().map(|p| ms(p.node_timeout_ms)))
         .max()
         .unwrap_or_default();
     let oracle = Oracle::new(cluster.len(), max_nt + MAX_PROXY_HOLD + GHOST_SLACK);
@@ -213,6 +250,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     let mut faults = 0;
     let mut violation_episodes = Vec::new();
     let mut ops: Vec<u64> = vec![0; sched.managers.len()];
+    let (mut proc_histories, mut proc_reported, mut proc_lines) = (Vec::new(), 0, Vec::new());
     for (e, episode) in sched.episodes.iter().enumerate() {
         let prefix = format!("x{run_id}e{e}");
         // Fresh managers every episode: first connections and first subscriptions are
@@ -238,6 +276,9 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
             tail,
         };
         let before = oracle.violations().len();
+        let specs = plan.get(e).map_or(&[][..], Vec::as_slice);
+        proc_lines.extend(specs.iter().map(|p| format!("episode {e}: {p}")));
+        let running = procs::start(specs, &urls, &procs::resources(&prefix, sched.workload)).await;
         let (holdings, bars) = run_episode(&cluster, episode, &make, &mut ops, &oracle).await;
         faults += episode.faults.len() as u64;
         fault_bars.extend(bars);
@@ -247,6 +288,10 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         }
         let _ = cluster.wait_healthy(Duration::from_secs(10)).await;
         tokio::time::sleep(max_nt + MAX_PROXY_HOLD).await;
+        // Whatever was sent under the faults has landed: the processes stop now.
+        let stopped = running.finish(&mut direct, &oracle, cluster.len()).await;
+        proc_reported += stopped.reported;
+        proc_histories.extend(stopped.histories);
         let before_tail = snapshot(&mut direct).await;
         // The tail: everyone releases, then takes and releases a contended lock twice.
         let mut tail = JoinSet::new();
@@ -309,15 +354,9 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         faults += probe.await;
         tokio::time::sleep(max_nt + GHOST_SLACK).await;
         let after = snapshot(&mut direct).await;
-        let mut found = ghosts(&oracle, &before_tail, &after, &prefix);
-        if !found.is_empty() {
-            // Only what is still there a moment later: a straggler delayed by a loaded
-            // machine is gone by then, a ghost lives on until its ttl.
-            tokio::time::sleep(GHOST_RECHECK.max(max_nt * CLEAR_TIMEOUTS)).await;
-            let again = snapshot(&mut direct).await;
-            found.retain(|(entry, _)| again.contains(entry));
-        }
-        for ((node, key, value), what) in found {
+        let found = ghosts(&oracle, &before_tail, &after, &prefix);
+        let patience = GHOST_RECHECK.max(max_nt * CLEAR_TIMEOUTS);
+        for ((node, key, value), what) in recheck(&mut direct, found, patience).await {
             // When it was set, told by what is left of its ttl.
             let mut pttl = None;
             if let Some(mut con) = direct[node].connection().await {
@@ -344,8 +383,12 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     }
     stop.cancel();
     let _ = sampler.await;
-    let history = rec.history();
+    let history = procs::merge(rec.history(), proc_histories, proc_reported);
+    let proc_acquisitions = procs::acquisitions(&history);
     let before = oracle.violations().len();
+    for v in checker::claims(&procs::claims_input(&history)) {
+        oracle.flag(Kind::Claim, None, v.what);
+    }
     for v in checker::fencing(&history) {
         oracle.flag(Kind::Fencing, None, v.what);
     }
@@ -357,12 +400,16 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
         last,
         oracle.violations().len() - before,
     ));
+    let mut bars = oracle.bars();
+    bars.extend(procs::bars(&history));
     Outcome {
-        acquisitions: acquisitions.load(Ordering::Relaxed),
+        acquisitions: acquisitions.load(Ordering::Relaxed) + proc_acquisitions,
+        proc_acquisitions,
+        procs: proc_lines,
         faults,
         violations: oracle.violations(),
         violation_episodes,
-        bars: oracle.bars(),
+        bars,
         fault_bars,
         history,
         start_ns,

@@ -50,6 +50,8 @@ pub enum Kind {
     Ghost,
     /// Fencing tokens out of order.
     Fencing,
+    /// C1 over the history, client processes included: two claims of one resource overlap.
+    Claim,
 }
 
 impl fmt::Display for Kind {
@@ -63,6 +65,7 @@ impl fmt::Display for Kind {
             Self::Panic => "panic",
             Self::Ghost => "ghost",
             Self::Fencing => "fencing",
+            Self::Claim => "claim",
         })
     }
 }
@@ -275,6 +278,20 @@ impl Oracle {
             }
             e.belief = belief;
             e.gen += 1;
+        }
+    }
+
+    /// A kept lease reported its lock lost: its claim ends in the history (as `Released`,
+    /// under its acquisition's op), and the reason goes into its story. The holding stays
+    /// open until its client lets go of it.
+    pub fn lease_lost(&self, id: u64, reason: &str) {
+        if let Some(e) = lock(&self.entries).get_mut(&id) {
+            if e.bar.end_ns.is_none() {
+                self.rec
+                    .record(e.client, e.op, &e.bar.label, EventKind::Released);
+                e.story
+                    .push(format!("the lease reported the lock lost ({reason})"));
+            }
         }
     }
 

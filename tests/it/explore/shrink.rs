@@ -1,7 +1,9 @@
 //! Shrinking a failing schedule: a simple delta-debugging pass over the episodes, then
 //! whole clients and the fault list, then single operations and faults, keeping every cut
 //! after which a run still shows a violation of the same kind. Runs are real (timing
-//! varies), so a cut that loses the failure is simply not kept.
+//! varies), so a cut that loses the failure is simply not kept. Candidates run without
+//! the client processes (`driver::run_in_process`): their rounds are not in the script and
+//! cannot be cut, so a failure that needs them does not shrink (its seed still replays).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -70,7 +72,7 @@ pub async fn shrink(
     shrink_by(sched, first_episode, budget, |cand: Schedule| {
         let cluster = cluster.clone();
         async move {
-            let o = driver::run(cluster, &cand).await;
+            let o = driver::run_in_process(cluster, &cand).await;
             o.violations
                 .iter()
                 .any(|v| kinds.contains(&v.kind))
