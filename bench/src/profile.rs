@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::measure::{client_cpu_ns, Round};
+use crate::measure::{client_cpu_ns, percentile, Round};
 use crate::subjects::{Async, Kind};
 use crate::{connect, contended, run_round, CONTENDED_TTL, CONTENDERS, PARALLEL_TASKS};
 
@@ -154,6 +154,14 @@ pub(crate) fn run(rt: &Runtime, urls: &[String], secs: f64) -> Result<(), String
         "servers' CPU (5 redis-server processes): {:.1} µs/op",
         servers as f64 / round.ops.max(1) as f64
     );
+    if !round.handover_us.is_empty() {
+        println!(
+            "hand-over (release call to the next win): p50 {} µs, p90 {} µs, p99 {} µs",
+            percentile(&round.handover_us, 50.0),
+            percentile(&round.handover_us, 90.0),
+            percentile(&round.handover_us, 99.0),
+        );
+    }
     Ok(())
 }
 
