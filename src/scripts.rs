@@ -26,13 +26,29 @@ pub(crate) struct Call {
     pub(crate) cmd: redis::Cmd,
 }
 
+/// Room made up front for the arguments after the keys: no script takes more than five
+/// (owner value, ttl, member, front flag, queue ttl).
+const ARGS_ROOM: usize = 6;
+/// Bytes made up front for those arguments: an owner value (32 hex digits, or a label and
+/// a UUID) and a few numbers and flags fit without growing the buffer.
+const ARG_BYTES_ROOM: usize = 96;
+
 impl Call {
     /// `EVALSHA <sha> <number of keys> <keys...>`; the arguments follow with [`arg`](Self::arg).
-    pub(crate) fn new<K: ToRedisArgs>(script: &'static Script, keys: &[K]) -> Self {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
+    ///
+    /// Both of the command's buffers are sized once for the whole request: built
+    /// argument by argument they would grow (and be copied) four or five times, on
+    /// every acquisition and release.
+    pub(crate) fn new<K: AsRef<str>>(script: &'static Script, keys: &[K]) -> Self {
+        let sha = script.get_hash();
+        let key_bytes: usize = keys.iter().map(|k| k.as_ref().len()).sum();
+        let mut cmd = redis::Cmd::with_capacity(
+            3 + keys.len() + ARGS_ROOM,
+            "EVALSHA".len() + sha.len() + 4 + key_bytes + ARG_BYTES_ROOM,
+        );
+        cmd.arg("EVALSHA").arg(sha).arg(keys.len());
         for key in keys {
-            cmd.arg(key);
+            cmd.arg(key.as_ref());
         }
         Self { script, cmd }
     }

@@ -49,6 +49,8 @@ struct Shared {
     retakes: AtomicU64,
     /// The client that held the lock last (`usize::MAX`: nobody yet).
     last: AtomicUsize,
+    /// When the last release started, in ns since the round began (0: none yet).
+    released_at: AtomicU64,
 }
 
 /// Runs `clients` against one `key` until `deadline`. Each client loops: acquire
@@ -71,6 +73,7 @@ pub(crate) async fn round(clients: &[Async], key: &str, ttl: Duration, dur: Dura
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 let mut waits = Vec::new();
+                let mut gaps = Vec::new();
                 let (mut errors, mut cut) = (0u64, 0u64);
                 'outer: while tokio::time::Instant::now() < deadline {
                     let first = Instant::now();
@@ -92,6 +95,12 @@ pub(crate) async fn round(clients: &[Async], key: &str, ttl: Duration, dur: Dura
                         }
                     };
                     waits.push(first.elapsed().as_micros() as u64);
+                    // The hand-over: from the previous holder's release call to this win.
+                    let since = start.elapsed().as_nanos() as u64;
+                    let released = shared.released_at.load(Ordering::SeqCst);
+                    if released > 0 {
+                        gaps.push(since.saturating_sub(released) / 1000);
+                    }
                     if shared.in_section.swap(true, Ordering::SeqCst) {
                         shared.overlaps.fetch_add(1, Ordering::SeqCst);
                     }
@@ -101,17 +110,20 @@ pub(crate) async fn round(clients: &[Async], key: &str, ttl: Duration, dur: Dura
                     // The short critical section: one trip through the scheduler.
                     tokio::task::yield_now().await;
                     shared.in_section.store(false, Ordering::SeqCst);
+                    let now = start.elapsed().as_nanos() as u64;
+                    shared.released_at.store(now.max(1), Ordering::SeqCst);
                     release(held).await;
                 }
-                (waits, errors, cut)
+                (waits, gaps, errors, cut)
             })
         })
         .collect();
     let mut round = Round::default();
     for task in tasks {
-        let Ok((waits, errors, cut)) = task.await else {
+        let Ok((waits, gaps, errors, cut)) = task.await else {
             continue;
         };
+        round.handover_us.extend(gaps);
         let won = waits.len() as u64 - cut;
         round.per_client.push(won);
         round.ops += won;

@@ -4,12 +4,13 @@
 //! Run it with `cargo bench -p redlock-bench` (or `cargo run --release -p redlock-bench`).
 //! `REDLOCK_BENCH_SCALE=0.2` shortens every round (for a smoke run), and
 //! `REDLOCK_BENCH_ROUNDS=n` sets the number of rounds (default 5).
-//! `REDLOCK_BENCH_PROFILE=secs` runs only one subject's uncontended loop, for a profiler
-//! (`REDLOCK_BENCH_SUBJECT=rslock|async-floor|sync-floor`; tokio-redlock by default).
+//! `REDLOCK_BENCH_PROFILE=secs` runs only one subject in one scenario, for a profiler
+//! (see `profile.rs`).
 
 mod charts;
 mod contended;
 mod measure;
+mod profile;
 mod read_heavy;
 mod report;
 mod subjects;
@@ -461,38 +462,7 @@ fn try_run() -> Result<(), String> {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
     {
-        // Only one subject's uncontended path (tokio-redlock unless
-        // REDLOCK_BENCH_SUBJECT says rslock, async-floor or sync-floor), for a profiler.
-        let kind = match std::env::var("REDLOCK_BENCH_SUBJECT").as_deref() {
-            Ok("rslock") => Kind::Rslock,
-            Ok("async-floor") => Kind::AsyncFloor,
-            Ok("sync-floor") => Kind::SyncFloor,
-            _ => Kind::TokioRedlock,
-        };
-        let mut subject = connect(&rt, kind, &direct)?;
-        run_round(
-            &rt,
-            &mut subject,
-            "profile:warm",
-            1,
-            Duration::from_millis(200),
-        );
-        let round = run_round(
-            &rt,
-            &mut subject,
-            "profile",
-            1,
-            Duration::from_secs_f64(secs),
-        );
-        println!(
-            "profile {}: {} lock+unlock in {:.1} s, p50 {} µs, CPU {:.1} µs/op",
-            kind.name(),
-            round.ops,
-            round.elapsed.as_secs_f64(),
-            round.percentile_us(50.0),
-            round.cpu_us_per_op()
-        );
-        return Ok(());
+        return profile::run(&rt, &direct, secs);
     }
 
     // REDLOCK_BENCH_READ_HEAVY=1: only scenario 6.

@@ -60,6 +60,9 @@ pub(crate) struct Round {
     /// Contended scenario only: times two clients were inside the critical section at
     /// once. Must be zero.
     pub(crate) overlaps: u64,
+    /// Contended scenario only: per acquisition, µs from the previous holder's release
+    /// call to this acquisition's success (the hand-over as the clients see it).
+    pub(crate) handover_us: Vec<u64>,
 }
 
 impl Round {

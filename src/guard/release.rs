@@ -138,11 +138,12 @@ impl LockGuard {
     /// earlier request of this lock to settle on that node) go on in a background task
     /// on the current runtime.
     pub async fn release(self) -> Result<(), Error> {
-        let resource = self.resource().to_owned();
+        // The names are shared, not copied: the copy is only made for an error.
+        let names = Arc::clone(&self.resources);
         // Sampled before the release's own check, so never "valid" where it says ended.
         let validity_ended = !self.is_valid();
         let lost = |reason| Error::LockLost {
-            resource: resource.clone(),
+            resource: first(&names).to_owned(),
             reason,
         };
         match self.release_with_report().await {
@@ -178,7 +179,8 @@ impl LockGuard {
     /// # Cancel safety
     /// As for [`release`](Self::release).
     pub async fn release_with_report(mut self) -> Result<ReleaseReport, Error> {
-        let resource = self.resource().to_owned();
+        let names = Arc::clone(&self.resources);
+        let resource = first(&names);
         let validity_ended = !self.is_valid();
         // Another task of this manager waits for the lock: it takes it as it is.
         let (handed, turn) = self.hand_over();
@@ -253,7 +255,7 @@ impl LockGuard {
                 Ok(report)
             } else {
                 Err(round::no_quorum(
-                    &resource,
+                    resource,
                     1,
                     answered,
                     &tally,
@@ -264,6 +266,11 @@ impl LockGuard {
         .instrument(span)
         .await
     }
+}
+
+/// The first of a guard's resources (the one errors and logs name).
+fn first(names: &[String]) -> &str {
+    names.first().map_or("", String::as_str)
 }
 
 /// Releases in the background if dropped while still holding.

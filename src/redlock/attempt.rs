@@ -85,25 +85,28 @@ enum Answer {
 /// acquisition cleans up after itself in the background instead of leaving keys to
 /// the TTL. Made before the first request is sent, with the runtime it will release on
 /// (none outside a runtime: the TTL frees the keys); `disarm` takes it.
-pub(super) struct Undo(Option<(Arc<[Node]>, Op)>, Option<tokio::runtime::Handle>);
+///
+/// It holds how to build the undo request rather than the request itself: most
+/// attempts win and never send it, and building it costs a script command's buffers.
+pub(super) struct Undo<F: FnOnce() -> Op>(Option<(Arc<[Node]>, F)>, Option<tokio::runtime::Handle>);
 
-impl Undo {
-    pub(super) fn new(nodes: Arc<[Node]>, op: Op) -> Self {
+impl<F: FnOnce() -> Op> Undo<F> {
+    pub(super) fn new(nodes: Arc<[Node]>, undo_op: F) -> Self {
         Self(
-            Some((nodes, op)),
+            Some((nodes, undo_op)),
             tokio::runtime::Handle::try_current().ok(),
         )
     }
 
-    pub(super) fn disarm(&mut self) -> Option<(Arc<[Node]>, Op)> {
+    pub(super) fn disarm(&mut self) -> Option<(Arc<[Node]>, F)> {
         self.0.take()
     }
 }
 
-impl Drop for Undo {
+impl<F: FnOnce() -> Op> Drop for Undo<F> {
     fn drop(&mut self) {
-        if let (Some((nodes, op)), Some(handle)) = (self.0.take(), &self.1) {
-            round::release_in_background(handle, nodes, op, "cancelled acquire");
+        if let (Some((nodes, undo_op)), Some(handle)) = (self.0.take(), &self.1) {
+            round::release_in_background(handle, nodes, undo_op(), "cancelled acquire");
         }
     }
 }
@@ -113,7 +116,7 @@ impl Redlock {
     pub(super) async fn attempt(&self, ask: &Ask<'_>) -> Attempt {
         let inner = &self.inner;
         let keys = ask.keys;
-        let value: Arc<str> = super::new_value(inner.config.owner_label.as_deref()).into();
+        let value = super::new_shared_value(inner.config.owner_label.as_deref());
         let op = match (ask.fence_keys, ask.candidate, ask.queue) {
             (None, _, Some((member, front))) if keys.len() == 1 => {
                 let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
@@ -140,11 +143,14 @@ impl Redlock {
             }
         };
         let notify = false; // an undo wakes nobody: whoever beat this attempt still holds it
-        let undo_op = || Op::release(keys, &value, notify);
+        let undo_op = {
+            let (keys, value) = (Arc::clone(keys), Arc::clone(&value));
+            move || Op::release(&keys, &value, notify)
+        };
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let clock = &inner.config.clock;
         let start = clock.stamp();
-        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op());
+        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op);
         // Won or lost, the stragglers' requests still go out when this is dropped: a
         // won lock then stands on every healthy node, not a bare quorum (their keys go
         // with the release), and a queued acquire must reach every node's wait queue.
@@ -250,16 +256,16 @@ impl Redlock {
 ///
 /// On each node the undo runs after this attempt's own request (see `Node::settled`).
 pub(super) async fn undo_failed<T>(
-    undo: &mut Undo,
+    undo: &mut Undo<impl FnOnce() -> Op>,
     votes: &round::Votes<T>,
     refused: &[bool],
     pending: Option<Replies>,
     refuses: impl Fn(&Value) -> bool + Send + 'static,
 ) {
-    let Some((nodes, op)) = undo.disarm() else {
+    let Some((nodes, undo_op)) = undo.disarm() else {
         return;
     };
-    let op = Arc::new(op);
+    let op = Arc::new(undo_op());
     if let (Some(mut rest), Ok(handle)) = (
         pending.filter(|r| !r.is_empty()),
         tokio::runtime::Handle::try_current(),

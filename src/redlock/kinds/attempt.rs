@@ -93,8 +93,7 @@ impl Redlock {
     /// kind's script, and the kind's undo of what a failed attempt may have set.
     pub(super) async fn attempt_kind(&self, ask: &Ask<'_>) -> Attempt {
         let inner = &self.inner;
-        let value: Arc<str> =
-            super::super::new_value(self.inner.config.owner_label.as_deref()).into();
+        let value = super::super::new_shared_value(self.inner.config.owner_label.as_deref());
         let readers = format!("{}{READERS_SUFFIX}", ask.key);
         let writer = format!("{}{WRITER_SUFFIX}", ask.key);
         let mut order: Vec<usize> = Vec::new();
@@ -141,7 +140,7 @@ impl Redlock {
         let clock = &inner.config.clock;
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let start = clock.stamp();
-        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op);
+        let mut undo = Undo::new(Arc::clone(&inner.nodes), move || undo_op);
         let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "acquire");
         let slot_n = order.len();
         let counts: Vec<AtomicUsize> = (0..slot_n).map(|_| AtomicUsize::new(0)).collect();
