@@ -359,6 +359,11 @@ impl Node {
             // A failed connect already cleared its slot.
             ((*e).clone(), None)
         })?;
+        // Without the `cluster` feature there is one kind of connection.
+        #[cfg_attr(
+            not(feature = "cluster"),
+            allow(clippy::infallible_destructuring_match)
+        )]
         let mut conn = match conn {
             Conn::Server(conn) => conn,
             #[cfg(feature = "cluster")]
