@@ -220,6 +220,11 @@ impl Wakeups {
         }
     }
 
+    /// This manager's id: its channel is [`CHANNEL_PREFIX`] followed by it.
+    pub(crate) fn id(&self) -> &str {
+        &self.state.id
+    }
+
     /// Starts waiting for releases of `key`: registers a local waiter and starts
     /// listening on this manager's channel where it does not yet (in the background).
     /// Never fails and never waits: a node that cannot be listened on is skipped, and
