@@ -130,7 +130,7 @@ impl Op {
         let writer = format!("{key}{}", kind::WRITER_SUFFIX);
         let turn = format!("{key}{}", kind::READ_TURN_SUFFIX);
         let mut call = scripts::Call::new(&scripts::READ_RELEASE, &[readers, key, &writer, &turn]);
-        call.arg(&**value).arg(prefix(notify));
+        call.arg(&**value).arg(wake::prefix(notify));
         Self::clearing(call, value)
     }
 
@@ -144,7 +144,7 @@ impl Op {
             format!("{key}{}", kind::READ_TURN_SUFFIX),
         ];
         let mut call = scripts::Call::new(&scripts::WRITE_RELEASE, &keys);
-        call.arg(&**value).arg(prefix(notify));
+        call.arg(&**value).arg(wake::prefix(notify));
         Self::clearing(call, value)
     }
 
@@ -154,15 +154,6 @@ impl Op {
         let mut call = scripts::Call::new(&scripts::READ_EXTEND, &[readers]);
         call.arg(value).arg(ttl_ms);
         Self::free(call)
-    }
-}
-
-/// The wake-up channel prefix a release script publishes on, or none.
-fn prefix(notify: bool) -> &'static str {
-    if notify {
-        wake::CHANNEL_PREFIX
-    } else {
-        ""
     }
 }
 

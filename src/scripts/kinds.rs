@@ -15,7 +15,10 @@ use redis::Script;
 /// the set's own expiry to its longest member's, so a set never outlives its members
 /// and never expires before one of them; `promote(waiting, turn)` moves every waiting
 /// reader into the reader turn, keeping its expiry (the phase-fair step, see
-/// `WRITE_ACQUIRE`).
+/// `WRITE_ACQUIRE`); `manager_of(id)` is the manager named by a wait or intent id;
+/// `tell_readers(turn, key, prefix)` publishes `key` once to each manager with a reader
+/// in the turn (under `pcall`, so an ACL without PUBLISH only costs the wake-up) and
+/// says how many listened.
 macro_rules! node_time {
     () => {
         r"
@@ -35,6 +38,19 @@ end
 local function manager_of(id)
   if not id then return nil end
   return string.match(id, '^([^|]+)|')
+end
+local function tell_readers(turn, key, prefix)
+  if prefix == '' then return 0 end
+  local told, heard = {}, 0
+  for _, id in ipairs(redis.call('ZRANGE', turn, 0, -1)) do
+    local m = manager_of(id)
+    if m and not told[m] then
+      told[m] = true
+      local n = redis.pcall('PUBLISH', prefix .. m, key)
+      if type(n) == 'number' and n > 0 then heard = heard + 1 end
+    end
+  end
+  return heard
 end
 "
     };
@@ -119,15 +135,16 @@ return {n, 0}
 
 /// A writer's acquire: `KEYS` = lock key, reader set, writer intent, waiting readers,
 /// reader turn, and with fencing the counter key; `ARGV` = value, ttl ms, the writer's
-/// intent id (one per acquisition, kept across its attempts), and with fencing the
-/// candidate token.
+/// intent id (one per acquisition, kept across its attempts), the wake-up channel prefix
+/// (empty: none), and with fencing the candidate token.
 ///
 /// - the lock key holds the value (and the counter is the candidate): granted, nothing
 ///   written;
 /// - with fencing, a counter at or above the candidate: stale, nothing written;
 /// - the lock key held by another owner: refused, nothing written;
 /// - no writer intent is live: the waiting readers are promoted to the reader turn
-///   (they were waiting before this writer, so they go first);
+///   (they were waiting before this writer, so they go first) and, if there were any,
+///   their managers are told;
 /// - live readers, or a live reader turn: refused, and the intent is set to the id (with
 ///   the ttl) unless another writer's intent is live, so that new readers are kept out;
 /// - else the lock key is set (value, PX ttl), the counter to the candidate, and the
@@ -139,7 +156,7 @@ pub(crate) static WRITE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         r"
 local fenced = #KEYS == 6
-local cand = tonumber(ARGV[4])
+local cand = tonumber(ARGV[5])
 local counter = 0
 if fenced then
   local raw = redis.call('GET', KEYS[6])
@@ -167,14 +184,17 @@ prune(KEYS[2])
 prune(KEYS[4])
 prune(KEYS[5])
 local w = redis.call('GET', KEYS[3])
-if not w then promote(KEYS[4], KEYS[5]) end
+if not w and redis.call('EXISTS', KEYS[4]) == 1 then
+  promote(KEYS[4], KEYS[5])
+  tell_readers(KEYS[5], KEYS[1], ARGV[4])
+end
 if redis.call('ZCARD', KEYS[2]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then
   if not w or w == ARGV[3] then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2]) end
   return answer(1)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if fenced then
-  redis.call('SET', KEYS[6], ARGV[4])
+  redis.call('SET', KEYS[6], ARGV[5])
   counter = cand
 end
 if w == ARGV[3] then redis.call('DEL', KEYS[3]) end
@@ -201,17 +221,7 @@ prune(KEYS[4])
 promote(KEYS[3], KEYS[4])
 local prefix = ARGV[2] or ''
 if prefix == '' then return {1, 0} end
-local woke = 0
-local told = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  local m = manager_of(id)
-  if m and not told[m] then
-    told[m] = true
-    local heard = redis.pcall('PUBLISH', prefix .. m, KEYS[1])
-    if type(heard) == 'number' and heard > 0 then woke = woke + 1 end
-  end
-end
-return {1, woke + wake_oldest(KEYS[2], KEYS[1], prefix)}
+return {1, tell_readers(KEYS[4], KEYS[1], prefix) + wake_oldest(KEYS[2], KEYS[1], prefix)}
 ",
     ))
 });
@@ -323,7 +333,7 @@ mod tests {
     }
 
     async fn write(c: &MultiplexedConnection, value: &str, intent: &str) -> Value {
-        run(c, &WRITE_ACQUIRE, &RW, &[value, "5000", intent]).await
+        run(c, &WRITE_ACQUIRE, &RW, &[value, "5000", intent, ""]).await
     }
 
     async fn members(c: &MultiplexedConnection, key: &str) -> Vec<String> {
@@ -402,7 +412,7 @@ mod tests {
             ("x", "j", "4", [0, 4]),
             ("x", "j", "5", [1, 4]),
         ] {
-            let got = run(&c, &WRITE_ACQUIRE, &f, &[value, "5000", intent, cand]).await;
+            let got = run(&c, &WRITE_ACQUIRE, &f, &[value, "5000", intent, "", cand]).await;
             assert_eq!(got, code(&want));
         }
         // Withdrawing an intent only deletes one's own.

@@ -13,6 +13,7 @@
 mod client;
 mod direct;
 mod driver;
+mod kinds;
 mod oracle;
 mod panics;
 mod schedule;
@@ -170,8 +171,9 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
 }
 
 /// The order in which found kinds are shrunk, while the shrinking time lasts.
-const SERIOUS: [Kind; 8] = [
+const SERIOUS: [Kind; 9] = [
     Kind::Belief,
+    Kind::Exclusion,
     Kind::SharedValue,
     Kind::Revived,
     Kind::Fencing,

@@ -16,6 +16,7 @@ mod local;
 mod metrics;
 mod ops;
 mod payment;
+mod phase_fair;
 mod process;
 mod quarantine;
 mod release;

@@ -140,7 +140,10 @@ impl Redlock {
                         .flat_map(|f| f.iter().map(String::as_str)),
                 );
                 let mut call = Call::new(&scripts::WRITE_ACQUIRE, &keys);
-                call.arg(&*value).arg(ask.ttl_ms).arg(ask.intent);
+                call.arg(&*value)
+                    .arg(ask.ttl_ms)
+                    .arg(ask.intent)
+                    .arg(crate::wake::prefix(notify));
                 if let Some(t) = ask.candidate.filter(|_| ask.fence_keys.is_some()) {
                     call.arg(t);
                 }

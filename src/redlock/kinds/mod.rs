@@ -80,6 +80,11 @@ impl Redlock {
         let patience_ms = patience(config);
         let wakes = config.wake_on_release && matches!(mode, Mode::Read | Mode::Write);
         let mut waiter: Option<crate::wake::Waiter> = None;
+        // A key this manager found held moments ago is likely held now: listen before
+        // the first attempt, so that a release just after its refusal is not missed.
+        if wakes && inner.wakeups.hints.take(&key).1 {
+            waiter = Some(inner.wakeups.wait_for(&inner.nodes, &key));
+        }
         let result = loop {
             let attempts = state.begin();
             if let Some(t) = state.candidate().filter(|t| *t > MAX_FENCING_TOKEN) {
@@ -111,6 +116,11 @@ impl Redlock {
                 inner.fences.remember(fences, *seen);
             }
             let outcome = attempt.outcome();
+            if let AttemptOutcome::Lost { tally, .. } = &outcome {
+                if wakes && loss_of(tally) == super::policy::Loss::Conflict {
+                    inner.wakeups.hints.contended(&key);
+                }
+            }
             let step = policy.next(&mut state, &outcome, Instant::now(), &mut rand::rng());
             tracing::trace!(attempts, ?step, "after attempt");
             let pause = match step {

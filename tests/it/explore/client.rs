@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
 use tokio_redlock::{Error, KeptGuard, LockGuard, Redlock};
 
+use super::kinds;
 use super::oracle::{Belief, Kind, Oracle};
 use super::schedule::{
     ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES, TAIL_MIN_NODE_TIMEOUT_MS,
@@ -271,15 +272,18 @@ impl Client {
         let spec = &self.specs[mgr];
         let names = match how {
             How::Many => vec![self.res(res), self.res(res + 1)],
+            How::Kind(k) => vec![kinds::resource(&self.prefix, res, k)],
             _ => vec![self.res(res)],
         };
         let ttl = ms(ttl_ms);
         let label = names.join("+");
-        let retries = if how == How::TryAcquire {
-            0
-        } else {
-            spec.retry_count
+        let retries = match how {
+            How::TryAcquire | How::Kind(kinds::Ask { once: true, .. }) => 0,
+            _ => spec.retry_count,
         };
+        if let How::Kind(k) = how {
+            kinds::note(&label, self.id, self.op, k);
+        }
         self.rec.record(self.id, self.op, &label, EventKind::Start);
         let started = Instant::now();
         let call = async {
@@ -287,6 +291,7 @@ impl Client {
                 How::Acquire => redlock.acquire(&names[0], ttl).await,
                 How::TryAcquire => redlock.try_acquire(&names[0], ttl).await,
                 How::Many => redlock.acquire_many(&names, ttl).await,
+                How::Kind(k) => kinds::acquire(redlock, &names[0], res, ttl, k).await,
             }
         };
         let Some(result) = within(budget_ms, call).await else {
@@ -319,7 +324,10 @@ impl Client {
                         token: guard.fencing_token(),
                     },
                 );
-                let keys = names.iter().map(|n| redlock.key_of(n)).collect();
+                let keys = match how {
+                    How::Kind(_) => kinds::oracle_keys(redlock, &names[0], &guard),
+                    _ => names.iter().map(|n| redlock.key_of(n)).collect(),
+                };
                 let id = self.oracle.open(
                     self.id,
                     self.op,

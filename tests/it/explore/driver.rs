@@ -315,6 +315,7 @@ pub async fn run(cluster: Arc<Cluster>, sched: &Schedule) -> Outcome {
     for v in checker::fencing(&history) {
         oracle.flag(Kind::Fencing, None, v.what);
     }
+    super::kinds::check(&history, &oracle);
     for p in super::panics::take_panics() {
         oracle.flag(Kind::Panic, None, format!("library code panicked: {p}"));
     }
@@ -349,7 +350,10 @@ fn ghosts(
     let mut found = Vec::new();
     let bound = oracle.bound_values();
     for (node, key, value) in after {
-        if key.ends_with(":fence") || !key.starts_with(prefix) {
+        if key.ends_with(":fence")
+            || !key.starts_with(prefix)
+            || super::kinds::is_waiting_place(key)
+        {
             continue;
         }
         let owner = bound.get(&(key.clone(), value.clone()));

@@ -50,6 +50,9 @@ pub enum Kind {
     Ghost,
     /// Fencing tokens out of order.
     Fencing,
+    /// A write claim overlapping another claim of its resource (C5), or more permit
+    /// claims than permits (C6).
+    Exclusion,
 }
 
 impl fmt::Display for Kind {
@@ -63,6 +66,7 @@ impl fmt::Display for Kind {
             Self::Panic => "panic",
             Self::Ghost => "ghost",
             Self::Fencing => "fencing",
+            Self::Exclusion => "exclusion",
         })
     }
 }
