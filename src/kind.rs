@@ -57,7 +57,8 @@ pub(crate) fn permit_key(key: &str, slot: usize) -> String {
 }
 
 /// Whether `name` ends like a key this crate keeps beside a lock key for the new kinds
-/// (`:readers`, `:writer`, `:rwait`, `:rturn`, `:permit:<digits>`), so that it could be another resource's.
+/// (`:readers`, `:writer`, `:rwait`, `:rturn`, `:permit:<digits>`), so that it could be
+/// another resource's.
 pub(crate) fn aux_suffix(name: &str) -> Option<&'static str> {
     if name.ends_with(READERS_SUFFIX) {
         return Some(READERS_SUFFIX);

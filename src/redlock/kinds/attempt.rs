@@ -48,6 +48,8 @@ pub(super) struct Ask<'a> {
     pub(super) intent: &'a str,
     /// How long a refused reader's place lasts on a node after this attempt.
     pub(super) patience_ms: u64,
+    /// An earlier attempt of this acquisition was refused: it may have left places.
+    pub(super) waited: bool,
 }
 
 /// Turns a node's reply into an [`Answer`]; `order` maps a permit script's 1-based
@@ -218,9 +220,12 @@ impl Redlock {
                 drop(replies);
                 let (keys, kind): (Arc<[String]>, LockKind) = match mode {
                     Mode::Read => {
-                        // A node that refused it (or has not answered) may keep its
-                        // place, which would hold writers back there until it lapses.
-                        if votes.answers.iter().any(|a| *a != Some(Answer::Set(None))) {
+                        // A node that refused it, now or before, may keep its place,
+                        // which would hold writers back there until it lapses. (A node
+                        // that has not answered yet rarely refuses a reader a quorum
+                        // admitted; its place would lapse within the patience.)
+                        let refused = votes.answers.contains(&Some(Answer::Held));
+                        if ask.waited || refused {
                             self.withdraw_wait(ask.key, mode, ask.intent, Some(&value));
                         }
                         (Arc::from([readers]), LockKind::Read)

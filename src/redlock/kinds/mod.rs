@@ -6,7 +6,7 @@
 //! `available.rs`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::attempt::Attempt;
 use super::policy::{loss_of, AttemptOutcome, Policy, State, Step};
@@ -77,7 +77,7 @@ impl Redlock {
         // The manager's id first: the release scripts wake the manager a waiting
         // reader's or writer's id names.
         let intent = format!("{}|{}", inner.wakeups.id(), super::new_value(None));
-        let patience_ms = patience(config);
+        let patience_ms = patience(config.retry_delay, config.retry_jitter, config.node_timeout);
         let wakes = config.wake_on_release && matches!(mode, Mode::Read | Mode::Write);
         let mut waiter: Option<crate::wake::Waiter> = None;
         // A key this manager found held moments ago is likely held now: listen before
@@ -104,6 +104,7 @@ impl Redlock {
                 candidate: state.candidate(),
                 intent: &intent,
                 patience_ms,
+                waited: attempts > 1,
             };
             let attempt = self.attempt_kind(&ask).await;
             if let (
@@ -200,12 +201,11 @@ impl Redlock {
 /// 50 ms for a loaded client. Long enough that a reader whose wake-up was lost still
 /// comes back in time; short enough that a reader that died holds a writer back no
 /// longer than one missed attempt would.
-fn patience(config: &crate::builder::Config) -> u64 {
-    let slack = std::time::Duration::from_millis(50);
-    let patience = config
-        .retry_delay
-        .saturating_add(config.retry_jitter)
-        .saturating_add(config.node_timeout.saturating_mul(2))
+fn patience(delay: Duration, jitter: Duration, node_timeout: Duration) -> u64 {
+    let slack = Duration::from_millis(50);
+    let patience = delay
+        .saturating_add(jitter)
+        .saturating_add(node_timeout.saturating_mul(2))
         .saturating_add(slack);
     // A day bounds what the node is asked to add to its clock, whatever the settings.
     let day = 86_400_000;
