@@ -104,6 +104,7 @@ async fn a_stream_of_writers_does_not_starve_readers() {
         writes += bounded(w).await.expect("writer task");
     }
     let longest = Duration::from_micros(longest.load(Ordering::SeqCst));
+    println!("phase_fair: longest read wait {longest:?}; {writes} writes meanwhile");
     assert!(
         longest < READ_BOUND,
         "a reader waited {longest:?}, over the bound of {READ_BOUND:?}"
@@ -240,6 +241,7 @@ async fn a_writer_does_not_starve_behind_a_stream_of_readers() {
             .await
             .expect("the writer gets in while readers keep coming");
         let waited = started.elapsed();
+        println!("phase_fair: write wait {waited:?} behind a stream of readers");
         assert!(
             waited < WRITE_BOUND,
             "the writer waited {waited:?}, over the bound of {WRITE_BOUND:?}"

@@ -372,6 +372,7 @@ impl Client {
             return String::new();
         };
         let left_before = guard.remaining_validity();
+        let until_before = guard.valid_until();
         let ttl = match ttl {
             ExtendTtl::OfLeft(x) => guard.remaining_validity().mul_f64(x),
             ExtendTtl::Ms(v) => ms(v),
@@ -383,14 +384,17 @@ impl Client {
         let took = started.elapsed();
         self.oracle.set(*id, Belief::Guard(guard.valid_until()));
         let label = guard.resources().join("+");
-        self.rec.record(
-            self.id,
-            op,
-            &label,
-            EventKind::Extended {
-                valid_until_ns: instant_ns(guard.valid_until()),
-            },
-        );
+        // Recorded under the acquisition's op, the holding's key in the history (the
+        // checkers C5/C6 read claims from it). An extension that shortened the validity
+        // (a lost lock, a shorter ttl) ends the claim now: `Extended` only lengthens one.
+        let held_op = self.oracle.op_of(*id).unwrap_or(op);
+        let valid_until_ns = instant_ns(guard.valid_until());
+        let kind = EventKind::Extended { valid_until_ns };
+        self.rec.record(self.id, held_op, &label, kind);
+        if guard.valid_until() < until_before {
+            self.rec
+                .record(self.id, held_op, &label, EventKind::Released);
+        }
         if let Some(result) = &result {
             let b = round_bound(&self.specs[*mgr]).saturating_add(CALL_SLACK);
             if took > b {

@@ -261,6 +261,11 @@ impl Oracle {
         }
     }
 
+    /// The op of the acquisition that opened holding `id`.
+    pub fn op_of(&self, id: u64) -> Option<u64> {
+        lock(&self.entries).get(&id).map(|e| e.op)
+    }
+
     /// Adds what was just done to a holding to its story.
     pub fn note(&self, id: u64, what: String) {
         if let Some(e) = lock(&self.entries).get_mut(&id) {
@@ -348,6 +353,11 @@ impl Oracle {
                     Belief::Guard(v) => *v,
                     Belief::Lease(l) => {
                         if !l.is_held() {
+                            if !e.seen_not_held {
+                                // The claim (for C5/C6) ends when the lease says lost.
+                                self.rec
+                                    .record(e.client, e.op, &e.bar.label, EventKind::Released);
+                            }
                             e.seen_not_held = true;
                             continue;
                         }
@@ -372,6 +382,9 @@ impl Oracle {
                             .is_none_or(|m| m.abs_diff(ns) > 1_000_000)
                         {
                             e.bar.marks.push(ns);
+                            // What the lease believes now lengthens the claim (C5/C6).
+                            let kind = EventKind::Extended { valid_until_ns: ns };
+                            self.rec.record(e.client, e.op, &e.bar.label, kind);
                         }
                         v
                     }
