@@ -291,7 +291,7 @@ impl Client {
                 How::Acquire => redlock.acquire(&names[0], ttl).await,
                 How::TryAcquire => redlock.try_acquire(&names[0], ttl).await,
                 How::Many => redlock.acquire_many(&names, ttl).await,
-                How::Kind(k) => kinds::acquire(redlock, &names[0], res, ttl, k).await,
+                How::Kind(k) => kinds::acquire(redlock, &names[0], ttl, k).await,
             }
         };
         let Some(result) = within(budget_ms, call).await else {

@@ -28,14 +28,17 @@ use super::schedule::{How, RESOURCES};
 
 /// Of the drawn single-resource acquisitions, the share that asks for a kind.
 const KIND_SHARE: f64 = 0.4;
+/// The permits of the semaphore. One semaphore per episode, of 2 permits: every client
+/// of a semaphore must use the same count, and three holders of two permits (what
+/// counting holders per node allows under a partition) need the permit holders to meet.
+const PERMITS: usize = 2;
 
 /// What kind of acquisition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Read,
     Write,
-    /// A permit of semaphore `sem<res>`, which has `res + 1` permits (every client of a
-    /// semaphore must use the same count).
+    /// A permit of the episode's one semaphore `sem`, of [`PERMITS`] permits.
     Permit,
 }
 
@@ -52,7 +55,7 @@ impl Ask {
         let r = res % RESOURCES;
         match self.mode {
             Mode::Read | Mode::Write => format!("{self}(rw{r}"),
-            Mode::Permit => format!("{self}(sem{r}"),
+            Mode::Permit => format!("{self}(sem"),
         }
     }
 }
@@ -62,7 +65,7 @@ impl fmt::Display for Ask {
         let kind = match self.mode {
             Mode::Read => "read()",
             Mode::Write => "write()",
-            Mode::Permit => "permits(res + 1)",
+            Mode::Permit => "permits(2)",
         };
         let end = if self.once { "try_acquire" } else { "acquire" };
         write!(f, "{kind}.{end}")
@@ -87,26 +90,21 @@ pub fn draw(rng: &mut StdRng, how: How) -> How {
     How::Kind(Ask { mode, once })
 }
 
-/// The resource of a kind: readers and writers share `rw<res>`, permits take
-/// `sem<res>`; neither is ever locked exclusively (an exclusive lock does not wait for
+/// The resource of a kind: readers and writers share `rw<res>`, permits take `sem`;
+/// neither is ever locked exclusively (an exclusive lock does not wait for
 /// readers, by design, so C5 would not hold between them).
 pub fn resource(prefix: &str, res: u8, ask: Ask) -> String {
     let r = res % RESOURCES;
     match ask.mode {
         Mode::Read | Mode::Write => format!("{prefix}rw{r}"),
-        Mode::Permit => format!("{prefix}sem{r}"),
+        Mode::Permit => format!("{prefix}sem"),
     }
-}
-
-fn permits_of(res: u8) -> usize {
-    usize::from(res % RESOURCES) + 1
 }
 
 /// The acquisition through the public API.
 pub async fn acquire(
     redlock: &Redlock,
     name: &str,
-    res: u8,
     ttl: Duration,
     ask: Ask,
 ) -> Result<LockGuard, Error> {
@@ -114,7 +112,7 @@ pub async fn acquire(
     let request = match ask.mode {
         Mode::Read => request.read(),
         Mode::Write => request.write(),
-        Mode::Permit => request.permits(permits_of(res)),
+        Mode::Permit => request.permits(PERMITS),
     };
     if ask.once {
         request.try_acquire().await
@@ -174,22 +172,10 @@ pub fn check(history: &History, oracle: &Oracle) {
         oracle.flag(Kind::Exclusion, None, format!("C5: {}", v.what));
     }
     let semaphores: HashSet<String> = holds.into_iter().map(|h| h.resource).collect();
-    for name in semaphores {
-        // `…sem<res>`: the semaphore of `res + 1` permits.
-        let digits = name.trim_end_matches(|c: char| c.is_ascii_digit());
-        let Some(res) = name[digits.len()..].parse::<u8>().ok() else {
-            continue;
-        };
-        if !digits.ends_with("sem") {
-            continue;
-        }
-        let n = permits_of(res);
-        for v in checker::permits(history, &[name.as_str()], n) {
-            oracle.flag(
-                Kind::Exclusion,
-                None,
-                format!("C6 ({n} permits): {}", v.what),
-            );
+    for name in semaphores.iter().filter(|r| r.ends_with("sem")) {
+        for v in checker::permits(history, &[name.as_str()], PERMITS) {
+            let what = format!("C6 ({PERMITS} permits): {}", v.what);
+            oracle.flag(Kind::Exclusion, None, what);
         }
     }
 }
