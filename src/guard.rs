@@ -429,13 +429,16 @@ impl LockGuard {
 }
 
 impl Held {
-    /// The release of what is held, by kind. Exclusive and write locks wake the
-    /// waiters queued on their key; readers and permits have no queue.
+    /// The release of what is held, by kind. Exclusive locks wake the waiters queued on
+    /// their key; a write lock gives the readers that waited for it their turn and wakes
+    /// them; the last reader out wakes the waiting writer; permits have no queue.
     pub(crate) fn release_op(&self) -> Op {
+        let notify = self.inner.config.wake_on_release;
         match self.kind {
-            LockKind::Read => Op::read_release(&self.keys[0], &self.value),
+            LockKind::Read => Op::read_release(&self.keys[0], &self.value, notify),
+            LockKind::Write => Op::write_release(&self.keys[0], &self.value, notify),
             LockKind::Permit(_) => Op::release(&self.keys, &self.value, false),
-            _ => Op::release(&self.keys, &self.value, self.inner.config.wake_on_release),
+            LockKind::Exclusive => Op::release(&self.keys, &self.value, notify),
         }
     }
 

@@ -7,6 +7,13 @@ pub(crate) const READERS_SUFFIX: &str = ":readers";
 /// The suffix of a resource's writer intent: the id of a writer that waits for readers
 /// to leave, with the writer's ttl, so that new readers are refused meanwhile.
 pub(crate) const WRITER_SUFFIX: &str = ":writer";
+/// The suffix of a resource's waiting readers: a sorted set of the wait ids of readers a
+/// writer (holding or waiting) refused, scored by when their place lapses on the node's
+/// clock. A writer's release or a newly waiting writer moves them to the reader turn.
+pub(crate) const READ_WAIT_SUFFIX: &str = ":rwait";
+/// The suffix of a resource's reader turn: the waiting readers that go before the next
+/// writer (phase-fair admission), scored like the waiting readers.
+pub(crate) const READ_TURN_SUFFIX: &str = ":rturn";
 /// Between a semaphore's key and a permit slot's number: slot `i` of `gpu` is
 /// `gpu:permit:i`, an ordinary lock key.
 pub(crate) const PERMIT_INFIX: &str = ":permit:";
@@ -50,13 +57,16 @@ pub(crate) fn permit_key(key: &str, slot: usize) -> String {
 }
 
 /// Whether `name` ends like a key this crate keeps beside a lock key for the new kinds
-/// (`:readers`, `:writer`, `:permit:<digits>`), so that it could be another resource's.
+/// (`:readers`, `:writer`, `:rwait`, `:rturn`, `:permit:<digits>`), so that it could be
+/// another resource's.
 pub(crate) fn aux_suffix(name: &str) -> Option<&'static str> {
     if name.ends_with(READERS_SUFFIX) {
         return Some(READERS_SUFFIX);
     }
-    if name.ends_with(WRITER_SUFFIX) {
-        return Some(WRITER_SUFFIX);
+    for suffix in [WRITER_SUFFIX, READ_WAIT_SUFFIX, READ_TURN_SUFFIX] {
+        if name.ends_with(suffix) {
+            return Some(suffix);
+        }
     }
     let digits = name.trim_end_matches(|c: char| c.is_ascii_digit());
     (digits.len() < name.len() && digits.ends_with(PERMIT_INFIX)).then_some(":permit:<n>")
@@ -66,7 +76,13 @@ pub(crate) fn aux_suffix(name: &str) -> Option<&'static str> {
 /// intent or a permit slot key of some resource (or the other way round).
 pub(crate) fn clashes_with_fence_suffix(fence: &str) -> bool {
     let ends_alike = |s: &str| s.ends_with(fence) || fence.ends_with(s);
-    if ends_alike(READERS_SUFFIX) || ends_alike(WRITER_SUFFIX) {
+    let sets = [
+        READERS_SUFFIX,
+        WRITER_SUFFIX,
+        READ_WAIT_SUFFIX,
+        READ_TURN_SUFFIX,
+    ];
+    if sets.into_iter().any(ends_alike) {
         return true;
     }
     // `<resource><fence>` ends with `:permit:<digits>` for some resource.
@@ -82,6 +98,9 @@ mod tests {
     fn auxiliary_suffixes_are_recognised() {
         assert_eq!(aux_suffix("doc:readers"), Some(READERS_SUFFIX));
         assert_eq!(aux_suffix("doc:writer"), Some(WRITER_SUFFIX));
+        assert_eq!(aux_suffix("doc:rwait"), Some(READ_WAIT_SUFFIX));
+        assert_eq!(aux_suffix("doc:rturn"), Some(READ_TURN_SUFFIX));
+        assert!(clashes_with_fence_suffix("turn"));
         assert_eq!(aux_suffix("gpu:permit:12"), Some(":permit:<n>"));
         assert_eq!(aux_suffix("gpu:permit:"), None);
         assert_eq!(aux_suffix("gpu:permit:x1"), None);

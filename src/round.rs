@@ -14,6 +14,7 @@ use redis::Value;
 
 use crate::clock::instant_after;
 use crate::error::{Error, NodeError, NodeErrors};
+use crate::kind;
 use crate::metrics;
 use crate::node::{Node, Request};
 use crate::quorum::{Tally, Vote};
@@ -122,10 +123,30 @@ impl Op {
         }
     }
 
-    /// A reader leaves the reader set `readers` (also the undo of a read attempt).
-    pub(crate) fn read_release(readers: &str, value: &Arc<str>) -> Self {
-        let mut call = scripts::Call::new(&scripts::READ_RELEASE, &[readers]);
-        call.arg(&**value);
+    /// A reader leaves the reader set `readers` (also the undo of a read attempt); with
+    /// `notify`, the waiting writer is told when the last reader is gone.
+    pub(crate) fn read_release(readers: &str, value: &Arc<str>, notify: bool) -> Self {
+        let key = readers
+            .strip_suffix(kind::READERS_SUFFIX)
+            .unwrap_or(readers);
+        let writer = format!("{key}{}", kind::WRITER_SUFFIX);
+        let turn = format!("{key}{}", kind::READ_TURN_SUFFIX);
+        let mut call = scripts::Call::new(&scripts::READ_RELEASE, &[readers, key, &writer, &turn]);
+        call.arg(&**value).arg(wake::prefix(notify));
+        Self::clearing(call, value)
+    }
+
+    /// A writer releases `key`: the readers that waited for it get the next turn and,
+    /// with `notify`, are told (and the oldest exclusive waiter, as [`Op::release`]).
+    pub(crate) fn write_release(key: &str, value: &Arc<str>, notify: bool) -> Self {
+        let keys = [
+            key.to_owned(),
+            format!("{key}{}", wake::QUEUE_SUFFIX),
+            format!("{key}{}", kind::READ_WAIT_SUFFIX),
+            format!("{key}{}", kind::READ_TURN_SUFFIX),
+        ];
+        let mut call = scripts::Call::new(&scripts::WRITE_RELEASE, &keys);
+        call.arg(&**value).arg(wake::prefix(notify));
         Self::clearing(call, value)
     }
 

@@ -11,11 +11,32 @@ use redis::{Script, ToRedisArgs};
 
 use crate::mutants;
 
+/// The Lua function `wake_oldest(queue, key, prefix)`: pops the oldest members of the
+/// wait queue `queue` and publishes `key` to their channels (`prefix` .. member) until
+/// one live listener was reached; returns 1 if one was, else 0. Under `pcall`, so a user
+/// whose ACL denies it still releases. At most 64 pops: a queue of dead members costs a
+/// bounded amount, and the rest expire with the queue.
+macro_rules! wake_oldest {
+    () => {
+        r"
+local function wake_oldest(queue, key, prefix)
+  for _ = 1, 64 do
+    local top = redis.pcall('ZPOPMIN', queue)
+    if type(top) ~= 'table' or #top == 0 then return 0 end
+    local heard = redis.pcall('PUBLISH', prefix .. top[1], key)
+    if type(heard) == 'number' and heard > 0 then return 1 end
+  end
+  return 0
+end
+"
+    };
+}
+
 mod kinds;
 
 pub(crate) use kinds::{
     INTENT_CLEAR, PERMIT_ACQUIRE, PERMIT_TAKEN, READ_ACQUIRE, READ_EXTEND, READ_RELEASE,
-    WRITE_ACQUIRE,
+    READ_WAIT_CLEAR, WRITE_ACQUIRE, WRITE_RELEASE,
 };
 
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
@@ -67,7 +88,8 @@ impl Call {
 /// key is published to their channels, until one live listener was reached. The
 /// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(mutants::release_script().unwrap_or(
+    Script::new(mutants::release_script().unwrap_or(concat!(
+        wake_oldest!(),
         r"
 local prefix = ARGV[2]
 local notify = prefix and prefix ~= ''
@@ -79,24 +101,12 @@ for i = 1, m do
   local key = KEYS[i]
   if redis.call('GET', key) == ARGV[1] then
     n = n + redis.call('DEL', key)
-    if notify then
-      local live = 0
-      for _ = 1, 64 do
-        local top = redis.pcall('ZPOPMIN', KEYS[m + i])
-        if type(top) ~= 'table' or #top == 0 then break end
-        local heard = redis.pcall('PUBLISH', prefix .. top[1], key)
-        if type(heard) == 'number' and heard > 0 then
-          live = 1
-          break
-        end
-      end
-      woke = woke + live
-    end
+    if notify then woke = woke + wake_oldest(KEYS[m + i], key, prefix) end
   end
 end
 return {n, woke}
 ",
-    ))
+    )))
 });
 
 /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` that also counts finding its own value as set:
@@ -148,19 +158,14 @@ return 0
 /// again (its release will wake the next), pops the queue's oldest members and publishes
 /// the lock key to them until one live listener was reached. Returns 1 if one was.
 pub(crate) static WAKE_NEXT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        wake_oldest!(),
         r"
 redis.pcall('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for _ = 1, 64 do
-  local top = redis.pcall('ZPOPMIN', KEYS[2])
-  if type(top) ~= 'table' or #top == 0 then return 0 end
-  local heard = redis.pcall('PUBLISH', ARGV[2] .. top[1], KEYS[1])
-  if type(heard) == 'number' and heard > 0 then return 1 end
-end
-return 0
+return wake_oldest(KEYS[2], KEYS[1], ARGV[2])
 ",
-    )
+    ))
 });
 
 /// Joins the wait queue `KEYS[1]` as member `ARGV[1]`: at the front if `ARGV[2]` is `1`,

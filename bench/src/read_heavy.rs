@@ -118,8 +118,8 @@ pub(crate) async fn round(
 pub(crate) fn report(title: &str, rows: &[(&str, Vec<ReadHeavy>)]) {
     println!("### {title}");
     println!();
-    println!("| mode | reads/s | writes/s | read wait p50 µs | read wait p99 µs | write wait p50 µs | write wait max µs | overlaps | failed acquire calls |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| mode | reads/s | writes/s | read wait p50 µs | read wait p99 µs | write wait p50 µs | write wait p99 µs | write wait max µs | overlaps | failed acquire calls |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (mode, rounds) in rows {
         let secs: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
         let reads: u64 = rounds.iter().map(|r| r.reads).sum();
@@ -133,12 +133,13 @@ pub(crate) fn report(title: &str, rows: &[(&str, Vec<ReadHeavy>)]) {
             .flat_map(|r| r.write_waits_us.clone())
             .collect();
         println!(
-            "| {mode} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {mode} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
             reads as f64 / secs.max(1e-9),
             writes as f64 / secs.max(1e-9),
             percentile(&rw, 50.0),
             percentile(&rw, 99.0),
             percentile(&ww, 50.0),
+            percentile(&ww, 99.0),
             percentile(&ww, 100.0),
             rounds.iter().map(|r| r.overlaps).sum::<u64>(),
             rounds.iter().map(|r| r.errors).sum::<u64>(),

@@ -76,8 +76,8 @@ impl RedlockBuilder {
         if crate::kind::clashes_with_fence_suffix(&self.fence_suffix) {
             return Err(Error::Config(format!(
                 "fence_suffix `{}` ends like a key kept for read/write locks or permits \
-                 (`:readers`, `:writer`, `:permit:<n>`), so a counter key could be one of \
-                 them; choose another suffix such as `:fence`",
+                 (`:readers`, `:writer`, `:rwait`, `:rturn`, `:permit:<n>`), so a counter key \
+                 could be one of them; choose another suffix such as `:fence`",
                 self.fence_suffix
             )));
         }

@@ -308,7 +308,7 @@ impl Redlock {
                     )));
                 }
             }
-            // Likewise `<key>:readers`, `<key>:writer` and `<key>:permit:<i>`.
+            // Likewise `<key>:readers`, `:writer`, `:rwait`, `:rturn` and `:permit:<i>`.
             if let Some(suffix) = crate::kind::aux_suffix(r) {
                 return Err(Error::Config(format!(
                     "resource `{r}` ends with `{suffix}`, the suffix of the keys kept beside \

@@ -74,10 +74,14 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Asks for a read lock: shared with other readers, never held while a writer (or
-    /// an exclusive lock) holds the resource, and refused while a writer waits for
-    /// readers to leave, so writers do not starve. The guard's
-    /// [`kind`](LockGuard::kind) is [`LockKind::Read`](crate::LockKind::Read); it has
-    /// no fencing token. Waiting readers retry on the timer (no release wake-ups).
+    /// an exclusive lock) holds the resource. Admission is phase-fair: a reader that
+    /// comes while a writer waits for readers to leave waits for that writer, so writers
+    /// do not starve; readers that were waiting when a writer released (or when the next
+    /// writer arrived) go before the next writer, so readers do not starve either. The
+    /// guard's [`kind`](LockGuard::kind) is [`LockKind::Read`](crate::LockKind::Read);
+    /// it has no fencing token. A waiting reader is woken when its turn comes (with
+    /// [`wake_on_release`](crate::RedlockBuilder::wake_on_release)), else retries on
+    /// the timer.
     ///
     /// A plain exclusive lock of the same resource keeps new readers out but does not
     /// wait for readers already in: use [`write`](Self::write) for that.
@@ -96,10 +100,13 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Asks for a write lock: an exclusive lock of the resource's key that is only
-    /// granted once no reader holds it. While it waits for readers to leave it keeps
-    /// new readers out (for at most its ttl after it gave up or died). Writers exclude
-    /// each other and plain exclusive locks of the same resource, and with fencing on
-    /// take their tokens from the same counter. Waiting writers retry on the timer.
+    /// granted once no reader holds it and the readers that were waiting before it have
+    /// had their turn. While it waits it keeps new readers out (for at most its ttl
+    /// after it gave up or died). Writers exclude each other and plain exclusive locks
+    /// of the same resource, and with fencing on take their tokens from the same
+    /// counter. A waiting writer is woken when the last reader leaves (with
+    /// [`wake_on_release`](crate::RedlockBuilder::wake_on_release)), else retries on
+    /// the timer.
     ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {

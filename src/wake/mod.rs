@@ -37,6 +37,15 @@ pub(crate) use hints::Hints;
 
 /// A release publishes on this prefix followed by the waiting manager's id.
 pub(crate) const CHANNEL_PREFIX: &str = "tokio-redlock:wake:";
+/// The channel prefix a script publishes wake-ups on, or none (empty) without them.
+pub(crate) fn prefix(notify: bool) -> &'static str {
+    if notify {
+        CHANNEL_PREFIX
+    } else {
+        ""
+    }
+}
+
 /// The wait queue of a lock key is this key followed by this suffix.
 pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
 /// A wait queue nobody joined for this long expires: members of crashed clients do not
@@ -218,6 +227,11 @@ impl Wakeups {
             }),
             hints: Hints::default(),
         }
+    }
+
+    /// This manager's id: its channel is [`CHANNEL_PREFIX`] followed by it.
+    pub(crate) fn id(&self) -> &str {
+        &self.state.id
     }
 
     /// Starts waiting for releases of `key`: registers a local waiter and starts

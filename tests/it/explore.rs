@@ -14,6 +14,7 @@
 mod client;
 mod direct;
 mod driver;
+mod kinds;
 mod oracle;
 mod panics;
 mod procs;
@@ -178,9 +179,10 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
 }
 
 /// The order in which found kinds are shrunk, while the shrinking time lasts.
-const SERIOUS: [Kind; 9] = [
+const SERIOUS: [Kind; 10] = [
     Kind::Belief,
     Kind::Claim,
+    Kind::Exclusion,
     Kind::SharedValue,
     Kind::Revived,
     Kind::Fencing,

@@ -18,6 +18,7 @@ mod local;
 mod metrics;
 mod ops;
 mod payment;
+mod phase_fair;
 mod process;
 mod quarantine;
 mod release;

@@ -11,7 +11,9 @@ use redis::Value;
 use super::super::attempt::{undo_failed, Attempt, Undo};
 use super::super::Redlock;
 use crate::guard::{Held, LockGuard};
-use crate::kind::{LockKind, Mode, READERS_SUFFIX, WRITER_SUFFIX};
+use crate::kind::{
+    LockKind, Mode, READERS_SUFFIX, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX,
+};
 use crate::mutants;
 use crate::quorum::{self, Outcome, Vote};
 use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Op};
@@ -41,8 +43,13 @@ pub(super) struct Ask<'a> {
     pub(super) ttl_ms: u64,
     pub(super) min_validity: Duration,
     pub(super) candidate: Option<u64>,
-    /// The writer's intent id, the same for all its attempts.
+    /// The writer's intent id or the reader's wait id, the same for all its attempts:
+    /// this manager's id, `|`, a random value (the scripts wake the manager it names).
     pub(super) intent: &'a str,
+    /// How long a refused reader's place lasts on a node after this attempt.
+    pub(super) patience_ms: u64,
+    /// An earlier attempt of this acquisition was refused: it may have left places.
+    pub(super) waited: bool,
 }
 
 /// Turns a node's reply into an [`Answer`]; `order` maps a permit script's 1-based
@@ -96,14 +103,21 @@ impl Redlock {
         let value = super::super::new_shared_value(self.inner.config.owner_label.as_deref());
         let readers = format!("{}{READERS_SUFFIX}", ask.key);
         let writer = format!("{}{WRITER_SUFFIX}", ask.key);
+        let waiting = format!("{}{READ_WAIT_SUFFIX}", ask.key);
+        let turn = format!("{}{READ_TURN_SUFFIX}", ask.key);
+        let notify = inner.config.wake_on_release;
         let mut order: Vec<usize> = Vec::new();
         let (op, undo_op) = match ask.mode {
             Mode::Read => {
-                let mut call = Call::new(&scripts::READ_ACQUIRE, &[ask.key, &readers, &writer]);
-                call.arg(&*value).arg(ask.ttl_ms);
+                let keys = [ask.key, &readers, &writer, &waiting, &turn];
+                let mut call = Call::new(&scripts::READ_ACQUIRE, &keys);
+                call.arg(&*value)
+                    .arg(ask.ttl_ms)
+                    .arg(ask.intent)
+                    .arg(ask.patience_ms);
                 (
                     Op::setting(call, &value),
-                    Op::read_release(&readers, &value),
+                    Op::read_release(&readers, &value, notify),
                 )
             }
             Mode::Permits(n) => {
@@ -120,14 +134,17 @@ impl Redlock {
                 )
             }
             Mode::Write | Mode::Exclusive => {
-                let mut keys = vec![ask.key, &readers, &writer];
+                let mut keys = vec![ask.key, &readers, &writer, &waiting, &turn];
                 keys.extend(
                     ask.fence_keys
                         .iter()
                         .flat_map(|f| f.iter().map(String::as_str)),
                 );
                 let mut call = Call::new(&scripts::WRITE_ACQUIRE, &keys);
-                call.arg(&*value).arg(ask.ttl_ms).arg(ask.intent);
+                call.arg(&*value)
+                    .arg(ask.ttl_ms)
+                    .arg(ask.intent)
+                    .arg(crate::wake::prefix(notify));
                 if let Some(t) = ask.candidate.filter(|_| ask.fence_keys.is_some()) {
                     call.arg(t);
                 }
@@ -201,7 +218,17 @@ impl Redlock {
                 undo.disarm();
                 drop(replies);
                 let (keys, kind): (Arc<[String]>, LockKind) = match mode {
-                    Mode::Read => (Arc::from([readers]), LockKind::Read),
+                    Mode::Read => {
+                        // A node that refused it, now or before, may keep its place,
+                        // which would hold writers back there until it lapses. (A node
+                        // that has not answered yet rarely refuses a reader a quorum
+                        // admitted; its place would lapse within the patience.)
+                        let refused = votes.answers.contains(&Some(Answer::Held));
+                        if ask.waited || refused {
+                            self.withdraw_wait(ask.key, mode, ask.intent, Some(&value));
+                        }
+                        (Arc::from([readers]), LockKind::Read)
+                    }
                     Mode::Permits(_) if !per_slot => (Arc::from(ask.slots), LockKind::Permit(slot)),
                     Mode::Permits(_) => {
                         self.trim_other_slots(ask.slots, slot, &value, &votes.answers);
@@ -211,7 +238,7 @@ impl Redlock {
                         // The nodes that granted it deleted its intent; a node that
                         // refused (a reader still there) would keep readers out with it
                         // until its ttl.
-                        self.withdraw_intent(ask.key, ask.intent, Some(&value));
+                        self.withdraw_wait(ask.key, mode, ask.intent, Some(&value));
                         (Arc::from([ask.key.to_owned()]), LockKind::Write)
                     }
                 };

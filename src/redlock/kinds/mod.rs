@@ -1,10 +1,12 @@
 //! Read, write and permit acquisitions: the loop of attempts, driven by the same pure
-//! retry policy as exclusive locks, on the timer alone (these kinds have no release
-//! wake-ups yet). One attempt is in `attempt.rs`, the racy `available()` snapshot of a
-//! semaphore in `available.rs`.
+//! retry policy as exclusive locks. Readers and writers wait on the timer or a wake-up,
+//! whichever comes first (a writer's release wakes the readers whose turn it gave, the
+//! last reader out wakes the waiting writer); permits wait on the timer alone. One
+//! attempt is in `attempt.rs`, the racy `available()` snapshot of a semaphore in
+//! `available.rs`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::attempt::Attempt;
 use super::policy::{loss_of, AttemptOutcome, Policy, State, Step};
@@ -13,7 +15,7 @@ use super::{Redlock, MAX_FENCING_TOKEN};
 use crate::clock::instant_after;
 use crate::error::Error;
 use crate::guard::LockGuard;
-use crate::kind::{self, Mode, WRITER_SUFFIX};
+use crate::kind::{self, Mode, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX};
 use crate::round::{self, fan_out, Op};
 use crate::scripts::{self, Call};
 
@@ -43,7 +45,8 @@ impl Redlock {
     }
 
     /// Attempts until one wins or the retries or the wait budget are spent, pausing
-    /// `retry_delay` plus jitter between them (no wake-ups for these kinds yet).
+    /// `retry_delay` plus jitter between them; a reader's or writer's pause ends early
+    /// when a release tells this manager (with `wake_on_release`).
     async fn run_kind(
         &self,
         resource: &str,
@@ -71,7 +74,17 @@ impl Redlock {
             single: false,
         };
         let mut state = State::new(fence_keys.as_deref().map(|f| inner.fences.highest(f)));
-        let intent = super::new_value(None);
+        // The manager's id first: the release scripts wake the manager a waiting
+        // reader's or writer's id names.
+        let intent = format!("{}|{}", inner.wakeups.id(), super::new_value(None));
+        let patience_ms = patience(config.retry_delay, config.retry_jitter, config.node_timeout);
+        let wakes = config.wake_on_release && matches!(mode, Mode::Read | Mode::Write);
+        let mut waiter: Option<crate::wake::Waiter> = None;
+        // A key this manager found held moments ago is likely held now: listen before
+        // the first attempt, so that a release just after its refusal is not missed.
+        if wakes && inner.wakeups.hints.take(&key).1 {
+            waiter = Some(inner.wakeups.wait_for(&inner.nodes, &key));
+        }
         let result = loop {
             let attempts = state.begin();
             if let Some(t) = state.candidate().filter(|t| *t > MAX_FENCING_TOKEN) {
@@ -90,6 +103,8 @@ impl Redlock {
                 min_validity: want.min_validity,
                 candidate: state.candidate(),
                 intent: &intent,
+                patience_ms,
+                waited: attempts > 1,
             };
             let attempt = self.attempt_kind(&ask).await;
             if let (
@@ -102,6 +117,11 @@ impl Redlock {
                 inner.fences.remember(fences, *seen);
             }
             let outcome = attempt.outcome();
+            if let AttemptOutcome::Lost { tally, .. } = &outcome {
+                if wakes && loss_of(tally) == super::policy::Loss::Conflict {
+                    inner.wakeups.hints.contended(&key);
+                }
+            }
             let step = policy.next(&mut state, &outcome, Instant::now(), &mut rand::rng());
             tracing::trace!(attempts, ?step, "after attempt");
             let pause = match step {
@@ -120,7 +140,21 @@ impl Redlock {
                 Step::Reround | Step::Queue(_) => continue,
                 Step::Sleep { pause, .. } => pause,
             };
-            tokio::time::sleep(pause).await;
+            // Registered before the pause, kept for the rest of the acquisition: a
+            // wake-up that comes while an attempt is out leaves a permit, not a loss.
+            if wakes && waiter.is_none() {
+                waiter = Some(inner.wakeups.wait_for(&inner.nodes, &key));
+            }
+            match &waiter {
+                Some(w) => {
+                    inner.wakeups.listen(&inner.nodes);
+                    tokio::select! {
+                        () = w.woken() => tracing::trace!("woken"),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                None => tokio::time::sleep(pause).await,
+            }
             if policy.deadline.is_some_and(|d| Instant::now() >= d) {
                 let loss = match outcome {
                     AttemptOutcome::Lost { tally, .. } => loss_of(&tally),
@@ -129,25 +163,55 @@ impl Redlock {
                 break Err(error_of(attempt, loss, resource, state.attempts(), ttl_ms));
             }
         };
-        if mode == Mode::Write {
-            // A writer that gives up stops keeping readers out now, not at its ttl.
-            self.withdraw_intent(&key, &intent, None);
+        if matches!(mode, Mode::Read | Mode::Write) {
+            // A writer that gives up stops keeping readers out now, not at its ttl; a
+            // reader gives up its place (its turn would hold writers back).
+            self.withdraw_wait(&key, mode, &intent, None);
         }
         result
     }
 
-    /// Deletes the writer intent `intent` of `key` on every node, in the background;
-    /// `after` an attempt's value, on each node after that attempt's request.
-    fn withdraw_intent(&self, key: &str, intent: &str, after: Option<&Arc<str>>) {
-        let mut call = Call::new(&scripts::INTENT_CLEAR, &[format!("{key}{WRITER_SUFFIX}")]);
-        call.arg(intent);
+    /// Deletes the writer intent, or the reader's place among the waiting readers and
+    /// in the reader turn, `id` of `key` on every node, in the background; `after` an
+    /// attempt's value, on each node after that attempt's request.
+    fn withdraw_wait(&self, key: &str, mode: Mode, id: &str, after: Option<&Arc<str>>) {
+        let mut call = match mode {
+            Mode::Read => Call::new(
+                &scripts::READ_WAIT_CLEAR,
+                &[
+                    format!("{key}{READ_WAIT_SUFFIX}"),
+                    format!("{key}{READ_TURN_SUFFIX}"),
+                ],
+            ),
+            _ => Call::new(&scripts::INTENT_CLEAR, &[format!("{key}{WRITER_SUFFIX}")]),
+        };
+        call.arg(id);
         let op = match after {
             Some(value) => Op::clearing(call, value),
             None => Op::free(call),
         };
         let replies = fan_out(&self.inner.nodes, Arc::new(op));
-        round::finish_in_background(replies, "withdraw writer intent");
+        round::finish_in_background(replies, "withdraw a waiting reader or writer");
     }
+}
+
+/// How long a refused reader keeps its place (among the waiting readers, or in the
+/// reader turn) on a node after its last attempt: its longest pause between attempts
+/// (delay plus jitter), a node timeout for each of the two requests around it, and
+/// 50 ms for a loaded client. Long enough that a reader whose wake-up was lost still
+/// comes back in time; short enough that a reader that died holds a writer back no
+/// longer than one missed attempt would.
+fn patience(delay: Duration, jitter: Duration, node_timeout: Duration) -> u64 {
+    let slack = Duration::from_millis(50);
+    let patience = delay
+        .saturating_add(jitter)
+        .saturating_add(node_timeout.saturating_mul(2))
+        .saturating_add(slack);
+    // A day bounds what the node is asked to add to its clock, whatever the settings.
+    let day = 86_400_000;
+    u64::try_from(patience.as_millis())
+        .unwrap_or(day)
+        .clamp(1, day)
 }
 
 /// `Error::Config` for a semaphore of no permits or of more than [`MAX_PERMITS`].

@@ -65,3 +65,19 @@ fn permit_counts_are_checked() {
     assert!(check_permits(Mode::Permits(1)).is_ok());
     assert!(check_permits(Mode::Read).is_ok());
 }
+
+#[test]
+fn patience_outlasts_a_pause_and_its_requests_and_stays_bounded() {
+    let ms = Duration::from_millis;
+    // The defaults: 200 ms delay, 200 ms jitter, 50 ms node timeout.
+    assert_eq!(patience(ms(200), ms(200), ms(50)), 550);
+    assert_eq!(patience(Duration::ZERO, Duration::ZERO, Duration::ZERO), 50);
+    for (d, j, t) in [(0, 0, 1), (5, 10, 250), (300, 200, 1_000)] {
+        let p = patience(ms(d), ms(j), ms(t));
+        assert!(p > d + j + 2 * t, "{p} for {d} {j} {t}");
+    }
+    assert_eq!(
+        patience(Duration::MAX, Duration::MAX, Duration::MAX),
+        86_400_000
+    );
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
 use tokio_redlock::{Error, KeptGuard, LockGuard, Redlock};
 
+use super::kinds;
 use super::oracle::{Belief, Kind, Oracle};
 use super::schedule::{
     ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES, TAIL_MIN_NODE_TIMEOUT_MS,
@@ -308,15 +309,18 @@ impl Client {
         let spec = &self.specs[mgr];
         let names = match how {
             How::Many => vec![self.res(res), self.res(res + 1)],
+            How::Kind(k) => vec![kinds::resource(&self.prefix, res, k)],
             _ => vec![self.res(res)],
         };
         let ttl = ms(ttl_ms);
         let label = names.join("+");
-        let retries = if how == How::TryAcquire {
-            0
-        } else {
-            spec.retry_count
+        let retries = match how {
+            How::TryAcquire | How::Kind(kinds::Ask { once: true, .. }) => 0,
+            _ => spec.retry_count,
         };
+        if let How::Kind(k) = how {
+            kinds::note(&label, self.id, self.op, k);
+        }
         self.rec.record(self.id, self.op, &label, EventKind::Start);
         let started = Instant::now();
         let call = super::traced::counted(|| async {
@@ -324,6 +328,7 @@ impl Client {
                 How::Acquire => redlock.acquire(&names[0], ttl).await,
                 How::TryAcquire => redlock.try_acquire(&names[0], ttl).await,
                 How::Many => redlock.acquire_many(&names, ttl).await,
+                How::Kind(k) => kinds::acquire(redlock, &names[0], ttl, k).await,
             }
         });
         let Some((result, traced)) = within(budget_ms, call).await else {
@@ -357,7 +362,10 @@ impl Client {
                         token: guard.fencing_token(),
                     },
                 );
-                let keys = names.iter().map(|n| redlock.key_of(n)).collect();
+                let keys = match how {
+                    How::Kind(_) => kinds::oracle_keys(redlock, &names[0], &guard),
+                    _ => names.iter().map(|n| redlock.key_of(n)).collect(),
+                };
                 let id = self.oracle.open(
                     self.id,
                     self.op,
@@ -402,6 +410,7 @@ impl Client {
             return String::new();
         };
         let left_before = guard.remaining_validity();
+        let until_before = guard.valid_until();
         let ttl = match ttl {
             ExtendTtl::OfLeft(x) => guard.remaining_validity().mul_f64(x),
             ExtendTtl::Ms(v) => ms(v),
@@ -413,14 +422,17 @@ impl Client {
         let took = started.elapsed();
         self.oracle.set(*id, Belief::Guard(guard.valid_until()));
         let label = guard.resources().join("+");
-        self.rec.record(
-            self.id,
-            op,
-            &label,
-            EventKind::Extended {
-                valid_until_ns: instant_ns(guard.valid_until()),
-            },
-        );
+        // Recorded under the acquisition's op, the holding's key in the history (the
+        // checkers C5/C6 read claims from it). An extension that shortened the validity
+        // (a lost lock, a shorter ttl) ends the claim now: `Extended` only lengthens one.
+        let held_op = self.oracle.op_of(*id).unwrap_or(op);
+        let valid_until_ns = instant_ns(guard.valid_until());
+        let kind = EventKind::Extended { valid_until_ns };
+        self.rec.record(self.id, held_op, &label, kind);
+        if guard.valid_until() < until_before {
+            self.rec
+                .record(self.id, held_op, &label, EventKind::Released);
+        }
         if let Some(result) = &result {
             let b = round_bound(&self.specs[*mgr]).saturating_add(CALL_SLACK);
             if took > b {

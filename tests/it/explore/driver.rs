@@ -392,6 +392,7 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
     for v in checker::fencing(&history) {
         oracle.flag(Kind::Fencing, None, v.what);
     }
+    super::kinds::check(&history, &oracle);
     for p in super::panics::take_panics() {
         oracle.flag(Kind::Panic, None, format!("library code panicked: {p}"));
     }
@@ -536,7 +537,10 @@ fn ghosts(
     let mut found = Vec::new();
     let bound = oracle.bound_values();
     for (node, key, value) in after {
-        if key.ends_with(":fence") || !key.starts_with(prefix) {
+        if key.ends_with(":fence")
+            || !key.starts_with(prefix)
+            || super::kinds::is_waiting_place(key)
+        {
             continue;
         }
         let owner = bound.get(&(key.clone(), value.clone()));

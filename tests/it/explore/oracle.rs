@@ -52,6 +52,9 @@ pub enum Kind {
     Fencing,
     /// C1 over the history, client processes included: two claims of one resource overlap.
     Claim,
+    /// A write claim overlapping another claim of its resource (C5), or more permit
+    /// claims than permits (C6).
+    Exclusion,
 }
 
 impl fmt::Display for Kind {
@@ -66,6 +69,7 @@ impl fmt::Display for Kind {
             Self::Ghost => "ghost",
             Self::Fencing => "fencing",
             Self::Claim => "claim",
+            Self::Exclusion => "exclusion",
         })
     }
 }
@@ -260,6 +264,11 @@ impl Oracle {
         }
     }
 
+    /// The op of the acquisition that opened holding `id`.
+    pub fn op_of(&self, id: u64) -> Option<u64> {
+        lock(&self.entries).get(&id).map(|e| e.op)
+    }
+
     /// Adds what was just done to a holding to its story.
     pub fn note(&self, id: u64, what: String) {
         if let Some(e) = lock(&self.entries).get_mut(&id) {
@@ -361,6 +370,11 @@ impl Oracle {
                     Belief::Guard(v) => *v,
                     Belief::Lease(l) => {
                         if !l.is_held() {
+                            if !e.seen_not_held {
+                                // The claim (for C5/C6) ends when the lease says lost.
+                                self.rec
+                                    .record(e.client, e.op, &e.bar.label, EventKind::Released);
+                            }
                             e.seen_not_held = true;
                             continue;
                         }
@@ -385,6 +399,9 @@ impl Oracle {
                             .is_none_or(|m| m.abs_diff(ns) > 1_000_000)
                         {
                             e.bar.marks.push(ns);
+                            // What the lease believes now lengthens the claim (C5/C6).
+                            let kind = EventKind::Extended { valid_until_ns: ns };
+                            self.rec.record(e.client, e.op, &e.bar.label, kind);
                         }
                         v
                     }

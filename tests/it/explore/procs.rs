@@ -431,7 +431,13 @@ pub fn claims_input(h: &History) -> History {
         if hold.end_ns <= hold.ok.t_ns {
             continue;
         }
-        for resource in hold.ok.resource.split('+') {
+        // Read and permit holds share by design: C5/C6 judge them (`kinds.rs`).
+        let exclusive = hold
+            .ok
+            .resource
+            .split('+')
+            .filter(|r| !super::kinds::is_kind_resource(r));
+        for resource in exclusive {
             let mut start = hold.ok.clone();
             start.t_ns = hold.start_ns;
             start.resource = resource.to_owned();
@@ -488,6 +494,19 @@ mod tests {
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].what.contains("client 1001"), "{}", v[0]);
         assert!(claims(&claims_input(&here)).is_empty());
+    }
+
+    #[test]
+    fn shared_kinds_are_left_to_c5_and_c6() {
+        // Two readers of `xg0rw0`, two permits of `xg0sem`: C1 has nothing to say; the
+        // same overlap on an exclusive resource is a violation.
+        let shared = "10 1 1 xg0rw0 start\n20 1 1 xg0rw0 ok 100 -\n\
+                      30 2 1 xg0rw0 start\n40 2 1 xg0rw0 ok 100 -\n\
+                      10 3 1 xg0sem start\n20 3 1 xg0sem ok 100 -\n\
+                      30 4 1 xg0sem start\n40 4 1 xg0sem ok 100 -\n";
+        assert!(claims(&claims_input(&h(shared))).is_empty());
+        let exclusive = shared.replace("rw0", "r0").replace("sem", "r1");
+        assert_eq!(claims(&claims_input(&h(&exclusive))).len(), 2);
     }
 
     #[test]

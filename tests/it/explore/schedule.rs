@@ -167,6 +167,8 @@ pub enum How {
     TryAcquire,
     /// `acquire_many` of the resource and the next one.
     Many,
+    /// A read, write or permit acquisition (`explore/kinds.rs`).
+    Kind(super::kinds::Ask),
 }
 
 /// The ttl of an extension: a fraction of what is left, or an absolute value.
@@ -229,6 +231,7 @@ impl fmt::Display for Op {
                     How::Acquire => format!("acquire(r{res}"),
                     How::TryAcquire => format!("try_acquire(r{res}"),
                     How::Many => format!("acquire_many([r{res}, r{}]", (res + 1) % RESOURCES),
+                    How::Kind(k) => k.call(*res),
                 };
                 write!(
                     f,
@@ -497,14 +500,14 @@ fn op(rng: &mut StdRng) -> Op {
         0..=17 => Op::Acquire {
             mgr,
             res,
-            how: How::Acquire,
+            how: super::kinds::draw(rng, How::Acquire),
             ttl_ms: ttl(rng),
             budget_ms: small_budget(rng),
         },
         18..=25 => Op::Acquire {
             mgr,
             res,
-            how: How::TryAcquire,
+            how: super::kinds::draw(rng, How::TryAcquire),
             ttl_ms: ttl(rng),
             budget_ms: small_budget(rng),
         },
@@ -624,6 +627,20 @@ fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
     let mut faults = Vec::new();
     let mut busy_until = vec![0u64; n];
     let mut t = rng.random_range(0..200);
+    // Half the episodes open with a node silent for seconds: every manager is fresh at
+    // an episode's start, so its first waits need subscriptions, and one to a silent
+    // node must not hold a wait up.
+    if workload != Workload::Soak && rng.random_bool(0.5) {
+        let node = rng.random_range(0..n);
+        let dur_ms = rng.random_range(2_200..=2_600);
+        faults.push(FaultStep {
+            at_ms: rng.random_range(0..100),
+            node,
+            kind: FaultKind::Pause,
+            dur_ms,
+        });
+        busy_until[node] = dur_ms + 150;
+    }
     while t < span - 200 {
         let node = rng.random_range(0..n);
         let dur_ms = rng.random_range(30..=600);
