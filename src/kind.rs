@@ -56,17 +56,22 @@ pub(crate) fn permit_key(key: &str, slot: usize) -> String {
     format!("{key}{PERMIT_INFIX}{slot}")
 }
 
+/// Every fixed suffix of a key the reader-writer lock keeps beside its lock key (the
+/// permit slots, `:permit:<n>`, are the other kind): one list for the name checks and
+/// for the cluster vote's key mapping.
+pub(crate) const SET_SUFFIXES: [&str; 4] = [
+    READERS_SUFFIX,
+    WRITER_SUFFIX,
+    READ_WAIT_SUFFIX,
+    READ_TURN_SUFFIX,
+];
+
 /// Whether `name` ends like a key this crate keeps beside a lock key for the new kinds
 /// (`:readers`, `:writer`, `:rwait`, `:rturn`, `:permit:<digits>`), so that it could be
 /// another resource's.
 pub(crate) fn aux_suffix(name: &str) -> Option<&'static str> {
-    if name.ends_with(READERS_SUFFIX) {
-        return Some(READERS_SUFFIX);
-    }
-    for suffix in [WRITER_SUFFIX, READ_WAIT_SUFFIX, READ_TURN_SUFFIX] {
-        if name.ends_with(suffix) {
-            return Some(suffix);
-        }
+    if let Some(suffix) = SET_SUFFIXES.into_iter().find(|s| name.ends_with(s)) {
+        return Some(suffix);
     }
     let digits = name.trim_end_matches(|c: char| c.is_ascii_digit());
     (digits.len() < name.len() && digits.ends_with(PERMIT_INFIX)).then_some(":permit:<n>")
@@ -76,13 +81,7 @@ pub(crate) fn aux_suffix(name: &str) -> Option<&'static str> {
 /// intent or a permit slot key of some resource (or the other way round).
 pub(crate) fn clashes_with_fence_suffix(fence: &str) -> bool {
     let ends_alike = |s: &str| s.ends_with(fence) || fence.ends_with(s);
-    let sets = [
-        READERS_SUFFIX,
-        WRITER_SUFFIX,
-        READ_WAIT_SUFFIX,
-        READ_TURN_SUFFIX,
-    ];
-    if sets.into_iter().any(ends_alike) {
+    if SET_SUFFIXES.into_iter().any(ends_alike) {
         return true;
     }
     // `<resource><fence>` ends with `:permit:<digits>` for some resource.

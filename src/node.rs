@@ -330,18 +330,26 @@ impl Node {
     /// cannot do harm. Without it the first request after every restart would fail, and
     /// a release caught by two breaks in a row would leave its key to the ttl on a node
     /// that is back within milliseconds. A connection that cannot be made ends it at
-    /// once (the node is down: no point in hammering it).
+    /// once (the node is down: no point in hammering it), and so do new connections
+    /// that keep breaking ([`MAX_BROKEN_HANDSHAKES`]).
     async fn run_unbounded(
         &self,
         request: Request<'_>,
     ) -> Result<Value, (RedisError, Option<u64>)> {
         let mut result = self.run_once(request).await;
         let mut tries = 1u32;
+        let mut broken_handshakes = 0u32;
         loop {
             match result {
                 Err((e, generation)) if broke(&e, generation.is_some()) => {
-                    if let Some(generation) = generation {
-                        self.reset(Some(generation));
+                    match generation {
+                        Some(generation) => self.reset(Some(generation)),
+                        // A node that keeps closing new connections (behind a proxy or
+                        // a load balancer, a dead server looks like this) is down.
+                        None if broken_handshakes >= MAX_BROKEN_HANDSHAKES => {
+                            return Err((e, None))
+                        }
+                        None => broken_handshakes += 1,
                     }
                     if tries > 1 {
                         tokio::time::sleep(reconnect_pause(tries)).await;
@@ -501,6 +509,10 @@ impl Node {
         }
     }
 }
+
+/// New connections in a row that may break while being made before a request gives up:
+/// a flapping network breaks one or two, a dead server behind a proxy breaks every one.
+const MAX_BROKEN_HANDSHAKES: u32 = 3;
 
 /// Whether `e` says a connection broke (worth another try on a new one) rather than
 /// that the node cannot be reached. A connection being made (`established` false) that

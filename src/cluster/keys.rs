@@ -3,8 +3,8 @@
 //! one master.
 //!
 //! The requests themselves are built once, with the standalone keys (the resource name,
-//! and `<key>:waiters`, `<key><fence suffix>`, `<key>:readers`, `<key>:writer`,
-//! `<key>:permit:<i>` beside it), and a cluster vote rewrites the keys of its copy when
+//! and `<key>:waiters`, `<key><fence suffix>`, the reader-writer sets
+//! (`kind::SET_SUFFIXES`) and `<key>:permit:<i>` beside it), and a cluster vote rewrites the keys of its copy when
 //! it sends it. A standalone node sends them as built: its keys, and so its interop with
 //! other Redlock clients, do not change, and its hot path pays nothing.
 //!
@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd};
 
-use crate::kind::{PERMIT_INFIX, READERS_SUFFIX, WRITER_SUFFIX};
+use crate::kind::{PERMIT_INFIX, SET_SUFFIXES};
 use crate::wake::QUEUE_SUFFIX;
 
 /// What a base that starts with `}` is put behind: `{K}` would have an empty hash tag
@@ -96,15 +96,10 @@ impl KeyMap {
 
     /// `key` without the suffix it ends with, if it ends with one and something is left.
     fn strip_one<'k>(&self, key: &'k str) -> Option<&'k str> {
-        let plain = [
-            QUEUE_SUFFIX,
-            &self.fence_suffix,
-            READERS_SUFFIX,
-            WRITER_SUFFIX,
-        ];
-        let base = plain
-            .iter()
-            .find_map(|s| key.strip_suffix(*s))
+        let base = [QUEUE_SUFFIX, &self.fence_suffix]
+            .into_iter()
+            .chain(SET_SUFFIXES)
+            .find_map(|s| key.strip_suffix(s))
             .or_else(|| {
                 let digits = key.trim_end_matches(|c: char| c.is_ascii_digit());
                 (digits.len() < key.len())
@@ -239,14 +234,22 @@ mod tests {
         for base in ["doc", "acct:{7}:1", "x{}y", "}abc", "кошка", "a}b"] {
             let slot = Slot::for_key(m.map_key(base).as_bytes());
             assert_eq!(slot, slot_of(base), "{base}");
-            for suffix in [
+            // Written out, not taken from the constants: a suffix added to the crate
+            // without a line here fails the check below.
+            let all = [
                 ":waiters",
                 ":fence",
                 ":readers",
                 ":writer",
+                ":rwait",
+                ":rturn",
                 ":permit:0",
                 ":permit:12",
-            ] {
+            ];
+            for set in crate::kind::SET_SUFFIXES {
+                assert!(all.contains(&set), "{set} is not checked here");
+            }
+            for suffix in all {
                 let key = format!("{base}{suffix}");
                 let mapped = m.map_key(&key);
                 assert_eq!(m.base(&key), base, "{key}");
