@@ -276,11 +276,7 @@ impl Wakeups {
     pub(crate) fn listen(&self, nodes: &Arc<[Node]>) {
         let state = &self.state;
         for i in 0..nodes.len().min(state.subs.len()) {
-            let live = lock(&state.subs[i])
-                .as_ref()
-                .is_some_and(|(_, reader)| !reader.is_finished());
-            let not_yet = lock(&state.retry_at[i]).is_some_and(|at| Instant::now() < at);
-            if live || not_yet || state.listening[i].swap(true, Ordering::AcqRel) {
+            if !state.claim_listening(i) {
                 continue;
             }
             let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -298,15 +294,22 @@ impl Wakeups {
     pub(crate) async fn listen_in_line(&self, nodes: &Arc<[Node]>) {
         let state = &self.state;
         for i in 0..nodes.len().min(state.subs.len()) {
-            let live = lock(&state.subs[i])
-                .as_ref()
-                .is_some_and(|(_, reader)| !reader.is_finished());
-            let not_yet = lock(&state.retry_at[i]).is_some_and(|at| Instant::now() < at);
-            if live || not_yet || state.listening[i].swap(true, Ordering::AcqRel) {
-                continue;
+            if state.claim_listening(i) {
+                subscribe(Arc::downgrade(state), Arc::clone(nodes), i).await;
             }
-            subscribe(Arc::downgrade(state), Arc::clone(nodes), i).await;
         }
+    }
+}
+
+impl State {
+    /// Whether node `i` needs a subscription and this caller is now the one to make it:
+    /// none is live there, none is being made, and the last failure is old enough.
+    fn claim_listening(&self, i: usize) -> bool {
+        let live = lock(&self.subs[i])
+            .as_ref()
+            .is_some_and(|(_, reader)| !reader.is_finished());
+        let not_yet = lock(&self.retry_at[i]).is_some_and(|at| Instant::now() < at);
+        !(live || not_yet || self.listening[i].swap(true, Ordering::AcqRel))
     }
 }
 
