@@ -1,6 +1,10 @@
 //! [`LockKind`]: what a guard holds (an exclusive lock, a read or write lock, a permit),
 //! and the keys each kind keeps beside the lock key.
 
+/// The suffix of a lock key's wait queue (`wake`): a sorted set of waiting managers,
+/// oldest first, beside the lock key of every kind that waits.
+pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
+
 /// The suffix of a resource's reader set: a sorted set of reader values scored by their
 /// expiry on the node's clock.
 pub(crate) const READERS_SUFFIX: &str = ":readers";

@@ -15,6 +15,10 @@ use crate::error::{NodeError, NodeErrorKind};
 use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::sync::lock;
 
+pub(crate) mod request;
+
+pub(crate) use request::Request;
+
 /// After this many timeouts in a row the connection is presumed dead (a half-open TCP
 /// connection never reports an error) and is made anew. Three keeps a merely slow node
 /// from reconnecting on every hiccup.
@@ -56,30 +60,6 @@ enum Conn {
         redis::cluster_async::ClusterConnection,
         Arc<crate::cluster::ClusterVote>,
     ),
-}
-
-/// A request that one node should run.
-#[derive(Clone, Copy)]
-pub(crate) enum Request<'a> {
-    Cmd(&'a redis::Cmd),
-    Script(&'a crate::scripts::Call),
-    /// A plain `SET NX`, and the script to send instead if it must be sent again: the
-    /// first one may have been applied with its reply lost, and a re-sent `SET NX` would
-    /// then find this owner's own value and answer "not set".
-    Set {
-        cmd: &'a redis::Cmd,
-        resend: &'a crate::scripts::Call,
-    },
-}
-
-impl<'a> Request<'a> {
-    /// What to send when the first try may have landed.
-    fn resend(self) -> Self {
-        match self {
-            Self::Set { resend, .. } => Self::Script(resend),
-            other => other,
-        }
-    }
 }
 
 /// The requests that may still set an owner value on one node, per value, so that a
@@ -574,40 +554,4 @@ async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) ->
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn io(kind: std::io::ErrorKind) -> RedisError {
-        RedisError::from(std::io::Error::new(kind, "test"))
-    }
-
-    #[test]
-    fn a_broken_connection_is_tried_again_a_refused_or_silent_one_is_not() {
-        use std::io::ErrorKind::*;
-        for kind in [
-            BrokenPipe,
-            ConnectionReset,
-            ConnectionAborted,
-            UnexpectedEof,
-        ] {
-            assert!(broke(&io(kind), true), "{kind:?} on a connection in use");
-            assert!(broke(&io(kind), false), "{kind:?} while connecting");
-        }
-        // The node is down or unreachable: connecting again at once cannot help.
-        for kind in [ConnectionRefused, TimedOut, NotFound, Other] {
-            assert!(!broke(&io(kind), false), "{kind:?} while connecting");
-        }
-        // A reply the server gave is no broken connection.
-        let server = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR x"));
-        assert!(!broke(&server, true));
-    }
-
-    #[test]
-    fn the_pause_between_tries_grows_to_a_cap() {
-        let pauses: Vec<u64> = (2..=12)
-            .map(|t| reconnect_pause(t).as_millis() as u64)
-            .collect();
-        assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16, 16, 16, 16, 16]);
-        assert_eq!(reconnect_pause(u32::MAX), Duration::from_millis(16));
-    }
-}
+mod tests;

@@ -22,8 +22,7 @@ use std::borrow::Cow;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd};
 
-use crate::kind::{PERMIT_INFIX, SET_SUFFIXES};
-use crate::wake::QUEUE_SUFFIX;
+use crate::kind::{PERMIT_INFIX, QUEUE_SUFFIX, SET_SUFFIXES};
 
 /// What a base that starts with `}` is put behind: `{K}` would have an empty hash tag
 /// there (`{}`), which Redis ignores, hashing each whole key to a slot of its own. The

@@ -23,7 +23,7 @@ use redis::cluster_routing::{
 use redis::{Arg, Client, Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, ServerErrorKind};
 use redis::{Pipeline, Value};
 
-use crate::node::Request;
+use crate::node::request::Request;
 
 pub(crate) mod keys;
 

@@ -47,7 +47,7 @@ pub(crate) fn prefix(notify: bool) -> &'static str {
 }
 
 /// The wait queue of a lock key is this key followed by this suffix.
-pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
+pub(crate) use crate::kind::QUEUE_SUFFIX;
 /// A wait queue nobody joined for this long expires: members of crashed clients do not
 /// pile up, and a live waiter joins again after every failed attempt anyway.
 pub(crate) const QUEUE_TTL_MS: u64 = 60_000;

@@ -1,0 +1,25 @@
+//! What one node is asked to run.
+
+/// A request that one node should run.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Script(&'a crate::scripts::Call),
+    /// A plain `SET NX`, and the script to send instead if it must be sent again: the
+    /// first one may have been applied with its reply lost, and a re-sent `SET NX` would
+    /// then find this owner's own value and answer "not set".
+    Set {
+        cmd: &'a redis::Cmd,
+        resend: &'a crate::scripts::Call,
+    },
+}
+
+impl<'a> Request<'a> {
+    /// What to send when the first try may have landed.
+    pub(super) fn resend(self) -> Self {
+        match self {
+            Self::Set { resend, .. } => Self::Script(resend),
+            other => other,
+        }
+    }
+}
