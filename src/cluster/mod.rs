@@ -108,10 +108,12 @@ impl ClusterVote {
                 let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 conn.route_command(cmd.clone(), all).await
             }
-            Request::Cmd(cmd) | Request::Set { cmd, .. } => {
-                self.keys.map_cmd(cmd).query_async(conn).await
-            }
-            Request::Script(call) => {
+            Request::Cmd(cmd) => self.keys.map_cmd(cmd).query_async(conn).await,
+            // Never a plain `SET NX` here: the cluster client re-sends a request by itself
+            // after a broken connection or a redirect, and a `SET NX` whose first try had
+            // landed would then answer "not set" for this owner's own value, a refusal
+            // that nothing undoes. The script counts its own value as set.
+            Request::Set { resend: call, .. } | Request::Script(call) => {
                 let cmd = self.keys.map_cmd(&call.cmd);
                 match cmd.query_async::<Value>(conn).await {
                     // NOSCRIPT (a master restarted, or failed over): load the script on
