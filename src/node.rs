@@ -29,7 +29,7 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// harmless however late it runs, and dropping it leaves the key to its ttl: on a node
 /// that is slow for a moment (a saturated machine, a reconnect) the longer deadline is
 /// what removes the key within seconds rather than the ttl. Callers still wait at most
-/// one node timeout for it (`round::Collecting::until`); the rest runs in the background.
+/// two node timeouts (`round::clear_patience`); the rest runs in the background.
 pub(crate) const CLEAR_TIMEOUTS: u32 = 4;
 
 type ConnectFuture = Shared<BoxFuture<'static, Result<Conn, Arc<RedisError>>>>;
