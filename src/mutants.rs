@@ -82,3 +82,20 @@ return {2, c}
 ",
     )
 }
+
+/// `lower_extend`: the extension before issue 21, a plain compare-and-pexpire that also
+/// lowers an expiry, so a late copy of an older, shorter extension takes back what a
+/// newer one promised.
+pub(crate) fn extend_script() -> Option<&'static str> {
+    cfg!(redlock_mutant = "lower_extend").then_some(
+        r"
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) ~= ARGV[1] then return 0 end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 1
+",
+    )
+}

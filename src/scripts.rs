@@ -186,20 +186,30 @@ return 1
     )
 });
 
-/// If every key of `KEYS` holds `ARGV[1]`, sets their expiry to `ARGV[2]` ms and returns 1;
-/// otherwise touches nothing and returns 0. A failed extension never deletes anything.
+/// If every key of `KEYS` holds `ARGV[1]`, makes each one live at least `ARGV[2]` ms more
+/// and returns 1; otherwise touches nothing and returns 0. A failed extension never
+/// deletes anything.
+///
+/// Monotone: an expiry is raised, never lowered. A copy of an older, shorter extension
+/// that reaches the node after a newer, longer one (late on a connection since dropped,
+/// or re-sent) then changes nothing, so no arrival order can take back what the newer
+/// one's success promised. A shorter `extend` lowers the guard's belief only. The
+/// comparison runs in the script (`PTTL` and the new ttl on the node's one clock) rather
+/// than as `PEXPIRE … GT`, which needs Redis 7.0.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(mutants::extend_script().unwrap_or(
         r"
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) ~= ARGV[1] then return 0 end
 end
+local ttl = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
-  redis.call('PEXPIRE', key, ARGV[2])
+  local left = redis.call('PTTL', key)
+  if left < ttl then redis.call('PEXPIRE', key, ttl) end
 end
 return 1
 ",
-    )
+    ))
 });
 
 /// All or none: if no key of `KEYS` exists, sets each to `ARGV[1]` with expiry `ARGV[2]` ms

@@ -7,6 +7,8 @@ use super::proxy::{Direction, Proxy};
 use super::server::{self, Server, ServerConfig, TlsPem};
 use super::{HarnessError, Persistence};
 
+mod late;
+
 /// Default bound on a server becoming ready. Generous: AOF loading or a loaded CI machine can
 /// take seconds; a healthy start takes milliseconds, and readiness is polled, not slept for.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,7 +216,7 @@ impl Cluster {
     }
 
     /// Undoes every fault: resumes paused nodes, restarts killed ones, heals partitions (of
-    /// both kinds), sets latency to zero and disarms resets. A convenience built from the per-node undos.
+    /// both kinds), sets latency to zero, disarms resets and delivers held requests. A convenience built from the per-node undos.
     ///
     /// # Errors
     ///
@@ -229,6 +231,7 @@ impl Cluster {
             n.heal().await?;
             n.set_latency(Duration::ZERO).await?;
             n.stop_resets().await?;
+            n.deliver_held().await?;
         }
         Ok(())
     }

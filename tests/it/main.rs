@@ -17,6 +17,7 @@ mod lease;
 mod local;
 mod metrics;
 mod ops;
+mod order;
 mod payment;
 mod phase_fair;
 mod process;

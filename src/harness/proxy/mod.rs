@@ -18,11 +18,20 @@
 //! - Reset after request: the next `n` chunks from clients are written to the server, and
 //!   then their connection is reset (`SO_LINGER` 0, so the client sees `ECONNRESET`) before
 //!   any reply is passed on. The server applies the request; the client cannot know.
+//! - Hold requests: on every connection open when the hold starts, what the client sends is
+//!   kept by the proxy instead of written to the server; connections opened later flow as
+//!   usual. A held connection stays open towards the server after its client closes or
+//!   resets it. Deliver: every held byte is written to the server, in order per
+//!   connection, and those connections flow again (or end, if their client is gone). So a
+//!   request that timed out reaches the server after everything its client sent since on
+//!   a new connection: late delivery across connections, as TCP can do it for real.
+//!   Replies to a client that has gone are read from the server and dropped. A
+//!   partition's heal ends held connections and loses what they held.
 //! - Each new connection dials the server afresh, so the proxy outlives kill/restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +45,9 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::HarnessError;
+use hold::{Held, HeldCount};
+
+mod hold;
 
 /// Read buffer per direction. Redlock traffic is tiny; 16 KiB keeps bulk benchmarks to a few
 /// syscalls per request.
@@ -64,6 +76,8 @@ struct Faults {
     /// generation is the one it was opened in; so one that lived through a partition never
     /// forwards again, and is closed.
     generation: u64,
+    /// Connections numbered below this hold their requests back (0: none).
+    hold_below: u64,
 }
 
 impl Faults {
@@ -79,6 +93,9 @@ impl Faults {
     }
     fn doomed(&self, generation: u64) -> bool {
         self.generation != generation
+    }
+    fn holds(&self, seq: u64) -> bool {
+        seq < self.hold_below
     }
 }
 
@@ -107,6 +124,9 @@ pub(crate) struct Proxy {
     state: watch::Sender<Faults>,
     live: Live,
     resets: Resets,
+    /// The number the next accepted connection gets.
+    next_seq: Arc<AtomicU64>,
+    held: HeldCount,
     _accept: AbortOnDropHandle<()>,
 }
 
@@ -124,18 +144,23 @@ impl Proxy {
         let (state, rx) = watch::channel(Faults::default());
         let live: Live = Arc::new(watch::Sender::new(BTreeMap::new()));
         let resets: Resets = Arc::new(AtomicU32::new(0));
-        let accept = tokio::spawn(accept_loop(
-            listener,
+        let next_seq = Arc::new(AtomicU64::new(0));
+        let held: HeldCount = Arc::new(watch::Sender::new(0));
+        let shared = Shared {
             upstream,
-            rx,
-            live.clone(),
-            resets.clone(),
-        ));
+            state: rx,
+            live: live.clone(),
+            resets: resets.clone(),
+            held: held.clone(),
+        };
+        let accept = tokio::spawn(accept_loop(listener, shared, next_seq.clone()));
         Ok(Self {
             port,
             state,
             live,
             resets,
+            next_seq,
+            held,
             _accept: AbortOnDropHandle::new(accept),
         })
     }
@@ -230,23 +255,63 @@ impl Proxy {
     pub(crate) fn resets(&self) -> u32 {
         self.resets.load(Ordering::SeqCst)
     }
+
+    /// Starts holding back what clients send on every connection open now (see the
+    /// module docs). Connections opened from now on are not held.
+    pub(crate) fn hold_requests(&self) {
+        let below = self.next_seq.load(Ordering::SeqCst);
+        self.state.send_if_modified(|s| {
+            let changed = s.hold_below != below;
+            s.hold_below = below;
+            changed
+        });
+    }
+
+    /// Connections with requests held back now.
+    pub(crate) fn held_connections(&self) -> usize {
+        *self.held.borrow()
+    }
+
+    /// Ends the hold: every held byte is written to the server. Returns once it is.
+    pub(crate) async fn deliver_held(&self) -> Result<(), HarnessError> {
+        self.state.send_if_modified(|s| {
+            let changed = s.hold_below != 0;
+            s.hold_below = 0;
+            changed
+        });
+        let mut rx = self.held.subscribe();
+        let delivered = tokio::time::timeout(HEAL_TIMEOUT, rx.wait_for(|n| *n == 0))
+            .await
+            .map(drop);
+        match delivered {
+            Ok(()) => Ok(()),
+            Err(_) => Err(HarnessError::Timeout {
+                what: "delivering held requests".into(),
+                timeout: HEAL_TIMEOUT,
+            }),
+        }
+    }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection task of one proxy shares.
+#[derive(Clone)]
+struct Shared {
     upstream: u16,
     state: watch::Receiver<Faults>,
     live: Live,
     resets: Resets,
-) {
+    held: HeldCount,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared, next_seq: Arc<AtomicU64>) {
     // Owned here so that aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    let conn = connection(client, upstream, state.clone(), live.clone(), resets.clone());
-                    conns.spawn(conn);
+                    let seq = next_seq.fetch_add(1, Ordering::SeqCst);
+                    conns.spawn(connection(client, seq, shared.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "fault proxy accept failed");
@@ -284,13 +349,14 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn connection(
-    client: TcpStream,
-    upstream: u16,
-    mut state: watch::Receiver<Faults>,
-    live: Live,
-    resets: Resets,
-) {
+async fn connection(client: TcpStream, seq: u64, shared: Shared) {
+    let Shared {
+        upstream,
+        mut state,
+        live,
+        resets,
+        held,
+    } = shared;
     let generation = state.borrow().generation;
     let _guard = LiveGuard::new(live, generation);
     // Completes when this connection must close: a partition it lived through has healed.
@@ -328,21 +394,33 @@ async fn connection(
         dir: Direction::Requests,
         state: state.clone(),
         generation,
+        seq,
         tripped: tripped.clone(),
         resets: resets.clone(),
+        held: Held::new(held.clone()),
     };
     let replies = Pump {
         dir: Direction::Replies,
         state,
         generation,
+        seq,
         tripped,
         resets,
+        held: Held::new(held),
     };
     let both = futures::future::try_join(requests.run(cr, sw), replies.run(sr, cw));
     tokio::select! {
         () = closer => {}
         _ = both => {}
     }
+}
+
+/// Whether a write failed because the peer closed or reset its socket.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn drain(mut client: TcpStream) {
@@ -355,29 +433,55 @@ struct Pump {
     dir: Direction,
     state: watch::Receiver<Faults>,
     generation: u64,
+    /// The connection's number, for the hold.
+    seq: u64,
     tripped: Arc<AtomicBool>,
     resets: Resets,
+    /// Requests held back (the request pump only).
+    held: Held,
 }
 
 impl Pump {
     /// Copies one direction until EOF, then shuts down the write side.
-    async fn run<W: AsyncWrite + Unpin>(self, mut src: ReadHalf<'_>, mut dst: W) -> io::Result<()> {
+    async fn run<W: AsyncWrite + Unpin>(
+        mut self,
+        mut src: ReadHalf<'_>,
+        mut dst: W,
+    ) -> io::Result<()> {
         let mut buf = vec![0u8; BUF_SIZE];
         // Chunks held back by latency, oldest first, with the instant each is due.
         let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
         let mut eof = false;
         loop {
+            if !self.held.is_empty() && !self.holding() {
+                // The hold is over: what it kept goes first.
+                let chunk = self.held.take();
+                self.emit(&src, &mut dst, &chunk).await?;
+            }
             let n = match pending.front() {
                 // Fast path: nothing held back, just read.
-                None if eof => break,
-                None => src.read(&mut buf).await?,
+                None if eof && self.held.is_empty() => break,
+                None if self.held.is_empty() => src.read(&mut buf).await?,
+                // Requests held: wait for the end of the hold too. A client that closes
+                // or resets meanwhile ends only its side; the held bytes still go.
+                None => {
+                    tokio::select! {
+                        r = src.read(&mut buf), if !eof => r.unwrap_or(0),
+                        changed = self.state.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 Some((due, _)) => {
                     let due = *due;
                     tokio::select! {
                         biased;
                         () = tokio::time::sleep_until(due) => {
                             if let Some((_, chunk)) = pending.pop_front() {
-                                self.emit(&src, &mut dst, &chunk).await?;
+                                self.forward(&src, &mut dst, &chunk).await?;
                             }
                             continue;
                         }
@@ -391,13 +495,32 @@ impl Pump {
             }
             let latency = self.state.borrow().latency;
             if latency.is_zero() && pending.is_empty() {
-                self.emit(&src, &mut dst, &buf[..n]).await?;
+                self.forward(&src, &mut dst, &buf[..n]).await?;
             } else {
                 // Behind earlier held chunks even when latency is now zero, to keep order.
                 pending.push_back((Instant::now() + latency, buf[..n].to_vec()));
             }
         }
         dst.shutdown().await
+    }
+
+    /// Whether this is a request pump whose connection holds its requests back now.
+    fn holding(&self) -> bool {
+        self.dir == Direction::Requests && self.state.borrow().holds(self.seq)
+    }
+
+    /// Holds one chunk back while the hold lasts, else passes it to [`emit`](Self::emit).
+    async fn forward(
+        &mut self,
+        src: &ReadHalf<'_>,
+        dst: &mut (impl AsyncWrite + Unpin),
+        chunk: &[u8],
+    ) -> io::Result<()> {
+        if self.holding() || !self.held.is_empty() {
+            self.held.push(chunk);
+            return Ok(());
+        }
+        self.emit(src, dst, chunk).await
     }
 
     /// Writes one chunk on, unless its direction is dropped; resets the connection after a
@@ -417,7 +540,16 @@ impl Pump {
                 if self.tripped.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                dst.write_all(chunk).await
+                match dst.write_all(chunk).await {
+                    // The client is gone; its requests may still be on their way to the
+                    // server (held, or delayed): the replies are read and dropped rather
+                    // than ending the connection under them.
+                    Err(e) if self.state.borrow().hold_below > self.seq || gone(&e) => {
+                        self.tripped.store(true, Ordering::SeqCst);
+                        Ok(())
+                    }
+                    r => r,
+                }
             }
             Direction::Requests => {
                 if !take_reset(&self.resets) {
@@ -439,108 +571,4 @@ impl Pump {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    /// An echo server on a free port.
-    async fn echo() -> u16 {
-        let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        port
-    }
-
-    async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
-        s.write_all(msg).await?;
-        let mut got = vec![0; msg.len()];
-        s.read_exact(&mut got).await?;
-        Ok(got)
-    }
-
-    const T: Duration = Duration::from_secs(2);
-    const SHORT: Duration = Duration::from_millis(100);
-
-    #[tokio::test]
-    async fn forwards_and_keeps_order_under_latency() {
-        let proxy = Proxy::start(echo().await).await.unwrap();
-        let mut s = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        let got = tokio::time::timeout(T, roundtrip(&mut s, b"hello")).await;
-        assert_eq!(got.unwrap().unwrap(), b"hello");
-
-        proxy.set_latency(Duration::from_millis(30));
-        let start = std::time::Instant::now();
-        for i in 0..10u8 {
-            s.write_all(&[i]).await.unwrap();
-        }
-        let mut got = [0u8; 10];
-        tokio::time::timeout(T, s.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(60));
-        assert_eq!(got, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-
-        proxy.set_latency(Duration::ZERO);
-        let got = tokio::time::timeout(T, roundtrip(&mut s, b"x")).await;
-        assert_eq!(got.unwrap().unwrap(), b"x");
-    }
-
-    #[tokio::test]
-    async fn partition_black_holes_and_heal_closes_old_connections() {
-        let proxy = Proxy::start(echo().await).await.unwrap();
-        let mut old = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        assert_eq!(roundtrip(&mut old, b"a").await.unwrap(), b"a");
-
-        proxy.partition();
-        assert!(proxy.is_partitioned());
-        assert!(tokio::time::timeout(SHORT, roundtrip(&mut old, b"b"))
-            .await
-            .is_err());
-        let mut during = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        assert!(tokio::time::timeout(SHORT, roundtrip(&mut during, b"c"))
-            .await
-            .is_err());
-
-        tokio::time::timeout(T, proxy.heal())
-            .await
-            .unwrap()
-            .unwrap();
-        // Both were closed at heal: a read sees EOF (or reset), never data.
-        for s in [&mut old, &mut during] {
-            let mut b = [0u8; 1];
-            let r = tokio::time::timeout(T, s.read(&mut b)).await.unwrap();
-            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
-        }
-        let mut fresh = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        let got = tokio::time::timeout(T, roundtrip(&mut fresh, b"d")).await;
-        assert_eq!(got.unwrap().unwrap(), b"d");
-    }
-
-    #[tokio::test]
-    async fn heal_without_partition_keeps_connections() {
-        let proxy = Proxy::start(echo().await).await.unwrap();
-        let mut s = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        proxy.heal().await.unwrap();
-        let got = tokio::time::timeout(T, roundtrip(&mut s, b"z")).await;
-        assert_eq!(got.unwrap().unwrap(), b"z");
-    }
-}
+mod tests;
