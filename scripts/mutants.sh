@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 all=(skip_validity plain_del constant_value quorum_half incr_max semaphore_count
-     old_belief keep_alive_here unordered_release free_queue_attempt stalled_subscription)
+     old_belief keep_alive_here unordered_release free_queue_attempt stalled_subscription
+     lower_extend)
 mutants=("${@:-${all[@]}}")
 base="${MUTANT_TARGET_BASE:-$PWD/target/mutants}"
 failed=()
@@ -27,12 +28,19 @@ test_of() {
 # from the crate's traces (tests/it/explore/traced.rs), not from the crate's counter.
 explored() {
   case "$1" in
-    old_belief|keep_alive_here|free_queue_attempt|unordered_release|stalled_subscription) return 0 ;;
+    keep_alive_here|free_queue_attempt|unordered_release|stalled_subscription|lower_extend) return 0 ;;
     *) return 1 ;;
   esac
 }
+# Mutants caught by one named test failing. `old_belief` left the explorer's list with
+# issue 21: since extensions never lower an expiry, the old belief it keeps is still true
+# on the nodes (the explorer finds nothing, rightly); what it breaks is the documented
+# rule that a shorter extend lowers the guard's belief, which this test asserts.
 failing_test() {
-  echo ""
+  case "$1" in
+    old_belief) echo "belief::a_failed_shorter_extension_lowers_the_belief_before_anything_is_sent" ;;
+    *) echo "" ;;
+  esac
 }
 for m in "${mutants[@]}"; do
   ft="$(failing_test "$m")"

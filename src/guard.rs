@@ -315,15 +315,20 @@ impl LockGuard {
         self.ttl
     }
 
-    /// Sets the lock's expiry to `ttl` from now on every node that still holds it with
-    /// this owner's value, and succeeds when a quorum did so with validity left (at
+    /// Makes the lock live at least `ttl` from now on every node that still holds it
+    /// with this owner's value, and succeeds when a quorum did so with validity left (at
     /// least the manager's [`min_validity`](crate::RedlockBuilder::min_validity)). The
     /// validity is counted from the start of this extension. The fencing token stays.
     ///
+    /// A node's expiry is only ever raised, never lowered: a `ttl` shorter than what a
+    /// node has left leaves that node as it is. So a copy of an older, shorter extension
+    /// that reaches a node late (after this one, on a connection since dropped) cannot
+    /// take back what this one promised (docs/safety.md, "Order cannot matter"). To give
+    /// a lock up early, [`release`](Self::release) it.
+    ///
     /// Before anything is sent, the guard's belief becomes the earlier of its old
-    /// `valid_until` and `start + ttl − drift`: a shorter extension may be applied by
-    /// some nodes whatever this call returns, so the guard never again promises more
-    /// than the shorter ttl, even when the call fails or is dropped.
+    /// `valid_until` and `start + ttl − drift`: after a shorter extension the guard
+    /// promises no more than the shorter ttl, even when the call fails or is dropped.
     ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
@@ -371,7 +376,8 @@ impl LockGuard {
         let span = tracing::debug_span!("extend", resource = %resource, ttl_ms);
         let drift = quorum::drift(ttl, inner.config.drift_factor);
         let start = self.clock.stamp();
-        // The belief first: nodes may apply this ttl whatever comes of the call.
+        // The belief first: it follows the newest call, also a shorter one, whatever
+        // comes of it. (The nodes keep the later expiry; they never lower one.)
         let promised = start.after(ttl.saturating_sub(drift));
         if !crate::mutants::OLD_BELIEF {
             self.valid_until = self.valid_until.min(promised);

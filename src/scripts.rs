@@ -193,19 +193,21 @@ return 1
 /// Monotone: an expiry is raised, never lowered. A copy of an older, shorter extension
 /// that reaches the node after a newer, longer one (late on a connection since dropped,
 /// or re-sent) then changes nothing, so no arrival order can take back what the newer
-/// one's success promised. A shorter `extend` lowers the guard's belief only. The
-/// comparison runs in the script (`PTTL` and the new ttl on the node's one clock) rather
-/// than as `PEXPIRE … GT`, which needs Redis 7.0.
+/// one's success promised. A shorter `extend` lowers the guard's belief only.
+/// `PEXPIRE … GT` does it in one command (Redis 7.0 and later, Valkey; the same ACL
+/// permission as `PEXPIRE`); where the server refuses the option, the script compares
+/// `PTTL` with the new ttl itself, on the node's one clock.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(mutants::extend_script().unwrap_or(
         r"
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) ~= ARGV[1] then return 0 end
 end
-local ttl = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
-  local left = redis.call('PTTL', key)
-  if left < ttl then redis.call('PEXPIRE', key, ttl) end
+  local raised = redis.pcall('PEXPIRE', key, ARGV[2], 'GT')
+  if type(raised) == 'table' and raised.err then
+    if redis.call('PTTL', key) < tonumber(ARGV[2]) then redis.call('PEXPIRE', key, ARGV[2]) end
+  end
 end
 return 1
 ",
@@ -387,6 +389,55 @@ mod tests {
             .query_async(&mut conn)
             .await
             .expect("ping");
+    }
+
+    /// Issue 21: an extension raises an expiry and never lowers one, so a late copy of
+    /// an older, shorter extension cannot take back a newer one.
+    #[tokio::test]
+    async fn an_extension_never_lowers_an_expiry() {
+        let (_cluster, mut conn) = one_node().await;
+        let reader = conn.clone();
+        let pttl = || {
+            let mut conn = reader.clone();
+            async move {
+                redis::cmd("PTTL")
+                    .arg("e")
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .expect("PTTL")
+            }
+        };
+        let writer = conn.clone();
+        let extend = |value: &'static str, ttl: u64| {
+            let mut conn = writer.clone();
+            async move {
+                EXTEND
+                    .key("e")
+                    .arg(value)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .expect("script")
+            }
+        };
+        let _: () = redis::cmd("SET")
+            .arg("e")
+            .arg("v")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            extend("v", 1_000).await,
+            1,
+            "held: a yes, also when shorter"
+        );
+        assert!(pttl().await > 59_000, "a shorter extension lowered it");
+        assert_eq!(extend("v", 90_000).await, 1);
+        assert!(pttl().await > 89_000, "a longer one did not raise it");
+        assert_eq!(extend("w", 120_000).await, 0, "another owner's value");
+        assert!(pttl().await <= 90_000);
     }
 
     /// Issue 11, item 10: the queue join never changes a key of another type that sits

@@ -15,6 +15,7 @@ mod client;
 mod direct;
 mod driver;
 mod kinds;
+mod late;
 mod oracle;
 mod panics;
 mod procs;

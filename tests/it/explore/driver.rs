@@ -69,7 +69,7 @@ pub struct Outcome {
 /// Distinct key names per run, so nothing of an earlier run (a background task) interferes.
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-fn build(urls: &[String], s: &MgrSpec) -> Option<Redlock> {
+pub fn build(urls: &[String], s: &MgrSpec) -> Option<Redlock> {
     Redlock::builder()
         .nodes(urls.iter().cloned())
         .fencing(s.fencing)
@@ -126,7 +126,13 @@ async fn run_fault(
     dur: Duration,
 ) {
     let n = cluster.node(node);
-    let stops = matches!(kind, FaultKind::Pause | FaultKind::KillRestart);
+    // Late delivery too: a held acquisition that lands after its release (on a new
+    // connection) brings its value back until its ttl, the one thing a late copy may do
+    // (docs/safety.md, "Late copies"); it is not judged as a ghost.
+    let stops = matches!(
+        kind,
+        FaultKind::Pause | FaultKind::KillRestart | FaultKind::Late
+    );
     if stops {
         oracle.disturb(node, true);
     }
@@ -177,6 +183,14 @@ async fn run_fault(
             .await
         }
         FaultKind::Spike(l) => n.latency_spike(Duration::from_millis(l), dur).await,
+        FaultKind::Late => {
+            async {
+                n.hold_requests().await?;
+                tokio::time::sleep(dur).await;
+                n.deliver_held().await
+            }
+            .await
+        }
         FaultKind::ScriptFlush => {
             let mut d = Direct::new(n.direct_url());
             if let Some(mut con) = d.connection().await {
@@ -352,6 +366,17 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
             e,
         );
         faults += probe.await;
+        faults += super::late::late_probe(
+            &cluster,
+            &urls,
+            &prefix,
+            &oracle,
+            &rec,
+            &acquisitions,
+            sched,
+            e,
+        )
+        .await;
         tokio::time::sleep(max_nt + GHOST_SLACK).await;
         let after = snapshot(&mut direct).await;
         let found = ghosts(&oracle, &before_tail, &after, &prefix);

@@ -289,6 +289,9 @@ pub enum FaultKind {
     Latency(u64),
     Spike(u64),
     ScriptFlush,
+    /// Late delivery: what clients send on the node's open connections is held and
+    /// lands after what they sent since on new ones (`Node::hold_requests`).
+    Late,
 }
 
 impl fmt::Display for FaultKind {
@@ -304,6 +307,7 @@ impl fmt::Display for FaultKind {
             Self::Latency(l) => write!(f, "set_latency({l}ms)"),
             Self::Spike(l) => write!(f, "latency_spike({l}ms)"),
             Self::ScriptFlush => write!(f, "SCRIPT FLUSH"),
+            Self::Late => write!(f, "hold_requests (deliver_held after)"),
         }
     }
 }
@@ -321,6 +325,7 @@ impl FaultKind {
             Self::Latency(_) => "latency",
             Self::Spike(_) => "spike",
             Self::ScriptFlush => "script_flush",
+            Self::Late => "late",
         }
     }
 }
@@ -366,6 +371,14 @@ impl Schedule {
         for (c, s) in shared.iter().enumerate() {
             if *s {
                 managers[c] = managers[0].clone();
+            }
+        }
+        // Late delivery came after the rest: drawn last too, so the rest of a seed's
+        // schedule is what it was before.
+        let mut episodes: Vec<Episode> = episodes;
+        if workload != Workload::Soak {
+            for e in &mut episodes {
+                late_faults(&mut rng, e, workload.nodes());
             }
         }
         Self {
@@ -672,6 +685,40 @@ fn episode(rng: &mut StdRng, workload: Workload) -> Episode {
         };
     }
     Episode { steps, faults }
+}
+
+/// Up to two late-delivery faults in `e`, each on a node with no other fault around it,
+/// long enough for a client to give up on the held connection (three node timeouts) and
+/// go on on a new one. Inserted in time order without moving the other faults.
+fn late_faults(rng: &mut StdRng, e: &mut Episode, nodes: usize) {
+    let span = EPISODE.as_millis() as u64;
+    for _ in 0..rng.random_range(0..=2) {
+        let node = rng.random_range(0..nodes);
+        let at_ms = rng.random_range(0..span - 900);
+        let dur_ms = rng.random_range(300..=900);
+        let clear = e
+            .faults
+            .iter()
+            .filter(|f| f.node == node)
+            .all(|f| f.at_ms + f.dur_ms + 50 < at_ms || at_ms + dur_ms + 50 < f.at_ms);
+        if !clear {
+            continue;
+        }
+        let at = e
+            .faults
+            .iter()
+            .position(|f| f.at_ms > at_ms)
+            .unwrap_or(e.faults.len());
+        e.faults.insert(
+            at,
+            FaultStep {
+                at_ms,
+                node,
+                kind: FaultKind::Late,
+                dur_ms,
+            },
+        );
+    }
 }
 
 fn fault_kind(rng: &mut StdRng, workload: Workload) -> FaultKind {
