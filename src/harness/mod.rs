@@ -16,6 +16,7 @@
 //! | [`Node::reset_after_requests`]`(n)` | [`Node::stop_resets`] | forward a request, then reset before its reply |
 //! | [`Node::flap`]`(d)`       | (heals itself)         | partition, heal after `d`                 |
 //! | [`Node::latency_spike`]`(l, d)` | (ends itself)    | latency `l` for `d`, then as before       |
+//! | [`Node::hold_requests`]   | [`Node::deliver_held`] | requests on open connections wait, then land after newer ones (late delivery) |
 //!
 //! A [`RedisCluster`] is another thing: one real Redis Cluster of N masters (its servers
 //! know each other, so no proxies), to stand as a single vote beside standalone nodes

@@ -127,3 +127,42 @@ async fn an_older_extension_landing_late_never_shortens_a_newer_one() {
     );
     bounded(guard.release()).await.unwrap();
 }
+
+/// The harness's late-delivery fault on a real server: a command held on an old
+/// connection lands after a newer one sent on a new connection, also after the old
+/// connection's client gave up and closed it.
+#[tokio::test]
+async fn the_late_delivery_fault_lands_held_requests_after_newer_ones() {
+    let cluster = cluster(1).await;
+    let node = cluster.node(0);
+    let connect = || async {
+        let client = redis::Client::open(node.url()).expect("url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect through the proxy")
+    };
+    let mut old = connect().await;
+    set_on(&mut old, "late", "first", 60_000).await;
+    node.hold_requests().await.unwrap();
+    let held = tokio::time::timeout(NODE_TIMEOUT, async {
+        let mut old = old.clone();
+        set_on(&mut old, "late", "older", 60_000).await;
+    })
+    .await;
+    assert!(held.is_err(), "a held request was answered");
+    assert_eq!(node.held_connections(), 1);
+    drop(old);
+    // A new connection flows: the newer write lands first.
+    let mut new = connect().await;
+    set_on(&mut new, "late", "newer", 60_000).await;
+    let mut conns = direct(&cluster).await;
+    assert_eq!(values(&mut conns, "late").await, [Some("newer".into())]);
+    node.deliver_held().await.unwrap();
+    assert_eq!(node.held_connections(), 0);
+    eventually("the held write lands", || {
+        let mut conns = conns.clone();
+        async move { values(&mut conns, "late").await == [Some("older".to_owned())] }
+    })
+    .await;
+}
