@@ -198,6 +198,30 @@ impl Error {
         matches!(self, Self::Conflict { .. })
     }
 
+    /// True when the configuration (of the manager, or of one call) is impossible:
+    /// nothing was sent, and retrying the same call fails the same way.
+    ///
+    /// ```
+    /// let err = tokio_redlock::Redlock::builder().build().unwrap_err();
+    /// assert!(err.is_config());
+    /// ```
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_))
+    }
+
+    /// True when a quorum granted the lock but too late to leave any validity
+    /// ([`Error::Expired`]): the nodes were slow, or the ttl too short. Not a lost lock
+    /// (that is [`is_lock_lost`](Self::is_lock_lost), with
+    /// [`LostReason::Expired`] when its validity ran out).
+    pub fn is_expired(&self) -> bool {
+        matches!(self, Self::Expired { .. })
+    }
+
+    /// True when the strict health check refused to lock ([`Error::Unhealthy`]).
+    pub fn is_unhealthy(&self) -> bool {
+        matches!(self, Self::Unhealthy { .. })
+    }
+
     /// True when too few nodes answered.
     pub fn is_no_quorum(&self) -> bool {
         matches!(self, Self::NoQuorum { .. })

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::clock::{Clock, Deadline};
 use crate::error::{Error, LostReason};
 use crate::guard::LockGuard;
+use crate::kind::LockKind;
 use crate::sync::lock;
 
 mod options;
@@ -37,6 +38,7 @@ const LOSS_MARGIN: Duration = Duration::from_millis(2);
 struct Shared {
     resource: String,
     token: Option<u64>,
+    kind: LockKind,
     clock: Clock,
     /// Never later than the guard's own belief (see [`LockGuard::extend`]).
     valid_until: Mutex<Deadline>,
@@ -109,6 +111,45 @@ impl Lease {
     /// The fencing token of the acquisition; extensions keep it.
     pub fn fencing_token(&self) -> Option<u64> {
         self.shared.token
+    }
+
+    /// What the lease keeps alive: an exclusive lock, a read or write lock, or a
+    /// semaphore's permit, as [`LockGuard::kind`] says.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// redlock
+    ///     .lock("doc:1")
+    ///     .read()
+    ///     .with(|lease| async move {
+    ///         assert_eq!(lease.kind(), tokio_redlock::LockKind::Read);
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn kind(&self) -> LockKind {
+        self.shared.kind
+    }
+
+    /// Which permit slot (`0..n`) the lease keeps, if it is a semaphore's permit, as
+    /// [`LockGuard::permit`] says.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// redlock
+    ///     .lock("gpu")
+    ///     .permits(4)
+    ///     .with(|lease| async move { println!("on GPU {:?}", lease.permit()) })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn permit(&self) -> Option<usize> {
+        match self.shared.kind {
+            LockKind::Permit(slot) => Some(slot),
+            _ => None,
+        }
     }
 
     /// Whether the lock is still guaranteed: not declared lost, not released (by
@@ -346,6 +387,7 @@ impl LockGuard {
             shared: Arc::new(Shared {
                 resource: self.resource().to_owned(),
                 token: self.fencing_token(),
+                kind: self.kind(),
                 clock: self.clock().clone(),
                 valid_until: Mutex::new(self.deadline()),
                 lost: CancellationToken::new(),

@@ -155,6 +155,10 @@ pub use guard::{LockGuard, ReleaseReport};
 pub use kind::LockKind;
 pub use lease::{KeptGuard, Lease, LeaseOptions};
 pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
+/// The token a [`Lease`] cancels when its lock is lost
+/// ([`Lease::cancellation_token`]), re-exported so that storing or passing one needs no
+/// direct dependency on `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
 
 /// The former name of [`HealthReport`], kept so that code written against it compiles.
 #[deprecated(

@@ -181,3 +181,25 @@ async fn an_unresolvable_host_is_named_once_in_the_message_and_once_below() {
     assert!(levels[0].contains(cause), "{text}");
     assert_eq!(text.matches(cause).count(), 2, "{text}");
 }
+
+#[test]
+fn predicates_name_one_variant_each() {
+    let config = Error::Config("x".into());
+    assert!(config.is_config() && !config.is_expired() && !config.is_unhealthy());
+    let expired = Error::Expired {
+        resource: "r".into(),
+        attempts: 1,
+        elapsed: Duration::from_millis(5),
+        ttl: Duration::from_millis(3),
+    };
+    assert!(expired.is_expired() && !expired.is_config() && !expired.is_lock_lost());
+    let unhealthy = Error::Unhealthy {
+        findings: Vec::new(),
+    };
+    assert!(unhealthy.is_unhealthy() && !unhealthy.is_config());
+    let lost = Error::LockLost {
+        resource: "r".into(),
+        reason: LostReason::Expired,
+    };
+    assert!(!lost.is_expired(), "a lost lock is not a late grant");
+}

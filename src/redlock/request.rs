@@ -45,6 +45,9 @@ pub struct LockRequest<'a> {
     options: LeaseOptions,
     /// Exclusive (the default), read, write, or a permit of a semaphore.
     mode: Mode,
+    /// Two different kinds asked of one request (`.read().permits(2)`): refused with
+    /// [`Error::Config`] where the chain ends, rather than the last call silently winning.
+    clash: Option<(Mode, Mode)>,
 }
 
 impl fmt::Debug for LockRequest<'_> {
@@ -57,6 +60,7 @@ impl fmt::Debug for LockRequest<'_> {
             .field("min_validity", &self.want.min_validity)
             .field("options", &self.options)
             .field("mode", &self.mode)
+            .field("clash", &self.clash)
             .finish()
     }
 }
@@ -70,7 +74,37 @@ impl<'a> LockRequest<'a> {
             retries_set: false,
             options: LeaseOptions::default(),
             mode: Mode::Exclusive,
+            clash: None,
         }
+    }
+
+    /// Asks for `mode`; a different kind asked before is a clash.
+    fn ask(mut self, mode: Mode) -> Self {
+        if self.mode != Mode::Exclusive && self.mode != mode && self.clash.is_none() {
+            self.clash = Some((self.mode, mode));
+        }
+        self.mode = mode;
+        self
+    }
+
+    /// [`Error::Config`] if two kinds were asked of this request.
+    fn one_kind(&self) -> Result<(), Error> {
+        let Some((first, then)) = self.clash else {
+            return Ok(());
+        };
+        let call = |m: Mode| match m {
+            Mode::Exclusive => "an exclusive lock".to_owned(),
+            Mode::Read => "read()".to_owned(),
+            Mode::Write => "write()".to_owned(),
+            Mode::Permits(n) => format!("permits({n})"),
+        };
+        Err(Error::Config(format!(
+            "the request for `{}` asks for both {} and {}: a request takes one kind, so \
+             call only one of read(), write() and permits(n)",
+            self.resource,
+            call(first),
+            call(then)
+        )))
     }
 
     /// Asks for a read lock: shared with other readers, never held while a writer (or
@@ -86,6 +120,9 @@ impl<'a> LockRequest<'a> {
     /// A plain exclusive lock of the same resource keeps new readers out but does not
     /// wait for readers already in: use [`write`](Self::write) for that.
     ///
+    /// One kind per request: with another of `read()`, `write()` and `permits(n)` as
+    /// well, the request ends in [`Error::Config`].
+    ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let a = redlock.lock("doc:1").read().acquire().await?;
@@ -94,9 +131,8 @@ impl<'a> LockRequest<'a> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn read(mut self) -> Self {
-        self.mode = Mode::Read;
-        self
+    pub fn read(self) -> Self {
+        self.ask(Mode::Read)
     }
 
     /// Asks for a write lock: an exclusive lock of the resource's key that is only
@@ -108,6 +144,9 @@ impl<'a> LockRequest<'a> {
     /// [`wake_on_release`](crate::RedlockBuilder::wake_on_release)), else retries on
     /// the timer.
     ///
+    /// One kind per request: with another of `read()`, `write()` and `permits(n)` as
+    /// well, the request ends in [`Error::Config`].
+    ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let w = redlock.lock("doc:1").write().acquire().await?;
@@ -115,9 +154,8 @@ impl<'a> LockRequest<'a> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn write(mut self) -> Self {
-        self.mode = Mode::Write;
-        self
+    pub fn write(self) -> Self {
+        self.ask(Mode::Write)
     }
 
     /// Asks for one of `permits` permits of a counting semaphore: at most `permits`
@@ -126,6 +164,9 @@ impl<'a> LockRequest<'a> {
     /// Every request of one semaphore must name the same `permits`. No fencing token;
     /// waiting contenders retry on the timer.
     ///
+    /// One kind per request: with another of `read()`, `write()` and `permits(n)` as
+    /// well, the request ends in [`Error::Config`].
+    ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let p = redlock.lock("gpu").permits(4).acquire().await?;
@@ -133,9 +174,8 @@ impl<'a> LockRequest<'a> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn permits(mut self, permits: usize) -> Self {
-        self.mode = Mode::Permits(permits);
-        self
+    pub fn permits(self, permits: usize) -> Self {
+        self.ask(Mode::Permits(permits))
     }
 
     /// How many of the semaphore's permits are free now on enough nodes to be
@@ -155,6 +195,7 @@ impl<'a> LockRequest<'a> {
     /// ([`permits`](Self::permits) not called, or 0); [`Error::NoQuorum`] when fewer
     /// than a quorum of nodes answered.
     pub async fn available(self) -> Result<usize, Error> {
+        self.one_kind()?;
         let Mode::Permits(n) = self.mode else {
             return Err(Error::Config(
                 "available() counts a semaphore's free permits: call permits(n) first".into(),
@@ -166,6 +207,7 @@ impl<'a> LockRequest<'a> {
 
     /// Every chain ends here: the exclusive path, or the one of the other kinds.
     async fn acquire_mode(&self) -> Result<LockGuard, Error> {
+        self.one_kind()?;
         match self.mode {
             Mode::Exclusive => {
                 self.redlock
@@ -283,7 +325,9 @@ impl<'a> LockRequest<'a> {
     ///
     /// # Errors
     /// As for [`Redlock::acquire`]; [`Error::Config`] also for a `min_validity` that no
-    /// grant of this ttl could leave.
+    /// grant of this ttl could leave, and for a request asked for two kinds
+    /// ([`read`](Self::read), [`write`](Self::write) and [`permits`](Self::permits)
+    /// exclude each other: `.read().permits(2)` is refused, not read as a permit).
     ///
     /// # Cancel safety
     /// As for [`Redlock::acquire`].

@@ -25,5 +25,6 @@ mod quarantine;
 mod release;
 mod safety;
 mod support;
+mod usage;
 mod with_lock;
 mod workload;
