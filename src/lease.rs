@@ -23,7 +23,8 @@ mod options;
 mod with_lock;
 
 pub use options::LeaseOptions;
-pub(crate) use with_lock::run_kept;
+pub use with_lock::WorkOutcome;
+pub(crate) use with_lock::{run_kept, run_kept_outcome};
 
 /// The least pause between two extension tries after a failure: the node timeout is
 /// tens of ms, so retrying faster would only pile requests on a sick node.

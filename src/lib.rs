@@ -153,7 +153,7 @@ pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use kind::LockKind;
-pub use lease::{KeptGuard, Lease, LeaseOptions};
+pub use lease::{KeptGuard, Lease, LeaseOptions, WorkOutcome};
 pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
 /// The token a [`Lease`] cancels when its lock is lost
 /// ([`Lease::cancellation_token`]), re-exported so that storing or passing one needs no

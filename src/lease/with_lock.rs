@@ -160,6 +160,54 @@ impl Redlock {
     }
 }
 
+/// How scoped work under a kept-alive lock ended
+/// ([`LockRequest::with_outcome`](crate::LockRequest::with_outcome)).
+///
+/// Dropping it drops the output; the lock is released (or expired) either way.
+#[derive(Debug)]
+#[must_use = "the outcome says whether the work ran under the lock to its end"]
+pub enum WorkOutcome<T> {
+    /// The work returned while the lock was held, and the lock was held until released.
+    Done(T),
+    /// The lock was lost while the work ran, or found lost by the release at its end.
+    Lost {
+        /// The work's output, if it ran to its end: with
+        /// [`LeaseOptions::drop_work_on_loss`]`(false)`, or when the loss was found only
+        /// at the release. `None` when the work was dropped at the loss.
+        output: Option<T>,
+        /// The loss, an [`Error::LockLost`] saying why.
+        error: Error,
+    },
+}
+
+impl<T> WorkOutcome<T> {
+    /// The output, whether the lock held to the end or not (`None` only when the work
+    /// was dropped at a loss).
+    pub fn output(self) -> Option<T> {
+        match self {
+            Self::Done(out) => Some(out),
+            Self::Lost { output, .. } => output,
+        }
+    }
+
+    /// Whether the lock was lost before the work's end was released.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Self::Lost { .. })
+    }
+
+    /// `Ok(output)` when the lock held to the end, else the loss: what
+    /// [`with`](crate::LockRequest::with) returns.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when the lock was lost.
+    pub fn into_result(self) -> Result<T, Error> {
+        match self {
+            Self::Done(out) => Ok(out),
+            Self::Lost { error, .. } => Err(error),
+        }
+    }
+}
+
 /// Runs `work` under `guard`, kept alive with `options`, and releases it at the end: the
 /// body of [`Redlock::with_lock_opts`] and of `LockRequest::with`.
 pub(crate) async fn run_kept<F, Fut, T>(
@@ -167,6 +215,19 @@ pub(crate) async fn run_kept<F, Fut, T>(
     options: LeaseOptions,
     work: F,
 ) -> Result<T, Error>
+where
+    F: FnOnce(Lease) -> Fut,
+    Fut: Future<Output = T>,
+{
+    run_kept_outcome(guard, options, work).await.into_result()
+}
+
+/// Like [`run_kept`], with the output kept beside a loss.
+pub(crate) async fn run_kept_outcome<F, Fut, T>(
+    guard: LockGuard,
+    options: LeaseOptions,
+    work: F,
+) -> WorkOutcome<T>
 where
     F: FnOnce(Lease) -> Fut,
     Fut: Future<Output = T>,
@@ -179,7 +240,9 @@ where
             // The loss is checked first: a lock lost at the same moment the work ends
             // is reported as lost, since the work's end was not protected.
             biased;
-            _ = lease.lost() => return Err(lease.lost_error()),
+            _ = lease.lost() => {
+                return WorkOutcome::Lost { output: None, error: lease.lost_error() };
+            }
             out = work => out,
         }
     } else {
@@ -189,13 +252,19 @@ where
     // Lost while the work ran (declared by the keep-alive; a release cannot have
     // happened yet, since `kept` is still here): the work's end was not protected.
     if lease.lost_reason().is_some() {
-        return Err(lease.lost_error());
+        return WorkOutcome::Lost {
+            output: Some(out),
+            error: lease.lost_error(),
+        };
     }
     if let Err(e) = kept.release().await {
         if e.is_lock_lost() {
-            return Err(e);
+            return WorkOutcome::Lost {
+                output: Some(out),
+                error: e,
+            };
         }
         tracing::warn!(error = %e, "release after with_lock failed; the lock expires with its ttl");
     }
-    Ok(out)
+    WorkOutcome::Done(out)
 }

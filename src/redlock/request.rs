@@ -8,7 +8,7 @@ use super::{Redlock, Want};
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::kind::Mode;
-use crate::lease::{Lease, LeaseOptions};
+use crate::lease::{Lease, LeaseOptions, WorkOutcome};
 
 /// The ttl of a request that sets none: long enough for most jobs with a keep-alive
 /// (`with`) extending it every few seconds, short enough that a crashed holder blocks
@@ -363,5 +363,45 @@ impl<'a> LockRequest<'a> {
     {
         let guard = self.acquire_mode().await?;
         crate::lease::run_kept(guard, self.options, work).await
+    }
+
+    /// Like [`with`](Self::with), and keeps the work's output beside a loss: with
+    /// [`LeaseOptions::drop_work_on_loss`]`(false)` the work runs to its end after the
+    /// lock was lost, and its output comes back in [`WorkOutcome::Lost`] instead of being
+    /// thrown away (a loss found by the release at the end likewise).
+    ///
+    /// ```no_run
+    /// # async fn copy_batches(_: &tokio_redlock::Lease) -> usize { 0 }
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// use tokio_redlock::{LeaseOptions, WorkOutcome};
+    ///
+    /// let outcome = redlock
+    ///     .lock("import:daily")
+    ///     .lease_options(LeaseOptions::default().drop_work_on_loss(false))
+    ///     .with_outcome(|lease| async move { copy_batches(&lease).await })
+    ///     .await?;
+    /// match outcome {
+    ///     WorkOutcome::Done(copied) => println!("{copied} batches, under the lock"),
+    ///     WorkOutcome::Lost { output, error } => {
+    ///         println!("{error}; {output:?} batches copied, the last ones unprotected")
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// What [`acquire`](Self::acquire) returns: the lock was never taken and `work` never
+    /// ran. A loss after that is an `Ok(`[`WorkOutcome::Lost`]`)`.
+    ///
+    /// # Cancel safety
+    /// As for [`Redlock::with_lock`].
+    pub async fn with_outcome<F, Fut, T>(self, work: F) -> Result<WorkOutcome<T>, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.acquire_mode().await?;
+        Ok(crate::lease::run_kept_outcome(guard, self.options, work).await)
     }
 }

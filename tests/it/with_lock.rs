@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_redlock::harness::Cluster;
-use tokio_redlock::{Error, Lease, LeaseOptions, LostReason};
+use tokio_redlock::{Error, Lease, LeaseOptions, LostReason, WorkOutcome};
 
 use crate::support::*;
 
@@ -270,4 +270,51 @@ async fn kept_work_that_keeps_the_lock_returns_its_output_and_releases() {
     assert!(lease.cancellation_token().is_cancelled());
     assert_eq!(lease.lost_reason(), None);
     assert_gone_within(&cluster, "wl:ok", TTL / 2).await;
+}
+
+/// Issue 26, item 6: with `drop_work_on_loss(false)` the work runs to its end after a
+/// loss, and `with_outcome` gives its output back beside the loss (`with` throws it
+/// away and returns `LockLost`).
+#[tokio::test]
+async fn with_outcome_keeps_the_output_beside_the_loss() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let done = bounded(
+        redlock
+            .lock("wl:done")
+            .ttl(TTL)
+            .with_outcome(|_| async { 7 }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(done, WorkOutcome::Done(7)), "{done:?}");
+
+    let (lease_tx, lease_rx) = oneshot::channel::<Lease>();
+    let call = tokio::spawn({
+        let redlock = redlock.clone();
+        async move {
+            redlock
+                .lock("wl:outcome")
+                .ttl(TTL)
+                .lease_options(LeaseOptions::default().drop_work_on_loss(false))
+                .with_outcome(|lease| async move {
+                    lease_tx.send(lease.clone()).unwrap();
+                    lease.lost().await;
+                    42usize
+                })
+                .await
+        }
+    });
+    let lease = bounded(lease_rx).await.unwrap();
+    lose_majority_after_first_extension(&cluster, &lease, false).await;
+    let outcome = bounded(call).await.unwrap().unwrap();
+    assert!(outcome.is_lost());
+    match outcome {
+        WorkOutcome::Lost {
+            output: Some(42),
+            error,
+        } => assert!(error.is_lock_lost(), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    undo_faults(&cluster).await;
 }
