@@ -7,6 +7,8 @@ use super::proxy::{Direction, Proxy};
 use super::server::{self, Server, ServerConfig, TlsPem};
 use super::{HarnessError, Persistence};
 
+mod wipe;
+
 /// Default bound on a server becoming ready. Generous: AOF loading or a loaded CI machine can
 /// take seconds; a healthy start takes milliseconds, and readiness is polled, not slept for.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
