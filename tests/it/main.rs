@@ -22,6 +22,7 @@ mod phase_fair;
 mod process;
 mod quarantine;
 mod release;
+mod retry_timing;
 mod safety;
 mod support;
 mod with_lock;
