@@ -246,15 +246,20 @@ impl RedlockBuilder {
     /// Attempts after the first one, for [`Redlock::acquire`], each after `retry_delay`
     /// plus jitter (or sooner, when woken by the release; see
     /// [`wake_on_release`](Self::wake_on_release)). A promise: at most `count + 1`
-    /// attempts are made, the immediate one that joins the wait queue included, and
-    /// the error reports how many were. A fencing round that only taught the client a
-    /// newer counter (no node set anything) is not an attempt. Defaults to 10.
+    /// attempts are made, and the error reports how many were; unless a release wakes
+    /// the waiter, consecutive attempts start at least `retry_delay` apart, so a busy
+    /// lock is waited for about `count × retry_delay` (10 × 200 ms: ~2 s, plus jitter).
+    /// Joining the wait queue never takes an attempt of its own. A fencing round that
+    /// only taught the client a newer counter (no node set anything) is not an attempt.
+    /// Defaults to 10.
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
-    /// Pause between attempts. Defaults to 200 ms.
+    /// Pause between attempts: unless a release wakes the waiter, an attempt starts at
+    /// least this long (plus jitter) after the one before, for every kind of lock.
+    /// Defaults to 200 ms.
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
