@@ -248,3 +248,85 @@ async fn a_flushed_node_sits_out_the_quarantine_after_a_reconnect() {
     );
     assert!(held.is_valid());
 }
+
+/// Sets user `marker-ro` on every node: everything the crate needs on `app:*`, and the
+/// restart marker readable but not writable (a read-only user for that key).
+async fn read_only_marker_user(cluster: &tokio_redlock::harness::Cluster) {
+    let rule = "~app:* %R~tokio-redlock:restart-marker resetchannels &tokio-redlock:wake:* \
+                -@all +set +get +del +pexpire +exists +evalsha +script|load +zadd +zpopmin \
+                +zrem +time +publish +subscribe +ping +info +config|get";
+    for mut conn in direct(cluster).await {
+        let mut c = redis::cmd("ACL");
+        c.arg("SETUSER")
+            .arg("marker-ro")
+            .arg("reset")
+            .arg("on")
+            .arg(">pw-ro");
+        for part in rule.split_whitespace() {
+            c.arg(part);
+        }
+        let _: () = c.query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// Item 1's degradation: where the marker cannot be written, its absence proves
+/// nothing. The crate warns and judges the node by its configuration, as before the
+/// marker existed: an `appendfsync always` node that restarts votes at once.
+#[tokio::test]
+async fn an_unwritable_marker_degrades_to_the_configuration() {
+    let period = Duration::from_secs(1);
+    let cluster = cluster_with(3, Persistence::AofAlways).await;
+    read_only_marker_user(&cluster).await;
+    let urls: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("redis://", "redis://marker-ro:pw-ro@"))
+        .collect();
+    let careful = tokio_redlock::Redlock::builder()
+        .nodes(urls)
+        .node_timeout(Duration::from_millis(250))
+        .restart_quarantine(Some(period))
+        .retry_count(0)
+        .build()
+        .unwrap();
+    let warm = bounded(careful.acquire("app:warm", TTL)).await.unwrap();
+    warm.release().await.unwrap();
+    // Once the nodes are up for the period the crate tries to write the marker, and
+    // every node refuses it.
+    let conns = direct(&cluster).await;
+    eventually("every node denied the marker's write", || {
+        let conns = conns.clone();
+        async move {
+            let mut all = true;
+            for mut c in conns {
+                let log: redis::Value = redis::cmd("ACL")
+                    .arg("LOG")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                all &= format!("{log:?}").contains("restart-marker");
+            }
+            all
+        }
+    })
+    .await;
+    let first = redlock(&cluster);
+    let held = first.acquire("app:durable", TTL).await.unwrap();
+    for i in 0..2 {
+        cluster.node(i).kill().await.unwrap();
+        cluster.node(i).restart().await.unwrap();
+    }
+    // A restart forgets users made at run time.
+    read_only_marker_user(&cluster).await;
+    let err = bounded(careful.try_acquire("app:durable", TTL))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "judged by its configuration: {err}");
+    held.release().await.unwrap();
+    bounded(careful.try_acquire("app:durable", TTL))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
