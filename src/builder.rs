@@ -246,15 +246,20 @@ impl RedlockBuilder {
     /// Attempts after the first one, for [`Redlock::acquire`], each after `retry_delay`
     /// plus jitter (or sooner, when woken by the release; see
     /// [`wake_on_release`](Self::wake_on_release)). A promise: at most `count + 1`
-    /// attempts are made, the immediate one that joins the wait queue included, and
-    /// the error reports how many were. A fencing round that only taught the client a
-    /// newer counter (no node set anything) is not an attempt. Defaults to 10.
+    /// attempts are made, and the error reports how many were; unless a release wakes
+    /// the waiter, consecutive attempts start at least `retry_delay` apart, so a busy
+    /// lock is waited for about `count × retry_delay` (10 × 200 ms: ~2 s, plus jitter).
+    /// Joining the wait queue never takes an attempt of its own. A fencing round that
+    /// only taught the client a newer counter (no node set anything) is not an attempt.
+    /// Defaults to 10.
     pub fn retry_count(mut self, count: u32) -> Self {
         self.retry_count = count;
         self
     }
 
-    /// Pause between attempts. Defaults to 200 ms.
+    /// Pause between attempts: unless a release wakes the waiter, an attempt starts at
+    /// least this long (plus jitter) after the one before, for every kind of lock.
+    /// Defaults to 200 ms.
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
@@ -384,15 +389,29 @@ impl RedlockBuilder {
     }
 
     /// Keep a node that restarted recently out of every quorum until `period` has passed
-    /// since it started, unless it proves its data survives restarts (AOF with
-    /// `appendfsync always`). Set `period` to at least the longest TTL you lock with.
+    /// since it started, unless it proves its data survived: AOF with `appendfsync
+    /// always` *and* the restart marker still there. Set `period` to at least the longest
+    /// TTL you lock with.
     ///
     /// A node that restarts without its data forgets the locks it held, and a second
     /// owner can then win a quorum with it: the most common way Redlock loses safety in
     /// practice (Debian's packaged service restarts at once, without AOF). The Redlock
     /// remedy is a delayed restart; this lets the client enforce it. Each new connection
-    /// reads the node's uptime and persistence (`INFO`, `CONFIG GET appendfsync`; what
-    /// cannot be read counts as unproven).
+    /// reads the node's `run_id`, uptime and persistence (`INFO`, `CONFIG GET
+    /// appendfsync`; what cannot be read counts as unproven) and whether the restart
+    /// marker exists (one `EXISTS`; nothing is added per acquisition).
+    ///
+    /// The restart marker is the key `<key prefix>tokio-redlock:restart-marker`, without
+    /// ttl, written once per node (`SET NX`) when the node has been up for `period` and
+    /// is out of quarantine. Configuration cannot tell a replaced disk from a kept one;
+    /// the marker can: a node that comes back with a new `run_id` and no marker lost its
+    /// data (an empty volume), whatever its settings, and sits out the rest of `period`
+    /// since its start; a marker gone within one run (`FLUSHALL`) costs a whole `period`
+    /// from the connection that notices. A manager that meets a node for the first time
+    /// cannot compare, and trusts `appendfsync always` as before. Where the marker cannot
+    /// be read or written (an ACL, a read-only user, a full node under `noeviction`), a
+    /// warning is logged and the node is judged by its settings alone. See
+    /// `docs/operations.md`, "Restart quarantine".
     ///
     /// Defaults to off, so that a fresh set of nodes without persistence (a first run,
     /// a test) can be locked on at once; turn it on in production unless every node

@@ -1,6 +1,6 @@
 //! What a node says about itself: the `INFO` fields and the `CONFIG GET appendfsync`
 //! value that this crate reads, asked and parsed one way for both readers, the restart
-//! quarantine (`node.rs`, on every new connection) and the health checks (`diagnose/`).
+//! quarantine (`node/restart.rs`, on every new connection) and the health checks (`diagnose/`).
 
 use std::collections::HashMap;
 use std::time::Duration;

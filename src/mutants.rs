@@ -21,8 +21,8 @@ pub(crate) const KEEP_ALIVE_HERE: bool = cfg!(redlock_mutant = "keep_alive_here"
 /// set its value on a node (a re-sent request can land after it).
 pub(crate) const UNORDERED_RELEASE: bool = cfg!(redlock_mutant = "unordered_release");
 
-/// `free_queue_attempt`: the immediate attempt that joins the wait queue is not counted,
-/// so more than `retry_count + 1` attempts are made.
+/// `free_queue_attempt`: the attempt after which a single-key waiter joins the wait
+/// queue is not counted, so more than `retry_count + 1` attempts are made.
 pub(crate) const FREE_QUEUE_ATTEMPT: bool = cfg!(redlock_mutant = "free_queue_attempt");
 
 /// `stalled_subscription`: a waiter makes its subscriptions before it waits, one node

@@ -10,14 +10,14 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use crate::clock::instant_after;
 use crate::error::{NodeError, NodeErrorKind};
-use crate::info::{appendfsync, appendfsync_cmd, info_cmd, ServerInfo};
 use crate::sync::lock;
 
 pub(crate) mod request;
+mod restart;
 
 pub(crate) use request::Request;
+pub(crate) use restart::{Restarts, MARKER_NAME};
 
 /// After this many timeouts in a row the connection is presumed dead (a half-open TCP
 /// connection never reports an error) and is made anew. Three keeps a merely slow node
@@ -102,11 +102,9 @@ pub(crate) struct Node {
     slot: Mutex<Slot>,
     generation: AtomicU32,
     timeouts_in_a_row: AtomicU32,
-    /// With a restart quarantine: how long after its start a node without proof that
-    /// its data survives may not vote.
-    quarantine: Option<Duration>,
-    /// Until when this node's votes do not count (set on each new connection).
-    votes_from: Arc<Mutex<Option<Instant>>>,
+    /// With a restart quarantine: what this manager knows of the node's restarts, and
+    /// until when its votes do not count (judged on each new connection).
+    restarts: Option<Arc<Restarts>>,
     setters: Setters,
 }
 
@@ -127,7 +125,7 @@ impl Node {
         client: Client,
         timeout: Duration,
         connect_timeout: Duration,
-        quarantine: Option<Duration>,
+        restarts: Option<Restarts>,
     ) -> Self {
         let info = client.get_connection_info();
         let db = info.redis_settings().db();
@@ -142,7 +140,7 @@ impl Node {
             Target::Server(client),
             timeout,
             connect_timeout,
-            quarantine,
+            restarts,
         )
     }
 
@@ -167,7 +165,7 @@ impl Node {
         target: Target,
         timeout: Duration,
         connect_timeout: Duration,
-        quarantine: Option<Duration>,
+        restarts: Option<Restarts>,
     ) -> Self {
         Self {
             index,
@@ -178,8 +176,7 @@ impl Node {
             slot: Mutex::new(Slot::Idle),
             generation: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
-            quarantine,
-            votes_from: Arc::new(Mutex::new(None)),
+            restarts: restarts.map(Arc::new),
             setters: Setters::default(),
         }
     }
@@ -433,24 +430,16 @@ impl Node {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        let quarantine = self.quarantine;
-        let votes_from = Arc::clone(&self.votes_from);
+        let restarts = self.restarts.clone();
         let (index, endpoint) = (self.index, Arc::clone(&self.endpoint));
         let task = tokio::spawn(async move {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            if let Some(period) = quarantine {
-                // Read on every new connection: a restart breaks the old one, so a
+            if let Some(restarts) = restarts {
+                // Judged on every new connection: a restart breaks the old one, so a
                 // restarted node is always looked at again before it votes.
-                let until = quarantine_until(&mut conn, period).await;
-                if let Some(until) = until {
-                    tracing::warn!(
-                        node = index, %endpoint, remaining = ?until.saturating_duration_since(Instant::now()),
-                        "node restarted recently without proof its data survived; it does not vote until the quarantine ends"
-                    );
-                }
-                *lock(&votes_from) = until;
+                restarts.check(&mut conn, index, &endpoint).await;
             }
             Ok(Conn::Server(conn))
         });
@@ -461,7 +450,7 @@ impl Node {
     /// vote, whatever it answered (its reply becomes a failure whose cause says so; what
     /// it was sent is still undone or released as usual).
     pub(crate) fn counted(&self, reply: Result<Value, NodeError>) -> Result<Value, NodeError> {
-        let until = (*lock(&self.votes_from)).filter(|until| Instant::now() < *until);
+        let until = self.restarts.as_ref().and_then(|r| r.quarantined_until());
         match (reply, until) {
             (Ok(_), Some(until)) => Err(self.error(NodeErrorKind::Quarantined(
                 until.saturating_duration_since(Instant::now()),
@@ -525,32 +514,6 @@ fn joined(task: tokio::task::JoinHandle<Result<Conn, RedisError>>) -> ConnectFut
     }
     .boxed()
     .shared()
-}
-
-/// When a node may vote again, or `None` if it may now. A node may vote when it proves
-/// its data survives restarts (AOF with `appendfsync always`) or has been up at least
-/// `period`. What cannot be read (an error, an ACL that denies `CONFIG GET`) proves
-/// nothing, so the node is treated as unproven.
-async fn quarantine_until(conn: &mut MultiplexedConnection, period: Duration) -> Option<Instant> {
-    let now = Instant::now();
-    let reply = info_cmd().query_async::<Value>(conn).await;
-    let Some(info) = reply.ok().as_ref().and_then(ServerInfo::from_reply) else {
-        // Unreadable proves nothing: the whole period, counted from now.
-        return Some(instant_after(period));
-    };
-    if info.aof_enabled == Some(true) {
-        let reply = appendfsync_cmd().query_async::<Value>(conn).await;
-        if reply.ok().as_ref().and_then(appendfsync).as_deref() == Some("always") {
-            return None;
-        }
-    }
-    // Whole seconds, rounded down, and an unreadable uptime counts as zero: the
-    // quarantine errs on the long side.
-    let uptime = info.uptime.unwrap_or(Duration::ZERO);
-    // Saturating: a quarantine of centuries is "until this process ends", not a panic.
-    period
-        .checked_sub(uptime)
-        .map(|left| now.checked_add(left).unwrap_or_else(|| instant_after(left)))
 }
 
 #[cfg(test)]

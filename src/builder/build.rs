@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::node::{Restarts, MARKER_NAME};
 
 impl RedlockBuilder {
     /// Checks the configuration and makes the manager. No connection is made here:
@@ -137,7 +138,8 @@ impl RedlockBuilder {
             client,
             self.node_timeout,
             self.connect_timeout,
-            self.restart_quarantine,
+            self.restart_quarantine
+                .map(|period| Restarts::new(period, format!("{}{MARKER_NAME}", self.key_prefix))),
         ))
     }
 

@@ -165,8 +165,8 @@ impl fmt::Display for Cause<'_> {
             NodeErrorKind::Protocol(what) => write!(f, "unexpected reply: {what}"),
             NodeErrorKind::Quarantined(left) => write!(
                 f,
-                "restarted recently without appendfsync always, so it may have lost lock \
-                 keys; it votes again in {left:?}"
+                "may have lost its lock keys (restarted recently without appendfsync always, \
+                 or without the restart marker, or flushed); it votes again in {left:?}"
             ),
         }
     }

@@ -8,6 +8,7 @@ use super::server::{self, Server, ServerConfig, TlsPem};
 use super::{HarnessError, Persistence};
 
 mod late;
+mod wipe;
 
 /// Default bound on a server becoming ready. Generous: AOF loading or a loaded CI machine can
 /// take seconds; a healthy start takes milliseconds, and readiness is polled, not slept for.

@@ -205,6 +205,21 @@ impl Server {
     pub(crate) async fn restart(&self) -> Result<(), HarnessError> {
         let _op = self.op.lock().await;
         self.kill_locked().await?;
+        self.launch_again().await
+    }
+
+    /// Kills the server, deletes what it persisted (its AOF directory or files and any
+    /// RDB snapshot, as a replaced disk would), and starts it again on the same port.
+    /// Logs and TLS files stay.
+    pub(crate) async fn restart_empty(&self) -> Result<(), HarnessError> {
+        let _op = self.op.lock().await;
+        self.kill_locked().await?;
+        wipe_data(self.dir.path())?;
+        self.launch_again().await
+    }
+
+    /// Starts the (killed) server again on its own ports and directory.
+    async fn launch_again(&self) -> Result<(), HarnessError> {
         let mut tail = String::new();
         for attempt in 0..RESTART_ATTEMPTS {
             if attempt > 0 {
@@ -528,6 +543,26 @@ async fn wait_stopped(pid: u32, stopped: bool) -> Result<(), HarnessError> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Deletes the data a server persisted in `dir`: the AOF directory (Redis 7), AOF files
+/// (older versions) and RDB snapshots.
+fn wipe_data(dir: &Path) -> Result<(), HarnessError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| HarnessError::io("could not list the node's dir", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let removed = if name == "appendonlydir" {
+            std::fs::remove_dir_all(&path)
+        } else if name.ends_with(".aof") || name.ends_with(".rdb") {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        removed.map_err(|e| HarnessError::io(format!("could not delete {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of the server's log, falling back to its stdout/stderr.

@@ -53,12 +53,12 @@ pub(crate) enum Step {
     Won,
     /// Run the round again at once with [`State::candidate`]: it only taught the counter.
     Reround,
-    /// Start waiting for releases of key `.0` and attempt again at once: a single-key
-    /// attempt joins the wait queue atomically with failing, so that no release between
-    /// this failure and a separate join goes unheard.
-    Queue(usize),
     /// Pause, ended early by a wake-up when waiting on a key. With `join`, join that
     /// key's queue beside the pause (at the front if `true`: woken but beaten).
+    ///
+    /// Every failed attempt that is retried pauses: `retry_delay` is the pause between
+    /// attempts (API.md, "Retry timing"). Joining the queue never takes an attempt of
+    /// its own; a single-key attempt made while waiting joins atomically with failing.
     Sleep {
         pause: Duration,
         wait_on: Option<usize>,
@@ -192,12 +192,13 @@ impl Policy {
         let mut join = None;
         if let (Some(key), true) = (held, self.wake) {
             if state.waiting_on != Some(key) {
+                // The first join runs beside the pause, not as an attempt at once: an
+                // immediate queued attempt would shorten the first pause to nothing.
+                // What it gives up: a release between this failure and the join (a
+                // round trip) is unheard, and that waiter waits out its pause.
                 state.waiting_on = Some(key);
-                if self.single {
-                    if crate::mutants::FREE_QUEUE_ATTEMPT {
-                        state.attempts = state.attempts.saturating_sub(1);
-                    }
-                    return Step::Queue(key);
+                if self.single && crate::mutants::FREE_QUEUE_ATTEMPT {
+                    state.attempts = state.attempts.saturating_sub(1);
                 }
                 join = Some(false);
             } else if !self.single {
@@ -316,12 +317,24 @@ mod tests {
         }
     }
 
+    /// Issue 21, item 2: the queue join rides beside the first pause; it is no
+    /// immediate attempt of its own, and later attempts join atomically (no `join`).
     #[test]
-    fn the_queue_join_is_an_attempt_and_made_at_once() {
+    fn the_queue_join_runs_beside_the_first_pause() {
         let p = policy(2, true, true);
         let (attempts, steps) = drive(&p, &mut State::new(None), |_| held(0));
         assert_eq!(attempts, 3);
-        assert_eq!(steps[0], Step::Queue(0));
+        assert!(
+            matches!(
+                steps[0],
+                Step::Sleep {
+                    wait_on: Some(0),
+                    join: Some(false),
+                    ..
+                }
+            ),
+            "{steps:?}"
+        );
         assert!(matches!(
             steps[1],
             Step::Sleep {
@@ -331,6 +344,33 @@ mod tests {
             }
         ));
         assert_eq!(steps[2], Step::GiveUp(Loss::Conflict));
+    }
+
+    /// "Retry timing" (API.md): between two attempts there is always a pause of at least
+    /// `retry_delay` and at most `retry_delay + retry_jitter`, whatever the outcomes and
+    /// settings (a stale-counter re-round is no attempt); only a deadline shortens it.
+    #[test]
+    fn every_retry_pauses_at_least_the_delay() {
+        for retries in 0..5 {
+            for (wake, single) in [(false, false), (true, false), (true, true), (false, true)] {
+                for outcomes in [[held(0), held(0)], [held(0), down()], [down(), held(1)]] {
+                    let p = policy(retries, wake, single);
+                    let (_, steps) = drive(&p, &mut State::new(None), |r| {
+                        outcomes[usize::from(r % 2 == 1)]
+                    });
+                    for step in &steps {
+                        match step {
+                            Step::Sleep { pause, .. } => assert!(
+                                *pause >= p.delay && *pause <= p.delay + p.jitter,
+                                "{p:?}: {steps:?}"
+                            ),
+                            Step::GiveUp(_) => {}
+                            other => panic!("{p:?}: a retry without a pause: {other:?}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

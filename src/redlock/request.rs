@@ -262,8 +262,10 @@ impl<'a> LockRequest<'a> {
         self
     }
 
-    /// Attempts after the first one: at most `retries + 1` are made. Defaults to the
-    /// manager's [`retry_count`](crate::RedlockBuilder::retry_count).
+    /// Attempts after the first one: at most `retries + 1` are made, consecutive ones at
+    /// least [`retry_delay`](crate::RedlockBuilder::retry_delay) (plus jitter) apart
+    /// unless a release wakes the waiter. Defaults to the manager's
+    /// [`retry_count`](crate::RedlockBuilder::retry_count).
     ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {

@@ -65,6 +65,8 @@ impl Redlock {
         }
         loop {
             let attempts = state.begin();
+            // The start of each attempt, for whoever checks the pauses between them.
+            tracing::trace!(attempts, "attempt starts");
             if let Some(t) = state.candidate().filter(|t| *t > MAX_FENCING_TOKEN) {
                 return Err(Error::Config(format!(
                     "fencing counter of `{}` reached {t}, past 2^53, the largest token Lua can \
@@ -118,10 +120,6 @@ impl Redlock {
                     return Err(err);
                 }
                 Step::Reround => continue,
-                Step::Queue(key) => {
-                    waiter = Some(inner.wakeups.wait_for(&inner.nodes, &keys[key]));
-                    continue;
-                }
                 Step::Sleep {
                     pause,
                     wait_on,

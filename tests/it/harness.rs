@@ -160,6 +160,37 @@ async fn kill_then_restart_with_aof_always_keeps_data() {
     );
 }
 
+/// `restart_empty` is a lost disk: an `appendfsync always` node comes back without its
+/// keys, on its port, still persisting (what it is sent afterwards survives a restart).
+#[tokio::test]
+async fn restart_empty_loses_the_data_of_an_aof_node() {
+    let cluster = start(1, Persistence::AofAlways).await;
+    let node = cluster.node(0);
+    let mut con = connect(&node.url()).await.unwrap();
+    let _: () = con.set("k", "v").await.unwrap();
+    let port = node.server_port();
+    timeout(LONG, node.restart_empty()).await.unwrap().unwrap();
+    assert!(node.is_running());
+    assert_eq!(node.server_port(), port);
+    let mut con = connect(&node.url()).await.unwrap();
+    assert_eq!(con.get::<_, Option<String>>("k").await.unwrap(), None);
+    let _: () = con.set("after", "v").await.unwrap();
+    timeout(LONG, node.restart()).await.unwrap().unwrap();
+    let mut con = connect(&node.url()).await.unwrap();
+    assert_eq!(
+        con.get::<_, Option<String>>("after")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    // A killed node can be restarted empty too.
+    timeout(LONG, node.kill()).await.unwrap().unwrap();
+    timeout(LONG, node.restart_empty()).await.unwrap().unwrap();
+    let mut con = connect(&node.url()).await.unwrap();
+    assert_eq!(con.get::<_, Option<String>>("after").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn partition_then_heal() {
     let cluster = start(2, Persistence::Memory).await;

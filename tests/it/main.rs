@@ -23,6 +23,7 @@ mod phase_fair;
 mod process;
 mod quarantine;
 mod release;
+mod retry_timing;
 mod safety;
 mod support;
 mod usage;

@@ -87,6 +87,8 @@ impl Redlock {
         }
         let result = loop {
             let attempts = state.begin();
+            // The start of each attempt, for whoever checks the pauses between them.
+            tracing::trace!(attempts, "attempt starts");
             if let Some(t) = state.candidate().filter(|t| *t > MAX_FENCING_TOKEN) {
                 break Err(Error::Config(format!(
                     "fencing counter of `{resource}` reached {t}, past 2^53, the largest token \
@@ -136,8 +138,7 @@ impl Redlock {
                     };
                     break Err(error_of(attempt, loss, resource, state.attempts(), ttl_ms));
                 }
-                // With wake-ups off the policy never queues; should it, attempt at once.
-                Step::Reround | Step::Queue(_) => continue,
+                Step::Reround => continue,
                 Step::Sleep { pause, .. } => pause,
             };
             // Registered before the pause, kept for the rest of the acquisition: a
