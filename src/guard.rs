@@ -388,7 +388,13 @@ impl LockGuard {
                 Value::Int(0) => Ok((Vote::No, ())),
                 other => Err(format!("extend answered {other:?}")),
             },
-            |tally| tally.outcome().is_some(),
+            // Won: done. Lost: keep listening until the value is certainly gone from
+            // every quorum or every node answered, so that "not held" votes arriving
+            // after fast failures still end the guard's belief (issue 21, item 1); the
+            // wait is bounded by the node timeout and only paid on a failed extension.
+            |tally| {
+                tally.outcome() == Some(Outcome::Won) || tally.value_lost() || tally.pending() == 0
+            },
         )
         .instrument(span)
         .await;
@@ -409,7 +415,7 @@ impl LockGuard {
                 elapsed,
                 ttl,
             }),
-            _ if tally.lost_to_owner() => {
+            _ if tally.value_lost() => {
                 // A quorum no longer holds this owner's value: nothing is promised now.
                 self.valid_until = self.valid_until.min(self.clock.stamp());
                 Err(lost(LostReason::NotHeld {
