@@ -346,12 +346,27 @@ impl LockGuard {
     /// than it was); nodes that already extended keep the key longer, which is still
     /// this owner's and is released with it.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let result = self.extend_inner(ttl).await;
+        let least = match &self.held {
+            Some(held) => held.inner.config.min_validity,
+            None => Duration::ZERO,
+        };
+        self.extend_at_least(ttl, least).await
+    }
+
+    /// [`extend`](Self::extend) that counts as won only with at least `least` validity
+    /// left: a request's own `min_validity`, where the manager's is not the one asked
+    /// for (the extension of a lock handed over between tasks).
+    pub(crate) async fn extend_at_least(
+        &mut self,
+        ttl: Duration,
+        least: Duration,
+    ) -> Result<(), Error> {
+        let result = self.extend_inner(ttl, least).await;
         metrics::extended(result.as_ref().map(|_| ()));
         result
     }
 
-    async fn extend_inner(&mut self, ttl: Duration) -> Result<(), Error> {
+    async fn extend_inner(&mut self, ttl: Duration, least: Duration) -> Result<(), Error> {
         let resource = self.resource().to_owned();
         let lost = |reason| Error::LockLost {
             resource: resource.clone(),
@@ -400,8 +415,7 @@ impl LockGuard {
         .await;
         let tally = votes.tally;
         let elapsed = self.clock.since(start);
-        let enough = quorum::validity(ttl, elapsed, drift)
-            .is_some_and(|left| left >= inner.config.min_validity);
+        let enough = quorum::validity(ttl, elapsed, drift).is_some_and(|left| left >= least);
         match tally.outcome() {
             Some(Outcome::Won) if enough => {
                 self.valid_until = promised;

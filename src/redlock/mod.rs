@@ -390,8 +390,9 @@ impl Redlock {
     }
 
     /// Takes a lock handed over by another task of this manager: extended first when
-    /// less than half of this request's ttl is left, and given up (released, then
-    /// competed for on the nodes) if that extension fails.
+    /// less than half of this request's ttl or less than its `min_validity` is left,
+    /// and given up (released, then competed for on the nodes) if that extension fails
+    /// or leaves less than the request's `min_validity`, as a fresh grant would be.
     async fn adopt(
         &self,
         mut guard: LockGuard,
@@ -404,7 +405,12 @@ impl Redlock {
         {
             return Ok(guard);
         }
-        match guard.extend(Duration::from_millis(ttl_ms)).await {
+        // The request's own floor, not the manager's: a fresh acquisition of this
+        // request would count a grant with less left as failed.
+        let extended = guard
+            .extend_at_least(Duration::from_millis(ttl_ms), want.min_validity)
+            .await;
+        match extended {
             Ok(()) => Ok(guard),
             Err(e) => {
                 tracing::debug!(error = %e, "a handed-over lock could not be extended; competing for it");
