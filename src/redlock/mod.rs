@@ -140,7 +140,10 @@ impl Redlock {
         format!("{}{resource}", self.inner.config.key_prefix)
     }
 
-    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`).
+    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`):
+    /// its own, `<key prefix><resource><fence suffix>`, or the shared counter's key
+    /// when a [`shared_fencing_counter`](crate::RedlockBuilder::shared_fencing_counter)
+    /// rule covers it.
     ///
     /// ```
     /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
@@ -148,10 +151,13 @@ impl Redlock {
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn fence_key_of(&self, resource: &str) -> String {
-        format!(
-            "{}{resource}{}",
-            self.inner.config.key_prefix, self.inner.config.fence_suffix
-        )
+        let config = &self.inner.config;
+        // A resource covered by a shared counter draws from it, whoever locks it.
+        let counter = config
+            .shared_counters
+            .counter_for(resource)
+            .unwrap_or(resource);
+        format!("{}{counter}{}", config.key_prefix, config.fence_suffix)
     }
 
     /// Acquires the lock on `resource` for `ttl`, retrying up to `retry_count` times.
