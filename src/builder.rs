@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) key_prefix: String,
     pub(crate) fencing: bool,
     pub(crate) fence_suffix: String,
+    /// Fencing counters shared by the resources of a namespace.
+    pub(crate) shared_counters: crate::fencing::SharedCounters,
     pub(crate) wake_on_release: bool,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
@@ -106,6 +108,7 @@ pub struct RedlockBuilder {
     key_prefix: String,
     fencing: bool,
     fence_suffix: String,
+    shared_counters: Vec<(String, String)>,
     wake_on_release: bool,
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
@@ -130,6 +133,7 @@ impl fmt::Debug for RedlockBuilder {
             key_prefix,
             fencing,
             fence_suffix,
+            shared_counters,
             wake_on_release,
             restart_quarantine,
             check_on_connect,
@@ -152,6 +156,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("key_prefix", key_prefix)
             .field("fencing", fencing)
             .field("fence_suffix", fence_suffix)
+            .field("shared_counters", shared_counters)
             .field("wake_on_release", wake_on_release)
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
@@ -182,6 +187,7 @@ impl Default for RedlockBuilder {
             key_prefix: String::new(),
             fencing: false,
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
+            shared_counters: Vec::new(),
             wake_on_release: true,
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
@@ -332,6 +338,49 @@ impl RedlockBuilder {
     /// ```
     pub fn fence_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.fence_suffix = suffix.into();
+        self
+    }
+
+    /// Every resource whose name starts with `resource_prefix` draws its fencing tokens
+    /// from one counter, `counter`, kept on each node under `<key prefix><counter><fence
+    /// suffix>`, instead of a counter key of its own. Defaults to none: one counter key
+    /// per resource, kept forever.
+    ///
+    /// Counter keys have no ttl (a counter that expired could hand out a smaller token),
+    /// so a lock per payment id leaves one key per payment on every node; a shared
+    /// counter bounds that to one key per namespace. Tokens still strictly increase per
+    /// resource: they strictly increase across all the namespace's acquisitions (see
+    /// `docs/safety.md` §4). They grow faster, which storage does not mind.
+    ///
+    /// The longest matching prefix wins; an empty prefix covers every resource. Every
+    /// client that locks these resources with fencing must use the same rules, or they
+    /// draw from different counters. Not available with a Redis Cluster vote
+    /// ([`cluster_node`](Self::cluster_node)): one counter key lives in one slot, the
+    /// resources in many, and a script's keys must share one; `build()` refuses it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tokio_redlock::Error> {
+    /// use std::time::Duration;
+    /// use tokio_redlock::Redlock;
+    ///
+    /// let redlock = Redlock::builder()
+    ///     .nodes(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+    ///     .fencing(true)
+    ///     .shared_fencing_counter("payment:", "payments")
+    ///     .build()?;
+    /// assert_eq!(redlock.fence_key_of("payment:42"), "payments:fence");
+    /// let guard = redlock.acquire("payment:42", Duration::from_secs(5)).await?;
+    /// let token = guard.fencing_token(); // above every earlier token of any payment
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shared_fencing_counter(
+        mut self,
+        resource_prefix: impl Into<String>,
+        counter: impl Into<String>,
+    ) -> Self {
+        self.shared_counters
+            .push((resource_prefix.into(), counter.into()));
         self
     }
 

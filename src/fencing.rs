@@ -185,5 +185,7 @@ mod tests {
 mod cache;
 #[cfg(test)]
 mod model;
+mod shared;
 
 pub(crate) use cache::FenceCache;
+pub(crate) use shared::SharedCounters;

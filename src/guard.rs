@@ -351,12 +351,27 @@ impl LockGuard {
     /// than it was); nodes that already extended keep the key longer, which is still
     /// this owner's and is released with it.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let result = self.extend_inner(ttl).await;
+        let least = match &self.held {
+            Some(held) => held.inner.config.min_validity,
+            None => Duration::ZERO,
+        };
+        self.extend_at_least(ttl, least).await
+    }
+
+    /// [`extend`](Self::extend) that counts as won only with at least `least` validity
+    /// left: a request's own `min_validity`, where the manager's is not the one asked
+    /// for (the extension of a lock handed over between tasks).
+    pub(crate) async fn extend_at_least(
+        &mut self,
+        ttl: Duration,
+        least: Duration,
+    ) -> Result<(), Error> {
+        let result = self.extend_inner(ttl, least).await;
         metrics::extended(result.as_ref().map(|_| ()));
         result
     }
 
-    async fn extend_inner(&mut self, ttl: Duration) -> Result<(), Error> {
+    async fn extend_inner(&mut self, ttl: Duration, least: Duration) -> Result<(), Error> {
         let resource = self.resource().to_owned();
         let lost = |reason| Error::LockLost {
             resource: resource.clone(),
@@ -394,14 +409,19 @@ impl LockGuard {
                 Value::Int(0) => Ok((Vote::No, ())),
                 other => Err(format!("extend answered {other:?}")),
             },
-            |tally| tally.outcome().is_some(),
+            // Won: done. Lost: keep listening until the value is certainly gone from
+            // every quorum or every node answered, so that "not held" votes arriving
+            // after fast failures still end the guard's belief (issue 21, item 1); the
+            // wait is bounded by the node timeout and only paid on a failed extension.
+            |tally| {
+                tally.outcome() == Some(Outcome::Won) || tally.value_lost() || tally.pending() == 0
+            },
         )
         .instrument(span)
         .await;
         let tally = votes.tally;
         let elapsed = self.clock.since(start);
-        let enough = quorum::validity(ttl, elapsed, drift)
-            .is_some_and(|left| left >= inner.config.min_validity);
+        let enough = quorum::validity(ttl, elapsed, drift).is_some_and(|left| left >= least);
         match tally.outcome() {
             Some(Outcome::Won) if enough => {
                 self.valid_until = promised;
@@ -415,7 +435,7 @@ impl LockGuard {
                 elapsed,
                 ttl,
             }),
-            _ if tally.lost_to_owner() => {
+            _ if tally.value_lost() => {
                 // A quorum no longer holds this owner's value: nothing is promised now.
                 self.valid_until = self.valid_until.min(self.clock.stamp());
                 Err(lost(LostReason::NotHeld {

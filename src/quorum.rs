@@ -140,6 +140,23 @@ impl Tally {
     pub(crate) fn lost_to_owner(&self) -> bool {
         self.no > self.failed
     }
+
+    /// For an extension (or a release): is this owner's value certainly gone from every
+    /// quorum? It is once more nodes said "not held" than a quorum can spare, whatever
+    /// the failed and silent nodes hold: `no > N − quorum`.
+    ///
+    /// Not `no > failed` ([`lost_to_owner`](Self::lost_to_owner), a guess at whom to
+    /// blame): with 4 nodes, 2 "not held" and 2 failures leave at most 2 holders, short
+    /// of the quorum of 3, yet that rule calls it a tie and keeps the guard valid.
+    pub(crate) fn value_lost(&self) -> bool {
+        value_lost(self.nodes, self.no)
+    }
+}
+
+/// Whether `not_held` of `nodes` nodes saying "not held" leaves no quorum that can hold
+/// the value: the nodes that may hold it (all but those) are fewer than a quorum.
+pub(crate) fn value_lost(nodes: usize, not_held: usize) -> bool {
+    not_held > nodes.saturating_sub(quorum(nodes))
 }
 
 #[cfg(test)]
@@ -279,6 +296,39 @@ mod tests {
             // With every vote in, the round is always decided.
             assert!(t.outcome().is_some());
         }
+    }
+
+    /// Issue 21, item 1: the naive oracle enumerates every way the nodes that did not say
+    /// "not held" (yes, failed, silent) could hold the value, and asks whether any puts it
+    /// on a quorum.
+    #[test]
+    fn value_lost_exactly_when_no_quorum_can_hold_it() {
+        for n in 1..=12usize {
+            for yes in 0..=n {
+                for no in 0..=n - yes {
+                    for failed in 0..=n - yes - no {
+                        let t = Tally {
+                            nodes: n,
+                            quorum: quorum(n),
+                            yes,
+                            no,
+                            failed,
+                        };
+                        // Every set of holders among the other nodes, by size.
+                        let can_hold = (0..=n - no).any(|holders| 2 * holders > n);
+                        assert_eq!(t.value_lost(), !can_hold, "{t:?}");
+                    }
+                }
+            }
+        }
+        // The case of the issue: 4 nodes, 2 not held, 2 failed.
+        let mut t = Tally::new(4);
+        for v in [Vote::No, Vote::No, Vote::Failed, Vote::Failed] {
+            t.record(v);
+        }
+        assert!(t.value_lost());
+        // A release report's rule and the tally's agree.
+        assert!(value_lost(4, 2) && !value_lost(4, 1) && !value_lost(5, 2) && value_lost(5, 3));
     }
 
     #[test]

@@ -253,7 +253,9 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// - else every lock key is set (value, PX ttl), every counter to t: `{OK, t}`.
 ///
 /// Counters never get a TTL and nothing else writes them, so on each node they only
-/// grow. Candidates stay below 2^53, where Lua's doubles are exact.
+/// grow. Candidates stay below 2^53, where Lua's doubles are exact. A counter key may
+/// be named more than once (resources of one shared counter): each copy reads and is
+/// set alike.
 pub(crate) static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(mutants::fenced_acquire_script().unwrap_or(
         r"

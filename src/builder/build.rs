@@ -82,6 +82,20 @@ impl RedlockBuilder {
                 self.fence_suffix
             )));
         }
+        let shared_counters =
+            crate::fencing::SharedCounters::new(&self.shared_counters).map_err(Error::Config)?;
+        #[cfg(feature = "cluster")]
+        if !shared_counters.is_empty()
+            && self.nodes.iter().any(|n| matches!(n, NodeSpec::Cluster(_)))
+        {
+            return Err(Error::Config(
+                "shared_fencing_counter cannot be used with a Redis Cluster vote: the fenced \
+                 acquire must name the lock key and its counter in one slot, and one shared \
+                 counter key cannot be in the slot of every resource; drop the shared \
+                 counters (each resource keeps its own) or the cluster vote"
+                    .into(),
+            ));
+        }
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, spec) in self.nodes.iter().enumerate() {
             let node = match spec {
@@ -116,6 +130,7 @@ impl RedlockBuilder {
             key_prefix: self.key_prefix,
             fencing: self.fencing,
             fence_suffix: self.fence_suffix,
+            shared_counters,
             wake_on_release: self.wake_on_release,
             check_on_connect: self.check_on_connect,
             min_validity: self.min_validity,

@@ -16,7 +16,8 @@ impl RedlockBuilder {
     ///
     /// On a cluster vote the crate chooses the hash tags: the key of resource `K` is
     /// stored as `{K}` (unless `K` already has a non-empty hash tag, such as
-    /// `acct:{7}`), and every key kept beside it (`:waiters`, the fence counter,
+    /// `acct:{7}`; names with braces that could meet another name's key are escaped,
+    /// so every name keeps a key of its own), and every key kept beside it (`:waiters`, the fence counter,
     /// `:readers`, `:writer`, the permit slots) starts the same way, so each script's
     /// keys share one slot. Standalone nodes keep the plain keys. Resources locked
     /// together with [`Redlock::acquire_many`](crate::Redlock::acquire_many) must share

@@ -32,6 +32,32 @@ fn rejects_impossible_settings_naming_them() {
     assert!(dup.contains("node 1") && dup.contains("twice"), "{dup}");
 }
 
+/// Issue 21, item 4: shared fencing counters map resources to one key, refuse
+/// contradictions, and are refused beside a cluster vote (one key, one slot).
+#[test]
+fn shared_fencing_counters_map_resources_or_are_refused() {
+    let one = || Redlock::builder().node("redis://127.0.0.1:1").fencing(true);
+    let r = one()
+        .key_prefix("app:")
+        .shared_fencing_counter("payment:", "payments")
+        .build()
+        .unwrap();
+    assert_eq!(r.fence_key_of("payment:42"), "app:payments:fence");
+    assert_eq!(r.fence_key_of("order:42"), "app:order:42:fence");
+    let both = one()
+        .shared_fencing_counter("p:", "a")
+        .shared_fencing_counter("p:", "b");
+    assert!(config_err(both).contains("both"));
+    assert!(config_err(one().shared_fencing_counter("p:", "")).contains("empty counter"));
+    #[cfg(feature = "cluster")]
+    {
+        let with_cluster = one()
+            .cluster_node(["redis://127.0.0.1:2"])
+            .shared_fencing_counter("p:", "p");
+        assert!(config_err(with_cluster).contains("Redis Cluster vote"));
+    }
+}
+
 /// Durations at the edges of what `Duration` and Redis can take, and random ones.
 pub(crate) fn extreme(rng: &mut impl rand::Rng) -> Duration {
     const EDGES: [Duration; 12] = [

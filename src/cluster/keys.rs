@@ -12,10 +12,16 @@
 //! (`Redlock::check_request` refuses it, and the builder refuses a fence suffix that ends
 //! like another): stripping the suffixes from any key a request names gives back its
 //! lock key, the *base*, with nothing left to guess. The base `K` is stored as
-//! [`tagged`]`(K)`: `{K}`, unless `K` already has a non-empty hash tag (then `K` itself,
-//! so that an application can put several resources in one slot by giving them one tag),
-//! and every auxiliary key is `tagged(K)` followed by its suffix, so it hashes to the same
-//! slot: the hash tag lies wholly inside `tagged(K)`.
+//! [`tagged`]`(K)` (`{K}` for a plain name; `K` itself when it has a hash tag of its
+//! own, so that an application can put several resources in one slot by giving them
+//! one tag), and every auxiliary key is `tagged(K)` followed by its suffix, so it hashes
+//! to the same slot: the hash tag lies wholly inside `tagged(K)`.
+//!
+//! [`tagged`] is one-to-one, so two resources never share a key on a cluster vote
+//! (issue 21: `x` and `{x}` once did): a plain name (no brace) is wrapped, `{K}`; a
+//! name with a non-empty tag of its own is kept as it is, unless it looks like what
+//! the crate makes of another name (a wrapped plain name, or an escaped one), and a
+//! name with braces but no usable tag is escaped behind a fixed tag. See [`tagged`].
 
 use std::borrow::Cow;
 
@@ -24,10 +30,9 @@ use redis::{Arg, Cmd};
 
 use crate::kind::{PERMIT_INFIX, QUEUE_SUFFIX, SET_SUFFIXES};
 
-/// What a base that starts with `}` is put behind: `{K}` would have an empty hash tag
-/// there (`{}`), which Redis ignores, hashing each whole key to a slot of its own. The
-/// tag `=` is fixed, so all such resources share a slot; none is common enough to matter.
-const CLOSE_BRACE_PREFIX: &str = "{=}";
+/// The escape mark: a stored key `{T}{=}K` stands for the name `K` (see [`tagged`]).
+/// `=` as a tag is a choice, any fixed non-empty one would do.
+const ESCAPE: &str = "{=}";
 
 /// The hash tag of `key` as Redis Cluster reads it: the text between the first `{` and
 /// the first `}` after it, if both are there (it may be empty: Redis then hashes the
@@ -39,40 +44,58 @@ pub(crate) fn hash_tag(key: &str) -> Option<&str> {
     Some(&rest[..close])
 }
 
+#[cfg(test)]
 fn has_tag(key: &str) -> bool {
     hash_tag(key).is_some_and(|tag| !tag.is_empty())
 }
 
-/// The key a cluster vote stores the lock key `base` under: `base` itself if it has a
-/// non-empty hash tag, else `{base}` (or `{=}base` for a base that starts with `}`).
+/// `P` if `key` is `{P}` with no brace in `P`: what [`tagged`] makes of a plain name.
+fn wrapped(key: &str) -> Option<&str> {
+    let inner = key.strip_prefix('{')?.strip_suffix('}')?;
+    (!inner.is_empty() && !inner.contains(['{', '}'])).then_some(inner)
+}
+
+/// `K` if `key` is `{T}{=}K` (a tag first, then the escape mark): what [`tagged`] makes
+/// of an escaped name.
+fn escaped(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix('{')?;
+    let close = rest.find('}')?;
+    rest[close + 1..].strip_prefix(ESCAPE)
+}
+
+/// The key a cluster vote stores the lock key `base` under, one-to-one:
 ///
-/// Idempotent: `tagged(tagged(k)) == tagged(k)`, so a key that is already a cluster
-/// vote's (a released key that came back in a wake-up) maps to itself.
+/// - a plain `base` (no `{` or `}`) becomes `{base}`;
+/// - a `base` with a non-empty hash tag `T` stays as it is (an application may put
+///   several resources in one slot by giving them one tag), unless it has the form of
+///   one of the other two results, `{P}` or `{T}{=}…`: then it becomes `{T}{=}base`,
+///   still in `T`'s slot;
+/// - any other `base` (braces, but no non-empty tag: `a}b`, `x{}y`, `{`) becomes
+///   `{=}{=}base`, in the slot of `=`.
+///
+/// The three results never meet: the first has exactly two braces; the second keeps
+/// neither form, and the escaped ones (and the third) start with a tag followed by
+/// `{=}`, with a tagged `base` behind it in the second case and an untagged one in the
+/// third. [`untagged`] reads each back.
 pub(crate) fn tagged(base: &str) -> Cow<'_, str> {
-    if has_tag(base) {
-        Cow::Borrowed(base)
-    } else if base.starts_with('}') {
-        Cow::Owned(format!("{CLOSE_BRACE_PREFIX}{base}"))
-    } else {
-        Cow::Owned(format!("{{{base}}}"))
+    if !base.contains(['{', '}']) {
+        return Cow::Owned(format!("{{{base}}}"));
+    }
+    match hash_tag(base).filter(|tag| !tag.is_empty()) {
+        Some(tag) if wrapped(base).is_some() || escaped(base).is_some() => {
+            Cow::Owned(format!("{{{tag}}}{ESCAPE}{base}"))
+        }
+        Some(_) => Cow::Borrowed(base),
+        None => Cow::Owned(format!("{ESCAPE}{ESCAPE}{base}")),
     }
 }
 
-/// The lock key whose [`tagged`] form is `stored`: the inverse, for the released keys a
-/// cluster vote publishes to waiters. A key with a tag of its own comes back as given,
-/// except `{k}`, which may also be `k` tagged: callers look both up.
+/// The lock key whose [`tagged`] form is `stored`: the exact inverse, for the released
+/// keys a cluster vote publishes to waiters.
 pub(crate) fn untagged(stored: &str) -> &str {
-    if let Some(rest) = stored.strip_prefix(CLOSE_BRACE_PREFIX) {
-        if rest.starts_with('}') && !has_tag(rest) {
-            return rest;
-        }
-    }
-    if let Some(inner) = stored.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-        if !inner.is_empty() && !inner.starts_with('}') && !has_tag(inner) {
-            return inner;
-        }
-    }
-    stored
+    escaped(stored)
+        .or_else(|| wrapped(stored))
+        .unwrap_or(stored)
 }
 
 /// The slot a cluster vote keeps `key` (a lock key) in.
@@ -183,48 +206,110 @@ mod tests {
     }
 
     #[test]
-    fn a_base_without_a_tag_is_wrapped_and_one_with_a_tag_is_kept() {
+    fn a_plain_base_is_wrapped_and_one_with_a_tag_is_kept() {
         assert_eq!(tagged("payment:42"), "{payment:42}");
         assert_eq!(tagged("acct:{7}:1"), "acct:{7}:1");
-        // An empty tag is no tag: Redis would hash the whole key.
-        assert_eq!(tagged("x{}y"), "{x{}y}");
-        assert_eq!(tagged("{}"), "{{}}");
-        // `{}abc}` would have an empty tag again: such a base goes behind a fixed tag.
-        assert_eq!(tagged("}abc"), "{=}}abc");
         assert_eq!(tagged("кошка:🔒"), "{кошка:🔒}");
-        for k in [
-            "payment:42",
-            "acct:{7}:1",
-            "x{}y",
-            "}abc",
-            "a}b",
-            "кошка:🔒",
-            "{",
-        ] {
+        // An empty tag is no tag (Redis would hash the whole key): escaped.
+        assert_eq!(tagged("x{}y"), "{=}{=}x{}y");
+        assert_eq!(tagged("{}"), "{=}{=}{}");
+        assert_eq!(tagged("}abc"), "{=}{=}}abc");
+        // What the crate makes of another name is escaped, in its own tag's slot.
+        assert_eq!(tagged("{x}"), "{x}{=}{x}");
+        assert_eq!(tagged("{x}{=}y"), "{x}{=}{x}{=}y");
+        assert_eq!(tagged("{a}b}"), "{a}b}");
+        for k in NAMES {
             let t = tagged(k);
             assert!(has_tag(&t), "{k} -> {t} has no tag");
-            assert_eq!(tagged(&t), t, "not idempotent for {k}");
+            if has_tag(k) {
+                assert_eq!(hash_tag(&t), hash_tag(k), "{k} -> {t} left its tag's slot");
+            }
         }
     }
 
+    /// Names chosen to trip a mapping up: braces, empty and nested tags, the escape
+    /// mark, what other names map to, non-ASCII.
+    const NAMES: [&str; 30] = [
+        "x",
+        "{x}",
+        "{x}}",
+        "{{x}}",
+        "{x}{=}x",
+        "{x}{=}{x}",
+        "=",
+        "{=}",
+        "{=}{=}x",
+        "}",
+        "=}",
+        "}}{}",
+        "=}}}{",
+        "a}b",
+        "{a}b}",
+        "{a}b",
+        "x{}y",
+        "{}",
+        "{}x",
+        "{",
+        "a{",
+        "acct:{7}:1",
+        "{7}",
+        "{7}:1",
+        "}abc",
+        "{=}}abc",
+        "кошка",
+        "{кошка}",
+        "{к}{=}",
+        "🔒{}",
+    ];
+
     #[test]
     fn untagged_inverts_tagged() {
-        for k in [
-            "payment:42",
-            "x{}y",
-            "}abc",
-            "}",
-            "a}b",
-            "кошка:🔒",
-            "{",
-            "a{",
-        ] {
+        for k in NAMES {
             assert_eq!(untagged(&tagged(k)), k, "{k}");
         }
-        // A key with a tag of its own is its own stored key and comes back as given,
-        // except `{k}` itself, which is also `k` tagged: the wake-up looks up both.
         assert_eq!(untagged("acct:{7}:1"), "acct:{7}:1");
         assert_eq!(untagged("{7}"), "7");
+    }
+
+    /// Issue 21, item 2: every name over a small alphabet of the troublesome
+    /// characters, up to six of them, gets a key of its own; `x`/`{x}` and `a}b`/`{a}b}`
+    /// among them. Naive oracle: a map from each key back to the first name that had it.
+    #[test]
+    fn tagged_is_one_to_one_and_every_key_of_a_name_shares_its_slot() {
+        let alphabet = ['a', '{', '}', '=', 'é'];
+        let mut names = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..6 {
+            names = names
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            all.extend(names.iter().cloned());
+        }
+        all.extend(NAMES.iter().map(|n| (*n).to_owned()));
+        let m = map();
+        let mut seen = std::collections::HashMap::new();
+        for name in &all {
+            let t = tagged(name).into_owned();
+            assert!(has_tag(&t), "{name} -> {t} has no tag");
+            assert_eq!(untagged(&t), name, "{name} -> {t}");
+            let slot = Slot::for_key(t.as_bytes());
+            for suffix in ["", ":waiters", ":fence", ":readers", ":permit:3"] {
+                let key = m.map_key(&format!("{name}{suffix}")).into_owned();
+                assert_eq!(
+                    Slot::for_key(key.as_bytes()),
+                    slot,
+                    "{name}{suffix} -> {key}"
+                );
+                if let Some(other) = seen.insert(key.clone(), format!("{name}{suffix}")) {
+                    if other != format!("{name}{suffix}") {
+                        panic!("`{other}` and `{name}{suffix}` share the key `{key}`");
+                    }
+                }
+            }
+        }
+        assert_ne!(tagged("x"), tagged("{x}"));
+        assert_ne!(tagged("a}b"), tagged("{a}b}"));
     }
 
     #[test]
@@ -261,8 +346,6 @@ mod tests {
         assert_eq!(m.map_key("acct:{7}:1:fence"), "acct:{7}:1:fence");
         // A suffix alone is no base.
         assert_eq!(m.base(":fence"), ":fence");
-        // Mapping a mapped key changes nothing.
-        assert_eq!(m.map_key("{doc}:waiters"), "{doc}:waiters");
     }
 
     #[test]

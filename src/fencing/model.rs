@@ -14,6 +14,12 @@
 //! expire, holders release. Thousands of runs find no violation, while the same search
 //! catches the naive "max of per-node INCR" variant and the strict protocol on nodes
 //! that forget their counter (the persistence assumption of `docs/safety.md`).
+//!
+//! With several resources, the clients lock a random one each time and the promise is
+//! checked per resource: each resource with a counter of its own, all of them on one
+//! shared counter (`shared_fencing_counter`), and clients that disagree about the rule
+//! (one draws from per-resource counters, the others from the shared one), which the
+//! search must catch.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,18 @@ enum Protocol {
     IncrMax,
 }
 
+/// Which counter each resource's acquisitions bid against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counters {
+    /// Each resource its own counter (the default).
+    PerResource,
+    /// One counter for every resource (`shared_fencing_counter`).
+    Shared,
+    /// Client 0 uses per-resource counters, the others the shared one: a rule that
+    /// not every client configured.
+    Disagreeing,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reply {
     Ok(u64),
@@ -44,27 +62,44 @@ enum Reply {
 
 #[derive(Clone, Debug, Default)]
 struct ModelNode {
-    counter: u64,
-    /// The attempt whose value the lock key holds.
-    lock: Option<u64>,
+    /// Counter 0 is the shared one; counter `1 + r` is resource `r`'s own.
+    counters: Vec<u64>,
+    /// Per resource, the attempt whose value the lock key holds.
+    locks: Vec<Option<u64>>,
+}
+
+/// What one request asks of a node: which lock key, which counter.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    resource: usize,
+    counter: usize,
 }
 
 impl ModelNode {
-    /// One run of the per-node script, atomic like a Lua script on Redis.
-    fn run(&mut self, protocol: Protocol, attempt: u64, candidate: u64) -> Reply {
-        if protocol != Protocol::IncrMax && self.counter >= candidate {
-            return Reply::Stale(self.counter);
+    fn new(resources: usize) -> Self {
+        Self {
+            counters: vec![0; resources + 1],
+            locks: vec![None; resources],
         }
-        if self.lock.is_some_and(|holder| holder != attempt) {
+    }
+
+    /// One run of the per-node script, atomic like a Lua script on Redis.
+    fn run(&mut self, protocol: Protocol, attempt: u64, on: Target, candidate: u64) -> Reply {
+        let counter = &mut self.counters[on.counter];
+        if protocol != Protocol::IncrMax && *counter >= candidate {
+            return Reply::Stale(*counter);
+        }
+        let lock = &mut self.locks[on.resource];
+        if lock.is_some_and(|holder| holder != attempt) {
             return Reply::Locked;
         }
-        self.lock = Some(attempt);
+        *lock = Some(attempt);
         if protocol == Protocol::IncrMax {
-            self.counter += 1;
+            *counter += 1;
         } else {
-            self.counter = candidate;
+            *counter = candidate;
         }
-        Reply::Ok(self.counter)
+        Reply::Ok(*counter)
     }
 }
 
@@ -73,6 +108,7 @@ enum Message {
         client: usize,
         attempt: u64,
         node: usize,
+        on: Target,
         candidate: u64,
     },
     Reply {
@@ -84,6 +120,7 @@ enum Message {
 
 struct Attempt {
     id: u64,
+    on: Target,
     candidate: u64,
     start: u64,
     outstanding: usize,
@@ -94,8 +131,10 @@ struct Attempt {
 
 #[derive(Default)]
 struct Client {
-    /// The highest counter this client has seen (the manager's fence cache).
-    cache: u64,
+    /// Per counter, the highest value this client has seen (the manager's fence cache).
+    cache: Vec<u64>,
+    /// The resource of the acquisition under way.
+    resource: usize,
     /// The policy state of the acquisition under way (its candidate evolves across its
     /// retries); `None` between acquisitions.
     state: Option<State>,
@@ -105,6 +144,7 @@ struct Client {
 
 #[derive(Clone, Copy, Debug)]
 struct Win {
+    resource: usize,
     start: u64,
     end: u64,
     token: u64,
@@ -112,6 +152,8 @@ struct Win {
 
 struct Sim {
     protocol: Protocol,
+    counters: Counters,
+    resources: usize,
     rng: StdRng,
     nodes: Vec<ModelNode>,
     clients: Vec<Client>,
@@ -125,13 +167,31 @@ struct Sim {
 
 impl Sim {
     fn new(protocol: Protocol, nodes: usize, clients: usize, seed: u64) -> Self {
+        Self::with_resources(protocol, Counters::PerResource, 1, nodes, clients, seed)
+    }
+
+    fn with_resources(
+        protocol: Protocol,
+        counters: Counters,
+        resources: usize,
+        nodes: usize,
+        clients: usize,
+        seed: u64,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let loss = rng.random_range(0.0..0.4);
         Self {
             protocol,
+            counters,
+            resources,
             rng,
-            nodes: vec![ModelNode::default(); nodes],
-            clients: (0..clients).map(|_| Client::default()).collect(),
+            nodes: vec![ModelNode::new(resources); nodes],
+            clients: (0..clients)
+                .map(|_| Client {
+                    cache: vec![0; resources + 1],
+                    ..Client::default()
+                })
+                .collect(),
             in_flight: Vec::new(),
             wins: Vec::new(),
             step: 0,
@@ -155,11 +215,12 @@ impl Sim {
             } else if roll < 0.66 {
                 // A lock key runs out its ttl on one node.
                 let n = self.rng.random_range(0..self.nodes.len());
-                self.nodes[n].lock = None;
+                let r = self.pick_resource();
+                self.nodes[n].locks[r] = None;
             } else if roll < 0.67 && self.protocol == Protocol::StrictForgetful {
                 // A node restarts without its data.
                 let n = self.rng.random_range(0..self.nodes.len());
-                self.nodes[n] = ModelNode::default();
+                self.nodes[n] = ModelNode::new(self.resources);
             } else {
                 let c = self.rng.random_range(0..self.clients.len());
                 self.client_acts(c);
@@ -181,9 +242,37 @@ impl Sim {
         self.start_attempt(c);
     }
 
+    /// A random resource; no draw with one, so single-resource runs are as before.
+    fn pick_resource(&mut self) -> usize {
+        if self.resources == 1 {
+            0
+        } else {
+            self.rng.random_range(0..self.resources)
+        }
+    }
+
+    /// The counter client `c` bids against for `resource`.
+    fn counter_of(&self, c: usize, resource: usize) -> usize {
+        match self.counters {
+            Counters::PerResource => 1 + resource,
+            Counters::Shared => 0,
+            Counters::Disagreeing if c == 0 => 1 + resource,
+            Counters::Disagreeing => 0,
+        }
+    }
+
     fn start_attempt(&mut self, c: usize) {
+        if self.clients[c].state.is_none() {
+            // A new acquisition: of which resource.
+            self.clients[c].resource = self.pick_resource();
+        }
+        let resource = self.clients[c].resource;
+        let on = Target {
+            resource,
+            counter: self.counter_of(c, resource),
+        };
         let client = &mut self.clients[c];
-        let cache = client.cache;
+        let cache = client.cache[on.counter];
         let state = client.state.get_or_insert_with(|| State::new(Some(cache)));
         state.begin();
         let candidate = state.candidate().unwrap_or(cache + 1);
@@ -191,6 +280,7 @@ impl Sim {
         let id = self.next_attempt;
         client.attempt = Some(Attempt {
             id,
+            on,
             candidate,
             start: self.step,
             outstanding: self.nodes.len(),
@@ -210,6 +300,7 @@ impl Sim {
                     client: c,
                     attempt: id,
                     node,
+                    on,
                     candidate,
                 }
             };
@@ -219,9 +310,9 @@ impl Sim {
 
     /// Compare-and-delete of the attempt's lock key on every node (release and undo).
     fn release(&mut self, attempt: u64) {
-        for node in &mut self.nodes {
-            if node.lock == Some(attempt) {
-                node.lock = None;
+        for lock in self.nodes.iter_mut().flat_map(|n| n.locks.iter_mut()) {
+            if *lock == Some(attempt) {
+                *lock = None;
             }
         }
     }
@@ -232,9 +323,10 @@ impl Sim {
                 client,
                 attempt,
                 node,
+                on,
                 candidate,
             } => {
-                let reply = self.nodes[node].run(self.protocol, attempt, candidate);
+                let reply = self.nodes[node].run(self.protocol, attempt, on, candidate);
                 let reply = if self.rng.random_bool(self.loss) {
                     Reply::Failed
                 } else {
@@ -282,19 +374,20 @@ impl Sim {
                 Protocol::IncrMax => a.ok.iter().copied().max().unwrap_or(0),
                 Protocol::Strict | Protocol::StrictForgetful => a.candidate,
             };
-            let start = a.start;
+            let (start, on) = (a.start, a.on);
             let client = &mut self.clients[c];
-            client.cache = client.cache.max(token);
+            client.cache[on.counter] = client.cache[on.counter].max(token);
             client.state = None;
             client.holding = Some(attempt);
             client.attempt = None;
             self.wins.push(Win {
+                resource: on.resource,
                 start,
                 end: self.step,
                 token,
             });
         } else if a.ok.len() + a.outstanding < quorum {
-            let stale = a.stale;
+            let (stale, on) = (a.stale, a.on);
             let outcome = AttemptOutcome::Lost {
                 tally: a.tally,
                 stale,
@@ -304,7 +397,7 @@ impl Sim {
             let client = &mut self.clients[c];
             client.attempt = None;
             if let Some(seen) = stale {
-                client.cache = client.cache.max(seen);
+                client.cache[on.counter] = client.cache[on.counter].max(seen);
             }
             // The crate's policy decides: a re-round with the raised candidate, a retry
             // with the same one, or giving up (the next acquisition starts again from
@@ -327,10 +420,11 @@ impl Sim {
         }
     }
 
-    /// The first pair (earlier, later) that breaks the promise, if any.
+    /// The first pair (earlier, later) of acquisitions of one resource that breaks the
+    /// promise, if any.
     fn violation(&self) -> Option<(Win, Win)> {
         for a in &self.wins {
-            for b in &self.wins {
+            for b in self.wins.iter().filter(|b| b.resource == a.resource) {
                 let ordered = a.end < b.start && b.token <= a.token;
                 let shared = a.start != b.start && a.token == b.token;
                 if ordered || shared {
@@ -351,12 +445,26 @@ const STEPS: u64 = 300;
 /// Runs `runs` seeded simulations; returns how many broke the promise, and how many
 /// successful acquisitions they made in all.
 fn search(protocol: Protocol, runs: u64) -> (u64, usize) {
+    search_over(protocol, Counters::PerResource, 1, runs)
+}
+
+/// [`search`] with `resources` resources whose counters are `counters`.
+fn search_over(
+    protocol: Protocol,
+    counters: Counters,
+    resources: usize,
+    runs: u64,
+) -> (u64, usize) {
     let mut broken = 0;
     let mut wins = 0;
     for seed in 0..runs {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
         let clients = 2 + (seed % 3) as usize;
-        let mut sim = Sim::new(protocol, nodes, clients, seed);
+        let mut sim = if resources == 1 {
+            Sim::new(protocol, nodes, clients, seed)
+        } else {
+            Sim::with_resources(protocol, counters, resources, nodes, clients, seed)
+        };
         sim.run(STEPS);
         wins += sim.wins.len();
         if let Some((a, b)) = sim.violation() {
@@ -380,6 +488,22 @@ fn strict_protocol_never_breaks_the_order() {
     );
 }
 
+/// Issue 21, item 4: resources on one shared counter keep the promise per resource, as
+/// with counters of their own; clients that disagree about the rule break it.
+#[test]
+fn a_shared_counter_keeps_the_order_per_resource() {
+    for counters in [Counters::PerResource, Counters::Shared] {
+        let (broken, wins) = search_over(Protocol::Strict, counters, 3, RUNS);
+        assert_eq!(broken, 0, "{counters:?}");
+        assert!(wins > RUNS as usize * 4, "{counters:?}: only {wins} wins");
+    }
+    let (broken, _) = search_over(Protocol::Strict, Counters::Disagreeing, 3, RUNS);
+    assert!(
+        broken > 0,
+        "the search missed clients that disagree about the counter"
+    );
+}
+
 #[test]
 fn incr_max_is_caught() {
     let (broken, _) = search(Protocol::IncrMax, RUNS);
@@ -392,6 +516,12 @@ fn strict_protocol_needs_nodes_to_keep_their_counters() {
     assert!(broken > 0, "the search missed a forgotten counter");
 }
 
+/// The one resource and its own counter, for the hand-driven runs below.
+const ONLY: Target = Target {
+    resource: 0,
+    counter: 1,
+};
+
 /// One acquisition reaching exactly the nodes of `quorum`, from a client whose cache
 /// is empty (the stalest possible): returns the token.
 fn acquire_via(nodes: &mut [ModelNode], protocol: Protocol, quorum: &[usize], id: u64) -> u64 {
@@ -399,7 +529,7 @@ fn acquire_via(nodes: &mut [ModelNode], protocol: Protocol, quorum: &[usize], id
     loop {
         let replies: Vec<Reply> = quorum
             .iter()
-            .map(|&n| nodes[n].run(protocol, id, candidate))
+            .map(|&n| nodes[n].run(protocol, id, ONLY, candidate))
             .collect();
         let oks: Vec<u64> = replies
             .iter()
@@ -410,7 +540,7 @@ fn acquire_via(nodes: &mut [ModelNode], protocol: Protocol, quorum: &[usize], id
             .collect();
         if oks.len() == quorum.len() {
             for &n in quorum {
-                nodes[n].lock = None;
+                nodes[n].locks[0] = None;
             }
             return match protocol {
                 Protocol::IncrMax => oks.into_iter().max().unwrap_or(0),
@@ -432,7 +562,7 @@ fn acquire_via(nodes: &mut [ModelNode], protocol: Protocol, quorum: &[usize], id
 /// The counterexample of the fencing issue, on nodes a, b, c: five acquisitions via
 /// {a, b}, two via {a, c}, one via {b, c}.
 fn counterexample(protocol: Protocol) -> Vec<u64> {
-    let mut nodes = vec![ModelNode::default(); 3];
+    let mut nodes = vec![ModelNode::new(1); 3];
     let quorums = [[0, 1]; 5].into_iter().chain([[0, 2]; 2]).chain([[1, 2]]);
     quorums
         .enumerate()

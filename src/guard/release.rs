@@ -67,7 +67,7 @@ impl ReleaseReport {
             Some(LostReason::Expired)
         } else if self.handed_over {
             None
-        } else if self.not_held > nodes.saturating_sub(needed) {
+        } else if quorum::value_lost(nodes, self.not_held) {
             Some(LostReason::NotHeld {
                 held: self.released,
                 needed,

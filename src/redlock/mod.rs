@@ -140,7 +140,10 @@ impl Redlock {
         format!("{}{resource}", self.inner.config.key_prefix)
     }
 
-    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`).
+    /// The Redis key of the fencing counter of `resource` (used with `fencing(true)`):
+    /// its own, `<key prefix><resource><fence suffix>`, or the shared counter's key
+    /// when a [`shared_fencing_counter`](crate::RedlockBuilder::shared_fencing_counter)
+    /// rule covers it.
     ///
     /// ```
     /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
@@ -148,10 +151,13 @@ impl Redlock {
     /// # Ok::<(), tokio_redlock::Error>(())
     /// ```
     pub fn fence_key_of(&self, resource: &str) -> String {
-        format!(
-            "{}{resource}{}",
-            self.inner.config.key_prefix, self.inner.config.fence_suffix
-        )
+        let config = &self.inner.config;
+        // A resource covered by a shared counter draws from it, whoever locks it.
+        let counter = config
+            .shared_counters
+            .counter_for(resource)
+            .unwrap_or(resource);
+        format!("{}{counter}{}", config.key_prefix, config.fence_suffix)
     }
 
     /// Acquires the lock on `resource` for `ttl`, retrying up to `retry_count` times.
@@ -390,8 +396,9 @@ impl Redlock {
     }
 
     /// Takes a lock handed over by another task of this manager: extended first when
-    /// less than half of this request's ttl is left, and given up (released, then
-    /// competed for on the nodes) if that extension fails.
+    /// less than half of this request's ttl or less than its `min_validity` is left,
+    /// and given up (released, then competed for on the nodes) if that extension fails
+    /// or leaves less than the request's `min_validity`, as a fresh grant would be.
     async fn adopt(
         &self,
         mut guard: LockGuard,
@@ -404,7 +411,12 @@ impl Redlock {
         {
             return Ok(guard);
         }
-        match guard.extend(Duration::from_millis(ttl_ms)).await {
+        // The request's own floor, not the manager's: a fresh acquisition of this
+        // request would count a grant with less left as failed.
+        let extended = guard
+            .extend_at_least(Duration::from_millis(ttl_ms), want.min_validity)
+            .await;
+        match extended {
             Ok(()) => Ok(guard),
             Err(e) => {
                 tracing::debug!(error = %e, "a handed-over lock could not be extended; competing for it");

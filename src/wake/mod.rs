@@ -355,14 +355,12 @@ async fn subscribe(state: Weak<State>, nodes: Arc<[Node]>, i: usize) {
                     let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) else {
                         continue;
                     };
-                    // A cluster vote publishes its own form of the key (`{key}`); a key
-                    // with a tag of its own may be either form, so both are looked up.
+                    // A cluster vote publishes its own form of the key (`{key}`), which
+                    // reads back to one lock key (`cluster/keys.rs`).
+                    let key = nodes[i].lock_key_of(key);
                     let waiting = {
                         let registry = lock(&registry);
-                        registry
-                            .get(nodes[i].lock_key_of(key))
-                            .or_else(|| registry.get(key))
-                            .map(|e| Arc::clone(&e.notify))
+                        registry.get(key).map(|e| Arc::clone(&e.notify))
                     };
                     match waiting {
                         Some(notify) => notify.notify_one(),

@@ -156,6 +156,61 @@ async fn an_extension_that_finds_the_lock_gone_invalidates_the_guard() {
     assert_eq!(guard.remaining_validity(), Duration::ZERO);
 }
 
+/// Issue 21, item 1: on 4 nodes, 2 that lost the key and 2 that fail leave no quorum
+/// that can hold the value: the extension is `LockLost` and the guard stops saying
+/// valid. `faulty` makes nodes 2 and 3 fail (partitioned: they time out, after the
+/// "not held" replies; killed: they fail at once, before them, behind a little latency).
+async fn extension_with_two_gone_and_two_failing(key: &str, kill: bool) {
+    let cluster = cluster(4).await;
+    let redlock = redlock(&cluster);
+    let mut guard = bounded(redlock.acquire(key, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut conns = direct(&cluster).await;
+    for c in &mut conns[..2] {
+        let _: () = redis::cmd("DEL").arg(key).query_async(c).await.unwrap();
+    }
+    for i in 2..4 {
+        if kill {
+            cluster.node(i).kill().await.unwrap();
+        } else {
+            cluster.node(i).partition().await.unwrap();
+        }
+    }
+    if kill {
+        // The "not held" replies come after the failures, so a collector that stops
+        // at the first certain outcome has seen only the failures. (20 ms each way:
+        // the first extension also loads its script, three round trips in all, well
+        // within the node timeout.)
+        for i in 0..2 {
+            cluster
+                .node(i)
+                .set_latency(Duration::from_millis(20))
+                .await
+                .unwrap();
+        }
+    }
+    let err = bounded(guard.extend(Duration::from_secs(30)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::LockLost { .. }),
+        "two of four nodes lost the key and two failed: {err:?}"
+    );
+    assert!(!guard.is_valid());
+    assert_eq!(guard.remaining_validity(), Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_two_gone_two_partitioned_is_lock_lost() {
+    extension_with_two_gone_and_two_failing("belief:even:partitioned", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_two_gone_two_failing_first_is_lock_lost() {
+    extension_with_two_gone_and_two_failing("belief:even:killed", true).await;
+}
+
 /// Item 2: `keep_alive()` called where no runtime is current runs on the runtime the
 /// lock was taken on, so the lease and the nodes agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

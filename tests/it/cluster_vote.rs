@@ -568,8 +568,11 @@ async fn unusual_names_keep_each_scripts_keys_in_one_slot() {
         .build()
         .expect("valid config");
     let names = [
-        ("}weird", "{=}}weird"),
-        ("x{}y", "{x{}y}"),
+        ("}weird", "{=}{=}}weird"),
+        ("x{}y", "{=}{=}x{}y"),
+        ("a}b", "{=}{=}a}b"),
+        ("{x}", "{x}{=}{x}"),
+        ("{a}b}", "{a}b}"),
         ("кошка:🔒", "{кошка:🔒}"),
         ("user:{42}:cart", "user:{42}:cart"),
     ];
@@ -585,5 +588,38 @@ async fn unusual_names_keep_each_scripts_keys_in_one_slot() {
         guard.release().await.expect("release");
         let reader = fenced.lock(name).ttl(TTL).read().try_acquire().await;
         reader.expect("read lock").release().await.expect("release");
+    }
+}
+
+/// Issue 21, item 2: names that once shared every key on a cluster vote (`x` and `{x}`
+/// were both stored as `{x}`, `a}b` and `{a}b}` as `{a}b}`) are independent locks:
+/// each is granted while the other is held, and each keeps its own fencing counter.
+#[tokio::test]
+async fn names_that_wrap_one_another_are_independent_locks_on_a_cluster_vote() {
+    let rc = redis_cluster().await;
+    let fenced = Redlock::builder()
+        .cluster_node(rc.seed_urls())
+        .fencing(true)
+        .retry_count(0)
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .expect("valid config");
+    for (a, b) in [
+        ("x", "{x}"),
+        ("a}b", "{a}b}"),
+        ("=}", "}"),
+        ("{}", "{=}{=}{}"),
+    ] {
+        let first = fenced.try_acquire(a, TTL).await.expect(a);
+        let second = fenced.try_acquire(b, TTL).await.unwrap_or_else(|e| {
+            panic!("`{b}` refused while only `{a}` is held: {e}");
+        });
+        assert_eq!(first.fencing_token(), Some(1), "{a}");
+        assert_eq!(second.fencing_token(), Some(1), "{b}: a counter of its own");
+        second.release().await.expect("release");
+        // Releasing one leaves the other held.
+        let again = fenced.try_acquire(a, TTL).await;
+        assert!(again.is_err(), "`{a}` granted twice");
+        first.release().await.expect("release");
     }
 }

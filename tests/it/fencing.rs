@@ -272,3 +272,103 @@ async fn a_holder_paused_past_its_ttl_is_refused_by_the_fence() {
     assert!(gate.check("fence:pay", t_new).is_ok());
     assert_eq!(store_write(&mut store, t_new, "new-2").await, (1, t_new));
 }
+
+/// `MEMORY USAGE key SAMPLES 0` on each node, directly (past the proxies).
+async fn memory_usage(cluster: &Cluster, key: &str) -> Vec<Option<i64>> {
+    let mut out = Vec::new();
+    for mut c in direct(cluster).await {
+        let bytes: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .expect("MEMORY USAGE");
+        out.push(bytes);
+    }
+    out
+}
+
+/// The keys on each node that end with the fence suffix.
+async fn counter_keys(cluster: &Cluster) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for mut c in direct(cluster).await {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:fence")
+            .query_async(&mut c)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        out.push(keys);
+    }
+    out
+}
+
+/// Issue 21, item 4: resources under one `shared_fencing_counter` draw strictly
+/// increasing tokens from one counter key per node (none of their own, however many
+/// resources), interleaved and across managers with stale caches; a resource outside
+/// the namespace keeps its own counter, as before. Prints what each key costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_of_a_namespace_share_one_counter_and_tokens_still_increase() {
+    let cluster = cluster(3).await;
+    let shared = || {
+        builder(&cluster)
+            .fencing(true)
+            .node_timeout(Duration::from_secs(1))
+            .retry_count(20)
+            .shared_fencing_counter("payment:", "payments")
+            .build()
+            .expect("valid config")
+    };
+    let (a, b) = (shared(), shared());
+    assert_eq!(a.fence_key_of("payment:1"), "payments:fence");
+    let mut last = 0;
+    for (i, redlock) in [&a, &b, &a, &b, &b, &a].into_iter().enumerate() {
+        for resource in [format!("payment:{i}"), "payment:0".to_owned()] {
+            let token = token_of(redlock, &resource).await;
+            assert!(token > last, "{resource}: token {token} after {last}");
+            last = token;
+        }
+    }
+    // Two payments held at once still get distinct tokens.
+    let one = bounded(a.acquire("payment:x", TTL)).await.unwrap();
+    let two = bounded(b.acquire("payment:y", TTL)).await.unwrap();
+    assert!(two.fencing_token() > one.fencing_token());
+    let two_token = two.fencing_token();
+    one.release().await.unwrap();
+    two.release().await.unwrap();
+    // acquire_many names the shared counter once per resource: one bid, one token.
+    let many = bounded(a.acquire_many(&["payment:m1", "payment:m2"], TTL))
+        .await
+        .unwrap();
+    assert!(many.fencing_token() > two_token);
+    last = many.fencing_token().unwrap();
+    many.release().await.unwrap();
+    // Outside the namespace: the per-resource default, unchanged.
+    let order = token_of(&a, "order:1").await;
+    assert_eq!(order, 1, "order:1 has a counter of its own, starting at 1");
+    assert_eq!(a.fence_key_of("order:1"), "order:1:fence");
+    // One counter key for all the payments on every node (a quorum holds the last
+    // token; a straggler may not have written it yet, so only the quorum is required).
+    for keys in counter_keys(&cluster).await {
+        assert_eq!(keys, ["order:1:fence", "payments:fence"], "{keys:?}");
+    }
+    let values = counters(&cluster, "payments:fence").await;
+    let at_last = values
+        .iter()
+        .filter(|(v, pttl)| *pttl == -1 && v.as_deref() == Some(last.to_string().as_str()))
+        .count();
+    assert!(
+        at_last >= 2,
+        "a quorum holds the last token {last}: {values:?}"
+    );
+    // What a counter key costs: the same per key, shared or not.
+    eprintln!(
+        "MEMORY USAGE payments:fence = {:?} bytes, order:1:fence = {:?} bytes, lock key \
+         payment:x (gone) = {:?}",
+        memory_usage(&cluster, "payments:fence").await,
+        memory_usage(&cluster, "order:1:fence").await,
+        memory_usage(&cluster, "payment:x").await,
+    );
+}

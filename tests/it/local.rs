@@ -250,3 +250,82 @@ async fn fenced_or_opted_out_managers_never_hand_over() {
         second.release().await.unwrap();
     }
 }
+
+/// Issue 21, item 3: a lock handed over to a request with its own `min_validity` `d`
+/// is extended against `d`, not the manager's floor. `latency` (each way, on every
+/// node) makes the adoption's extension leave less than `d`, or, at zero, more.
+/// Returns what the waiter got, whether the lock was handed over, and the cluster.
+async fn hand_over_to_a_waiter_with_min_validity(
+    key: &'static str,
+    latency: Duration,
+) -> (
+    Result<LockGuard, tokio_redlock::Error>,
+    bool,
+    tokio_redlock::harness::Cluster,
+) {
+    let cluster = cluster(3).await;
+    // A node timeout that outlasts the slowed extension (its script is loaded first:
+    // three round trips), so that it is won, only with too little left.
+    let redlock = builder(&cluster)
+        .node_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let ttl = Duration::from_millis(1_000);
+    let first = bounded(redlock.acquire(key, ttl)).await.unwrap();
+    let waiter = tokio::spawn({
+        let redlock = redlock.clone();
+        async move {
+            redlock
+                .lock(key)
+                .ttl(ttl)
+                .min_validity(MIN_VALIDITY)
+                .retries(2)
+                .acquire()
+                .await
+        }
+    });
+    // The waiter queues locally (it sends nothing); meanwhile the remainder drops
+    // below its 900 ms floor, so the hand-over must extend.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for i in 0..3 {
+        cluster.node(i).set_latency(latency).await.unwrap();
+    }
+    let report = first.release_with_report().await.unwrap();
+    (bounded(waiter).await.unwrap(), report.handed_over, cluster)
+}
+
+const MIN_VALIDITY: Duration = Duration::from_millis(900);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_lock_never_has_less_than_the_waiters_min_validity() {
+    // 50 ms each way: any round takes 100 ms, so no grant and no extension of a 1 s
+    // ttl can leave 900 ms; the waiter fails as a fresh acquisition would.
+    let (got, handed_over, _cluster) =
+        hand_over_to_a_waiter_with_min_validity("local:minval:slow", Duration::from_millis(50))
+            .await;
+    assert!(handed_over, "the lock was not handed over");
+    match got {
+        Ok(guard) => panic!(
+            "the waiter asked for at least {MIN_VALIDITY:?} and got a guard with {:?} left",
+            guard.remaining_validity()
+        ),
+        Err(e) => assert!(!matches!(e, tokio_redlock::Error::Config(_)), "{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_lock_is_extended_to_the_waiters_min_validity() {
+    let (got, handed_over, _cluster) =
+        hand_over_to_a_waiter_with_min_validity("local:minval:fast", Duration::ZERO).await;
+    assert!(handed_over, "the lock was not handed over");
+    // Extended in place (attempts() == 0), or, on a machine so loaded that even the
+    // fast extension left too little, acquired afresh: either way with enough left.
+    let guard = got.expect("a fast extension leaves enough");
+    // 20 ms slack for the time since the grant.
+    assert!(
+        guard.remaining_validity() + Duration::from_millis(20) >= MIN_VALIDITY,
+        "{:?} left",
+        guard.remaining_validity()
+    );
+    guard.release().await.unwrap();
+}
