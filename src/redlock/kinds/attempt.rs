@@ -46,7 +46,8 @@ pub(super) struct Ask<'a> {
     /// The writer's intent id or the reader's wait id, the same for all its attempts:
     /// this manager's id, `|`, a random value (the scripts wake the manager it names).
     pub(super) intent: &'a str,
-    /// How long a refused reader's place lasts on a node after this attempt.
+    /// How long a refused reader's place, or a refused writer's intent, lasts on a node
+    /// after this attempt.
     pub(super) patience_ms: u64,
     /// An earlier attempt of this acquisition was refused: it may have left places.
     pub(super) waited: bool,
@@ -144,7 +145,8 @@ impl Redlock {
                 call.arg(&*value)
                     .arg(ask.ttl_ms)
                     .arg(ask.intent)
-                    .arg(crate::wake::prefix(notify));
+                    .arg(crate::wake::prefix(notify))
+                    .arg(ask.patience_ms);
                 if let Some(t) = ask.candidate.filter(|_| ask.fence_keys.is_some()) {
                     call.arg(t);
                 }
