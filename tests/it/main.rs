@@ -22,6 +22,7 @@ mod phase_fair;
 mod process;
 mod quarantine;
 mod release;
+mod rw_order;
 mod safety;
 mod support;
 mod with_lock;
