@@ -221,8 +221,10 @@ impl Redlock {
                 drop(replies);
                 let (keys, kind): (Arc<[String]>, LockKind) = match mode {
                     Mode::Read => {
-                        // A node that refused it, now or before, may keep its place,
-                        // which would hold writers back there until it lapses. (A node
+                        // A node that refused it, now or before, keeps its place (an
+                        // admission keeps one an earlier refusal made, so that a failed
+                        // attempt does not cost the reader its turn), which would hold
+                        // writers back there until it lapses. (A node
                         // that has not answered yet rarely refuses a reader a quorum
                         // admitted; its place would lapse within the patience.)
                         let refused = votes.answers.contains(&Some(Answer::Held));
@@ -239,7 +241,7 @@ impl Redlock {
                     Mode::Write | Mode::Exclusive => {
                         // The nodes that granted it deleted its intent; a node that
                         // refused (a reader still there) would keep readers out with it
-                        // until its ttl.
+                        // until its patience ran out.
                         self.withdraw_wait(ask.key, mode, ask.intent, Some(&value));
                         (Arc::from([ask.key.to_owned()]), LockKind::Write)
                     }
