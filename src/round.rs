@@ -104,7 +104,8 @@ impl Op {
     }
 }
 
-/// The requests of the reader-writer lock and the semaphore (`scripts/kinds.rs`).
+/// The requests of the reader-writer lock and the semaphore (`scripts/rwlock.rs`,
+/// `scripts/semaphore.rs`).
 impl Op {
     /// A script request that neither sets nor removes an owner value.
     pub(crate) fn free(call: scripts::Call) -> Self {
