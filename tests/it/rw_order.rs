@@ -195,5 +195,10 @@ async fn inspect_reports_readers_not_an_owner() {
         info.to_string().contains("\n  readers: on 3 node(s)"),
         "{info}"
     );
-    drop((a, b));
+    // The last reader out takes the marker with it.
+    bounded(a.release()).await.expect("held until released");
+    let left = bounded(lock.inspect("doc")).await.expect("inspect");
+    assert!(left.holders().iter().all(|h| h.is_readers()), "{left}");
+    bounded(b.release()).await.expect("held until released");
+    support::eventually_gone(&cluster, "doc").await;
 }
