@@ -202,3 +202,79 @@ async fn inspect_reports_readers_not_an_owner() {
     bounded(b.release()).await.expect("held until released");
     support::eventually_gone(&cluster, "doc").await;
 }
+
+/// Issue 21 (a withdrawn intent comes back; a waiting writer's place ends soon after it
+/// stops asking): a waiting writer whose future is dropped sends no withdrawal, and its
+/// intent, like one revived by a late copy of its request, keeps new readers out only
+/// for its patience (here 20 + 20 ms of pause, 2 x 250 ms of node timeouts and 50 ms),
+/// not for its 60 s ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_writers_intent_ends_within_its_patience() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let first = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("reader");
+    let waiting = lock
+        .lock("doc")
+        .write()
+        .ttl(Duration::from_secs(60))
+        .wait(WAIT)
+        .acquire();
+    let conns = direct(&cluster).await;
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), waiting).await;
+    assert!(
+        cancelled.is_err(),
+        "the writer cannot get in beside a reader"
+    );
+    let stopped = std::time::Instant::now();
+    let intents = values(&mut conns.clone(), "doc:writer").await;
+    assert!(
+        intents.iter().filter(|v| v.is_some()).count() >= 2,
+        "the writer's intent keeps readers out while it waits: {intents:?}"
+    );
+    let later = bounded(
+        lock.lock("doc")
+            .read()
+            .wait(Duration::from_secs(5))
+            .acquire(),
+    )
+    .await
+    .expect("a new reader once the cancelled writer's intent lapsed");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "the intent outlived its patience: {:?}",
+        stopped.elapsed()
+    );
+    drop((first, later));
+}
+
+/// Issue 21 (monotone reader extension): extending a read guard by less than it has
+/// left lowers its belief, never what the nodes store, so a late, older extension of a
+/// shorter ttl could not either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_read_extension_lowers_nothing_on_the_nodes() {
+    let cluster = cluster(3).await;
+    let lock = support::redlock(&cluster);
+    let mut r = bounded(lock.lock("doc").read().ttl(LONG).try_acquire())
+        .await
+        .expect("reader");
+    bounded(r.extend(Duration::from_secs(30)))
+        .await
+        .expect("extends");
+    bounded(r.extend(Duration::from_secs(1)))
+        .await
+        .expect("a shorter extension succeeds");
+    assert!(r.remaining_validity() <= Duration::from_secs(1));
+    let conns = direct(&cluster).await;
+    eventually("the longer expiry stays on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            let sets = support::pttls(&mut conns, "doc:readers").await;
+            let marks = support::pttls(&mut conns, "doc").await;
+            sets.iter().chain(&marks).all(|t| *t > 25_000)
+        }
+    })
+    .await;
+    drop(r);
+}
