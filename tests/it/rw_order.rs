@@ -26,8 +26,18 @@ async fn an_exclusive_acquire_is_refused_while_a_reader_holds() {
         .expect("reader");
     let plain = bounded(other.try_acquire("doc:1", LONG)).await;
     assert!(plain.as_ref().is_err_and(|e| e.is_conflict()), "{plain:?}");
-    // A peer (node-redlock, redsync, a script) takes a lock with SET NX on each node.
-    for mut c in direct(&cluster).await {
+    // A peer (node-redlock, redsync, a script) takes a lock with SET NX on each node,
+    // once the reader is on each (its acquire returned when a quorum admitted it).
+    let conns = direct(&cluster).await;
+    eventually("the reader is on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            let ttls = support::pttls(&mut conns, "doc:1:readers").await;
+            ttls.iter().all(|t| *t > 0)
+        }
+    })
+    .await;
+    for mut c in conns {
         let set: Option<String> = redis::cmd("SET")
             .arg("doc:1")
             .arg("peer-value")
