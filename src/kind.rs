@@ -9,7 +9,8 @@ pub(crate) const QUEUE_SUFFIX: &str = ":waiters";
 /// expiry on the node's clock.
 pub(crate) const READERS_SUFFIX: &str = ":readers";
 /// The suffix of a resource's writer intent: the id of a writer that waits for readers
-/// to leave, with the writer's ttl, so that new readers are refused meanwhile.
+/// to leave, expiring the writer's patience after its last attempt, so that new readers
+/// are refused meanwhile.
 pub(crate) const WRITER_SUFFIX: &str = ":writer";
 /// The suffix of a resource's waiting readers: a sorted set of the wait ids of readers a
 /// writer (holding or waiting) refused, scored by when their place lapses on the node's

@@ -104,7 +104,8 @@ impl Op {
     }
 }
 
-/// The requests of the reader-writer lock and the semaphore (`scripts/kinds.rs`).
+/// The requests of the reader-writer lock and the semaphore (`scripts/rwlock.rs`,
+/// `scripts/semaphore.rs`).
 impl Op {
     /// A script request that neither sets nor removes an owner value.
     pub(crate) fn free(call: scripts::Call) -> Self {
@@ -123,15 +124,21 @@ impl Op {
         }
     }
 
-    /// A reader leaves the reader set `readers` (also the undo of a read attempt); with
-    /// `notify`, the waiting writer is told when the last reader is gone.
+    /// A reader leaves the reader set `readers` (also the undo of a read attempt); the
+    /// last reader out removes the readers marker from the lock key. With `notify`, the
+    /// waiting writer and the oldest exclusive waiter are told when the last reader is
+    /// gone.
     pub(crate) fn read_release(readers: &str, value: &Arc<str>, notify: bool) -> Self {
         let key = readers
             .strip_suffix(kind::READERS_SUFFIX)
             .unwrap_or(readers);
         let writer = format!("{key}{}", kind::WRITER_SUFFIX);
         let turn = format!("{key}{}", kind::READ_TURN_SUFFIX);
-        let mut call = scripts::Call::new(&scripts::READ_RELEASE, &[readers, key, &writer, &turn]);
+        let queue = format!("{key}{}", wake::QUEUE_SUFFIX);
+        let mut call = scripts::Call::new(
+            &scripts::READ_RELEASE,
+            &[readers, key, &writer, &turn, &queue],
+        );
         call.arg(&**value).arg(wake::prefix(notify));
         Self::clearing(call, value)
     }
@@ -150,10 +157,15 @@ impl Op {
         Self::clearing(call, value)
     }
 
-    /// A reader's expiry becomes `ttl_ms` from now, if it is still a reader. Unordered,
-    /// like [`Op::extend`]: sent after a release, it finds the reader gone.
+    /// A reader's expiry becomes `ttl_ms` from now, if it is still a reader and that is
+    /// later than its expiry (the readers marker in the lock key follows). Unordered,
+    /// like [`Op::extend`]: sent after a release, it finds the reader gone; landing after
+    /// a newer, longer extension, it lowers nothing.
     pub(crate) fn read_extend(readers: &str, value: &str, ttl_ms: u64) -> Self {
-        let mut call = scripts::Call::new(&scripts::READ_EXTEND, &[readers]);
+        let key = readers
+            .strip_suffix(kind::READERS_SUFFIX)
+            .unwrap_or(readers);
+        let mut call = scripts::Call::new(&scripts::READ_EXTEND, &[readers, key]);
         call.arg(value).arg(ttl_ms);
         Self::free(call)
     }

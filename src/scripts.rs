@@ -32,12 +32,14 @@ end
     };
 }
 
-mod kinds;
+mod rwlock;
+mod semaphore;
 
-pub(crate) use kinds::{
-    INTENT_CLEAR, PERMIT_ACQUIRE, PERMIT_TAKEN, READ_ACQUIRE, READ_EXTEND, READ_RELEASE,
-    READ_WAIT_CLEAR, WRITE_ACQUIRE, WRITE_RELEASE,
+pub(crate) use rwlock::{
+    INTENT_CLEAR, READERS_MARKER, READ_ACQUIRE, READ_EXTEND, READ_RELEASE, READ_WAIT_CLEAR,
+    WRITE_ACQUIRE, WRITE_RELEASE,
 };
+pub(crate) use semaphore::{PERMIT_ACQUIRE, PERMIT_TAKEN};
 
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
 /// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.

@@ -11,7 +11,7 @@ use super::{Redlock, MAX_RESOURCE_LEN};
 use crate::builder::label_of;
 use crate::error::{Error, NodeError};
 use crate::node::{Node, Request};
-use crate::scripts::Call;
+use crate::scripts::{Call, READERS_MARKER};
 
 /// The value of the key and its remaining expiry, read atomically on one node in one
 /// round trip: `{value or nil, pttl}`. A key of another type fails the script with
@@ -44,12 +44,16 @@ pub struct LockInfo {
 
 /// One distinct value stored for a resource, and the nodes that store it (see
 /// [`LockInfo::holders`]). Two holders are two owners (or two attempts of one owner).
+/// The readers of a reader-writer lock show as one holder, [`is_readers`](Self::is_readers):
+/// while any reader holds the resource, its key holds a marker that keeps exclusive
+/// acquirers out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holder {
     label: Option<String>,
     nodes: Vec<usize>,
     min_ttl: Duration,
+    readers: bool,
 }
 
 impl Holder {
@@ -76,6 +80,14 @@ impl Holder {
     /// crate did not write).
     pub fn min_ttl(&self) -> Duration {
         self.min_ttl
+    }
+
+    /// Whether this is the readers marker, not an owner's value: one or more readers
+    /// (`lock(r).read()`) hold the resource on these nodes, until at least
+    /// [`min_ttl`](Self::min_ttl) from the read (the longest reader's expiry on each
+    /// node). Its [`label`](Self::label) is `None`.
+    pub fn is_readers(&self) -> bool {
+        self.readers
     }
 }
 
@@ -151,10 +163,14 @@ impl fmt::Display for LockInfo {
             } else {
                 format!("expires in {:?} or later", h.min_ttl)
             };
+            let who = match &h.label {
+                _ if h.readers => "readers",
+                Some(label) => label.as_str(),
+                None => "(no label)",
+            };
             write!(
                 f,
-                "\n  {}: on {} node(s) {:?}, {ttl}",
-                h.label.as_deref().unwrap_or("(no label)"),
+                "\n  {who}: on {} node(s) {:?}, {ttl}",
                 h.node_count(),
                 h.nodes
             )?;
@@ -216,11 +232,13 @@ fn tally(
                         holder.min_ttl = holder.min_ttl.min(ttl);
                     }
                     None => {
-                        let label = label_of(&value).map(str::to_owned);
+                        let readers = value == READERS_MARKER;
+                        let label = label_of(&value).filter(|_| !readers).map(str::to_owned);
                         let holder = Holder {
                             label,
                             nodes: vec![node],
                             min_ttl: ttl,
+                            readers,
                         };
                         found.push((value, holder));
                     }
@@ -336,11 +354,13 @@ mod tests {
                     label: Some("w-1".into()),
                     nodes: vec![1, 3, 4],
                     min_ttl: Duration::from_millis(4_000),
+                    readers: false,
                 },
                 Holder {
                     label: None,
                     nodes: vec![0],
                     min_ttl: Duration::from_millis(900),
+                    readers: false,
                 },
             ]
         );
@@ -352,6 +372,18 @@ mod tests {
         assert_eq!(holders[0].min_ttl(), Duration::MAX);
         let (holders, ..) = tally(vec![(0, at("x", -1)), (1, at("x", 7))]);
         assert_eq!(holders[0].min_ttl(), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn the_readers_marker_is_readers_not_an_owner() {
+        let (holders, ..) = tally(vec![
+            (0, at(READERS_MARKER, 800)),
+            (1, at(READERS_MARKER, 900)),
+        ]);
+        assert!(holders[0].is_readers());
+        assert_eq!((holders[0].label(), holders[0].node_count()), (None, 2));
+        let (holders, ..) = tally(vec![(0, at(&format!("w-1:{:032x}", 1), 800))]);
+        assert!(!holders[0].is_readers());
     }
 
     #[test]
@@ -369,6 +401,7 @@ mod tests {
             label: Some("w".into()),
             nodes: vec![0, 2],
             min_ttl: Duration::from_secs(1),
+            readers: false,
         };
         let held = info(vec![two.clone()], vec![1]);
         assert!(held.held_by_quorum());

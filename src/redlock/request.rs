@@ -117,8 +117,13 @@ impl<'a> LockRequest<'a> {
     /// [`wake_on_release`](crate::RedlockBuilder::wake_on_release)), else retries on
     /// the timer.
     ///
-    /// A plain exclusive lock of the same resource keeps new readers out but does not
-    /// wait for readers already in: use [`write`](Self::write) for that.
+    /// **Readers hold the resource**: while a reader is live, an exclusive acquisition
+    /// of the same resource ([`Redlock::acquire`](crate::Redlock::acquire), or another
+    /// client's plain `SET key value NX PX`) is refused, as a writer is. On each node the
+    /// resource's key holds a readers marker that expires with the longest reader and is
+    /// removed by the last one to leave. A plain exclusive lock of the same resource
+    /// keeps new readers out; unlike [`write`](Self::write) it does not wait in line
+    /// (it retries, and is refused while readers hold).
     ///
     /// One kind per request: with another of `read()`, `write()` and `permits(n)` as
     /// well, the request ends in [`Error::Config`].
@@ -137,8 +142,9 @@ impl<'a> LockRequest<'a> {
 
     /// Asks for a write lock: an exclusive lock of the resource's key that is only
     /// granted once no reader holds it and the readers that were waiting before it have
-    /// had their turn. While it waits it keeps new readers out (for at most its ttl
-    /// after it gave up or died). Writers exclude each other and plain exclusive locks
+    /// had their turn. While it waits it keeps new readers out (until shortly after
+    /// its last attempt once it gave up, was cancelled or died: one retry pause plus two
+    /// node timeouts and 50 ms). Writers exclude each other and plain exclusive locks
     /// of the same resource, and with fencing on take their tokens from the same
     /// counter. A waiting writer is woken when the last reader leaves (with
     /// [`wake_on_release`](crate::RedlockBuilder::wake_on_release)), else retries on

@@ -24,6 +24,7 @@ mod process;
 mod quarantine;
 mod release;
 mod retry_timing;
+mod rw_order;
 mod safety;
 mod support;
 mod usage;

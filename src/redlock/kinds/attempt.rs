@@ -46,7 +46,8 @@ pub(super) struct Ask<'a> {
     /// The writer's intent id or the reader's wait id, the same for all its attempts:
     /// this manager's id, `|`, a random value (the scripts wake the manager it names).
     pub(super) intent: &'a str,
-    /// How long a refused reader's place lasts on a node after this attempt.
+    /// How long a refused reader's place, or a refused writer's intent, lasts on a node
+    /// after this attempt.
     pub(super) patience_ms: u64,
     /// An earlier attempt of this acquisition was refused: it may have left places.
     pub(super) waited: bool,
@@ -144,7 +145,8 @@ impl Redlock {
                 call.arg(&*value)
                     .arg(ask.ttl_ms)
                     .arg(ask.intent)
-                    .arg(crate::wake::prefix(notify));
+                    .arg(crate::wake::prefix(notify))
+                    .arg(ask.patience_ms);
                 if let Some(t) = ask.candidate.filter(|_| ask.fence_keys.is_some()) {
                     call.arg(t);
                 }
@@ -219,8 +221,10 @@ impl Redlock {
                 drop(replies);
                 let (keys, kind): (Arc<[String]>, LockKind) = match mode {
                     Mode::Read => {
-                        // A node that refused it, now or before, may keep its place,
-                        // which would hold writers back there until it lapses. (A node
+                        // A node that refused it, now or before, keeps its place (an
+                        // admission keeps one an earlier refusal made, so that a failed
+                        // attempt does not cost the reader its turn), which would hold
+                        // writers back there until it lapses. (A node
                         // that has not answered yet rarely refuses a reader a quorum
                         // admitted; its place would lapse within the patience.)
                         let refused = votes.answers.contains(&Some(Answer::Held));
@@ -237,7 +241,7 @@ impl Redlock {
                     Mode::Write | Mode::Exclusive => {
                         // The nodes that granted it deleted its intent; a node that
                         // refused (a reader still there) would keep readers out with it
-                        // until its ttl.
+                        // until its patience ran out.
                         self.withdraw_wait(ask.key, mode, ask.intent, Some(&value));
                         (Arc::from([ask.key.to_owned()]), LockKind::Write)
                     }

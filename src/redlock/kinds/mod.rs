@@ -165,8 +165,9 @@ impl Redlock {
             }
         };
         if matches!(mode, Mode::Read | Mode::Write) {
-            // A writer that gives up stops keeping readers out now, not at its ttl; a
-            // reader gives up its place (its turn would hold writers back).
+            // A writer that gives up stops keeping readers out now, not at the end of
+            // its patience; a reader gives up its place (its turn would hold writers
+            // back).
             self.withdraw_wait(&key, mode, &intent, None);
         }
         result
@@ -197,7 +198,8 @@ impl Redlock {
 }
 
 /// How long a refused reader keeps its place (among the waiting readers, or in the
-/// reader turn) on a node after its last attempt: its longest pause between attempts
+/// reader turn), and a refused writer its intent, on a node after its last attempt (a
+/// late copy of a request renews either for no longer): its longest pause between attempts
 /// (delay plus jitter), a node timeout for each of the two requests around it, and
 /// 50 ms for a loaded client. Long enough that a reader whose wake-up was lost still
 /// comes back in time; short enough that a reader that died holds a writer back no
