@@ -35,7 +35,8 @@ pub enum Error {
     /// The lock is held by another owner on so many nodes that no quorum was possible.
     #[error(
         "`{resource}` is locked by another owner ({held_elsewhere} of {nodes} nodes) after \
-         {attempts} attempt(s); retry later, or raise retry_count/retry_delay to wait longer"
+         {attempts} attempt(s); retry later, or wait longer: lock(r).wait(d) or .retries(n) \
+         for this call, retry_count/retry_delay for the manager"
     )]
     #[non_exhaustive]
     Conflict {
@@ -44,6 +45,27 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
         /// On how many nodes the last attempt found another owner's value.
+        held_elsewhere: usize,
+        /// How many nodes the manager talks to.
+        nodes: usize,
+    },
+
+    /// Simultaneous attempts split the nodes: this one did not get a quorum, and no
+    /// other owner holds one either (checked after the last attempt). Nobody holds the
+    /// lock; a short random pause and one more attempt usually settle it, as with a
+    /// split vote in Raft. [`Error::Conflict`] keeps meaning "held by another owner".
+    #[error(
+        "`{resource}` is held by no one: simultaneous attempts split the nodes ({held_elsewhere} \
+         of {nodes} held by others at the last of {attempts} attempt(s)); try again after a \
+         short random pause"
+    )]
+    #[non_exhaustive]
+    SplitVote {
+        /// The resource that was asked for.
+        resource: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// On how many nodes the last attempt found other owners' values.
         held_elsewhere: usize,
         /// How many nodes the manager talks to.
         nodes: usize,
@@ -222,6 +244,12 @@ impl Error {
         matches!(self, Self::Unhealthy { .. })
     }
 
+    /// True when simultaneous attempts split the nodes and nobody holds the lock
+    /// ([`Error::SplitVote`]): worth one more attempt after a short random pause.
+    pub fn is_split_vote(&self) -> bool {
+        matches!(self, Self::SplitVote { .. })
+    }
+
     /// True when too few nodes answered.
     pub fn is_no_quorum(&self) -> bool {
         matches!(self, Self::NoQuorum { .. })
@@ -242,6 +270,7 @@ impl Error {
     pub fn attempts(&self) -> Option<u32> {
         match self {
             Self::Conflict { attempts, .. }
+            | Self::SplitVote { attempts, .. }
             | Self::NoQuorum { attempts, .. }
             | Self::Expired { attempts, .. } => Some(*attempts),
             _ => None,

@@ -91,6 +91,7 @@ pub(crate) fn node_error(err: &NodeError) {
 fn error_outcome(err: &Error) -> &'static str {
     match err {
         Error::Conflict { .. } => "conflict",
+        Error::SplitVote { .. } => "split_vote",
         Error::NoQuorum { .. } => "no_quorum",
         Error::Expired { .. } => "expired",
         Error::LockLost { .. } => "lost",

@@ -330,7 +330,9 @@ async fn locked(
     {
         Ok(guard) => guard,
         Err(e) => {
-            if e.is_conflict() {
+            // Held by another worker, or split between simultaneous attempts (nobody
+            // holds it): either way a short random pause, and the payment comes back.
+            if e.is_conflict() || e.is_split_vote() {
                 stats.conflicts += 1;
                 let ms = rand::rng().random_range(0..=CONFLICT_PAUSE_MS);
                 tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -178,6 +178,8 @@ impl Redlock {
     ///
     /// # Errors
     /// [`Error::Conflict`] when another owner holds it on too many nodes,
+    /// [`Error::SplitVote`] when the last attempt lost to simultaneous attempts that
+    /// left no owner on a quorum (one resource; told by one read after the last attempt),
     /// [`Error::NoQuorum`] when too few nodes answered, [`Error::Expired`] when a quorum
     /// agreed too late; the last attempt decides which. [`Error::Config`] for an empty or
     /// over-long resource name or a ttl under 3 ms or over `i64::MAX` ms.
@@ -192,10 +194,23 @@ impl Redlock {
 
     /// Like [`acquire`](Self::acquire), but makes exactly one attempt.
     ///
+    /// Attempts that start at the same moment (a job on every pod at midnight) can
+    /// split the nodes so that none of them wins: that is [`Error::SplitVote`], not
+    /// [`Error::Conflict`], and nobody runs the job. The crate does not retry a
+    /// `try_acquire` by itself; what it recommends is what Raft does with a split vote:
+    /// a short random pause and one more attempt.
+    ///
     /// ```no_run
     /// # use std::time::Duration;
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// match redlock.try_acquire("report:daily", Duration::from_secs(60)).await {
+    /// let ttl = Duration::from_secs(60);
+    /// let mut result = redlock.try_acquire("report:daily", ttl).await;
+    /// if matches!(&result, Err(e) if e.is_split_vote()) {
+    ///     // Nobody holds it: pause a random few ms (rand::random_range(0..50) in real code).
+    ///     tokio::time::sleep(Duration::from_millis(17)).await;
+    ///     result = redlock.try_acquire("report:daily", ttl).await;
+    /// }
+    /// match result {
     ///     Ok(guard) => { /* we run the report */ guard.release().await?; }
     ///     Err(e) if e.is_conflict() => { /* someone else runs it */ }
     ///     Err(e) => return Err(e),

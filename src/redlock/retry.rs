@@ -116,6 +116,7 @@ impl Redlock {
                         _ => Loss::Expired,
                     };
                     let err = error_of(attempt, loss, &names[0], state.attempts(), ttl_ms);
+                    let err = self.split_or_conflict(err, &names).await;
                     tracing::debug!(attempts, error = %err, "giving up");
                     return Err(err);
                 }
@@ -170,9 +171,52 @@ impl Redlock {
                     _ => Loss::Expired,
                 };
                 let err = error_of(attempt, loss, &names[0], state.attempts(), ttl_ms);
+                let err = self.split_or_conflict(err, &names).await;
                 tracing::debug!(attempts, error = %err, "wait budget spent");
                 return Err(err);
             }
+        }
+    }
+}
+
+impl Redlock {
+    /// A [`Conflict`](Error::Conflict) of one resource becomes a
+    /// [`SplitVote`](Error::SplitVote) when no owner holds a quorum after all: the
+    /// attempt's "no" votes came from simultaneous attempts (each holding a minority),
+    /// not from a holder. Told by one read of every node ([`Redlock::inspect`]) after
+    /// the last attempt, on this error path only: the acquisition's own requests carry
+    /// no values. A holder counts while it could still reach a quorum with the nodes
+    /// that did not answer the read; a read that fails keeps the conflict.
+    async fn split_or_conflict(&self, err: Error, names: &[String]) -> Error {
+        let Error::Conflict {
+            attempts,
+            held_elsewhere,
+            nodes,
+            ..
+        } = err
+        else {
+            return err;
+        };
+        let [resource] = names else {
+            return err;
+        };
+        let Ok(info) = self.inspect(resource).await else {
+            return err;
+        };
+        let quorum = self.quorum();
+        let unknown = info.unknown_nodes();
+        let held = info
+            .holders()
+            .iter()
+            .any(|h| h.node_count() + unknown >= quorum);
+        if held {
+            return err;
+        }
+        Error::SplitVote {
+            resource: resource.clone(),
+            attempts,
+            held_elsewhere,
+            nodes,
         }
     }
 }

@@ -83,3 +83,75 @@ async fn a_lease_says_its_kind_and_permit() {
     assert_eq!(kept.lease().permit(), None);
     bounded(kept.release()).await.unwrap();
 }
+
+/// Issue 26, item 2: a split vote (no owner on a quorum) was reported as "locked by
+/// another owner", so a job whose pods all split ran nowhere. Deterministic first: each
+/// node holds a different foreign value, as simultaneous attempts leave them.
+#[tokio::test]
+async fn a_split_vote_is_not_a_conflict() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let ttl = Duration::from_secs(5);
+    let mut conns = direct(&cluster).await;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        set_on(conn, "split", &format!("contender-{i}"), 5_000).await;
+    }
+    let split = bounded(redlock.try_acquire("split", ttl))
+        .await
+        .unwrap_err();
+    assert!(split.is_split_vote(), "{split}");
+    assert!(!split.is_conflict());
+    assert_eq!(split.attempts(), Some(1));
+    assert!(split.to_string().contains("held by no one"), "{split}");
+    // One owner on a quorum is a conflict, as documented.
+    set_on(&mut conns[1], "split", "contender-0", 5_000).await;
+    let held = bounded(redlock.try_acquire("split", ttl))
+        .await
+        .unwrap_err();
+    assert!(held.is_conflict(), "{held}");
+}
+
+/// Three managers try at the same moment, round after round: a loser is told "conflict"
+/// exactly when a winner holds the lock, and "split vote" when the round had none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
+    let cluster = cluster(3).await;
+    let managers: Vec<_> = (0..3).map(|_| redlock(&cluster)).collect();
+    for m in &managers {
+        warm(m).await;
+    }
+    let ttl = Duration::from_secs(5);
+    let (mut splits, mut won) = (0, 0);
+    for round in 0..40 {
+        let key = format!("simul:{round}");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+        let tries = managers.iter().map(|m| {
+            let (m, key, barrier) = (m.clone(), key.clone(), barrier.clone());
+            async move {
+                barrier.wait().await;
+                m.try_acquire(&key, ttl).await
+            }
+        });
+        let results = bounded(futures::future::join_all(tries)).await;
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert!(winners <= 1);
+        for r in &results {
+            if let Err(e) = r {
+                if winners == 1 {
+                    assert!(e.is_conflict(), "round {round}, a winner holds it: {e}");
+                } else {
+                    assert!(e.is_split_vote(), "round {round}, nobody holds it: {e}");
+                }
+            }
+        }
+        if winners == 0 {
+            splits += 1;
+        } else {
+            won += 1;
+        }
+        for r in results.into_iter().flatten() {
+            bounded(r.release()).await.unwrap();
+        }
+    }
+    eprintln!("{won} rounds won, {splits} split");
+}
