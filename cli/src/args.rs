@@ -22,6 +22,7 @@ pub(crate) struct Cli {
 /// How to reach the nodes and lock on them: the settings of the library's builder.
 /// Every one may come before or after the subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Nodes and lock settings (before or after the subcommand)")]
 pub(crate) struct ManagerArgs {
     /// The lock nodes, comma-separated: redis://[user:password@]host:port[/db], each an
     /// independent master (3 or 5 of them).
@@ -35,9 +36,16 @@ pub(crate) struct ManagerArgs {
     )]
     pub(crate) nodes: Vec<String>,
 
-    /// Bound on each request to one node [library default: 50ms].
-    #[arg(long, value_name = "D", value_parser = duration::parse, global = true)]
-    pub(crate) node_timeout: Option<Duration>,
+    /// Bound on each request to one node, connecting included: each run of the tool
+    /// connects afresh, so its first request does too.
+    #[arg(
+        long,
+        value_name = "D",
+        value_parser = duration::parse,
+        default_value = DEFAULT_NODE_TIMEOUT,
+        global = true
+    )]
+    pub(crate) node_timeout: Duration,
 
     /// Bound on making a connection to one node [library default: 1s].
     #[arg(long, value_name = "D", value_parser = duration::parse, global = true)]
@@ -150,6 +158,12 @@ pub(crate) struct InspectArgs {
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 }
+
+/// The tool's default node timeout, above the library's 50 ms, which assumes a warm
+/// connection: a run of the tool connects afresh, and its first request (a `--no-wait`
+/// attempt, an inspect) waits for the connection within the node timeout. Still a
+/// small part of any sensible ttl, and below the 1 s diagnose warns about.
+pub(crate) const DEFAULT_NODE_TIMEOUT: &str = "250ms";
 
 /// How long `run` waits for the lock when no --wait and no --retry-count are given.
 /// Long enough to ride out a holder's short critical section or a node restart, short

@@ -5,8 +5,10 @@ use tokio_redlock::Redlock;
 use crate::args::ManagerArgs;
 use crate::status::{self, Failure};
 
-/// Builds the manager. Only the settings given on the command line are passed on, so
-/// that the library's defaults (and their documentation) stay the one source.
+/// Builds the manager. Apart from the node timeout (see
+/// [`DEFAULT_NODE_TIMEOUT`](crate::args::DEFAULT_NODE_TIMEOUT)), only the settings given
+/// on the command line are passed on, so that the library's defaults (and their
+/// documentation) stay the one source.
 ///
 /// # Errors
 /// A usage failure when no node is given or the library refuses a setting.
@@ -22,10 +24,10 @@ pub(crate) fn build(args: &ManagerArgs, default_label: Option<String>) -> Result
             "no lock nodes given; pass --nodes redis://host:port,... or set REDLOCK_NODES",
         ));
     }
-    let mut builder = Redlock::builder().nodes(nodes).fencing(args.fencing);
-    if let Some(t) = args.node_timeout {
-        builder = builder.node_timeout(t);
-    }
+    let mut builder = Redlock::builder()
+        .nodes(nodes)
+        .fencing(args.fencing)
+        .node_timeout(args.node_timeout);
     if let Some(t) = args.connect_timeout {
         builder = builder.connect_timeout(t);
     }

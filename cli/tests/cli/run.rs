@@ -239,3 +239,39 @@ async fn sigterm_is_forwarded_and_the_lock_released() {
             .await;
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
+
+/// A signal while the tool waits for a busy lock ends the wait at once, with 128 + n,
+/// and the command never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_waiting_ends_the_wait() {
+    let cluster = support::cluster(3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    let done = dir.path().join("done");
+    let ran = dir.path().join("ran");
+    let holder = support::redlock(&cluster)
+        .args(["run", "held", "--"])
+        .args(sh(&format!(
+            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            ready.display(),
+            done.display()
+        )))
+        .spawn()
+        .expect("start the holder");
+    file_appears(&ready).await;
+    let waiter = support::redlock(&cluster)
+        .args(["run", "--wait", "1m", "held", "--"])
+        .args(sh(&format!("touch '{}'", ran.display())))
+        .spawn()
+        .expect("start the waiter");
+    // The tool installs its handlers before its first attempt: once SIGINT is caught,
+    // it is waiting or about to.
+    support::handler_installed(&waiter, Signal::SIGINT).await;
+    support::signal(&waiter, Signal::SIGINT);
+    let out = finish(waiter).await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(!ran.exists(), "the command ran without the lock");
+    std::fs::write(&done, "").expect("end the holder");
+    let out = finish(holder).await;
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+}

@@ -19,8 +19,8 @@ pub async fn cluster(n: usize) -> Cluster {
         .expect("cluster starts")
 }
 
-/// `redlock` on the cluster's (proxied) nodes, with test timings: a node timeout
-/// generous enough for a loaded 2-core machine and quick retries. Its stdin is closed,
+/// `redlock` on the cluster's (proxied) nodes, with quick retries (and the tool's
+/// default node timeout, 250 ms, generous enough for a loaded 2-core machine). Its stdin is closed,
 /// its output captured; it is killed if the test drops it.
 pub fn redlock(cluster: &Cluster) -> Command {
     redlock_on(&cluster.urls())
@@ -110,4 +110,22 @@ pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
 /// A shell command for the tool to run.
 pub fn sh(script: &str) -> [&str; 3] {
     ["sh", "-c", script]
+}
+
+/// Polls until the started tool catches `signal` (its handler is installed), as Linux
+/// shows in /proc/<pid>/status (`SigCgt`, a hex mask with bit n - 1 for signal n).
+pub async fn handler_installed(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = child.id().expect("redlock still runs");
+    let path = format!("/proc/{pid}/status");
+    let bit = 1u64 << (signal as i32 - 1);
+    until(&format!("redlock to catch {signal}"), || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & bit != 0)
+    })
+    .await;
 }
