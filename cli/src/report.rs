@@ -53,9 +53,12 @@ fn health_text(report: &HealthReport) -> String {
         out.push_str(&node_line(node));
         out.push('\n');
     }
-    // One finding per line, each saying what to change (the library's Display).
-    out.push_str(&report.to_string());
-    out.push('\n');
+    // One finding per line, each saying what to change (the library's Display; without
+    // findings it says "healthy", which the last line below says already).
+    if !report.findings().is_empty() {
+        out.push_str(&report.to_string());
+        out.push('\n');
+    }
     out.push_str(if report.is_healthy() {
         "healthy\n"
     } else {
