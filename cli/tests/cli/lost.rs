@@ -29,9 +29,10 @@ async fn a_lost_lock_stops_the_command_with_sigterm() {
     let tool = support::redlock(&cluster)
         .args(["run", "--ttl", "1s", "lease", "--"])
         .args(sh(&format!(
-            "trap 'echo term > \"{}\"; exit 0' TERM; touch '{}'; while :; do sleep 0.02; done",
+            "trap 'echo term > \"{}\"; exit 0' TERM; touch '{}'; {}",
             got.display(),
-            ready.display()
+            ready.display(),
+            support::idle()
         )))
         .spawn()
         .expect("start the tool");
@@ -66,8 +67,9 @@ async fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
             "--",
         ])
         .args(sh(&format!(
-            "trap '' TERM; touch '{}'; while :; do sleep 0.02; done",
-            ready.display()
+            "trap '' TERM; touch '{}'; {}",
+            ready.display(),
+            support::idle()
         )))
         .spawn()
         .expect("start the tool");

@@ -61,9 +61,9 @@ async fn inspect_shows_who_holds_the_lock() {
             "--",
         ])
         .args(sh(&format!(
-            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            "touch '{}'; {}",
             ready.display(),
-            done.display()
+            support::idle_until_exists(&done)
         )))
         .spawn()
         .expect("start the holder");

@@ -158,9 +158,9 @@ async fn a_busy_lock_exits_75_and_the_command_does_not_run() {
     let holder = support::redlock(&cluster)
         .args(["run", "busy", "--"])
         .args(sh(&format!(
-            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            "touch '{}'; {}",
             ready.display(),
-            done.display()
+            support::idle_until_exists(&done)
         )))
         .spawn()
         .expect("start the holder");
@@ -217,9 +217,10 @@ async fn sigterm_is_forwarded_and_the_lock_released() {
     let holder = support::redlock(&cluster)
         .args(["run", "--ttl", "1m", "forward", "--"])
         .args(sh(&format!(
-            "trap 'echo term > \"{}\"; exit 0' TERM; touch '{}'; while :; do sleep 0.02; done",
+            "trap 'echo term > \"{}\"; exit 0' TERM; touch '{}'; {}",
             got.display(),
-            ready.display()
+            ready.display(),
+            support::idle()
         )))
         .spawn()
         .expect("start the holder");
@@ -252,9 +253,9 @@ async fn a_signal_while_waiting_ends_the_wait() {
     let holder = support::redlock(&cluster)
         .args(["run", "held", "--"])
         .args(sh(&format!(
-            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            "touch '{}'; {}",
             ready.display(),
-            done.display()
+            support::idle_until_exists(&done)
         )))
         .spawn()
         .expect("start the holder");

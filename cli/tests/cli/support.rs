@@ -107,6 +107,23 @@ pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(pid, signal).expect("signal redlock");
 }
 
+/// How many 20 ms naps a test's command takes at most while it idles: [`WAIT`], so
+/// that a command left behind by a failed test (its tool killed) ends by itself.
+const NAPS: u32 = (WAIT.as_millis() / 20) as u32;
+
+/// Shell: idle until `path` exists (or [`WAIT`] passed).
+pub fn idle_until_exists(path: &Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt {NAPS} ]; do sleep 0.02; i=$((i+1)); done",
+        path.display()
+    )
+}
+
+/// Shell: idle for [`WAIT`], until a signal ends it.
+pub fn idle() -> String {
+    format!("i=0; while [ $i -lt {NAPS} ]; do sleep 0.02; i=$((i+1)); done")
+}
+
 /// A shell command for the tool to run.
 pub fn sh(script: &str) -> [&str; 3] {
     ["sh", "-c", script]
