@@ -90,28 +90,32 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let child_status = exit_status(exit.status);
-    let lost_while_running = exit.stopped || lease.lost_reason().is_some();
-    let released = kept.release().await;
+    // A loss the keep-alive declared while the command ran, whether or not it got
+    // around to stopping the command before it exited.
+    let loss = match lease.lost_reason() {
+        Some(reason) => Some(reason.to_string()),
+        // Stopped on `lost()`, which only a loss resolves before the release.
+        None if exit.stopped => Some("its validity ended".into()),
+        None => None,
+    };
+    let released = match kept.release().await {
+        Ok(()) => Released::Held,
+        Err(e) if e.is_lock_lost() => Released::Lost(status::one_line(&e.to_string())),
+        Err(e) => Released::Failed(status::one_line(&e.to_string())),
+    };
     settle(redlock).await;
-    match released {
-        Ok(()) if !lost_while_running => Ok(child_status),
-        Err(e) if !lost_while_running && !e.is_lock_lost() => {
-            // Held until the command exited; only the release did not reach a quorum,
-            // so the rest of the lock expires with its ttl.
+    match verdict(exit_status(exit.status), loss, released) {
+        Verdict::Exit(code) => Ok(code),
+        Verdict::ReleaseFailed(code, why) => {
             eprintln!(
-                "redlock: warning: the release of `{}` failed ({}); the lock expires within {}",
+                "redlock: warning: the release of `{}` failed ({why}); the lock expires \
+                 within {}",
                 args.resource,
-                status::one_line(&e.to_string()),
                 show(args.ttl)
             );
-            Ok(child_status)
+            Ok(code)
         }
-        _ => {
-            let reason = lease
-                .lost_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "its validity ended before the release".into());
+        Verdict::Lost(reason) => {
             let what = if exit.stopped {
                 "the command was stopped"
             } else {
@@ -128,6 +132,42 @@ pub(crate) async fn run(
                 ),
             ))
         }
+    }
+}
+
+/// What the release after the command's exit found.
+#[derive(Debug, Clone, PartialEq)]
+enum Released {
+    /// The lock was held until released.
+    Held,
+    /// The lock had been lost (its validity ended, or a quorum no longer held it).
+    Lost(String),
+    /// Held until the release, which did not reach a quorum (the rest expires).
+    Failed(String),
+}
+
+/// How the tool exits.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// With the command's status.
+    Exit(u8),
+    /// With the command's status, after a warning: the lock was held throughout.
+    ReleaseFailed(u8, String),
+    /// With [`status::LOST`]: the command was not protected to its end.
+    Lost(String),
+}
+
+/// The exit, from the command's status, a loss declared while it ran, and the release.
+///
+/// A loss wins over the command's own status, also for a command that finished on its
+/// own: a caller testing `$?` must learn that its work was not protected throughout,
+/// which the command's 0 would hide. A release that merely failed to reach a quorum
+/// does not: the lock was held until then, and the rest of it expires with its ttl.
+fn verdict(command: u8, loss: Option<String>, released: Released) -> Verdict {
+    match (loss, released) {
+        (Some(reason), _) | (None, Released::Lost(reason)) => Verdict::Lost(reason),
+        (None, Released::Failed(why)) => Verdict::ReleaseFailed(command, why),
+        (None, Released::Held) => Verdict::Exit(command),
     }
 }
 
@@ -330,6 +370,27 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loss_wins_over_the_commands_status() {
+        let lost = |r: &str| Verdict::Lost(r.into());
+        assert_eq!(verdict(0, None, Released::Held), Verdict::Exit(0));
+        assert_eq!(verdict(3, None, Released::Held), Verdict::Exit(3));
+        assert_eq!(
+            verdict(3, None, Released::Failed("f".into())),
+            Verdict::ReleaseFailed(3, "f".into())
+        );
+        // Declared while running (the release then finds it lost too, or fails).
+        for released in [
+            Released::Held,
+            Released::Lost("x".into()),
+            Released::Failed("f".into()),
+        ] {
+            assert_eq!(verdict(0, Some("r".into()), released), lost("r"));
+        }
+        // Found only by the release: the command's end was not protected.
+        assert_eq!(verdict(0, None, Released::Lost("x".into())), lost("x"));
+    }
 
     #[test]
     fn statuses_of_the_command() {

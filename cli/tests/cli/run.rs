@@ -276,3 +276,19 @@ async fn a_signal_while_waiting_ends_the_wait() {
     let out = finish(holder).await;
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
+
+/// The nodes may come from REDLOCK_NODES alone, and the node settings may follow the
+/// subcommand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_from_the_environment() {
+    let cluster = support::cluster(3).await;
+    let out = output(
+        support::bare()
+            .env("REDLOCK_NODES", cluster.urls().join(","))
+            .args(["run", "--no-wait", "--retry-delay", "20ms", "env", "--"])
+            .args(sh("echo \"$REDLOCK_RESOURCE\"")),
+    )
+    .await;
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "env");
+}
