@@ -27,12 +27,27 @@ pub(crate) async fn run(
     label: &str,
     retry_count_given: bool,
 ) -> Result<u8, Failure> {
+    let Some((program, rest)) = args.command.split_first() else {
+        return Err(Failure::usage("no command given; put it after `--`"));
+    };
     // Installed before the lock is taken: a signal while waiting ends the wait, and from
     // here on none of them kills this process before the lock is given back.
     let mut signals = Signals::install()?;
-    let guard = tokio::select! {
+    let got = tokio::select! {
         biased;
-        sig = signals.recv() => {
+        sig = signals.recv() => Err(sig),
+        got = acquire(&redlock, &args, retry_count_given) => Ok(got),
+    };
+    // A failed or dropped attempt is undone by the library, on the nodes that had not
+    // answered in the background: `settle` lets that finish before the process exits.
+    let guard = match got {
+        Ok(Ok(guard)) => guard,
+        Ok(Err(failure)) => {
+            settle(redlock).await;
+            return Err(failure);
+        }
+        Err(sig) => {
+            settle(redlock).await;
             eprintln!(
                 "redlock: {} while waiting for `{}`; the command did not run",
                 sig.as_str(),
@@ -40,15 +55,11 @@ pub(crate) async fn run(
             );
             return Ok(status::SIGNALLED.saturating_add(sig as u8));
         }
-        got = acquire(&redlock, &args, retry_count_given) => got?,
     };
     let token = guard.fencing_token();
     let kept = guard.keep_alive();
     let lease = kept.lease().clone();
 
-    let Some((program, rest)) = args.command.split_first() else {
-        return Err(Failure::usage("no command given; put it after `--`"));
-    };
     let mut command = Command::new(program);
     command
         .args(rest)
