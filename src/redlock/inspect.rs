@@ -268,6 +268,10 @@ impl Redlock {
     /// not as an error of the whole call. Besides the lock commands, the Redis user
     /// needs `PTTL` (`+pttl` in an ACL).
     ///
+    /// Right after a [`release`](crate::LockGuard::release) the slowest node may still
+    /// show the released holder: a release returns at a quorum and finishes on the rest
+    /// in the background (poll, with a bound, where a test needs every node clean).
+    ///
     /// ```no_run
     /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
     /// let info = redlock.inspect("payment:42").await?;

@@ -277,14 +277,16 @@ async fn a_shorter_read_extension_lowers_nothing_on_the_nodes() {
         .expect("a shorter extension succeeds");
     assert!(r.remaining_validity() <= Duration::from_secs(1));
     let conns = direct(&cluster).await;
-    eventually("the longer expiry stays on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            let sets = support::pttls(&mut conns, "doc:readers").await;
-            let marks = support::pttls(&mut conns, "doc").await;
-            sets.iter().chain(&marks).all(|t| *t > 25_000)
-        }
-    })
-    .await;
+    // The long extension reached a quorum (it returned Ok); the short one reached a
+    // quorum too, which before the fix lowered them: so a quorum keeping the long expiry
+    // shows that nothing was lowered. (A node the long one never reached, its request
+    // timed out on a loaded machine, keeps its older expiry either way.)
+    let mut conns = conns;
+    let sets = support::pttls(&mut conns, "doc:readers").await;
+    let marks = support::pttls(&mut conns, "doc").await;
+    for (what, ttls) in [("reader set", &sets), ("marker", &marks)] {
+        let kept = ttls.iter().filter(|t| **t > 25_000).count();
+        assert!(kept >= lock.quorum(), "the {what}'s expiry was lowered: {ttls:?}");
+    }
     drop(r);
 }
