@@ -203,13 +203,10 @@ impl Redlock {
         let Ok(info) = self.inspect(resource).await else {
             return err;
         };
-        let quorum = self.quorum();
-        let unknown = info.unknown_nodes();
-        let held = info
-            .holders()
-            .iter()
-            .any(|h| h.node_count() + unknown >= quorum);
-        if held {
+        // Held while the largest holder could have a quorum with the nodes that did not
+        // answer the read (all of them unknown, e.g. an ACL without PTTL: held).
+        let largest = info.holders().iter().map(|h| h.node_count()).max();
+        if largest.unwrap_or(0) + info.unknown_nodes() >= self.quorum() {
             return err;
         }
         Error::SplitVote {

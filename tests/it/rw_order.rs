@@ -286,7 +286,10 @@ async fn a_shorter_read_extension_lowers_nothing_on_the_nodes() {
     let marks = support::pttls(&mut conns, "doc").await;
     for (what, ttls) in [("reader set", &sets), ("marker", &marks)] {
         let kept = ttls.iter().filter(|t| **t > 25_000).count();
-        assert!(kept >= lock.quorum(), "the {what}'s expiry was lowered: {ttls:?}");
+        assert!(
+            kept >= lock.quorum(),
+            "the {what}'s expiry was lowered: {ttls:?}"
+        );
     }
     drop(r);
 }
