@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Redlock, Want};
+use super::{LockInfo, Redlock, Want};
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::kind::Mode;
@@ -209,6 +209,36 @@ impl<'a> LockRequest<'a> {
         };
         self.redlock.check_request(&[&self.resource], &self.want)?;
         self.redlock.available_permits(&self.resource, n).await
+    }
+
+    /// Who holds each permit of the semaphore: one [`LockInfo`] per slot `0..n`, in
+    /// slot order, each as [`Redlock::inspect`] reads a lock (holders with labels, node
+    /// counts and expiries). A snapshot for operators, never a way to decide whether to
+    /// acquire.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// for (slot, info) in redlock.lock("gpu").permits(4).inspect_permits().await?.iter().enumerate() {
+    ///     let who = info.holders().first().map(|h| h.label().unwrap_or("(no label)"));
+    ///     println!("GPU {slot}: {}", who.unwrap_or("free"));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the request is not a semaphore's (as for
+    /// [`available`](Self::available)). Nodes that do not answer are unknown in each
+    /// slot's [`LockInfo`], not an error.
+    pub async fn inspect_permits(self) -> Result<Vec<LockInfo>, Error> {
+        self.one_kind()?;
+        let Mode::Permits(n) = self.mode else {
+            return Err(Error::Config(
+                "inspect_permits() reads a semaphore's slots: call permits(n) first".into(),
+            ));
+        };
+        self.redlock.check_request(&[&self.resource], &self.want)?;
+        Ok(self.redlock.inspect_slots(&self.resource, n).await)
     }
 
     /// Every chain ends here: the exclusive path, or the one of the other kinds.

@@ -155,3 +155,93 @@ async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
     }
     eprintln!("{won} rounds won, {splits} split");
 }
+
+/// Issue 26, item 4: inspect sold "who holds the lock" but saw no readers, no waiting
+/// writer and no permit slots (two readers read "free", a full semaphore "free", and
+/// `inspect("doc:1:readers")` answered WRONGTYPE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_readers_a_waiting_writer_and_permit_slots() {
+    let cluster = cluster(3).await;
+    let labelled = |label: &str| builder(&cluster).owner_label(label).build().unwrap();
+    let (a, b, w) = (
+        labelled("reader-a"),
+        labelled("reader-b"),
+        labelled("writer"),
+    );
+    let ttl = Duration::from_secs(10);
+    let ra = bounded(a.lock("doc:1").read().ttl(ttl).acquire())
+        .await
+        .unwrap();
+    let rb = bounded(b.lock("doc:1").read().ttl(ttl).acquire())
+        .await
+        .unwrap();
+    // Every node has both readers (an acquisition returns at a quorum).
+    eventually("both readers on every node", || {
+        let a = a.clone();
+        async move {
+            let info = a.inspect("doc:1").await.unwrap();
+            info.readers().len() == 2 && info.readers().iter().all(|r| r.node_count() == 3)
+        }
+    })
+    .await;
+    let info = bounded(a.inspect("doc:1")).await.unwrap();
+    let mut labels: Vec<_> = info.readers().iter().filter_map(|r| r.label()).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["reader-a", "reader-b"], "{info}");
+    assert!(info
+        .readers()
+        .iter()
+        .all(|r| r.min_ttl() > Duration::from_secs(8)));
+    assert!(info.holders()[0].is_readers(), "{info}");
+    assert!(info.waiting_writer().is_none());
+    assert!(info.to_string().contains("reader reader-a"), "{info}");
+
+    // A writer waits for them: its intent shows.
+    let waiting = tokio::spawn(async move {
+        let got = w
+            .lock("doc:1")
+            .write()
+            .ttl(ttl)
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await;
+        got.map(drop)
+    });
+    eventually("the writer's intent shows", || {
+        let a = a.clone();
+        async move {
+            let info = a.inspect("doc:1").await.unwrap();
+            info.waiting_writer().is_some_and(|w| w.node_count() >= 2)
+        }
+    })
+    .await;
+    bounded(ra.release()).await.unwrap();
+    bounded(rb.release()).await.unwrap();
+    bounded(waiting).await.unwrap().unwrap();
+
+    let err = bounded(a.inspect("doc:1:readers")).await.unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("inspect `doc:1`"),
+        "{err}"
+    );
+
+    // A full semaphore: each slot's holder.
+    let p0 = bounded(a.lock("gpu").permits(2).acquire()).await.unwrap();
+    let p1 = bounded(b.lock("gpu").permits(2).acquire()).await.unwrap();
+    let slots = bounded(a.lock("gpu").permits(2).inspect_permits())
+        .await
+        .unwrap();
+    assert_eq!(slots.len(), 2);
+    for (slot, info) in slots.iter().enumerate() {
+        assert!(info.held_by_quorum(), "slot {slot}: {info}");
+        let want = if Some(slot) == p0.permit() {
+            "reader-a"
+        } else {
+            "reader-b"
+        };
+        assert_eq!(info.holders()[0].label(), Some(want), "{info}");
+    }
+    let not_a_semaphore = a.lock("gpu").inspect_permits().await;
+    assert!(matches!(not_a_semaphore, Err(Error::Config(_))));
+    drop((p0, p1));
+}

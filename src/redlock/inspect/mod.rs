@@ -5,19 +5,48 @@ use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Script;
 
 use super::{Redlock, MAX_RESOURCE_LEN};
-use crate::builder::label_of;
 use crate::error::{Error, NodeError};
-use crate::node::{Node, Request};
-use crate::scripts::{Call, READERS_MARKER};
+use crate::kind::{permit_key, READERS_SUFFIX, WRITER_SUFFIX};
+use crate::node::Request;
+use crate::scripts::Call;
 
-/// The value of the key and its remaining expiry, read atomically on one node in one
-/// round trip: `{value or nil, pttl}`. A key of another type fails the script with
-/// Redis's `WRONGTYPE` error, which is reported as that node's failure.
+mod answers;
+
+use answers::{parse, tally, Tally};
+
+/// What one node stores for a resource, read atomically in one round trip: the lock
+/// key's value and `PTTL` (`KEYS[1]`), the live readers with the ms each has left
+/// (`KEYS[2]`, the reader set, scored by expiry on the node's clock), and a waiting
+/// writer's intent with its `PTTL` (`KEYS[3]`). The lock key's read must work (a key of
+/// another type fails the script with `WRONGTYPE`, that node's failure); the reader and
+/// writer reads are under `pcall`, so a user who may not run them still sees the lock.
 static INSPECT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
+    Script::new(
+        r"
+local out = {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), {}}
+local t = redis.pcall('TIME')
+local set = redis.pcall('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+if type(t) == 'table' and t[1] and type(set) == 'table' and not set.err then
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 1, #set, 2 do
+    local left = math.floor(tonumber(set[i + 1]) - now)
+    if left > 0 then
+      out[3][#out[3] + 1] = set[i]
+      out[3][#out[3] + 1] = left
+    end
+  end
+end
+local w = redis.pcall('GET', KEYS[3])
+if type(w) == 'string' then
+  out[4] = w
+  out[5] = redis.pcall('PTTL', KEYS[3])
+end
+return out
+",
+    )
 });
 
 /// What the nodes store for one resource, read once from every node: a snapshot for
@@ -40,6 +69,8 @@ pub struct LockInfo {
     errors: Vec<NodeError>,
     node_count: usize,
     quorum: usize,
+    readers: Vec<Holder>,
+    writers: Vec<Holder>,
 }
 
 /// One distinct value stored for a resource, and the nodes that store it (see
@@ -141,6 +172,31 @@ impl LockInfo {
     pub fn quorum(&self) -> usize {
         self.quorum
     }
+
+    /// The live readers of a reader-writer lock (`lock(r).read()`), one entry per
+    /// reader with the nodes that count it, its [`label`](Holder::label) and the
+    /// shortest time it has left among them ([`min_ttl`](Holder::min_ttl)), most nodes
+    /// first. Empty without readers (or where the user may not read the reader set).
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let info = redlock.inspect("doc:1").await?;
+    /// let soonest = info.readers().iter().map(|r| r.min_ttl()).min();
+    /// println!("{} readers, the first leaves in {soonest:?}", info.readers().len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn readers(&self) -> &[Holder] {
+        &self.readers
+    }
+
+    /// A writer waiting for the readers to leave (its intent keeps new readers out),
+    /// with the nodes that store its intent and how long the intent has left; `None`
+    /// when no writer waits. Its label is `None` (an intent names a manager, not an
+    /// owner).
+    pub fn waiting_writer(&self) -> Option<&Holder> {
+        self.writers.first()
+    }
 }
 
 impl fmt::Display for LockInfo {
@@ -178,6 +234,25 @@ impl fmt::Display for LockInfo {
         if !self.free.is_empty() {
             write!(f, "\n  free on {} node(s) {:?}", self.free.len(), self.free)?;
         }
+        for r in &self.readers {
+            let who = r.label.as_deref().unwrap_or("(no label)");
+            write!(
+                f,
+                "\n  reader {who}: on {} node(s) {:?}, leaves in {:?} or later",
+                r.node_count(),
+                r.nodes,
+                r.min_ttl
+            )?;
+        }
+        if let Some(w) = self.waiting_writer() {
+            write!(
+                f,
+                "\n  a writer waits: on {} node(s) {:?}, for {:?} or less",
+                w.node_count(),
+                w.nodes,
+                w.min_ttl
+            )?;
+        }
         for e in &self.errors {
             write!(f, "\n  unknown: {e}")?;
         }
@@ -185,83 +260,14 @@ impl fmt::Display for LockInfo {
     }
 }
 
-/// One node's answer.
-#[derive(Debug, PartialEq)]
-enum Stored {
-    Absent,
-    Value { value: String, pttl: i64 },
-}
-
-fn parse(node: &Node, reply: Value) -> Result<Stored, NodeError> {
-    let bad = |what: &str| node.protocol_error(format!("inspect answered {what}"));
-    let Value::Array(items) = reply else {
-        return Err(bad(&format!("{reply:?}")));
-    };
-    let [value, Value::Int(pttl)] = items.as_slice() else {
-        return Err(bad(&format!("{items:?}")));
-    };
-    match value {
-        Value::Nil => Ok(Stored::Absent),
-        Value::BulkString(bytes) => Ok(Stored::Value {
-            value: String::from_utf8_lossy(bytes).into_owned(),
-            pttl: *pttl,
-        }),
-        other => Err(bad(&format!("{other:?} as the value"))),
-    }
-}
-
-/// Groups the answers of the nodes by stored value.
-fn tally(
-    answers: Vec<(usize, Result<Stored, NodeError>)>,
-) -> (Vec<Holder>, Vec<usize>, Vec<NodeError>) {
-    let mut found: Vec<(String, Holder)> = Vec::new();
-    let (mut free, mut errors) = (Vec::new(), Vec::new());
-    for (node, answer) in answers {
-        match answer {
-            Ok(Stored::Absent) => free.push(node),
-            Ok(Stored::Value { value, pttl }) => {
-                // -1: no expiry; anything else negative cannot come with a value.
-                let ttl = match u64::try_from(pttl) {
-                    Ok(ms) => Duration::from_millis(ms),
-                    Err(_) if pttl == -1 => Duration::MAX,
-                    Err(_) => Duration::ZERO,
-                };
-                match found.iter_mut().find(|(v, _)| *v == value) {
-                    Some((_, holder)) => {
-                        holder.nodes.push(node);
-                        holder.min_ttl = holder.min_ttl.min(ttl);
-                    }
-                    None => {
-                        let readers = value == READERS_MARKER;
-                        let label = label_of(&value).filter(|_| !readers).map(str::to_owned);
-                        let holder = Holder {
-                            label,
-                            nodes: vec![node],
-                            min_ttl: ttl,
-                            readers,
-                        };
-                        found.push((value, holder));
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    let mut holders: Vec<Holder> = found.into_iter().map(|(_, h)| h).collect();
-    // Most nodes first; ties by the earliest node, so the order is stable.
-    holders.sort_by(|a, b| {
-        b.node_count()
-            .cmp(&a.node_count())
-            .then(a.nodes.cmp(&b.nodes))
-    });
-    (holders, free, errors)
-}
-
 impl Redlock {
     /// Reads what every node stores for `resource` (`GET` and `PTTL` of its key, in one
     /// script per node, each bounded by the node timeout) and groups it by stored value:
     /// who holds the lock, on how many nodes, for how much longer, and whether one value
-    /// is on a quorum of them.
+    /// is on a quorum of them. For a reader-writer lock it also shows the readers
+    /// ([`LockInfo::readers`]) and a waiting writer ([`LockInfo::waiting_writer`]); a
+    /// semaphore's permits are seen with
+    /// [`LockRequest::inspect_permits`](crate::LockRequest::inspect_permits).
     ///
     /// A **racy snapshot for operators, never a lock check**: see [`LockInfo`]. It
     /// changes nothing on the nodes. Nodes that do not answer are counted as unknown,
@@ -284,7 +290,9 @@ impl Redlock {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty or over-long resource name.
+    /// [`Error::Config`] for an empty or over-long resource name, and for the name of a
+    /// key the crate keeps beside a lock (`doc:1:readers`, `doc:1:waiters`, …): inspect
+    /// the lock (`doc:1`), which shows what they hold.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -300,8 +308,41 @@ impl Redlock {
                 resource.len()
             )));
         }
+        // Permit slots (`gpu:permit:0`) are locks of their own and may be inspected.
+        let beside = crate::kind::SET_SUFFIXES
+            .into_iter()
+            .chain([
+                crate::wake::QUEUE_SUFFIX,
+                self.inner.config.fence_suffix.as_str(),
+            ])
+            .find(|s| resource.ends_with(s));
+        if let Some(suffix) = beside {
+            let lock = &resource[..resource.len() - suffix.len()];
+            return Err(Error::Config(format!(
+                "`{resource}` is not a lock but a key kept beside the lock `{lock}` (its \
+                 `{suffix}` key): inspect `{lock}`, which shows its holders, readers and a \
+                 waiting writer"
+            )));
+        }
         let key = self.key_of(resource);
-        let call = Call::new(&INSPECT, &[&key]);
+        Ok(self.inspect_key(resource, key).await)
+    }
+
+    /// Inspects each permit slot `0..permits` of the semaphore `resource`.
+    pub(crate) async fn inspect_slots(&self, resource: &str, permits: usize) -> Vec<LockInfo> {
+        let key = self.key_of(resource);
+        let slots = (0..permits).map(|i| {
+            let slot = permit_key(&key, i);
+            let name = permit_key(resource, i);
+            async move { self.inspect_key(&name, slot).await }
+        });
+        futures::future::join_all(slots).await
+    }
+
+    async fn inspect_key(&self, resource: &str, key: String) -> LockInfo {
+        let readers = format!("{key}{READERS_SUFFIX}");
+        let writer = format!("{key}{WRITER_SUFFIX}");
+        let call = Call::new(&INSPECT, &[&key, &readers, &writer]);
         let nodes = &self.inner.nodes;
         let answers = futures::future::join_all(nodes.iter().map(|node| {
             let call = &call;
@@ -314,8 +355,14 @@ impl Redlock {
             }
         }))
         .await;
-        let (holders, free, errors) = tally(answers);
-        Ok(LockInfo {
+        let Tally {
+            holders,
+            free,
+            errors,
+            readers,
+            writers,
+        } = tally(answers);
+        LockInfo {
             resource: resource.to_owned(),
             key,
             holders,
@@ -323,109 +370,11 @@ impl Redlock {
             errors,
             node_count: nodes.len(),
             quorum: self.quorum(),
-        })
+            readers,
+            writers,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(value: &str, pttl: i64) -> Result<Stored, NodeError> {
-        Ok(Stored::Value {
-            value: value.to_owned(),
-            pttl,
-        })
-    }
-
-    #[test]
-    fn answers_are_grouped_by_value_most_nodes_first() {
-        let a = format!("w-1:{:032x}", 1);
-        let b = format!("{:032x}", 2);
-        let (holders, free, errors) = tally(vec![
-            (0, at(&b, 900)),
-            (1, at(&a, 5_000)),
-            (2, Ok(Stored::Absent)),
-            (3, at(&a, 4_000)),
-            (4, at(&a, 4_500)),
-        ]);
-        assert!(errors.is_empty());
-        assert_eq!(free, [2]);
-        assert_eq!(
-            holders,
-            [
-                Holder {
-                    label: Some("w-1".into()),
-                    nodes: vec![1, 3, 4],
-                    min_ttl: Duration::from_millis(4_000),
-                    readers: false,
-                },
-                Holder {
-                    label: None,
-                    nodes: vec![0],
-                    min_ttl: Duration::from_millis(900),
-                    readers: false,
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn a_value_without_expiry_has_the_longest_ttl() {
-        let (holders, ..) = tally(vec![(0, at("x", -1)), (1, at("x", -1))]);
-        assert_eq!(holders[0].min_ttl(), Duration::MAX);
-        let (holders, ..) = tally(vec![(0, at("x", -1)), (1, at("x", 7))]);
-        assert_eq!(holders[0].min_ttl(), Duration::from_millis(7));
-    }
-
-    #[test]
-    fn the_readers_marker_is_readers_not_an_owner() {
-        let (holders, ..) = tally(vec![
-            (0, at(READERS_MARKER, 800)),
-            (1, at(READERS_MARKER, 900)),
-        ]);
-        assert!(holders[0].is_readers());
-        assert_eq!((holders[0].label(), holders[0].node_count()), (None, 2));
-        let (holders, ..) = tally(vec![(0, at(&format!("w-1:{:032x}", 1), 800))]);
-        assert!(!holders[0].is_readers());
-    }
-
-    #[test]
-    fn quorum_and_display() {
-        let info = |holders: Vec<Holder>, free: Vec<usize>| LockInfo {
-            resource: "r".into(),
-            key: "p:r".into(),
-            holders,
-            free,
-            errors: Vec::new(),
-            node_count: 3,
-            quorum: 2,
-        };
-        let two = Holder {
-            label: Some("w".into()),
-            nodes: vec![0, 2],
-            min_ttl: Duration::from_secs(1),
-            readers: false,
-        };
-        let held = info(vec![two.clone()], vec![1]);
-        assert!(held.held_by_quorum());
-        let text = held.to_string();
-        assert!(
-            text.starts_with("`r` (key `p:r`): held by a quorum (2 of 3 nodes needed)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\n  w: on 2 node(s) [0, 2], expires in 1s or later"),
-            "{text}"
-        );
-        assert!(text.contains("\n  free on 1 node(s) [1]"), "{text}");
-        let one = Holder {
-            nodes: vec![0],
-            ..two
-        };
-        assert!(!info(vec![one], vec![1, 2]).held_by_quorum());
-        let free = info(Vec::new(), vec![0, 1, 2]);
-        assert!(!free.held_by_quorum());
-        assert!(free.to_string().contains(": free ("), "{free}");
-    }
-}
+mod tests;
