@@ -32,14 +32,18 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    /// The lock is held by another owner on so many nodes that no quorum was possible.
+    /// The lock is held by another owner on so many nodes that no quorum was possible
+    /// (for a read lock: by a writer, or a writer waits first; for a permit: every slot
+    /// is taken; `reason` says which).
     #[error(
-        "`{resource}` is locked by another owner ({held_elsewhere} of {nodes} nodes) after \
-         {attempts} attempt(s); retry later, or wait longer: lock(r).wait(d) or .retries(n) \
-         for this call, retry_count/retry_delay for the manager"
+        "`{resource}` {reason} ({held_elsewhere} of {nodes} nodes) after {attempts} \
+         attempt(s); retry later, or wait longer: lock(r).wait(d) or .retries(n) for this \
+         call, retry_count/retry_delay for the manager"
     )]
     #[non_exhaustive]
     Conflict {
+        /// What holds the lock against this acquisition.
+        reason: ConflictReason,
         /// The (first) resource that was asked for.
         resource: String,
         /// How many attempts were made.
@@ -143,6 +147,35 @@ pub enum Error {
         /// The error-severity findings, each saying what to change.
         findings: Vec<Finding>,
     },
+}
+
+/// What held a lock against an acquisition that ended in [`Error::Conflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConflictReason {
+    /// Another owner holds it (an exclusive lock, or a writer).
+    Owner,
+    /// A read lock: a writer holds the resource, or waits for the readers in it and goes
+    /// first (phase-fair admission).
+    WriterFirst,
+    /// A write lock: readers hold the resource, or another writer does.
+    ReadersOrWriter,
+    /// A semaphore: every one of its permits is taken.
+    PermitsTaken {
+        /// How many permits the semaphore has.
+        permits: usize,
+    },
+}
+
+impl fmt::Display for ConflictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Owner => f.write_str("is locked by another owner"),
+            Self::WriterFirst => f.write_str("is held by a writer, or a writer is waiting"),
+            Self::ReadersOrWriter => f.write_str("is held by readers or another writer"),
+            Self::PermitsTaken { permits } => write!(f, "has all {permits} permits taken"),
+        }
+    }
 }
 
 /// Why a lock counts as lost.

@@ -149,7 +149,7 @@ pub use redis;
 
 pub use builder::{IntoNode, RedlockBuilder};
 pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
-pub use error::{Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
+pub use error::{ConflictReason, Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};
 pub use kind::LockKind;

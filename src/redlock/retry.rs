@@ -234,6 +234,7 @@ pub(super) fn error_of(
             ..
         } => match loss {
             Loss::Conflict => Error::Conflict {
+                reason: crate::error::ConflictReason::Owner,
                 resource: resource.to_owned(),
                 attempts,
                 held_elsewhere: locked,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tokio_redlock::{CancellationToken, Error, LockKind};
+use tokio_redlock::{CancellationToken, ConflictReason, Error, LockKind};
 
 use crate::support::*;
 
@@ -244,4 +244,55 @@ async fn inspect_shows_readers_a_waiting_writer_and_permit_slots() {
     let not_a_semaphore = a.lock("gpu").inspect_permits().await;
     assert!(matches!(not_a_semaphore, Err(Error::Config(_))));
     drop((p0, p1));
+}
+
+/// Issue 26, item 8: a full semaphore and a reader kept out by a writer both read
+/// "locked by another owner"; each now says what holds it.
+#[tokio::test]
+async fn a_conflict_says_what_holds_the_lock() {
+    let cluster = cluster(3).await;
+    let redlock = redlock(&cluster);
+    let ttl = Duration::from_secs(5);
+    let taken = [
+        bounded(redlock.lock("pool").permits(2).acquire())
+            .await
+            .unwrap(),
+        bounded(redlock.lock("pool").permits(2).acquire())
+            .await
+            .unwrap(),
+    ];
+    let full = bounded(redlock.lock("pool").permits(2).ttl(ttl).try_acquire())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &full,
+            Error::Conflict {
+                reason: ConflictReason::PermitsTaken { permits: 2 },
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    assert!(
+        full.to_string().contains("has all 2 permits taken"),
+        "{full}"
+    );
+    let writer = bounded(redlock.lock("doc").write().acquire())
+        .await
+        .unwrap();
+    let reader = bounded(redlock.lock("doc").read().ttl(ttl).try_acquire())
+        .await
+        .unwrap_err();
+    assert!(reader.to_string().contains("a writer"), "{reader}");
+    let other = bounded(redlock.try_acquire("doc", ttl)).await.unwrap_err();
+    assert!(
+        other.to_string().contains("locked by another owner"),
+        "{other}"
+    );
+    assert!(
+        other.to_string().contains(".wait(d)"),
+        "names the per-call setters: {other}"
+    );
+    drop((taken, writer));
 }

@@ -13,7 +13,7 @@ use super::policy::{loss_of, AttemptOutcome, Policy, State, Step};
 use super::retry::{error_of, Want};
 use super::{Redlock, MAX_FENCING_TOKEN};
 use crate::clock::instant_after;
-use crate::error::Error;
+use crate::error::{ConflictReason, Error};
 use crate::guard::LockGuard;
 use crate::kind::{self, Mode, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX};
 use crate::round::{self, fan_out, Op};
@@ -136,7 +136,8 @@ impl Redlock {
                         Step::GiveUp(loss) => loss,
                         _ => super::policy::Loss::Expired,
                     };
-                    break Err(error_of(attempt, loss, resource, state.attempts(), ttl_ms));
+                    let err = error_of(attempt, loss, resource, state.attempts(), ttl_ms);
+                    break Err(conflict_of(err, mode));
                 }
                 Step::Reround => continue,
                 Step::Sleep { pause, .. } => pause,
@@ -161,7 +162,8 @@ impl Redlock {
                     AttemptOutcome::Lost { tally, .. } => loss_of(&tally),
                     _ => super::policy::Loss::Expired,
                 };
-                break Err(error_of(attempt, loss, resource, state.attempts(), ttl_ms));
+                let err = error_of(attempt, loss, resource, state.attempts(), ttl_ms);
+                break Err(conflict_of(err, mode));
             }
         };
         if matches!(mode, Mode::Read | Mode::Write) {
@@ -195,6 +197,19 @@ impl Redlock {
         let replies = fan_out(&self.inner.nodes, Arc::new(op));
         round::finish_in_background(replies, "withdraw a waiting reader or writer");
     }
+}
+
+/// A conflict of a read, write or permit acquisition says what held it.
+fn conflict_of(mut err: Error, mode: Mode) -> Error {
+    if let Error::Conflict { reason, .. } = &mut err {
+        *reason = match mode {
+            Mode::Read => ConflictReason::WriterFirst,
+            Mode::Write => ConflictReason::ReadersOrWriter,
+            Mode::Permits(permits) => ConflictReason::PermitsTaken { permits },
+            Mode::Exclusive => ConflictReason::Owner,
+        };
+    }
+    err
 }
 
 /// How long a refused reader keeps its place (among the waiting readers, or in the
