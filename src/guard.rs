@@ -31,6 +31,9 @@ pub(crate) struct Held {
     /// What is held, which picks the release and extend scripts: for
     /// [`LockKind::Read`], `keys` is the reader set; for a permit, its slot key.
     pub(crate) kind: LockKind,
+    /// Hold at least until then ([`LockRequest::hold_at_least`](crate::LockRequest::hold_at_least)):
+    /// a release before it shortens the lock to what is left instead of deleting it.
+    pub(crate) hold: Option<Deadline>,
 }
 
 /// A lock held on a quorum of nodes, until [`valid_until`](Self::valid_until).
@@ -111,6 +114,15 @@ impl LockGuard {
         }
     }
 
+    /// Keeps the lock at least `d` from now (see
+    /// [`LockRequest::hold_at_least`](crate::LockRequest::hold_at_least)).
+    pub(crate) fn hold_at_least(&mut self, d: Duration) {
+        let until = self.clock.stamp().after(d);
+        if let Some(held) = &mut self.held {
+            held.hold = Some(until);
+        }
+    }
+
     pub(crate) fn set_local(&mut self, turn: LocalTurn) {
         self.local = Some(turn);
     }
@@ -127,6 +139,11 @@ impl LockGuard {
         let Some(turn) = self.local.take() else {
             return (false, None);
         };
+        // A lock held at least for a period is not given on within the process either:
+        // the period is for everyone.
+        if self.held.as_ref().is_some_and(|h| h.hold.is_some()) {
+            return (false, Some(turn));
+        }
         if !self.is_valid() || !turn.can_hand_over() {
             return (false, Some(turn));
         }
@@ -460,6 +477,13 @@ impl Held {
     /// them; the last reader out wakes the waiting writer; permits have no queue.
     pub(crate) fn release_op(&self) -> Op {
         let notify = self.inner.config.wake_on_release;
+        if let Some(until) = self.hold {
+            let left = self.inner.config.clock.left(until);
+            let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            if left_ms > 0 {
+                return Op::hold_release(&self.keys, &self.value, left_ms);
+            }
+        }
         match self.kind {
             LockKind::Read => Op::read_release(&self.keys[0], &self.value, notify),
             LockKind::Write => Op::write_release(&self.keys[0], &self.value, notify),

@@ -27,6 +27,9 @@ use crate::sync::lock;
 pub(crate) const MAX_LOCAL_HANDOVERS: u32 = 4;
 
 /// What a waiting task is given when its turn comes.
+// The guard is moved once through a oneshot channel, never stored in bulk: boxing it
+// would cost an allocation on every hand-over, the in-process fast path.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Turn {
     /// Compete on the nodes (the previous task gave up, or released for real).
     Compete(LocalTurn),

@@ -92,6 +92,18 @@ impl Op {
         }
     }
 
+    /// The release of a lock held at least for a period: `keys` held with `value` expire
+    /// in `left_ms` instead of now. Ordered like a release, and like a release it ends
+    /// the owner's hold, so a late copy can only keep the released value until then.
+    pub(crate) fn hold_release(keys: &[String], value: &Arc<str>, left_ms: u64) -> Self {
+        let mut call = scripts::Call::new(&scripts::HOLD_RELEASE, keys);
+        call.arg(&**value).arg(left_ms);
+        Self {
+            kind: Kind::Script(call),
+            order: Order::Clears(Arc::clone(value)),
+        }
+    }
+
     /// Compare-and-pexpire of `keys` held with `value`. Unordered: sent again after a
     /// release, it finds the value gone and touches nothing.
     pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Self {

@@ -216,6 +216,27 @@ return 1
     ))
 });
 
+/// The release of a lock held at least for a period (`hold_at_least`): each key of
+/// `KEYS` that holds `ARGV[1]` expires in exactly `ARGV[2]` ms (what is left of the
+/// period) instead of being deleted. Returns `{keys set, 0}`, the shape of `RELEASE`'s
+/// reply. Not monotone, and need not be: it ends its owner's hold (the guard is gone),
+/// so no promise rests on the value any more; a late copy can only keep the released
+/// value until the end of the period.
+pub(crate) static HOLD_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    n = n + 1
+  end
+end
+return {n, 0}
+",
+    )
+});
+
 /// All or none: if no key of `KEYS` exists, sets each to `ARGV[1]` with expiry `ARGV[2]` ms
 /// and returns 1; if every key already holds `ARGV[1]` (an earlier send of this same
 /// request landed), returns 1 too; otherwise sets nothing and returns `-i`, where `KEYS[i]`

@@ -17,6 +17,7 @@ fn unreachable_guard(redlock: &Redlock, ttl: Duration, valid_for: Duration) -> L
             value: Arc::from("v"),
             handle: tokio::runtime::Handle::try_current().ok(),
             kind: crate::LockKind::Exclusive,
+            hold: None,
         },
     )
 }
@@ -114,6 +115,7 @@ fn keep_alive_without_a_runtime_neither_panics_nor_holds_past_validity() {
             value: Arc::from("v"),
             handle: None,
             kind: crate::LockKind::Exclusive,
+            hold: None,
         },
     );
     let kept = guard.keep_alive();

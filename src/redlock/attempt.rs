@@ -214,6 +214,7 @@ impl Redlock {
                         value,
                         handle: tokio::runtime::Handle::try_current().ok(),
                         kind: crate::LockKind::Exclusive,
+                        hold: None,
                     },
                 );
                 if let (Some(fences), Some(t)) = (ask.fence_keys, candidate) {

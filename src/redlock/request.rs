@@ -48,6 +48,8 @@ pub struct LockRequest<'a> {
     /// Two different kinds asked of one request (`.read().permits(2)`): refused with
     /// [`Error::Config`] where the chain ends, rather than the last call silently winning.
     clash: Option<(Mode, Mode)>,
+    /// Keep the lock at least this long after it was acquired, even if released sooner.
+    hold: Option<Duration>,
 }
 
 impl fmt::Debug for LockRequest<'_> {
@@ -61,6 +63,7 @@ impl fmt::Debug for LockRequest<'_> {
             .field("options", &self.options)
             .field("mode", &self.mode)
             .field("clash", &self.clash)
+            .field("hold_at_least", &self.hold)
             .finish()
     }
 }
@@ -75,6 +78,7 @@ impl<'a> LockRequest<'a> {
             options: LeaseOptions::default(),
             mode: Mode::Exclusive,
             clash: None,
+            hold: None,
         }
     }
 
@@ -244,6 +248,22 @@ impl<'a> LockRequest<'a> {
     /// Every chain ends here: the exclusive path, or the one of the other kinds.
     async fn acquire_mode(&self) -> Result<LockGuard, Error> {
         self.one_kind()?;
+        let hold = self.hold.filter(|d| !d.is_zero());
+        if hold.is_some() && self.mode == Mode::Read {
+            return Err(Error::Config(format!(
+                "hold_at_least is for exclusive, write and permit locks, not readers of `{}`: \
+                 a reader that stays after its release would keep writers out",
+                self.resource
+            )));
+        }
+        let mut guard = self.acquire_kind_or_exclusive().await?;
+        if let Some(d) = hold {
+            guard.hold_at_least(d);
+        }
+        Ok(guard)
+    }
+
+    async fn acquire_kind_or_exclusive(&self) -> Result<LockGuard, Error> {
         match self.mode {
             Mode::Exclusive => {
                 self.redlock
@@ -256,6 +276,41 @@ impl<'a> LockRequest<'a> {
                     .await
             }
         }
+    }
+
+    /// Keeps the lock until at least `period` after it was acquired, also when it is
+    /// released (or its guard dropped, or `with`'s work ends) sooner: the release then
+    /// shortens the lock on the nodes to what is left of the period instead of deleting
+    /// it. A scheduled job that ran in 2 s on one host does not run again on another
+    /// within the period (ShedLock's "lock at least for"). Waiters are not woken by such
+    /// a release; they get the lock when the period ends. Within this process the lock
+    /// is not handed on to a waiting task either. A lock that is neither kept alive nor
+    /// extended still expires at its ttl; to hold it for a period longer than the ttl,
+    /// use [`with`](Self::with) (kept alive while the work runs). Defaults to none;
+    /// `Duration::ZERO` is none.
+    ///
+    /// For exclusive, write and permit locks; asked of a read lock it is
+    /// [`Error::Config`] (a reader staying after it left would keep writers out).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn build_report() {}
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// // Every pod tries at 02:00; whoever wins runs it, and nobody runs it again for an hour.
+    /// let guard = redlock
+    ///     .lock("nightly-report")
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .hold_at_least(Duration::from_secs(3600))
+    ///     .try_acquire()
+    ///     .await?;
+    /// build_report().await;
+    /// guard.release().await?; // the key stays until an hour after the acquisition
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn hold_at_least(mut self, period: Duration) -> Self {
+        self.hold = Some(period);
+        self
     }
 
     /// How long the nodes keep the lock (see [`Redlock::acquire`]). Defaults to 10 s.

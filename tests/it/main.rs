@@ -10,6 +10,7 @@ mod core;
 mod explore;
 mod fencing;
 mod harness;
+mod hold;
 mod hostile;
 mod inspect;
 mod kinds;

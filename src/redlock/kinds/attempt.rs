@@ -258,6 +258,7 @@ impl Redlock {
                         value,
                         handle: tokio::runtime::Handle::try_current().ok(),
                         kind,
+                        hold: None,
                     },
                 );
                 if let (Some(fences), Some(t)) = (ask.fence_keys, token) {
