@@ -65,6 +65,7 @@ pub(crate) struct Config {
     /// Fencing counters shared by the resources of a namespace.
     pub(crate) shared_counters: crate::fencing::SharedCounters,
     pub(crate) wake_on_release: bool,
+    pub(crate) heal_on_extend: bool,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
     /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
@@ -110,6 +111,7 @@ pub struct RedlockBuilder {
     fence_suffix: String,
     shared_counters: Vec<(String, String)>,
     wake_on_release: bool,
+    heal_on_extend: bool,
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
     min_validity: Duration,
@@ -135,6 +137,7 @@ impl fmt::Debug for RedlockBuilder {
             fence_suffix,
             shared_counters,
             wake_on_release,
+            heal_on_extend,
             restart_quarantine,
             check_on_connect,
             min_validity,
@@ -158,6 +161,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("fence_suffix", fence_suffix)
             .field("shared_counters", shared_counters)
             .field("wake_on_release", wake_on_release)
+            .field("heal_on_extend", heal_on_extend)
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
@@ -189,6 +193,7 @@ impl Default for RedlockBuilder {
             fence_suffix: DEFAULT_FENCE_SUFFIX.to_owned(),
             shared_counters: Vec::new(),
             wake_on_release: true,
+            heal_on_extend: true,
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
@@ -393,6 +398,28 @@ impl RedlockBuilder {
     /// applies. Defaults to on.
     pub fn wake_on_release(mut self, enabled: bool) -> Self {
         self.wake_on_release = enabled;
+        self
+    }
+
+    /// Let an extension also re-set the value where the key is missing (`SET NX` with the
+    /// extension's ttl, in the same script), and count such a node as a yes. A lock kept
+    /// alive for longer than its nodes stay up then does not fade as nodes restart
+    /// without their data one after another. Never over another owner's value (`NX`; a
+    /// node holding one is a "no") and never on a node in restart quarantine (see
+    /// [`restart_quarantine`](Self::restart_quarantine)): there a missing key may be a
+    /// lost one of someone else's, so the plain extension is sent. As safe as a fresh
+    /// vote on that node (docs/safety.md, "Extensions that heal"). Defaults to on.
+    ///
+    /// ```
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .heal_on_extend(false) // an extension only refreshes nodes that still hold it
+    ///     .build()?;
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn heal_on_extend(mut self, enabled: bool) -> Self {
+        self.heal_on_extend = enabled;
         self
     }
 

@@ -496,6 +496,9 @@ impl Held {
     pub(crate) fn extend_op(&self, ttl_ms: u64) -> Op {
         match self.kind {
             LockKind::Read => Op::read_extend(&self.keys[0], &self.value, ttl_ms),
+            _ if self.inner.config.heal_on_extend => {
+                Op::extend_healing(&self.keys, &self.value, ttl_ms)
+            }
             _ => Op::extend(&self.keys, &self.value, ttl_ms),
         }
     }

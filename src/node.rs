@@ -344,6 +344,17 @@ impl Node {
             // A failed connect already cleared its slot.
             ((*e).clone(), None)
         })?;
+        // Judged now: a new connection has just checked for a restart.
+        let request = match request {
+            Request::Heal { heal, plain } => {
+                let quarantined = self
+                    .restarts
+                    .as_ref()
+                    .is_some_and(|r| r.quarantined_until().is_some());
+                Request::Script(if quarantined { plain } else { heal })
+            }
+            other => other,
+        };
         // Without the `cluster` feature there is one kind of connection.
         #[cfg_attr(
             not(feature = "cluster"),
@@ -363,15 +374,18 @@ impl Node {
             }
             // EVALSHA first; on NOSCRIPT (a restarted or flushed node) the script is
             // loaded and run again, once.
-            Request::Script(call) => match call.cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    match call.script.load_async(&mut conn).await {
-                        Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
-                        Err(e) => Err(e),
+            // (`Heal` was decided above; were it not, the plain extension is the safe one.)
+            Request::Script(call) | Request::Heal { plain: call, .. } => {
+                match call.cmd.query_async::<Value>(&mut conn).await {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        match call.script.load_async(&mut conn).await {
+                            Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
+                            Err(e) => Err(e),
+                        }
                     }
+                    other => other,
                 }
-                other => other,
-            },
+            }
         };
         reply.map_err(|e| (e, Some(generation)))
     }

@@ -40,6 +40,8 @@ pub(crate) struct Op {
 
 enum Kind {
     Script(scripts::Call),
+    /// An extension that heals, and the plain one for a node in restart quarantine.
+    Heal(scripts::Call, scripts::Call),
     /// A plain `SET NX` and the script that replaces it when it is sent again.
     Set(redis::Cmd, scripts::Call),
 }
@@ -49,6 +51,7 @@ impl Op {
         match &self.kind {
             Kind::Script(call) => Request::Script(call),
             Kind::Set(cmd, resend) => Request::Set { cmd, resend },
+            Kind::Heal(heal, plain) => Request::Heal { heal, plain },
         }
     }
 
@@ -101,6 +104,20 @@ impl Op {
         Self {
             kind: Kind::Script(call),
             order: Order::Clears(Arc::clone(value)),
+        }
+    }
+
+    /// An extension that also re-sets `value` where a key is missing (`heal_on_extend`),
+    /// and the plain [`extend`](Self::extend) for a node in restart quarantine. It may
+    /// set the value, so releases wait for it on each node, as for an acquisition.
+    pub(crate) fn extend_healing(keys: &[String], value: &Arc<str>, ttl_ms: u64) -> Self {
+        let mut heal = scripts::Call::new(&scripts::EXTEND_HEAL, keys);
+        heal.arg(&**value).arg(ttl_ms);
+        let mut plain = scripts::Call::new(&scripts::EXTEND, keys);
+        plain.arg(&**value).arg(ttl_ms);
+        Self {
+            kind: Kind::Heal(heal, plain),
+            order: Order::Sets(Arc::clone(value)),
         }
     }
 

@@ -216,6 +216,33 @@ return 1
     ))
 });
 
+/// [`EXTEND`] that also heals: a key of `KEYS` that is missing is set to `ARGV[1]` with
+/// expiry `ARGV[2]` ms (`SET NX`), as a fresh vote would; keys that hold `ARGV[1]` are
+/// raised as `EXTEND` does. If any key holds another value nothing is touched and 0 is
+/// returned; else 1. Sent only to nodes out of restart quarantine (`heal_on_extend`).
+/// A late copy can set the value again after its release (like a late acquisition:
+/// until `ARGV[2]` ms after it lands); it never lowers an expiry and never touches
+/// another owner's key.
+pub(crate) static EXTEND_HEAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and v ~= ARGV[1] then return 0 end
+end
+for _, key in ipairs(KEYS) do
+  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    local raised = redis.pcall('PEXPIRE', key, ARGV[2], 'GT')
+    if type(raised) == 'table' and raised.err then
+      if redis.call('PTTL', key) < tonumber(ARGV[2]) then redis.call('PEXPIRE', key, ARGV[2]) end
+    end
+  end
+end
+return 1
+",
+    )
+});
+
 /// The release of a lock held at least for a period (`hold_at_least`): each key of
 /// `KEYS` that holds `ARGV[1]` expires in exactly `ARGV[2]` ms (what is left of the
 /// period) instead of being deleted. Returns `{keys set, 0}`, the shape of `RELEASE`'s

@@ -113,7 +113,11 @@ impl ClusterVote {
             // after a broken connection or a redirect, and a `SET NX` whose first try had
             // landed would then answer "not set" for this owner's own value, a refusal
             // that nothing undoes. The script counts its own value as set.
-            Request::Set { resend: call, .. } | Request::Script(call) => {
+            // A cluster vote has no restart quarantine (its failover is its own), so an
+            // extension heals there.
+            Request::Set { resend: call, .. }
+            | Request::Script(call)
+            | Request::Heal { heal: call, .. } => {
                 let cmd = self.keys.map_cmd(&call.cmd);
                 match cmd.query_async::<Value>(conn).await {
                     // NOSCRIPT (a master restarted, or failed over): load the script on

@@ -12,6 +12,13 @@ pub(crate) enum Request<'a> {
         cmd: &'a redis::Cmd,
         resend: &'a crate::scripts::Call,
     },
+    /// An extension that re-sets the value where the key is missing (`heal`), unless
+    /// the node is in restart quarantine when the request is sent: then `plain`. Decided
+    /// after the connection was made, when a restart has been judged.
+    Heal {
+        heal: &'a crate::scripts::Call,
+        plain: &'a crate::scripts::Call,
+    },
 }
 
 impl<'a> Request<'a> {

@@ -10,6 +10,7 @@ mod core;
 mod explore;
 mod fencing;
 mod harness;
+mod heal;
 mod hold;
 mod hostile;
 mod inspect;
