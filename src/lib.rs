@@ -117,6 +117,7 @@ mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod diagnose;
+mod election;
 mod error;
 mod fencing;
 mod guard;
@@ -149,6 +150,7 @@ pub use redis;
 
 pub use builder::{IntoNode, RedlockBuilder};
 pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
+pub use election::{Election, Leadership};
 pub use error::{ConflictReason, Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
 pub use guard::{LockGuard, ReleaseReport};

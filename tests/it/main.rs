@@ -7,6 +7,7 @@ mod belief;
 #[cfg(feature = "cluster")]
 mod cluster_vote;
 mod core;
+mod election;
 mod explore;
 mod fencing;
 mod harness;
