@@ -66,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) shared_counters: crate::fencing::SharedCounters,
     pub(crate) wake_on_release: bool,
     pub(crate) heal_on_extend: bool,
+    pub(crate) metrics_class: crate::metrics::ClassOf,
     pub(crate) check_on_connect: CheckMode,
     pub(crate) min_validity: Duration,
     /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
@@ -112,6 +113,7 @@ pub struct RedlockBuilder {
     shared_counters: Vec<(String, String)>,
     wake_on_release: bool,
     heal_on_extend: bool,
+    metrics_class: crate::metrics::ClassOf,
     restart_quarantine: Option<Duration>,
     check_on_connect: CheckMode,
     min_validity: Duration,
@@ -138,6 +140,7 @@ impl fmt::Debug for RedlockBuilder {
             shared_counters,
             wake_on_release,
             heal_on_extend,
+            metrics_class,
             restart_quarantine,
             check_on_connect,
             min_validity,
@@ -162,6 +165,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("shared_counters", shared_counters)
             .field("wake_on_release", wake_on_release)
             .field("heal_on_extend", heal_on_extend)
+            .field("metrics_class", metrics_class)
             .field("restart_quarantine", restart_quarantine)
             .field("check_on_connect", check_on_connect)
             .field("min_validity", min_validity)
@@ -194,6 +198,7 @@ impl Default for RedlockBuilder {
             shared_counters: Vec::new(),
             wake_on_release: true,
             heal_on_extend: true,
+            metrics_class: crate::metrics::ClassOf::default(),
             restart_quarantine: None,
             check_on_connect: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
@@ -420,6 +425,32 @@ impl RedlockBuilder {
     /// ```
     pub fn heal_on_extend(mut self, enabled: bool) -> Self {
         self.heal_on_extend = enabled;
+        self
+    }
+
+    /// The `class` label of the per-resource metrics (`redlock_held_seconds`,
+    /// `redlock_guards_held`, `redlock_waiting_tasks`; feature `metrics`): a function of
+    /// the resource name returning one of a few fixed strings, so the label's values stay
+    /// bounded however many resources there are (a lock per payment id must not make a
+    /// series per payment). Defaults to `"all"` for every resource.
+    ///
+    /// ```
+    /// let redlock = tokio_redlock::Redlock::builder()
+    ///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+    ///     .metrics_class(|resource| match resource.split(':').next() {
+    ///         Some("payment") => "payment",
+    ///         Some("report") => "report",
+    ///         _ => "other",
+    ///     })
+    ///     .build()?;
+    /// # drop(redlock);
+    /// # Ok::<(), tokio_redlock::Error>(())
+    /// ```
+    pub fn metrics_class(
+        mut self,
+        class: impl Fn(&str) -> &'static str + Send + Sync + 'static,
+    ) -> Self {
+        self.metrics_class = crate::metrics::ClassOf::new(class);
         self
     }
 

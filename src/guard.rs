@@ -34,6 +34,8 @@ pub(crate) struct Held {
     /// Hold at least until then ([`LockRequest::hold_at_least`](crate::LockRequest::hold_at_least)):
     /// a release before it shortens the lock to what is left instead of deleting it.
     pub(crate) hold: Option<Deadline>,
+    /// This process holds it, for the metrics (`redlock_guards_held`, `redlock_held_seconds`).
+    pub(crate) _holding: crate::metrics::Holding,
 }
 
 /// A lock held on a quorum of nodes, until [`valid_until`](Self::valid_until).

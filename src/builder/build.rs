@@ -133,6 +133,7 @@ impl RedlockBuilder {
             shared_counters,
             wake_on_release: self.wake_on_release,
             heal_on_extend: self.heal_on_extend,
+            metrics_class: self.metrics_class.clone(),
             check_on_connect: self.check_on_connect,
             min_validity: self.min_validity,
             owner_label: self.owner_label.map(Arc::from),

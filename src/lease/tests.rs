@@ -18,6 +18,7 @@ fn unreachable_guard(redlock: &Redlock, ttl: Duration, valid_for: Duration) -> L
             handle: tokio::runtime::Handle::try_current().ok(),
             kind: crate::LockKind::Exclusive,
             hold: None,
+            _holding: crate::metrics::Holding::start("all"),
         },
     )
 }
@@ -116,6 +117,7 @@ fn keep_alive_without_a_runtime_neither_panics_nor_holds_past_validity() {
             handle: None,
             kind: crate::LockKind::Exclusive,
             hold: None,
+            _holding: crate::metrics::Holding::start("all"),
         },
     );
     let kept = guard.keep_alive();

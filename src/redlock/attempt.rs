@@ -215,6 +215,9 @@ impl Redlock {
                         handle: tokio::runtime::Handle::try_current().ok(),
                         kind: crate::LockKind::Exclusive,
                         hold: None,
+                        _holding: crate::metrics::Holding::start(
+                            inner.config.metrics_class.of(&ask.names[0]),
+                        ),
                     },
                 );
                 if let (Some(fences), Some(t)) = (ask.fence_keys, candidate) {

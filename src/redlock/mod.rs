@@ -456,7 +456,8 @@ impl Redlock {
         let ttl_ms = self.check_request(resources, &want)?;
         self.health_gate().await?;
         let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
-        metered(span, self.take_turn(resources, ttl_ms, &want)).await
+        let class = self.inner.config.metrics_class.of(resources[0]);
+        metered(span, class, self.take_turn(resources, ttl_ms, &want)).await
     }
 }
 
@@ -464,8 +465,10 @@ impl Redlock {
 /// metrics: the one tail of every kind of acquisition.
 pub(super) async fn metered(
     span: tracing::Span,
+    class: &'static str,
     acquisition: impl std::future::Future<Output = Result<LockGuard, Error>>,
 ) -> Result<LockGuard, Error> {
+    let _waiting = metrics::Waiting::start(class);
     let start = Instant::now();
     let result = acquisition.instrument(span).await;
     let attempts = match &result {

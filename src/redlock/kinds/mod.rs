@@ -41,7 +41,8 @@ impl Redlock {
         check_permits(mode)?;
         self.health_gate().await?;
         let span = tracing::debug_span!("acquire", resource, ?mode, ttl_ms);
-        super::metered(span, self.run_kind(resource, mode, ttl_ms, &want)).await
+        let class = self.inner.config.metrics_class.of(resource);
+        super::metered(span, class, self.run_kind(resource, mode, ttl_ms, &want)).await
     }
 
     /// Attempts until one wins or the retries or the wait budget are spent, pausing
