@@ -27,8 +27,8 @@ impl Bound {
 impl Config {
     /// Exclusive locks on 3 nodes by 2 clients: acquire (ttl 4 ms), extend with each of
     /// `extend_ttls` (client 0 only, twice), release, give up; node clocks up to 1 ms
-    /// fast. Small: one attempt per client, executions of 11 steps; large: two
-    /// attempts, 14 steps.
+    /// fast. Small: one attempt per client, every execution of 9 steps; large: two
+    /// attempts, 11 steps.
     pub fn exclusive(bound: Bound, extend_ttls: &[u64]) -> Self {
         let large = bound == Bound::Large;
         Config {
@@ -45,7 +45,7 @@ impl Config {
             releases: true,
             max_skew: 1,
             start: None,
-            max_depth: Some(if large { 12 } else { 9 }),
+            max_depth: Some(if large { 11 } else { 9 }),
             stop_at: None,
             depth_first: false,
             drift_factor: 0.01,
@@ -56,24 +56,24 @@ impl Config {
     }
 
     /// Fenced acquisitions (`lock_checked`) on 3 nodes by 2 clients, two attempts each,
-    /// release and give up; executions of 11 steps (large: 14).
+    /// release and give up; every execution of 9 steps (large: 11).
     pub fn fenced(bound: Bound) -> Self {
         Config {
             kind: Kind::Fenced,
             attempts: 2,
-            max_depth: Some(if bound == Bound::Large { 12 } else { 8 }),
+            max_depth: Some(if bound == Bound::Large { 11 } else { 9 }),
             ..Config::exclusive(bound, &[])
         }
     }
 
-    /// A semaphore of 2 permits on 3 nodes, 3 clients with one attempt each; executions
-    /// of 11 steps (large: 14).
+    /// A semaphore of 2 permits on 3 nodes, 3 clients with one attempt each; every
+    /// execution of 8 steps (large: 11).
     pub fn permits(bound: Bound) -> Self {
         Config {
             kind: Kind::Permits(2),
             clients: 3,
             attempts: 1,
-            max_depth: Some(if bound == Bound::Large { 12 } else { 8 }),
+            max_depth: Some(if bound == Bound::Large { 11 } else { 8 }),
             ..Config::exclusive(bound, &[])
         }
     }

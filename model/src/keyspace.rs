@@ -265,7 +265,7 @@ impl Keyspace {
                     i += 1;
                 }
                 let pairs = &a[i..];
-                if pairs.is_empty() || pairs.len() % 2 != 0 {
+                if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
                     return Err(err("syntax error"));
                 }
                 if self.zset(key, now)?.is_none() {

@@ -49,6 +49,20 @@ fn permits_are_never_oversold() {
     assert_safe(&check("permits", Config::permits(Bound::from_env())));
 }
 
+/// The long run: the three models above at the large bound, whatever
+/// `REDLOCK_MODEL_BOUND` says (`cargo test -p tokio-redlock-model --release -- --ignored
+/// large_bound --nocapture`; tens of minutes and several GB).
+#[test]
+#[ignore = "the long run, by hand"]
+fn large_bound() {
+    assert_safe(&check(
+        "exclusive, large",
+        Config::exclusive(Bound::Large, &[8]),
+    ));
+    assert_safe(&check("fenced, large", Config::fenced(Bound::Large)));
+    assert_safe(&check("permits, large", Config::permits(Bound::Large)));
+}
+
 /// The pre-fix EXTEND (compare, then PEXPIRE whatever the key's expiry): a shorter
 /// extension that lands after a longer one lowers the expiry under the owner's belief,
 /// and a second client acquires while the first still believes. The text is the
