@@ -18,6 +18,9 @@ use crate::keyspace::{Keyspace, Reply};
 /// A script run: the script, the node before, its time, the keys and arguments.
 type Call = ((usize, usize), Keyspace, u64, Vec<String>, Vec<String>);
 
+/// The most script runs remembered per thread (each a few hundred bytes).
+const MEMO_ENTRIES: usize = 100_000;
+
 thread_local! {
     static LUA: Lua = Lua::new();
     /// Scripts are deterministic functions of their inputs, and the checker meets the
@@ -50,7 +53,14 @@ pub fn eval(
         Ok(reply) => reply,
         Err(e) => Reply::Error(format!("ERR script: {e}")),
     });
-    MEMO.with(|m| m.borrow_mut().insert(call, (reply.clone(), node.clone())));
+    MEMO.with(|m| {
+        let mut memo = m.borrow_mut();
+        // A bound on the memory it takes: start over rather than grow without end.
+        if memo.len() >= MEMO_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(call, (reply.clone(), node.clone()));
+    });
     reply
 }
 
