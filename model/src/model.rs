@@ -443,10 +443,6 @@ impl Model for Config {
             }),
         ]
     }
-
-    fn within_boundary(&self, _: &State) -> bool {
-        true
-    }
 }
 
 /// No two clients believe at once in conflicting holds (for permits: no more believers

@@ -50,8 +50,8 @@ fn permits_are_never_oversold() {
 }
 
 /// The long run: the three models above at the large bound, whatever
-/// `REDLOCK_MODEL_BOUND` says (`cargo test -p tokio-redlock-model --release -- --ignored
-/// large_bound --nocapture`; tens of minutes and several GB).
+/// `REDLOCK_MODEL_BOUND` says (`cargo test -p tokio-redlock-model -- --ignored
+/// large_bound --nocapture`; see docs/safety-suite.md for its size).
 #[test]
 #[ignore = "the long run, by hand"]
 fn large_bound() {
