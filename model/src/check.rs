@@ -28,8 +28,8 @@ impl Bound {
 impl Config {
     /// Exclusive locks on 3 nodes by 2 clients: acquire (ttl 4 ms), extend with each of
     /// `extend_ttls` (client 0 only, twice), release, give up; node clocks up to 1 ms
-    /// fast; every execution of 9 steps. Small: one attempt per client; large: two.
-    /// (10 steps outgrow 9 GB within a minute: the breadth-first frontier.)
+    /// fast; every execution of 7 steps. Small: one attempt per client; large: two.
+    /// (8 steps outgrow 9 GB within a minute: the breadth-first frontier.)
     pub fn exclusive(bound: Bound, extend_ttls: &[u64]) -> Self {
         let large = bound == Bound::Large;
         Config {
@@ -46,7 +46,7 @@ impl Config {
             releases: true,
             max_skew: 1,
             start: None,
-            max_depth: Some(9),
+            max_steps: Some(7),
             stop_at: None,
             depth_first: false,
             drift_factor: 0.01,
@@ -57,24 +57,24 @@ impl Config {
     }
 
     /// Fenced acquisitions (`lock_checked`) on 3 nodes by 2 clients, two attempts each,
-    /// release and give up; every execution of 8 steps (large: 9).
+    /// release and give up; every execution of 6 steps (large: 7).
     pub fn fenced(bound: Bound) -> Self {
         Config {
             kind: Kind::Fenced,
             attempts: 2,
-            max_depth: Some(if bound == Bound::Large { 9 } else { 8 }),
+            max_steps: Some(if bound == Bound::Large { 7 } else { 6 }),
             ..Config::exclusive(bound, &[])
         }
     }
 
     /// A semaphore of 2 permits on 3 nodes, 3 clients with one attempt each; every
-    /// execution of 8 steps at either bound (9 steps outgrow 9 GB).
+    /// execution of 6 steps at either bound (7 steps outgrow 9 GB).
     pub fn permits(bound: Bound) -> Self {
         Config {
             kind: Kind::Permits(2),
             clients: 3,
             attempts: 1,
-            max_depth: Some(8),
+            max_steps: Some(6),
             ..Config::exclusive(bound, &[])
         }
     }
@@ -111,7 +111,7 @@ impl Outcome {
 }
 
 /// Runs `cfg` on `REDLOCK_MODEL_THREADS` threads (default 2) and prints its size and
-/// time: breadth first to `max_depth` (every execution of that many steps, and each
+/// time: breadth first to `max_steps` (every execution of that many steps, and each
 /// counterexample a shortest one), or depth first (`depth_first`), until the end or
 /// until `stop_at` is violated.
 pub fn check(name: &str, cfg: Config) -> Outcome {
@@ -132,8 +132,10 @@ pub fn check(name: &str, cfg: Config) -> Outcome {
     {
         builder = builder.timeout(Duration::from_secs(secs));
     }
-    if let Some(depth) = cfg.max_depth {
-        builder = builder.target_max_depth(depth);
+    if let Some(steps) = cfg.max_steps {
+        // stateright counts the initial state as depth 1 and skips, unchecked, a state
+        // at the target depth: `steps` actions reach depth `steps + 1`.
+        builder = builder.target_max_depth(steps + 2);
     }
     if let Some(property) = cfg.stop_at {
         builder = builder.finish_when(HasDiscoveries::AnyOf([property].into()));

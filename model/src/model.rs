@@ -106,12 +106,12 @@ pub struct Config {
     pub max_skew: u8,
     /// Start from this state instead of the empty one (a search that continues another).
     pub start: Option<State>,
-    /// Explore executions of at most this many steps (`None`: all of them).
-    pub max_depth: Option<usize>,
+    /// Explore every execution of at most this many steps (`None`: all of them).
+    pub max_steps: Option<usize>,
     /// Stop once this property is violated (for the tests that expect it to be).
     pub stop_at: Option<&'static str>,
     /// Search depth first, with the nodes taken as interchangeable (symmetry reduction):
-    /// finds a deep counterexample sooner, but neither shortest nor within `max_depth`.
+    /// finds a deep counterexample sooner, but neither shortest nor within `max_steps`.
     pub depth_first: bool,
     /// The drift factor (the crate's default: 1 %).
     pub drift_factor: f64,
