@@ -23,6 +23,8 @@ pub fn script(name: &str) -> Option<&'static str> {
 
 /// The text a script mutant (`src/mutants.rs`) puts in place of a script: `plain_del`
 /// (for `RELEASE`) or `incr_max` (for `FENCED_ACQUIRE`); `None` for any other name.
+/// A mutant that brings a script text of its own belongs here too: the model's test of
+/// the lowering EXTEND asks for `lower_extend`.
 pub fn mutant(name: &str) -> Option<&'static str> {
     match name {
         "plain_del" => Some(mutants::PLAIN_DEL_LUA),
