@@ -133,6 +133,9 @@ mod redlock;
 mod round;
 mod scripts;
 mod shared;
+// For the crate's own model checker (`model/`); not part of the API.
+#[doc(hidden)]
+pub mod script_source;
 mod sync;
 #[cfg(feature = "tls")]
 mod tls;

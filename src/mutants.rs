@@ -58,16 +58,21 @@ pub(crate) fn token<T>(
 
 /// `plain_del`: a release that deletes whoever holds the key.
 pub(crate) fn release_script() -> Option<&'static str> {
-    cfg!(redlock_mutant = "plain_del").then_some(
-        "local m = #KEYS if ARGV[2] and ARGV[2] ~= '' then m = #KEYS / 2 end \
-         local n = 0 for i = 1, m do n = n + redis.call('DEL', KEYS[i]) end return {n, 0}",
-    )
+    cfg!(redlock_mutant = "plain_del").then_some(PLAIN_DEL_LUA)
 }
+
+/// The text of the `plain_del` release, also handed to the model checker (`script_source`).
+pub(crate) const PLAIN_DEL_LUA: &str =
+    "local m = #KEYS if ARGV[2] and ARGV[2] ~= '' then m = #KEYS / 2 end \
+         local n = 0 for i = 1, m do n = n + redis.call('DEL', KEYS[i]) end return {n, 0}";
 
 /// `incr_max`: no candidate; each node `INCR`s its own counter and answers it.
 pub(crate) fn fenced_acquire_script() -> Option<&'static str> {
-    cfg!(redlock_mutant = "incr_max").then_some(
-        r"
+    cfg!(redlock_mutant = "incr_max").then_some(INCR_MAX_LUA)
+}
+
+/// The text of the `incr_max` fenced acquire, also handed to the model checker.
+pub(crate) const INCR_MAX_LUA: &str = r"
 local m = #KEYS / 2
 for i = 1, m do
   local v = redis.call('GET', KEYS[i])
@@ -79,16 +84,17 @@ for i = 1, m do
   c = math.max(c, redis.call('INCR', KEYS[m + i]))
 end
 return {2, c}
-",
-    )
-}
+";
 
 /// `lower_extend`: the extension before issue 21, a plain compare-and-pexpire that also
 /// lowers an expiry, so a late copy of an older, shorter extension takes back what a
 /// newer one promised.
 pub(crate) fn extend_script() -> Option<&'static str> {
-    cfg!(redlock_mutant = "lower_extend").then_some(
-        r"
+    cfg!(redlock_mutant = "lower_extend").then_some(LOWER_EXTEND_LUA)
+}
+
+/// The text of the `lower_extend` extension, also handed to the model checker.
+pub(crate) const LOWER_EXTEND_LUA: &str = r"
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) ~= ARGV[1] then return 0 end
 end
@@ -96,6 +102,4 @@ for _, key in ipairs(KEYS) do
   redis.call('PEXPIRE', key, ARGV[2])
 end
 return 1
-",
-    )
-}
+";

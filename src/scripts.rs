@@ -39,7 +39,7 @@ pub(crate) use rwlock::{
     INTENT_CLEAR, READERS_MARKER, READ_ACQUIRE, READ_EXTEND, READ_RELEASE, READ_WAIT_CLEAR,
     WRITE_ACQUIRE, WRITE_RELEASE,
 };
-pub(crate) use semaphore::{PERMIT_ACQUIRE, PERMIT_TAKEN};
+pub(crate) use semaphore::{PERMIT_ACQUIRE, PERMIT_ACQUIRE_LUA, PERMIT_TAKEN};
 
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
 /// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.
@@ -89,10 +89,13 @@ impl Call {
 /// deleted key the queue's oldest members are popped and the
 /// key is published to their channels, until one live listener was reached. The
 /// wake-up runs under `pcall`, so a user whose ACL denies it still releases.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(mutants::release_script().unwrap_or(concat!(
-        wake_oldest!(),
-        r"
+pub(crate) static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(mutants::release_script().unwrap_or(RELEASE_LUA)));
+/// The text of [`RELEASE`], kept apart so that `script_source` can hand it to the
+/// crate's model checker.
+pub(crate) const RELEASE_LUA: &str = concat!(
+    wake_oldest!(),
+    r"
 local prefix = ARGV[2]
 local notify = prefix and prefix ~= ''
 local m = #KEYS
@@ -108,22 +111,20 @@ for i = 1, m do
 end
 return {n, woke}
 ",
-    )))
-});
+);
 
 /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]` that also counts finding its own value as set:
 /// sent instead of the plain `SET NX` when that one must be sent again, since the first
 /// may have been applied with its reply lost. Returns 1 if the key holds `ARGV[1]`, 0 if
 /// another owner's value.
-pub(crate) static ACQUIRE_ONE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static ACQUIRE_ONE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_ONE_LUA));
+/// The text of [`ACQUIRE_ONE`], kept apart so that `script_source` can hand it to the
+/// crate's model checker.
+pub(crate) const ACQUIRE_ONE_LUA: &str = r"
 if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
-",
-    )
-});
+";
 
 /// A single-key acquire that queues up when it fails: `SET KEYS[1] ARGV[1] NX PX ARGV[2]`,
 /// and if the key is held, joins the wait queue `KEYS[2]` as `ARGV[3]` (at the front if
@@ -199,9 +200,11 @@ return 1
 /// `PEXPIRE … GT` does it in one command (Redis 7.0 and later, Valkey; the same ACL
 /// permission as `PEXPIRE`); where the server refuses the option, the script compares
 /// `PTTL` with the new ttl itself, on the node's one clock.
-pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(mutants::extend_script().unwrap_or(
-        r"
+pub(crate) static EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(mutants::extend_script().unwrap_or(EXTEND_LUA)));
+/// The text of [`EXTEND`], kept apart so that `script_source` can hand it to the
+/// crate's model checker.
+pub(crate) const EXTEND_LUA: &str = r"
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) ~= ARGV[1] then return 0 end
 end
@@ -212,9 +215,7 @@ for _, key in ipairs(KEYS) do
   end
 end
 return 1
-",
-    ))
-});
+";
 
 /// [`EXTEND`] that also heals: a key of `KEYS` that is missing is set to `ARGV[1]` with
 /// expiry `ARGV[2]` ms (`SET NX`), as a fresh vote would; keys that hold `ARGV[1]` are
@@ -306,9 +307,11 @@ pub(crate) const FENCE_OK: i64 = 2;
 /// grow. Candidates stay below 2^53, where Lua's doubles are exact. A counter key may
 /// be named more than once (resources of one shared counter): each copy reads and is
 /// set alike.
-pub(crate) static FENCED_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(mutants::fenced_acquire_script().unwrap_or(
-        r"
+pub(crate) static FENCED_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(mutants::fenced_acquire_script().unwrap_or(FENCED_ACQUIRE_LUA)));
+/// The text of [`FENCED_ACQUIRE`], kept apart so that `script_source` can hand it to the
+/// crate's model checker.
+pub(crate) const FENCED_ACQUIRE_LUA: &str = r"
 local m = #KEYS / 2
 local t = tonumber(ARGV[3])
 local done = 0
@@ -339,9 +342,7 @@ for i = 1, m do
   redis.call('SET', KEYS[m + i], ARGV[3])
 end
 return {2, t}
-",
-    ))
-});
+";
 
 #[cfg(all(test, feature = "harness"))]
 mod tests {

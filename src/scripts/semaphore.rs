@@ -10,9 +10,11 @@ use redis::Script;
 /// (a random rotation); `ARGV` = value, ttl ms. Returns the 1-based position in `KEYS`
 /// of the slot that holds the value (an earlier send of this request landed), else of
 /// the first free slot, now set to the value with the ttl; 0 when every slot is held.
-pub(crate) static PERMIT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static PERMIT_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PERMIT_ACQUIRE_LUA));
+/// The text of [`PERMIT_ACQUIRE`], kept apart so that `script_source` can hand it to the
+/// crate's model checker.
+pub(crate) const PERMIT_ACQUIRE_LUA: &str = r"
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then return i end
 end
@@ -20,9 +22,7 @@ for i, key in ipairs(KEYS) do
   if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
 end
 return 0
-",
-    )
-});
+";
 
 /// Which of `KEYS` exist (1) or not (0), in order: one node's view of a semaphore's
 /// slots, for `available()`.

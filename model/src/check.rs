@@ -1,0 +1,176 @@
+//! The models the tests run, at two bounds, and running one to completion.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use stateright::{Checker, HasDiscoveries, Model};
+
+use crate::model::{Config, Kind, Scripts, State};
+
+/// How far the checker goes: `Small` for every test run and CI, `Large` for a long run
+/// by hand (`REDLOCK_MODEL_BOUND=large`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Small,
+    Large,
+}
+
+impl Bound {
+    /// `REDLOCK_MODEL_BOUND`: `large`, or anything else (unset) for small.
+    pub fn from_env() -> Self {
+        match std::env::var("REDLOCK_MODEL_BOUND").as_deref() {
+            Ok("large") => Bound::Large,
+            _ => Bound::Small,
+        }
+    }
+}
+
+impl Config {
+    /// Exclusive locks on 3 nodes by 2 clients: acquire (ttl 4 ms), extend with each of
+    /// `extend_ttls` (client 0 only, twice), release, give up; node clocks up to 1 ms
+    /// fast; every execution of 7 steps. Small: one attempt per client; large: two.
+    /// (8 steps outgrow 9 GB within a minute: the breadth-first frontier.)
+    pub fn exclusive(bound: Bound, extend_ttls: &[u64]) -> Self {
+        let large = bound == Bound::Large;
+        Config {
+            kind: Kind::Exclusive,
+            nodes: 3,
+            clients: 2,
+            horizon: 6,
+            max_tick: 1,
+            acquire_ttl: 4,
+            extend_ttls: extend_ttls.to_vec(),
+            attempts: if large { 2 } else { 1 },
+            extends: 2,
+            extenders: 1,
+            releases: true,
+            max_skew: 1,
+            start: None,
+            max_steps: Some(7),
+            stop_at: None,
+            depth_first: false,
+            drift_factor: 0.01,
+            scripts: Scripts::of_crate(),
+            token_from_counters: false,
+            count_any_slot: false,
+        }
+    }
+
+    /// Fenced acquisitions (`lock_checked`) on 3 nodes by 2 clients, two attempts each,
+    /// release and give up; every execution of 6 steps (large: 7).
+    pub fn fenced(bound: Bound) -> Self {
+        Config {
+            kind: Kind::Fenced,
+            attempts: 2,
+            max_steps: Some(if bound == Bound::Large { 7 } else { 6 }),
+            ..Config::exclusive(bound, &[])
+        }
+    }
+
+    /// A semaphore of 2 permits on 3 nodes, 3 clients with one attempt each; every
+    /// execution of 6 steps at either bound (7 steps outgrow 9 GB).
+    pub fn permits(bound: Bound) -> Self {
+        Config {
+            kind: Kind::Permits(2),
+            clients: 3,
+            attempts: 1,
+            max_steps: Some(6),
+            ..Config::exclusive(bound, &[])
+        }
+    }
+}
+
+/// What one exhaustive run found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub states: usize,
+    pub unique: usize,
+    pub depth: usize,
+    pub took: Duration,
+    /// Each violated property (or, for `sometimes`, each example) with its story.
+    pub found: Vec<(&'static str, String)>,
+    /// The last state of each of those paths.
+    pub ends: Vec<(&'static str, State)>,
+}
+
+impl Outcome {
+    pub fn violated(&self, property: &str) -> Option<&str> {
+        self.found
+            .iter()
+            .find(|(p, _)| *p == property)
+            .map(|(_, s)| s.as_str())
+    }
+
+    /// The last state of the counterexample to `property`.
+    pub fn end(&self, property: &str) -> Option<&State> {
+        self.ends
+            .iter()
+            .find(|(p, _)| *p == property)
+            .map(|(_, s)| s)
+    }
+}
+
+/// Runs `cfg` on `REDLOCK_MODEL_THREADS` threads (default 2) and prints its size and
+/// time: breadth first to `max_steps` (every execution of that many steps, and each
+/// counterexample a shortest one), or depth first (`depth_first`), until the end or
+/// until `stop_at` is violated.
+pub fn check(name: &str, cfg: Config) -> Outcome {
+    let threads = std::env::var("REDLOCK_MODEL_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    // One run at a time: the tests of one binary run in parallel, and each run already
+    // keeps the cores busy and takes GBs at the bounds above.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let start = Instant::now();
+    let story_cfg = cfg.clone();
+    let mut builder = cfg.clone().checker().threads(threads);
+    if let Some(secs) = std::env::var("REDLOCK_MODEL_TIMEOUT")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        builder = builder.timeout(Duration::from_secs(secs));
+    }
+    if let Some(steps) = cfg.max_steps {
+        // stateright counts the initial state as depth 1 and skips, unchecked, a state
+        // at the target depth: `steps` actions reach depth `steps + 1`.
+        builder = builder.target_max_depth(steps + 2);
+    }
+    if let Some(property) = cfg.stop_at {
+        builder = builder.finish_when(HasDiscoveries::AnyOf([property].into()));
+    }
+    if cfg.depth_first {
+        let checker = builder
+            .symmetry_fn(crate::model::representative)
+            .spawn_dfs();
+        finish(name, &story_cfg, checker.join(), start)
+    } else {
+        finish(name, &story_cfg, builder.spawn_bfs().join(), start)
+    }
+}
+
+fn finish(name: &str, cfg: &Config, checker: impl Checker<Config>, start: Instant) -> Outcome {
+    let discoveries = checker.discoveries();
+    let found = discoveries
+        .iter()
+        .map(|(p, path)| (*p, crate::trace::story(cfg, path)))
+        .collect();
+    let ends = discoveries
+        .iter()
+        .map(|(p, path)| (*p, path.last_state().clone()))
+        .collect();
+    let outcome = Outcome {
+        states: checker.state_count(),
+        unique: checker.unique_state_count(),
+        depth: checker.max_depth(),
+        took: start.elapsed(),
+        found,
+        ends,
+    };
+    eprintln!(
+        "model {name}: {} states ({} unique), depth {}, {:.1?}",
+        outcome.states, outcome.unique, outcome.depth, outcome.took
+    );
+    outcome
+}

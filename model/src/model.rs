@@ -1,0 +1,514 @@
+//! The protocol as a stateright [`Model`]: N nodes running the crate's scripts, clients
+//! following the crate's rules, and a network that may deliver anything late or never.
+//!
+//! - **Time** is global and advances in whole ms (`Tick`) up to a horizon. Each node's
+//!   clock is the global time plus a skew: at a tick, one node's clock may advance two
+//!   ms instead of one, up to `max_skew` ahead in all: a node clock that runs fast,
+//!   which makes its keys expire early. The crate's drift (`ttl × factor + 2 ms`) must
+//!   cover it; clients measure time exactly.
+//! - **The network** is the multiset of messages in flight. Any request or reply may be
+//!   delivered at any later moment: after its sender gave up, after the round it belongs
+//!   to was decided, after a release, after a newer request of the same owner. A message
+//!   never delivered is a lost one, so loss needs no action of its own.
+//! - **Replies** are read by their client at once or never. A reply read late is, to the
+//!   client, a reply read at once by a client that decides later: its belief runs from
+//!   the round's start either way, so it can only believe for less of the same window,
+//!   and a client may give up at any moment anyway. Folding the reply into the delivery
+//!   removes half the messages, and with them most of the interleavings.
+//! - **Clients** follow [`client`](crate::client) and decide with the crate's
+//!   `quorum.rs`.
+//! - **A restart** keeps the node's keys (the persistence assumption of docs/safety.md)
+//!   and only cuts connections, which the delivery order above already covers; it is not
+//!   a step of its own.
+
+use stateright::{Model, Property};
+
+use crate::client::{Client, Hold, Phase};
+use crate::keyspace::{Keyspace, Reply};
+use crate::lua;
+
+/// The lock key of the one resource every client wants.
+pub const LOCK: &str = "lock";
+/// The fencing counter beside it (fenced kind).
+pub const FENCE: &str = "lock:fence";
+
+/// The slot key of permit `slot` (permit kind).
+pub fn slot_key(slot: u8) -> String {
+    format!("sem:permit:{slot}")
+}
+
+/// The owner value of a client's attempt: fresh per attempt, as in the crate.
+pub fn value(client: u8, attempt: u8) -> String {
+    format!("c{client}a{attempt}")
+}
+
+/// The script texts the model runs; by default the crate's, from
+/// [`tokio_redlock::script_source`].
+#[derive(Clone, Copy, Debug)]
+pub struct Scripts {
+    pub acquire: &'static str,
+    pub release: &'static str,
+    pub extend: &'static str,
+    pub fenced: &'static str,
+    pub permit: &'static str,
+}
+
+impl Scripts {
+    /// The scripts this build of the crate sends.
+    pub fn of_crate() -> Self {
+        let get = |name| tokio_redlock::script_source::script(name).expect(name);
+        Self {
+            acquire: get("ACQUIRE_ONE"),
+            release: get("RELEASE"),
+            extend: get("EXTEND"),
+            fenced: get("FENCED_ACQUIRE"),
+            permit: get("PERMIT_ACQUIRE"),
+        }
+    }
+}
+
+/// Which primitive the clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `acquire`: the lock key alone (`ACQUIRE_ONE`, `EXTEND`, `RELEASE`).
+    Exclusive,
+    /// `lock_checked`: the lock key and its fencing counter (`FENCED_ACQUIRE`).
+    Fenced,
+    /// A semaphore of this many permits (`PERMIT_ACQUIRE` over its slot keys).
+    Permits(u8),
+}
+
+/// One model: the primitive, the bounds, the scripts, and the client's rules.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kind: Kind,
+    pub nodes: u8,
+    pub clients: u8,
+    /// The last global time (ms) the model reaches.
+    pub horizon: u64,
+    /// The most ms one tick may jump (1: time passes ms by ms). A jump of several ms
+    /// shortens the paths to a late event at the price of the moments in between.
+    pub max_tick: u64,
+    /// The ttl (ms) of each acquisition.
+    pub acquire_ttl: u64,
+    /// The ttls (ms) an extension may ask for.
+    pub extend_ttls: Vec<u64>,
+    /// Acquisition attempts per client.
+    pub attempts: u8,
+    /// Extensions per client.
+    pub extends: u8,
+    /// How many clients (the first ones) may extend at all.
+    pub extenders: u8,
+    /// Whether holders may release, and acquirers give up (the undo): off only in the
+    /// tests that look for one counterexample, to get there sooner.
+    pub releases: bool,
+    /// How far (ms) a node's clock may run ahead of the global time.
+    pub max_skew: u8,
+    /// Start from this state instead of the empty one (a search that continues another).
+    pub start: Option<State>,
+    /// Explore every execution of at most this many steps (`None`: all of them).
+    pub max_steps: Option<usize>,
+    /// Stop once this property is violated (for the tests that expect it to be).
+    pub stop_at: Option<&'static str>,
+    /// Search depth first, with the nodes taken as interchangeable (symmetry reduction):
+    /// finds a deep counterexample sooner, but neither shortest nor within `max_steps`.
+    pub depth_first: bool,
+    /// The drift factor (the crate's default: 1 %).
+    pub drift_factor: f64,
+    pub scripts: Scripts,
+    /// The `incr_max` client rule: the token is the highest counter of the yes replies,
+    /// not the candidate.
+    pub token_from_counters: bool,
+    /// The `semaphore_count` client rule: a permit is won on a quorum of grants of any
+    /// slot, not of one slot.
+    pub count_any_slot: bool,
+}
+
+/// A request as it travels: which client sent it and for which of its rounds (`0`: a
+/// release or undo, whose reply nobody waits for).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    Acquire {
+        attempt: u8,
+        ttl: u64,
+        candidate: u64,
+    },
+    Extend {
+        attempt: u8,
+        ttl: u64,
+    },
+    Release {
+        attempt: u8,
+    },
+}
+
+/// A request in flight from `client` to `node`, for the client's round `round`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Msg {
+    pub node: u8,
+    pub client: u8,
+    pub round: u8,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
+    pub skew: u8,
+    pub keys: Keyspace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct State {
+    /// Global time, ms.
+    pub now: u64,
+    pub nodes: Vec<Node>,
+    pub clients: Vec<Client>,
+    /// The messages in flight, kept sorted so that equal multisets hash alike.
+    pub net: Vec<Msg>,
+    /// The highest fencing token of an acquisition won so far.
+    pub top_token: u64,
+}
+
+impl State {
+    pub fn send(&mut self, msg: Msg) {
+        let at = self.net.binary_search(&msg).unwrap_or_else(|i| i);
+        self.net.insert(at, msg);
+    }
+
+    /// A node's clock.
+    pub fn node_now(&self, node: usize) -> u64 {
+        self.now + u64::from(self.nodes[node].skew)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// `ms` pass; on node `fast`, if any, one more (its clock runs ahead).
+    Tick {
+        ms: u64,
+        fast: Option<u8>,
+    },
+    Acquire(u8),
+    /// A client extends its hold with this ttl.
+    Extend(u8, u64),
+    Release(u8),
+    /// A client stops waiting for its round: a timeout, or the caller's future dropped.
+    GiveUp(u8),
+    /// A node runs a request; with `heard`, its client reads the reply now, else never.
+    Deliver {
+        msg: Msg,
+        heard: bool,
+    },
+}
+
+impl Config {
+    /// The keys and arguments of a request, and the script that runs it.
+    fn call(&self, client: u8, op: &Op) -> (&'static str, Vec<String>, Vec<String>) {
+        let s = &self.scripts;
+        let lock = || vec![LOCK.to_owned()];
+        match (self.kind, op) {
+            (Kind::Exclusive, Op::Acquire { attempt, ttl, .. }) => (
+                s.acquire,
+                lock(),
+                vec![value(client, *attempt), ttl.to_string()],
+            ),
+            (
+                Kind::Fenced,
+                Op::Acquire {
+                    attempt,
+                    ttl,
+                    candidate,
+                },
+            ) => {
+                let args = vec![
+                    value(client, *attempt),
+                    ttl.to_string(),
+                    candidate.to_string(),
+                ];
+                (s.fenced, vec![LOCK.to_owned(), FENCE.to_owned()], args)
+            }
+            (Kind::Permits(n), Op::Acquire { attempt, ttl, .. }) => {
+                let slots = (0..n).map(slot_key).collect();
+                (
+                    s.permit,
+                    slots,
+                    vec![value(client, *attempt), ttl.to_string()],
+                )
+            }
+            (_, Op::Extend { attempt, ttl }) => (
+                s.extend,
+                lock(),
+                vec![value(client, *attempt), ttl.to_string()],
+            ),
+            (kind, Op::Release { attempt }) => {
+                let keys = match kind {
+                    Kind::Permits(n) => (0..n).map(slot_key).collect(),
+                    _ => lock(),
+                };
+                (
+                    s.release,
+                    keys,
+                    vec![value(client, *attempt), String::new()],
+                )
+            }
+        }
+    }
+
+    /// Runs a request on its node, as the node's script would, and returns the reply.
+    pub fn apply(&self, state: &mut State, node: u8, client: u8, op: &Op) -> Reply {
+        let (script, keys, args) = self.call(client, op);
+        let now = state.node_now(node.into());
+        lua::eval(
+            script,
+            &mut state.nodes[usize::from(node)].keys,
+            now,
+            &keys,
+            &args,
+        )
+    }
+
+    /// Sends `op` from `client` to every node.
+    pub fn fan_out(&self, state: &mut State, client: u8, round: u8, op: &Op) {
+        for node in 0..self.nodes {
+            let op = op.clone();
+            state.send(Msg {
+                node,
+                client,
+                round,
+                op,
+            });
+        }
+    }
+
+    /// The key a hold's value sits under.
+    pub fn hold_key(&self, hold: &Hold) -> String {
+        match (self.kind, hold.slot) {
+            (Kind::Permits(_), Some(slot)) => slot_key(slot),
+            _ => LOCK.to_owned(),
+        }
+    }
+
+    /// How many nodes store `hold`'s value under its key, at least until the last ms
+    /// the client believes in it (on the global clock).
+    pub fn backing(&self, state: &State, client: u8, hold: &Hold) -> usize {
+        let key = self.hold_key(hold);
+        let value = value(client, hold.attempt);
+        let last_believed = hold.valid_until.div_ceil(1000).saturating_sub(1);
+        (0..state.nodes.len())
+            .filter(|n| {
+                let node = &state.nodes[*n];
+                match node.keys.string(&key, state.node_now(*n)) {
+                    Some((v, expires)) if v == value => {
+                        expires.is_none_or(|at| at >= last_believed + u64::from(node.skew))
+                    }
+                    _ => false,
+                }
+            })
+            .count()
+    }
+}
+
+/// The clients that believe, at `state.now`, that they hold.
+pub fn believers(state: &State) -> impl Iterator<Item = (u8, &Hold)> {
+    state.clients.iter().enumerate().filter_map(|(c, client)| {
+        let hold = client.hold()?;
+        hold.believed_at(state.now).then_some((c as u8, hold))
+    })
+}
+
+impl Model for Config {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        if let Some(start) = &self.start {
+            return vec![start.clone()];
+        }
+        vec![State {
+            now: 0,
+            nodes: vec![
+                Node {
+                    skew: 0,
+                    keys: Keyspace::default()
+                };
+                self.nodes.into()
+            ],
+            clients: vec![Client::default(); self.clients.into()],
+            net: Vec::new(),
+            top_token: 0,
+        }]
+    }
+
+    fn actions(&self, state: &State, actions: &mut Vec<Action>) {
+        for ms in 1..=self.max_tick.min(self.horizon.saturating_sub(state.now)) {
+            actions.push(Action::Tick { ms, fast: None });
+            for (n, node) in state.nodes.iter().enumerate() {
+                if node.skew < self.max_skew {
+                    actions.push(Action::Tick {
+                        ms,
+                        fast: Some(n as u8),
+                    });
+                }
+            }
+        }
+        for (c, client) in state.clients.iter().enumerate() {
+            let c = c as u8;
+            match &client.phase {
+                Phase::Idle if client.attempts < self.attempts => actions.push(Action::Acquire(c)),
+                Phase::Idle => {}
+                Phase::Holding(hold) => {
+                    let may_extend = c < self.extenders && client.extends < self.extends;
+                    if hold.believed_at(state.now) && may_extend {
+                        for ttl in &self.extend_ttls {
+                            actions.push(Action::Extend(c, *ttl));
+                        }
+                    }
+                    if self.releases {
+                        actions.push(Action::Release(c));
+                    }
+                }
+                Phase::Acquiring(_) if !self.releases => {}
+                Phase::Acquiring(_) | Phase::Extending(..) => actions.push(Action::GiveUp(c)),
+            }
+        }
+        let mut last = None;
+        for msg in &state.net {
+            if last != Some(msg) {
+                let waited = state.clients[usize::from(msg.client)].round_id() == Some(msg.round);
+                if waited {
+                    actions.push(Action::Deliver {
+                        msg: msg.clone(),
+                        heard: true,
+                    });
+                }
+                actions.push(Action::Deliver {
+                    msg: msg.clone(),
+                    heard: false,
+                });
+            }
+            last = Some(msg);
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut state = last.clone();
+        match action {
+            Action::Tick { ms, fast } => {
+                state.now += ms;
+                if let Some(n) = fast {
+                    state.nodes[usize::from(n)].skew += 1;
+                }
+                for n in 0..state.nodes.len() {
+                    let now = state.node_now(n);
+                    state.nodes[n].keys.purge(now);
+                }
+            }
+            Action::Acquire(c) => crate::client::acquire(self, &mut state, c),
+            Action::Extend(c, ttl) => crate::client::extend(self, &mut state, c, ttl),
+            Action::Release(c) => crate::client::release(self, &mut state, c),
+            Action::GiveUp(c) => crate::client::give_up(self, &mut state, c),
+            Action::Deliver { msg, heard } => {
+                let at = state.net.binary_search(&msg).expect("in flight");
+                state.net.remove(at);
+                let reply = self.apply(&mut state, msg.node, msg.client, &msg.op);
+                if heard {
+                    crate::client::answer(self, &mut state, msg.client, msg.node, &reply);
+                }
+            }
+        }
+        Some(state)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(NO_TWO_HOLDERS, |m: &Config, s: &State| {
+                let limit = match m.kind {
+                    Kind::Permits(n) => usize::from(n),
+                    _ => 1,
+                };
+                believers(s).count() <= limit
+            }),
+            Property::always(BELIEF_IS_BACKED, |m: &Config, s: &State| {
+                let quorum = crate::quorum::quorum(m.nodes.into());
+                believers(s).all(|(c, hold)| m.backing(s, c, hold) >= quorum)
+            }),
+            Property::always(TOKENS_INCREASE, |_: &Config, s: &State| {
+                s.clients
+                    .iter()
+                    .filter_map(Client::hold)
+                    .all(|h| h.token.is_none_or(|t| t > h.floor))
+            }),
+            Property::sometimes(SOMEONE_HOLDS, |_: &Config, s: &State| {
+                believers(s).next().is_some()
+            }),
+        ]
+    }
+}
+
+/// No two clients believe at once in conflicting holds (for permits: no more believers
+/// than permits).
+pub const NO_TWO_HOLDERS: &str = "no two clients believe in conflicting holds";
+/// A client that believes it holds has its value on a quorum, with an expiry no earlier
+/// than the last ms it believes in.
+pub const BELIEF_IS_BACKED: &str = "every belief is backed by a quorum";
+/// A fenced acquisition gets a token above that of every acquisition won before it started.
+pub const TOKENS_INCREASE: &str = "fencing tokens strictly increase";
+/// The model is not vacuous: some client gets to hold.
+pub const SOMEONE_HOLDS: &str = "some client holds";
+
+/// The state with its nodes renamed so that equal situations up to the nodes' names
+/// look alike (the nodes are interchangeable): the least of all renamings, for up to
+/// four nodes (24 renamings); five nodes are left as they are.
+pub fn representative(state: &State) -> State {
+    let n = state.nodes.len();
+    if n > 4 {
+        return state.clone();
+    }
+    let mut best: Option<State> = None;
+    for perm in permutations(n) {
+        let renamed = rename(state, &perm);
+        if best.as_ref().is_none_or(|b| renamed < *b) {
+            best = Some(renamed);
+        }
+    }
+    best.expect("at least one node")
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for at in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(at, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// Node `i` becomes node `perm[i]`.
+fn rename(state: &State, perm: &[usize]) -> State {
+    let mut s = state.clone();
+    for (i, node) in state.nodes.iter().enumerate() {
+        s.nodes[perm[i]] = node.clone();
+    }
+    for msg in &mut s.net {
+        msg.node = perm[usize::from(msg.node)] as u8;
+    }
+    s.net.sort();
+    for (client, old) in s.clients.iter_mut().zip(&state.clients) {
+        if let (
+            Phase::Acquiring(r) | Phase::Extending(_, r),
+            Phase::Acquiring(o) | Phase::Extending(_, o),
+        ) = (&mut client.phase, &old.phase)
+        {
+            for (i, a) in o.answers.iter().enumerate() {
+                r.answers[perm[i]] = *a;
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,139 @@
+//! Issue 22: the crate's own scripts under every delivery order. The bound is
+//! `REDLOCK_MODEL_BOUND` (small unless `large`); each run prints its size and time, and
+//! each counterexample its story (`--nocapture`).
+
+use tokio_redlock::script_source;
+use tokio_redlock_model::check::{check, Bound, Outcome};
+use tokio_redlock_model::model::{
+    Config, BELIEF_IS_BACKED, NO_TWO_HOLDERS, SOMEONE_HOLDS, TOKENS_INCREASE,
+};
+
+const SAFETY: [&str; 3] = [NO_TWO_HOLDERS, BELIEF_IS_BACKED, TOKENS_INCREASE];
+
+fn assert_safe(out: &Outcome) {
+    for property in SAFETY {
+        if let Some(story) = out.violated(property) {
+            panic!("violated: {property}\n{story}");
+        }
+    }
+    assert!(
+        out.violated(SOMEONE_HOLDS).is_some(),
+        "no client ever held: the model is vacuous"
+    );
+}
+
+fn assert_found(out: &Outcome, property: &str) {
+    let story = out.violated(property);
+    assert!(
+        story.is_some(),
+        "the checker did not find a violation of: {property}"
+    );
+    println!("== {property}\n{}", story.unwrap_or_default());
+}
+
+/// The exclusive lock with the crate's scripts: acquire, extend (always the same, longer
+/// ttl: see `lowering_extend_*` for mixed ttls), release, give up.
+#[test]
+fn exclusive_lock_is_safe() {
+    let out = check("exclusive", Config::exclusive(Bound::from_env(), &[8]));
+    assert_safe(&out);
+}
+
+#[test]
+fn fenced_tokens_increase() {
+    assert_safe(&check("fenced", Config::fenced(Bound::from_env())));
+}
+
+#[test]
+fn permits_are_never_oversold() {
+    assert_safe(&check("permits", Config::permits(Bound::from_env())));
+}
+
+/// The long run: the three models above at the large bound, whatever
+/// `REDLOCK_MODEL_BOUND` says (`cargo test -p tokio-redlock-model -- --ignored
+/// large_bound --nocapture`; see docs/safety-suite.md for its size).
+#[test]
+#[ignore = "the long run, by hand"]
+fn large_bound() {
+    assert_safe(&check(
+        "exclusive, large",
+        Config::exclusive(Bound::Large, &[8]),
+    ));
+    assert_safe(&check("fenced, large", Config::fenced(Bound::Large)));
+    assert_safe(&check("permits, large", Config::permits(Bound::Large)));
+}
+
+/// The pre-fix EXTEND (compare, then PEXPIRE whatever the key's expiry): a shorter
+/// extension that lands after a longer one lowers the expiry under the owner's belief,
+/// and a second client acquires while the first still believes. The text is the
+/// crate's `lower_extend` mutant (the EXTEND of main before issue 21).
+///
+/// In two searches, both breadth first (so each story is a shortest one): the owner
+/// alone, until its belief is no longer backed by a quorum; then, from that state, with
+/// a second client and time passing (a tick may jump up to 5 ms), until it acquires.
+#[test]
+fn lowering_extend_gives_two_holders() {
+    let mut cfg = Config::exclusive(Bound::Small, &[4, 8]);
+    cfg.scripts.extend = script_source::mutant("lower_extend").expect("lower_extend");
+    (cfg.clients, cfg.max_steps, cfg.stop_at) = (1, None, Some(BELIEF_IS_BACKED));
+    let lowered = check("lowering extend, the owner alone", cfg.clone());
+    assert_found(&lowered, BELIEF_IS_BACKED);
+    let mut start = lowered.end(BELIEF_IS_BACKED).expect("found").clone();
+    start.clients.push(Default::default());
+    cfg.clients = 2;
+    cfg.start = Some(start);
+    (cfg.max_skew, cfg.horizon, cfg.max_tick, cfg.releases) = (0, 5, 5, false);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    let out = check("lowering extend, then a second client", cfg);
+    assert_found(&out, NO_TWO_HOLDERS);
+}
+
+/// The same models, with extensions of both ttls, on the crate's EXTEND (monotone since
+/// issue 21: it never lowers an expiry): no violation. The owner alone goes 10 steps
+/// deep, past the 9 of the lowering's story above.
+#[test]
+fn monotone_extend_is_safe() {
+    let both = Config::exclusive(Bound::from_env(), &[4, 8]);
+    let alone = Config {
+        clients: 1,
+        max_steps: Some(10),
+        ..both.clone()
+    };
+    assert_safe(&check("monotone extend, owner alone", alone));
+    assert_safe(&check("monotone extend", both));
+}
+
+/// `plain_del`: a release that deletes whoever holds the key. A late undo deletes the
+/// next owner's key, and a third acquisition gets in.
+#[test]
+fn mutant_plain_del_is_caught() {
+    let mut cfg = Config::exclusive(Bound::Small, &[]);
+    cfg.scripts.release = script_source::mutant("plain_del").expect("plain_del");
+    (cfg.attempts, cfg.max_skew, cfg.horizon, cfg.max_steps) = (2, 0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("plain_del", cfg), NO_TWO_HOLDERS);
+}
+
+/// `incr_max`: each node INCRs its own counter and the token is the highest of the
+/// quorum's; counters drift apart, and a later acquisition gets no greater token.
+#[test]
+fn mutant_incr_max_is_caught() {
+    let mut cfg = Config::fenced(Bound::Small);
+    cfg.scripts.fenced = script_source::mutant("incr_max").expect("incr_max");
+    cfg.token_from_counters = true;
+    // Its shortest story has 13 steps: depth first finds one in seconds.
+    (cfg.max_skew, cfg.horizon, cfg.depth_first, cfg.max_steps) = (0, 0, true, None);
+    cfg.stop_at = Some(TOKENS_INCREASE);
+    assert_found(&check("incr_max", cfg), TOKENS_INCREASE);
+}
+
+/// `semaphore_count`: a permit won on a quorum of grants of any slot, each node counting
+/// its own holders: three clients hold two permits.
+#[test]
+fn mutant_semaphore_count_is_caught() {
+    let mut cfg = Config::permits(Bound::Small);
+    cfg.count_any_slot = true;
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("semaphore_count", cfg), NO_TWO_HOLDERS);
+}
