@@ -190,6 +190,23 @@ impl LockGuard {
         self.kind
     }
 
+    /// The owner value stored on the nodes for this lock (`<label>:<uuid>` with an owner
+    /// label, else 32 hex digits); `None` once released. It is the proof of ownership:
+    /// whoever knows it can extend or release the lock, so hand it only to what acts for
+    /// this owner (a child process doing the work, as `redlock run` does with
+    /// `REDLOCK_VALUE`), never to logs or other clients.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
+    /// let guard = redlock.acquire("job:1", std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(guard.owner_value().map(str::len), Some(32));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn owner_value(&self) -> Option<&str> {
+        self.held.as_ref().map(|h| &*h.value)
+    }
+
     /// Which permit slot (`0..n`) this guard holds, if it is a semaphore's permit.
     ///
     /// ```no_run

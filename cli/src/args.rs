@@ -96,8 +96,8 @@ pub(crate) enum Command {
 }
 
 const RUN_AFTER_HELP: &str = "\
-The command's environment: REDLOCK_RESOURCE, REDLOCK_VALUE (the owner label of this
-holder), REDLOCK_TOKEN (with --fencing). SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
+The command's environment: REDLOCK_RESOURCE, REDLOCK_VALUE (the owner value stored on
+the nodes, <owner label>:<uuid>), REDLOCK_TOKEN (with --fencing). SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
 redlock are forwarded to the command.
 
 Exit status:

@@ -57,6 +57,8 @@ pub(crate) async fn run(
         }
     };
     let token = guard.fencing_token();
+    // The stored value, `<label>:<uuid>`: the command acts for this owner.
+    let value = guard.owner_value().unwrap_or(label).to_owned();
     let kept = guard.keep_alive();
     let lease = kept.lease().clone();
 
@@ -64,7 +66,7 @@ pub(crate) async fn run(
     command
         .args(rest)
         .env("REDLOCK_RESOURCE", &args.resource)
-        .env("REDLOCK_VALUE", label);
+        .env("REDLOCK_VALUE", &value);
     match token {
         Some(token) => command.env("REDLOCK_TOKEN", token.to_string()),
         None => command.env_remove("REDLOCK_TOKEN"),

@@ -103,7 +103,10 @@ async fn the_command_sees_resource_value_and_token() {
         assert_eq!(status(&out), 0, "{}", stderr(&out));
         let line = stdout(&out);
         let fields: Vec<&str> = line.trim().split('|').collect();
-        assert_eq!(fields[..2], ["report", "nightly-job"], "{line}");
+        assert_eq!(fields[0], "report", "{line}");
+        // The stored value: the label, then a UUID.
+        let (label, uuid) = fields[1].split_once(':').expect("<label>:<uuid>");
+        assert_eq!((label, uuid.len()), ("nightly-job", 32), "{line}");
         tokens.push(fields[2].parse::<u64>().expect("a numeric token"));
     }
     assert!(tokens[1] > tokens[0], "{tokens:?}");
