@@ -130,6 +130,20 @@ async fn a_node_in_restart_quarantine_is_not_healed() {
         .build()
         .unwrap();
     let mut guard = bounded(redlock.acquire("heal:q", TTL)).await.unwrap();
+    // The acquisition returned at a quorum; its request to the third node must have
+    // landed before the restart, or a re-send of it (on the new connection, within its
+    // deadline) would set the key there, an acquisition's doing, not a heal's.
+    let conns = direct(&cluster).await;
+    eventually("the acquisition on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            values(&mut conns, "heal:q")
+                .await
+                .iter()
+                .all(Option::is_some)
+        }
+    })
+    .await;
     cluster.node(0).kill().await.unwrap();
     cluster.node(0).restart().await.unwrap();
     // The extension reconnects to node 0, finds it restarted without proof of its
