@@ -29,6 +29,16 @@ async fn an_extension_heals_nodes_that_lost_the_key_but_never_another_value() {
     let redlock = redlock(&cluster);
     let mut guard = bounded(redlock.acquire("heal:a", TTL)).await.unwrap();
     let mut conns = direct(&cluster).await;
+    eventually("the acquisition on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            values(&mut conns, "heal:a")
+                .await
+                .iter()
+                .all(Option::is_some)
+        }
+    })
+    .await;
     let value = values(&mut conns, "heal:a").await[0].clone().unwrap();
     del(&cluster, 1, "heal:a").await;
     set_on(&mut conns[2], "heal:a", "someone-else", 60_000).await;
@@ -56,6 +66,16 @@ async fn an_extension_heals_nodes_that_lost_the_key_but_never_another_value() {
     // Without healing the lost key stays lost.
     let plain = builder(&cluster).heal_on_extend(false).build().unwrap();
     let mut guard = bounded(plain.acquire("heal:b", TTL)).await.unwrap();
+    eventually("the acquisition on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            values(&mut conns, "heal:b")
+                .await
+                .iter()
+                .all(Option::is_some)
+        }
+    })
+    .await;
     del(&cluster, 1, "heal:b").await;
     bounded(guard.extend(TTL)).await.unwrap();
     assert!(values(&mut conns, "heal:b").await[1].is_none());
