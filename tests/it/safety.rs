@@ -380,6 +380,20 @@ async fn unsafe_restart_without_persistence() {
     );
     let held = workload::acquire(&rec, (1, 1), &a, "r", LONG_TTL, false).await;
     assert!(held.is_some(), "the first holder acquires");
+    // Its requests must have landed everywhere before the restarts: one still on its
+    // way would be sent again on the new connection (within its deadline) and set the
+    // key on the restarted node, which is the acquisition doing its job (seen in CI).
+    let conns = crate::support::direct(&cluster).await;
+    crate::support::eventually("the first holder on every node", || {
+        let mut conns = conns.clone();
+        async move {
+            crate::support::values(&mut conns, "r")
+                .await
+                .iter()
+                .all(Option::is_some)
+        }
+    })
+    .await;
     for i in 0..2 {
         cluster.node(i).restart().await.expect("restart");
     }
