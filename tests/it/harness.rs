@@ -555,27 +555,3 @@ async fn latency_spike_delays_then_restores_the_latency_before() {
     let rtt = node.ping(LONG).await.unwrap();
     assert!(rtt < spike, "{rtt:?}");
 }
-
-/// The harness under the crate name it keeps once it moves out of the library
-/// (`tokio-redlock-harness`): the same types.
-#[tokio::test]
-async fn the_harness_crate_names_the_same_cluster() {
-    let cluster: tokio_redlock_harness::Cluster = crate::support::bounded(
-        tokio_redlock_harness::Cluster::builder()
-            .nodes(1)
-            .persistence(tokio_redlock_harness::Persistence::Memory)
-            .start(),
-    )
-    .await
-    .unwrap();
-    let redlock = tokio_redlock::Redlock::builder()
-        .nodes(cluster.urls())
-        .build()
-        .unwrap();
-    let guard = crate::support::bounded(
-        redlock.acquire("harness:crate", std::time::Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    crate::support::bounded(guard.release()).await.unwrap();
-}
