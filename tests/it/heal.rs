@@ -29,16 +29,7 @@ async fn an_extension_heals_nodes_that_lost_the_key_but_never_another_value() {
     let redlock = redlock(&cluster);
     let mut guard = bounded(redlock.acquire("heal:a", TTL)).await.unwrap();
     let mut conns = direct(&cluster).await;
-    eventually("the acquisition on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            values(&mut conns, "heal:a")
-                .await
-                .iter()
-                .all(Option::is_some)
-        }
-    })
-    .await;
+    on_every_node(&cluster, "heal:a").await;
     let value = values(&mut conns, "heal:a").await[0].clone().unwrap();
     del(&cluster, 1, "heal:a").await;
     set_on(&mut conns[2], "heal:a", "someone-else", 60_000).await;
@@ -66,16 +57,7 @@ async fn an_extension_heals_nodes_that_lost_the_key_but_never_another_value() {
     // Without healing the lost key stays lost.
     let plain = builder(&cluster).heal_on_extend(false).build().unwrap();
     let mut guard = bounded(plain.acquire("heal:b", TTL)).await.unwrap();
-    eventually("the acquisition on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            values(&mut conns, "heal:b")
-                .await
-                .iter()
-                .all(Option::is_some)
-        }
-    })
-    .await;
+    on_every_node(&cluster, "heal:b").await;
     del(&cluster, 1, "heal:b").await;
     bounded(guard.extend(TTL)).await.unwrap();
     assert!(values(&mut conns, "heal:b").await[1].is_none());
@@ -153,17 +135,7 @@ async fn a_node_in_restart_quarantine_is_not_healed() {
     // The acquisition returned at a quorum; its request to the third node must have
     // landed before the restart, or a re-send of it (on the new connection, within its
     // deadline) would set the key there, an acquisition's doing, not a heal's.
-    let conns = direct(&cluster).await;
-    eventually("the acquisition on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            values(&mut conns, "heal:q")
-                .await
-                .iter()
-                .all(Option::is_some)
-        }
-    })
-    .await;
+    on_every_node(&cluster, "heal:q").await;
     cluster.node(0).kill().await.unwrap();
     cluster.node(0).restart().await.unwrap();
     // The extension reconnects to node 0, finds it restarted without proof of its

@@ -20,17 +20,7 @@ async fn without_quarantine_an_immediate_restart_lets_a_second_owner_in() {
     let held = first.acquire("restart", TTL).await.unwrap();
     // Its requests landed everywhere first: one still on its way would be sent again
     // on the new connection after the restart and set the key there (seen under load).
-    let conns = direct(&cluster).await;
-    eventually("the first holder on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            values(&mut conns, "restart")
-                .await
-                .iter()
-                .all(Option::is_some)
-        }
-    })
-    .await;
+    on_every_node(&cluster, "restart").await;
     for i in 0..2 {
         cluster.node(i).kill().await.unwrap();
         cluster.node(i).restart().await.unwrap();

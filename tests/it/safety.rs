@@ -383,17 +383,7 @@ async fn unsafe_restart_without_persistence() {
     // Its requests must have landed everywhere before the restarts: one still on its
     // way would be sent again on the new connection (within its deadline) and set the
     // key on the restarted node, which is the acquisition doing its job (seen in CI).
-    let conns = crate::support::direct(&cluster).await;
-    crate::support::eventually("the first holder on every node", || {
-        let mut conns = conns.clone();
-        async move {
-            crate::support::values(&mut conns, "r")
-                .await
-                .iter()
-                .all(Option::is_some)
-        }
-    })
-    .await;
+    crate::support::on_every_node(&cluster, "r").await;
     for i in 0..2 {
         cluster.node(i).restart().await.expect("restart");
     }

@@ -276,3 +276,15 @@ pub fn active_mutant() -> Option<&'static str> {
     .find(|(on, _)| *on)
     .map(|(_, name)| name)
 }
+
+/// Waits until every node (read directly) stores `key`: an acquisition returns at a
+/// quorum, and a request of it still on its way to a node that a test then restarts or
+/// edits would land afterwards (re-sent on a new connection within its deadline).
+pub async fn on_every_node(cluster: &Cluster, key: &str) {
+    let conns = direct(cluster).await;
+    eventually(&format!("`{key}` on every node"), || {
+        let mut conns = conns.clone();
+        async move { values(&mut conns, key).await.iter().all(Option::is_some) }
+    })
+    .await;
+}
