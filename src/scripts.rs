@@ -32,6 +32,23 @@ end
     };
 }
 
+/// The Lua function `raise(key, ms)`: the key's expiry becomes `ms` from now if that is
+/// later, never earlier (`PEXPIRE … GT`, Redis 7.0 and Valkey, the same ACL permission as
+/// `PEXPIRE`; where the server refuses the option, a `PTTL` comparison on the node's one
+/// clock). The monotone step of every extension.
+macro_rules! raise_expiry {
+    () => {
+        r"
+local function raise(key, ms)
+  local raised = redis.pcall('PEXPIRE', key, ms, 'GT')
+  if type(raised) == 'table' and raised.err then
+    if redis.call('PTTL', key) < tonumber(ms) then redis.call('PEXPIRE', key, ms) end
+  end
+end
+"
+    };
+}
+
 mod rwlock;
 mod semaphore;
 
@@ -204,18 +221,18 @@ pub(crate) static EXTEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(mutants::extend_script().unwrap_or(EXTEND_LUA)));
 /// The text of [`EXTEND`], kept apart so that `script_source` can hand it to the
 /// crate's model checker.
-pub(crate) const EXTEND_LUA: &str = r"
+pub(crate) const EXTEND_LUA: &str = concat!(
+    raise_expiry!(),
+    r"
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) ~= ARGV[1] then return 0 end
 end
 for _, key in ipairs(KEYS) do
-  local raised = redis.pcall('PEXPIRE', key, ARGV[2], 'GT')
-  if type(raised) == 'table' and raised.err then
-    if redis.call('PTTL', key) < tonumber(ARGV[2]) then redis.call('PEXPIRE', key, ARGV[2]) end
-  end
+  raise(key, ARGV[2])
 end
 return 1
-";
+",
+);
 
 /// [`EXTEND`] that also heals: a key of `KEYS` that is missing is set to `ARGV[1]` with
 /// expiry `ARGV[2]` ms (`SET NX`), as a fresh vote would; keys that hold `ARGV[1]` are
@@ -225,7 +242,8 @@ return 1
 /// until `ARGV[2]` ms after it lands); it never lowers an expiry and never touches
 /// another owner's key.
 pub(crate) static EXTEND_HEAL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        raise_expiry!(),
         r"
 for _, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
@@ -233,15 +251,12 @@ for _, key in ipairs(KEYS) do
 end
 for _, key in ipairs(KEYS) do
   if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    local raised = redis.pcall('PEXPIRE', key, ARGV[2], 'GT')
-    if type(raised) == 'table' and raised.err then
-      if redis.call('PTTL', key) < tonumber(ARGV[2]) then redis.call('PEXPIRE', key, ARGV[2]) end
-    end
+    raise(key, ARGV[2])
   end
 end
 return 1
 ",
-    )
+    ))
 });
 
 /// The release of a lock held at least for a period (`hold_at_least`): each key of
