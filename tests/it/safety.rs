@@ -486,9 +486,13 @@ async fn unsafe_power_loss() {
         copy_dir(&aof, &backup.path().join(i.to_string()));
     }
     let a = workload::patient(&cluster, true);
-    assert!(workload::acquire(&rec, (2, 1), &a, "r", LONG_TTL, false)
-        .await
-        .is_some());
+    let held = workload::acquire(&rec, (2, 1), &a, "r", LONG_TTL, false).await;
+    assert!(held.is_some());
+    // Its requests must all have landed before the power goes: one still in flight to
+    // a node being restored (the round decides at a quorum) would be re-sent to the old
+    // data and raise its counter, and the retry of the next holder would then get a
+    // fresh token instead of the one handed out twice.
+    support::on_every_node(&cluster, "r").await;
     for i in 0..2 {
         let node = cluster.node(i);
         node.kill().await.expect("kill");
@@ -518,6 +522,7 @@ async fn unsafe_power_loss() {
         &report,
         &[Check::Claim, Check::Fencing],
     );
+    drop(held);
 }
 
 /// A holder paused past its TTL writes without fencing: a lost update (C2), though the
