@@ -55,9 +55,11 @@ pub enum Error {
     },
 
     /// Simultaneous attempts split the nodes: this one did not get a quorum, and no
-    /// other owner holds one either (checked after the last attempt). Nobody holds the
-    /// lock; a short random pause and one more attempt usually settle it, as with a
-    /// split vote in Raft. [`Error::Conflict`] keeps meaning "held by another owner".
+    /// other owner holds one either (read from every node after the last attempt).
+    /// Nobody holds the lock; a short random pause and one more attempt usually settle
+    /// it, as with a split vote in Raft. A contender whose requests were still on their
+    /// way during that read may win just after it; the attempt after the pause then
+    /// meets it as a [`Error::Conflict`], which keeps meaning "held by another owner".
     #[error(
         "`{resource}` is held by no one: simultaneous attempts split the nodes ({held_elsewhere} \
          of {nodes} held by others at the last of {attempts} attempt(s)); try again after a \

@@ -111,8 +111,10 @@ async fn a_split_vote_is_not_a_conflict() {
     assert!(held.is_conflict(), "{held}");
 }
 
-/// Three managers try at the same moment, round after round: a loser is told "conflict"
-/// exactly when a winner holds the lock, and "split vote" when the round had none.
+/// Three managers try at the same moment, round after round: a loser is told "split
+/// vote" when the round had no winner, and "conflict" when it had one, unless the
+/// winner's request was still on its way when the loser read the nodes; then one more
+/// attempt, the documented handling of a split, is told "conflict".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
     let cluster = cluster(3).await;
@@ -121,7 +123,7 @@ async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
         warm(m).await;
     }
     let ttl = Duration::from_secs(5);
-    let (mut splits, mut won) = (0, 0);
+    let (mut splits, mut won, mut late_winners) = (0, 0, 0);
     for round in 0..40 {
         let key = format!("simul:{round}");
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
@@ -135,13 +137,25 @@ async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
         let results = bounded(futures::future::join_all(tries)).await;
         let winners = results.iter().filter(|r| r.is_ok()).count();
         assert!(winners <= 1);
-        for r in &results {
-            if let Err(e) = r {
-                if winners == 1 {
-                    assert!(e.is_conflict(), "round {round}, a winner holds it: {e}");
-                } else {
-                    assert!(e.is_split_vote(), "round {round}, nobody holds it: {e}");
-                }
+        for (i, r) in results.iter().enumerate() {
+            let Err(e) = r else { continue };
+            if winners == 0 {
+                // Nobody ever held a quorum: never "held by another owner".
+                assert!(e.is_split_vote(), "round {round}, nobody holds it: {e}");
+            } else if e.is_split_vote() {
+                // A winner whose request was still on its way when this loser read
+                // the nodes: true then, and the documented handling (one more attempt)
+                // now meets the winner.
+                late_winners += 1;
+                let again = bounded(managers[i].try_acquire(&key, ttl))
+                    .await
+                    .unwrap_err();
+                assert!(
+                    again.is_conflict(),
+                    "round {round}, a winner holds it: {again}"
+                );
+            } else {
+                assert!(e.is_conflict(), "round {round}, a winner holds it: {e}");
             }
         }
         if winners == 0 {
@@ -153,7 +167,7 @@ async fn simultaneous_attempts_are_told_split_or_conflict_truthfully() {
             bounded(r.release()).await.unwrap();
         }
     }
-    eprintln!("{won} rounds won, {splits} split");
+    eprintln!("{won} rounds won, {splits} split, {late_winners} losers read before the winner's request landed");
 }
 
 /// Issue 26, item 4: inspect sold "who holds the lock" but saw no readers, no waiting
