@@ -1,23 +1,23 @@
-//! One attempt, the Redlock steps in order: take the time, set the key on every node at
-//! once, count the votes until the outcome is certain, check what validity is left, and
-//! undo on every node what a failed attempt may have set.
+//! One attempt, the Redlock steps in order, for every kind of lock ([`Claim`]): take the
+//! time, send the request to every node at once, count the votes until the outcome is
+//! certain, check what validity is left, and undo on every node what a failed attempt
+//! may have set.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use redis::Value;
 
+use super::claim::{best_slot, Answer, Claim, Try, UndoPlan};
 use super::policy::AttemptOutcome;
 use super::Redlock;
 use crate::guard::{Held, LockGuard};
 use crate::mutants;
 use crate::node::Node;
 use crate::quorum::{self, Outcome, Tally, Vote};
-use futures::StreamExt;
-
-use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Op, Replies};
-use crate::scripts;
-use crate::wake;
+use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Replies};
 
 /// What one attempt came to.
 pub(super) enum Attempt {
@@ -58,29 +58,6 @@ impl Attempt {
     }
 }
 
-/// What one attempt asks of the nodes.
-pub(super) struct Ask<'a> {
-    pub(super) names: &'a Arc<[String]>,
-    pub(super) keys: &'a Arc<[String]>,
-    pub(super) fence_keys: Option<&'a [String]>,
-    pub(super) ttl_ms: u64,
-    pub(super) min_validity: Duration,
-    pub(super) candidate: Option<u64>,
-    /// Join the wait queue as this member (at the front if `true`) if the key is held.
-    pub(super) queue: Option<(&'a str, bool)>,
-}
-
-/// A node's answer to an acquire request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    /// The key holds this attempt's value (with the counter the fenced script wrote).
-    Set(Option<u64>),
-    /// Another owner holds key number `.0` (0 when the reply does not say).
-    Held(usize),
-    /// The fencing counter is at `.0`, not below the candidate.
-    Stale(u64),
-}
-
 /// Undoes an attempt if the attempt's future is dropped before it decided: a cancelled
 /// acquisition cleans up after itself in the background instead of leaving keys to
 /// the TTL. Made before the first request is sent, with the runtime it will release on
@@ -88,139 +65,129 @@ enum Answer {
 ///
 /// It holds how to build the undo request rather than the request itself: most
 /// attempts win and never send it, and building it costs a script command's buffers.
-pub(super) struct Undo<F: FnOnce() -> Op>(Option<(Arc<[Node]>, F)>, Option<tokio::runtime::Handle>);
+pub(super) struct Undo {
+    plan: Option<(Arc<[Node]>, UndoPlan, Arc<str>)>,
+    handle: Option<tokio::runtime::Handle>,
+}
 
-impl<F: FnOnce() -> Op> Undo<F> {
-    pub(super) fn new(nodes: Arc<[Node]>, undo_op: F) -> Self {
-        Self(
-            Some((nodes, undo_op)),
-            tokio::runtime::Handle::try_current().ok(),
-        )
+impl Undo {
+    fn new(nodes: Arc<[Node]>, plan: UndoPlan, value: Arc<str>) -> Self {
+        Self {
+            plan: Some((nodes, plan, value)),
+            handle: tokio::runtime::Handle::try_current().ok(),
+        }
     }
 
-    pub(super) fn disarm(&mut self) -> Option<(Arc<[Node]>, F)> {
-        self.0.take()
+    fn disarm(&mut self) -> Option<(Arc<[Node]>, UndoPlan, Arc<str>)> {
+        self.plan.take()
     }
 }
 
-impl<F: FnOnce() -> Op> Drop for Undo<F> {
+impl Drop for Undo {
     fn drop(&mut self) {
-        if let (Some((nodes, undo_op)), Some(handle)) = (self.0.take(), &self.1) {
-            round::release_in_background(handle, nodes, undo_op(), "cancelled acquire");
+        if let (Some((nodes, plan, value)), Some(handle)) = (self.plan.take(), &self.handle) {
+            round::release_in_background(handle, nodes, plan.op(&value), "cancelled acquire");
         }
     }
 }
 
 impl Redlock {
-    /// One round: set on all nodes, decide at the earliest certain moment, undo on loss.
-    pub(super) async fn attempt(&self, ask: &Ask<'_>) -> Attempt {
+    /// One round: send `claim`'s request to all nodes, decide at the earliest certain
+    /// moment, undo on loss.
+    pub(super) async fn attempt<C: Claim>(&self, claim: &C, try_: &Try<'_>) -> Attempt {
         let inner = &self.inner;
-        let keys = ask.keys;
         let value = super::new_shared_value(inner.config.owner_label.as_deref());
-        let op = match (ask.fence_keys, ask.candidate, ask.queue) {
-            (None, _, Some((member, front))) if keys.len() == 1 => {
-                let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
-                let mut call =
-                    scripts::Call::new(&scripts::ACQUIRE_OR_QUEUE, &[&*keys[0], &queue_key]);
-                call.arg(&*value)
-                    .arg(ask.ttl_ms)
-                    .arg(member)
-                    .arg(if front { "1" } else { "0" })
-                    .arg(wake::QUEUE_TTL_MS);
-                Op::setting(call, &value)
-            }
-            (Some(fences), Some(t), _) => {
-                let all: Vec<&str> = keys.iter().chain(fences).map(String::as_str).collect();
-                let mut call = scripts::Call::new(&scripts::FENCED_ACQUIRE, &all);
-                call.arg(&*value).arg(ask.ttl_ms).arg(t);
-                Op::setting(call, &value)
-            }
-            _ if keys.len() == 1 => Op::set_nx(&keys[0], &value, ask.ttl_ms),
-            _ => {
-                let mut call = scripts::Call::new(&scripts::ACQUIRE_MANY, keys);
-                call.arg(&*value).arg(ask.ttl_ms);
-                Op::setting(call, &value)
-            }
-        };
-        let notify = false; // an undo wakes nobody: whoever beat this attempt still holds it
-        let undo_op = {
-            let (keys, value) = (Arc::clone(keys), Arc::clone(&value));
-            move || Op::release(&keys, &value, notify)
-        };
+        let (op, reading) = claim.request(&value, try_);
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let clock = &inner.config.clock;
         let start = clock.stamp();
-        let mut undo = Undo::new(Arc::clone(&inner.nodes), undo_op);
+        let mut undo = Undo::new(Arc::clone(&inner.nodes), claim.undo(), Arc::clone(&value));
         // Won or lost, the stragglers' requests still go out when this is dropped: a
         // won lock then stands on every healthy node, not a bare quorum (their keys go
         // with the release), and a queued acquire must reach every node's wait queue.
         // Whatever a lost attempt's stragglers set is undone below, after them on each
         // node (see `Node::settled`).
         let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "acquire");
-        let fenced = ask.candidate.is_some();
+        // A semaphore's votes count per slot: a permit is won once one slot has a
+        // quorum, lost once none can get one. (Counted per node, the mutant: any granted
+        // slot is a yes.)
+        let counts: Vec<AtomicUsize> = (0..reading.slots()).map(|_| AtomicUsize::new(0)).collect();
+        let per_slot = !counts.is_empty() && !mutants::SEMAPHORE_COUNT;
+        let quorum = quorum::quorum(inner.nodes.len());
         let votes = round::collect(
             &mut replies,
             &inner.nodes,
             Count::Votes,
-            |value| {
-                let answer = classify(value, fenced, keys.len())?;
-                let vote = if matches!(answer, Answer::Set(_)) {
-                    Vote::Yes
-                } else {
-                    Vote::No
+            |reply| {
+                let answer = reading.classify(reply)?;
+                let vote = match answer {
+                    Answer::Set(_) => Vote::Yes,
+                    Answer::Slot(slot) => {
+                        counts[slot].fetch_add(1, Ordering::Relaxed);
+                        Vote::Yes
+                    }
+                    Answer::Held(_) | Answer::Stale(_) => Vote::No,
                 };
                 Ok((vote, answer))
             },
-            |tally| tally.outcome().is_some(),
+            |tally| {
+                if per_slot {
+                    let (_, best) = best_slot(&counts);
+                    best >= quorum || best + tally.pending() < quorum
+                } else {
+                    tally.outcome().is_some()
+                }
+            },
         )
         .await;
-        let outcome = votes.tally.outcome();
+        let (slot, best) = best_slot(&counts);
+        let won = if per_slot {
+            best >= quorum
+        } else {
+            votes.tally.outcome() == Some(Outcome::Won)
+        };
         // Nodes that answered "not set" hold nothing of this attempt to undo.
         let refused: Vec<bool> = votes
             .answers
             .iter()
-            .map(|a| matches!(a, Some(Answer::Held(_) | Answer::Stale(_))))
+            .map(|a| a.is_some_and(Answer::refuses))
             .collect();
-        let keys_n = keys.len();
-        let refuses = move |value: &Value| {
-            matches!(
-                classify(value, fenced, keys_n),
-                Ok(Answer::Held(_) | Answer::Stale(_))
-            )
-        };
-        if outcome == Some(Outcome::Won) {
+        let refuses = move |value: &Value| reading.classify(value).is_ok_and(Answer::refuses);
+        if won {
             let elapsed = clock.since(start);
-            let ttl = Duration::from_millis(ask.ttl_ms);
+            let ttl = Duration::from_millis(try_.ttl_ms);
             let drift = quorum::drift(ttl, inner.config.drift_factor);
             let left = quorum::validity(ttl, elapsed, drift);
-            if left.is_some_and(|left| left >= ask.min_validity) || mutants::SKIP_VALIDITY {
+            if left.is_some_and(|left| left >= try_.min_validity) || mutants::SKIP_VALIDITY {
                 undo.disarm();
                 drop(replies);
-                // validity = ttl − elapsed − drift, counted from `start`, so the lock is
-                // promised until start + ttl − drift and not a moment longer.
-                let valid_until = start.after(ttl.saturating_sub(drift));
-                let candidate = mutants::token(ask.candidate, &votes.answers, |a| match a {
+                let token = mutants::token(try_.candidate, &votes.answers, |a| match a {
                     Answer::Set(counter) => *counter,
                     _ => None,
-                });
+                })
+                .filter(|_| claim.fences().is_some());
+                let win = claim.won(self, &value, &votes.answers, slot, try_);
+                let names = claim.names();
+                // validity = ttl − elapsed − drift, counted from `start`, so the lock is
+                // promised until start + ttl − drift and not a moment longer.
                 let guard = LockGuard::new(
-                    Arc::clone(ask.names),
-                    valid_until,
+                    Arc::clone(names),
+                    start.after(ttl.saturating_sub(drift)),
                     ttl,
-                    candidate.filter(|_| ask.fence_keys.is_some()),
+                    token,
                     Held {
                         inner: Arc::clone(inner),
-                        keys: Arc::clone(keys),
+                        keys: win.keys,
                         value,
                         handle: tokio::runtime::Handle::try_current().ok(),
-                        kind: crate::LockKind::Exclusive,
+                        kind: win.kind,
                         hold: None,
                         _holding: crate::metrics::Holding::start(
-                            inner.config.metrics_class.of(&ask.names[0]),
+                            inner.config.metrics_class.of(&names[0]),
                         ),
                     },
                 );
-                if let (Some(fences), Some(t)) = (ask.fence_keys, candidate) {
+                if let (Some(fences), Some(t)) = (claim.fences(), token) {
                     inner.fences.remember(fences, t);
                 }
                 return Attempt::Won(guard);
@@ -229,23 +196,30 @@ impl Redlock {
             return Attempt::Expired(elapsed);
         }
         undo_failed(&mut undo, &votes, &refused, replies.into_rest(), refuses).await;
-        let mut held_at = vec![0usize; keys.len()];
+        let mut tally = votes.tally;
+        if per_slot {
+            // Nodes that granted a slot other than the most granted one are, for this
+            // attempt, nodes that said no: the error and the policy see a conflict.
+            tally.no += tally.yes - best;
+            tally.yes = best;
+        }
+        let keys = claim.keys().len();
+        let mut held_at = vec![0usize; keys];
         let mut stale: Option<u64> = None;
         for answer in votes.answers.iter().flatten() {
             match *answer {
-                Answer::Held(key) => held_at[key.min(keys.len() - 1)] += 1,
+                Answer::Held(key) => held_at[key.min(keys - 1)] += 1,
                 Answer::Stale(counter) => stale = stale.max(Some(counter)),
-                Answer::Set(_) => {}
+                Answer::Slot(s) if per_slot && s != slot => held_at[0] += 1,
+                Answer::Set(_) | Answer::Slot(_) => {}
             }
         }
-        let locked = held_at.iter().sum();
-        let conflict = (0..keys.len()).max_by_key(|i| held_at[*i]).unwrap_or(0);
         Attempt::Lost {
-            tally: votes.tally,
+            tally,
             causes: votes.causes,
             stale,
-            locked,
-            conflict,
+            locked: held_at.iter().sum(),
+            conflict: (0..keys).max_by_key(|i| held_at[*i]).unwrap_or(0),
         }
     }
 }
@@ -259,17 +233,17 @@ impl Redlock {
 ///   answer "not set": under contention that is every node, and the undo costs nothing.
 ///
 /// On each node the undo runs after this attempt's own request (see `Node::settled`).
-pub(super) async fn undo_failed<T>(
-    undo: &mut Undo<impl FnOnce() -> Op>,
+async fn undo_failed<T>(
+    undo: &mut Undo,
     votes: &round::Votes<T>,
     refused: &[bool],
     pending: Option<Replies>,
     refuses: impl Fn(&Value) -> bool + Send + 'static,
 ) {
-    let Some((nodes, undo_op)) = undo.disarm() else {
+    let Some((nodes, plan, value)) = undo.disarm() else {
         return;
     };
-    let op = Arc::new(undo_op());
+    let op = Arc::new(plan.op(&value));
     if let (Some(mut rest), Ok(handle)) = (
         pending.filter(|r| !r.is_empty()),
         tokio::runtime::Handle::try_current(),
@@ -307,76 +281,5 @@ pub(super) async fn undo_failed<T>(
         if let Err(e) = reply {
             tracing::debug!(node, error = %e, "undo failed on a node; its key expires with the ttl");
         }
-    }
-}
-
-/// Turns a node's reply to an acquire request into an [`Answer`]. `Err` for a reply that
-/// no Redis running our scripts would give.
-fn classify(value: &Value, fenced: bool, keys: usize) -> Result<Answer, String> {
-    if fenced {
-        let Value::Array(items) = value else {
-            return Err(format!("fenced acquire answered {value:?}"));
-        };
-        let int = |v: &Value| match v {
-            Value::Int(i) => Some(*i),
-            _ => None,
-        };
-        let ints: Option<Vec<i64>> = items.iter().map(int).collect();
-        let (code, counter, key) = match ints.as_deref() {
-            Some([code, counter]) => (*code, *counter, 1),
-            Some([code, counter, key]) => (*code, *counter, *key),
-            _ => return Err(format!("fenced acquire answered {value:?}")),
-        };
-        let counter = u64::try_from(counter).map_err(|_| "negative counter".to_owned())?;
-        return match code {
-            scripts::FENCE_OK => Ok(Answer::Set(Some(counter))),
-            // Held by another owner: the counter is below our candidate, so it
-            // teaches nothing.
-            scripts::FENCE_LOCKED => Ok(Answer::Held(key_index(key, keys))),
-            scripts::FENCE_STALE => Ok(Answer::Stale(counter)),
-            other => Err(format!("fenced acquire answered code {other}")),
-        };
-    }
-    match value {
-        Value::Okay => Ok(Answer::Set(None)),
-        Value::SimpleString(s) if s == "OK" => Ok(Answer::Set(None)),
-        Value::Int(1) => Ok(Answer::Set(None)),
-        Value::Nil | Value::Int(0) => Ok(Answer::Held(0)),
-        // ACQUIRE_MANY: the first key found held, 1-based, negated.
-        Value::Int(i) if *i < 0 => Ok(Answer::Held(key_index(-*i, keys))),
-        other => Err(format!("acquire answered {other:?}")),
-    }
-}
-
-/// A script's 1-based key number as an index into `keys` keys.
-fn key_index(one_based: i64, keys: usize) -> usize {
-    usize::try_from(one_based.saturating_sub(1))
-        .unwrap_or(0)
-        .min(keys.saturating_sub(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_become_answers() {
-        assert_eq!(classify(&Value::Okay, false, 1), Ok(Answer::Set(None)));
-        assert_eq!(classify(&Value::Nil, false, 1), Ok(Answer::Held(0)));
-        assert_eq!(classify(&Value::Int(1), false, 3), Ok(Answer::Set(None)));
-        assert_eq!(classify(&Value::Int(-3), false, 3), Ok(Answer::Held(2)));
-        // A key number out of range is clamped, never an index panic.
-        assert_eq!(classify(&Value::Int(-9), false, 3), Ok(Answer::Held(2)));
-        assert!(classify(&Value::Int(7), false, 1).is_err());
-        let fenced = |v: &[i64]| Value::Array(v.iter().map(|i| Value::Int(*i)).collect());
-        assert_eq!(
-            classify(&fenced(&[2, 9]), true, 1),
-            Ok(Answer::Set(Some(9)))
-        );
-        assert_eq!(classify(&fenced(&[0, 9]), true, 1), Ok(Answer::Stale(9)));
-        assert_eq!(classify(&fenced(&[1, 4, 2]), true, 2), Ok(Answer::Held(1)));
-        assert_eq!(classify(&fenced(&[1, 4]), true, 2), Ok(Answer::Held(0)));
-        assert!(classify(&fenced(&[0, -1]), true, 1).is_err());
-        assert!(classify(&fenced(&[5, 1]), true, 1).is_err());
     }
 }

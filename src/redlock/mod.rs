@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::builder::{Config, RedlockBuilder};
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::kind::Mode;
 use crate::local::Turn;
 use crate::metrics;
 use crate::node::Node;
@@ -19,9 +20,10 @@ use crate::shared::Shared;
 use crate::wake;
 
 mod attempt;
+mod available;
+mod claim;
 mod health;
 mod inspect;
-mod kinds;
 pub(crate) mod policy;
 mod request;
 mod retry;
@@ -189,7 +191,8 @@ impl Redlock {
     /// attempt may have set are released by a background task (and expire with `ttl`
     /// anyway, also without a runtime).
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<LockGuard, Error> {
-        self.acquire_with(&[resource], self.want(ttl)).await
+        self.acquire_with(&[resource], Mode::Exclusive, self.want(ttl))
+            .await
     }
 
     /// Like [`acquire`](Self::acquire), but makes exactly one attempt.
@@ -229,7 +232,7 @@ impl Redlock {
             retries: 0,
             ..self.want(ttl)
         };
-        self.acquire_with(&[resource], want).await
+        self.acquire_with(&[resource], Mode::Exclusive, want).await
     }
 
     /// Acquires all of `resources` together, or none: on each node one script sets every
@@ -259,7 +262,8 @@ impl Redlock {
         ttl: Duration,
     ) -> Result<LockGuard, Error> {
         let names: Vec<&str> = resources.iter().map(AsRef::as_ref).collect();
-        self.acquire_with(&names, self.want(ttl)).await
+        self.acquire_with(&names, Mode::Exclusive, self.want(ttl))
+            .await
     }
 
     /// Starts a lock request on `resource` with per-call options (ttl, wait budget,
@@ -372,7 +376,7 @@ impl Redlock {
         let local =
             config.local_handover && !config.fencing && resources.len() == 1 && want.retries > 0;
         if !local {
-            return self.run_attempts(resources, ttl_ms, want).await;
+            return self.run_exclusive(resources, ttl_ms, want).await;
         }
         let key = self.key_of(resources[0]);
         let turn = match self.inner.local.enter(&key) {
@@ -398,12 +402,12 @@ impl Redlock {
                             wait: None,
                             ..*want
                         };
-                        return self.run_attempts(resources, ttl_ms, &last).await;
+                        return self.run_exclusive(resources, ttl_ms, &last).await;
                     }
                 }
             }
         };
-        let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+        let mut guard = self.run_exclusive(resources, ttl_ms, want).await?;
         if let Some(turn) = turn {
             guard.set_local(turn);
         }
@@ -437,7 +441,7 @@ impl Redlock {
                 tracing::debug!(error = %e, "a handed-over lock could not be extended; competing for it");
                 let turn = guard.take_local();
                 drop(guard);
-                let mut guard = self.run_attempts(resources, ttl_ms, want).await?;
+                let mut guard = self.run_exclusive(resources, ttl_ms, want).await?;
                 if let Some(turn) = turn {
                     guard.set_local(turn);
                 }
@@ -446,24 +450,52 @@ impl Redlock {
         }
     }
 
-    /// Every acquisition goes through here: checks, the health gate, the retry loop,
-    /// metrics.
+    /// The loop of attempts of an exclusive lock of `resources`.
+    async fn run_exclusive(
+        &self,
+        resources: &[&str],
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        let claim = claim::Exclusive::new(self, resources);
+        self.run_attempts(&claim, ttl_ms, want).await
+    }
+
+    /// Every acquisition of every kind goes through here: checks, the health gate, the
+    /// local hand-over (exclusive locks), the loop of attempts, metrics.
     pub(crate) async fn acquire_with(
         &self,
         resources: &[&str],
+        mode: Mode,
         want: Want,
     ) -> Result<LockGuard, Error> {
         let ttl_ms = self.check_request(resources, &want)?;
+        if let Mode::Permits(n) = mode {
+            claim::check_permits(n)?;
+        }
         self.health_gate().await?;
-        let span = tracing::debug_span!("acquire", resource = resources[0], ttl_ms);
+        let span = tracing::debug_span!("acquire", resource = resources[0], ?mode, ttl_ms);
         let class = self.inner.config.metrics_class.of(resources[0]);
-        metered(span, class, self.take_turn(resources, ttl_ms, &want)).await
+        let acquisition = async {
+            match mode {
+                Mode::Exclusive => self.take_turn(resources, ttl_ms, &want).await,
+                Mode::Read | Mode::Write => {
+                    let claim = claim::ReadWrite::new(self, resources[0], mode == Mode::Write);
+                    self.run_attempts(&claim, ttl_ms, &want).await
+                }
+                Mode::Permits(n) => {
+                    let claim = claim::Semaphore::new(self, resources[0], n);
+                    self.run_attempts(&claim, ttl_ms, &want).await
+                }
+            }
+        };
+        metered(span, class, acquisition).await
     }
 }
 
 /// Runs an acquisition in its span and records its outcome, attempts and wait in the
 /// metrics: the one tail of every kind of acquisition.
-pub(super) async fn metered(
+async fn metered(
     span: tracing::Span,
     class: &'static str,
     acquisition: impl std::future::Future<Output = Result<LockGuard, Error>>,

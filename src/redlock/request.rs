@@ -256,26 +256,14 @@ impl<'a> LockRequest<'a> {
                 self.resource
             )));
         }
-        let mut guard = self.acquire_kind_or_exclusive().await?;
+        let mut guard = self
+            .redlock
+            .acquire_with(&[&self.resource], self.mode, self.want)
+            .await?;
         if let Some(d) = hold {
             guard.hold_at_least(d);
         }
         Ok(guard)
-    }
-
-    async fn acquire_kind_or_exclusive(&self) -> Result<LockGuard, Error> {
-        match self.mode {
-            Mode::Exclusive => {
-                self.redlock
-                    .acquire_with(&[&self.resource], self.want)
-                    .await
-            }
-            mode => {
-                self.redlock
-                    .acquire_kind(&self.resource, mode, self.want)
-                    .await
-            }
-        }
     }
 
     /// Keeps the lock until at least `period` after it was acquired, also when it is

@@ -1,14 +1,16 @@
-//! The loop of attempts: runs an attempt, asks the pure policy (`policy.rs`) what next,
-//! and does it: waits, joins queues, or builds the error the caller gets.
+//! The loop of attempts, one for every kind of lock ([`Claim`]): runs an attempt, asks
+//! the pure policy (`policy.rs`) what next, and does it: waits (on the wait queue, for a
+//! wake-up, or on the timer), joins queues, or builds the error the caller gets.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::attempt::{Ask, Attempt};
-use super::policy::{loss_of, Loss, Policy, State, Step};
+use super::attempt::Attempt;
+use super::claim::{Claim, Try, Wait};
+use super::policy::{loss_of, AttemptOutcome, Loss, Policy, State, Step};
 use super::{Redlock, MAX_FENCING_TOKEN};
 use crate::clock::instant_after;
-use crate::error::Error;
+use crate::error::{ConflictReason, Error};
 use crate::guard::LockGuard;
 use crate::round;
 use crate::wake::Waiter;
@@ -27,41 +29,63 @@ pub(crate) struct Want {
 impl Redlock {
     /// Attempts until one wins, `want.retries` are spent, or `want.wait` is over. At most
     /// `retries + 1` attempts are made, queue joins included, and the error says how
-    /// many were.
-    pub(super) async fn run_attempts(
+    /// many were. What the acquisition left waiting on the nodes is taken back when it
+    /// gives up.
+    pub(super) async fn run_attempts<C: Claim>(
         &self,
-        resources: &[&str],
+        claim: &C,
+        ttl_ms: u64,
+        want: &Want,
+    ) -> Result<LockGuard, Error> {
+        let result = self.attempt_until_done(claim, ttl_ms, want).await;
+        if result.is_err() {
+            claim.gave_up(self);
+        }
+        result
+    }
+
+    async fn attempt_until_done<C: Claim>(
+        &self,
+        claim: &C,
         ttl_ms: u64,
         want: &Want,
     ) -> Result<LockGuard, Error> {
         let inner = &self.inner;
         let config = &inner.config;
-        let names: Arc<[String]> = resources.iter().map(|r| (*r).to_owned()).collect();
-        let keys: Arc<[String]> = resources.iter().map(|r| self.key_of(r)).collect();
-        let fence_keys: Option<Vec<String>> = config
-            .fencing
-            .then(|| resources.iter().map(|r| self.fence_key_of(r)).collect());
+        let wait = claim.wait(config);
+        let (key, fences) = (claim.key(), claim.fences());
         let policy = Policy {
             retries: want.retries,
             deadline: want.wait.map(instant_after),
             delay: config.retry_delay,
             jitter: config.retry_jitter,
-            wake: config.wake_on_release,
-            single: keys.len() == 1 && fence_keys.is_none(),
+            wake: wait == Wait::Queue,
+            single: wait == Wait::Queue && claim.keys().len() == 1 && fences.is_none(),
         };
-        let mut state = State::new(fence_keys.as_deref().map(|f| inner.fences.highest(f)));
+        let mut state = State::new(fences.map(|f| inner.fences.highest(f)));
         let mut waiter: Option<Waiter> = None;
-        let (yield_until, contended) = inner.wakeups.hints.take(&keys[0]);
+        let (yield_until, contended) = inner.wakeups.hints.take(key);
         // A release by this manager just woke a waiter: let it go first.
         if let Some(until) = yield_until.filter(|u| *u > Instant::now()) {
             tokio::time::sleep_until(until.into()).await;
         }
-        // A key this manager found held moments ago is likely held now: make even the
-        // first attempt one that queues if it fails (a plain SET NX when the key is
-        // free), saving a failed round per contended acquisition.
-        if policy.single && policy.wake && want.retries > 0 && contended {
-            state.wait_on(0);
-            waiter = Some(inner.wakeups.wait_for(&inner.nodes, &keys[0]));
+        // A key this manager found held moments ago is likely held now. Queueing: make
+        // even the first attempt one that queues if it fails (a plain SET NX when the key
+        // is free), saving a failed round per contended acquisition. Listening: listen
+        // before the first attempt, so that a release just after its refusal is not
+        // missed.
+        if contended && want.retries > 0 {
+            let early = match wait {
+                Wait::Queue => policy.single,
+                Wait::Listen => true,
+                Wait::Timer => false,
+            };
+            if early {
+                if wait == Wait::Queue {
+                    state.wait_on(0);
+                }
+                waiter = Some(inner.wakeups.wait_for(&inner.nodes, key));
+            }
         }
         loop {
             let attempts = state.begin();
@@ -71,34 +95,32 @@ impl Redlock {
                 return Err(Error::Config(format!(
                     "fencing counter of `{}` reached {t}, past 2^53, the largest token Lua can \
                      count exactly; reset the counter keys",
-                    names[0]
+                    claim.names()[0]
                 )));
             }
             let queue = waiter
                 .as_ref()
                 .filter(|_| policy.single)
                 .map(|w| (w.member(), state.woken()));
-            let ask = Ask {
-                names: &names,
-                keys: &keys,
-                fence_keys: fence_keys.as_deref(),
+            let try_ = Try {
                 ttl_ms,
                 min_validity: want.min_validity,
                 candidate: state.candidate(),
                 queue,
+                waited: attempts > 1,
             };
-            let attempt = self.attempt(&ask).await;
+            let attempt = self.attempt(claim, &try_).await;
             if let (Some(w), true) = (&waiter, queue.is_some()) {
                 // A queued attempt that failed joined the queue wherever the key was held.
                 w.mark_queued();
             }
             let outcome = attempt.outcome();
             if let Attempt::Lost { tally, stale, .. } = &attempt {
-                if let (Some(seen), Some(fences)) = (stale, &fence_keys) {
+                if let (Some(seen), Some(fences)) = (stale, fences) {
                     inner.fences.remember(fences, *seen);
                 }
-                if loss_of(tally) == Loss::Conflict {
-                    inner.wakeups.hints.contended(&keys[0]);
+                if wait != Wait::Timer && loss_of(tally) == Loss::Conflict {
+                    inner.wakeups.hints.contended(key);
                 }
             }
             let step = policy.next(&mut state, &outcome, Instant::now(), &mut rand::rng());
@@ -115,8 +137,9 @@ impl Redlock {
                         Step::GiveUp(loss) => loss,
                         _ => Loss::Expired,
                     };
-                    let err = error_of(attempt, loss, &names[0], state.attempts(), ttl_ms);
-                    let err = self.split_or_conflict(err, &names).await;
+                    let err = self
+                        .give_up(claim, attempt, loss, state.attempts(), ttl_ms)
+                        .await;
                     tracing::debug!(attempts, error = %err, "giving up");
                     return Err(err);
                 }
@@ -127,10 +150,16 @@ impl Redlock {
                     join,
                 } => (pause, wait_on, join),
             };
-            if let Some(key) = wait_on {
-                if waiter.as_ref().is_none_or(|w| w.key() != keys[key]) {
-                    waiter = Some(inner.wakeups.wait_for(&inner.nodes, &keys[key]));
+            if let Some(i) = wait_on {
+                let keys = claim.keys();
+                if waiter.as_ref().is_none_or(|w| w.key() != keys[i]) {
+                    waiter = Some(inner.wakeups.wait_for(&inner.nodes, &keys[i]));
                 }
+            }
+            // Registered before the pause, kept for the rest of the acquisition: a
+            // wake-up that comes while an attempt is out leaves a permit, not a loss.
+            if wait == Wait::Listen && waiter.is_none() {
+                waiter = Some(inner.wakeups.wait_for(&inner.nodes, key));
             }
             let mut woken = false;
             match &waiter {
@@ -166,14 +195,39 @@ impl Redlock {
             }
             state.set_woken(woken);
             if !woken && policy.deadline.is_some_and(|d| Instant::now() >= d) {
-                let loss = match attempt.outcome() {
-                    super::policy::AttemptOutcome::Lost { tally, .. } => loss_of(&tally),
+                let loss = match outcome {
+                    AttemptOutcome::Lost { tally, .. } => loss_of(&tally),
                     _ => Loss::Expired,
                 };
-                let err = error_of(attempt, loss, &names[0], state.attempts(), ttl_ms);
-                let err = self.split_or_conflict(err, &names).await;
+                let err = self
+                    .give_up(claim, attempt, loss, state.attempts(), ttl_ms)
+                    .await;
                 tracing::debug!(attempts, error = %err, "wait budget spent");
                 return Err(err);
+            }
+        }
+    }
+
+    /// The error of an acquisition that gave up after `attempt`, its last: a conflict
+    /// says what held the lock, and an exclusive one that no owner held on a quorum is
+    /// a split vote.
+    async fn give_up<C: Claim>(
+        &self,
+        claim: &C,
+        attempt: Attempt,
+        loss: Loss,
+        attempts: u32,
+        ttl_ms: u64,
+    ) -> Error {
+        let names = claim.names();
+        let mut err = error_of(attempt, loss, &names[0], attempts, ttl_ms);
+        match claim.conflict() {
+            ConflictReason::Owner => self.split_or_conflict(err, names).await,
+            held_by => {
+                if let Error::Conflict { reason, .. } = &mut err {
+                    *reason = held_by;
+                }
+                err
             }
         }
     }
@@ -187,7 +241,7 @@ impl Redlock {
     /// the last attempt, on this error path only: the acquisition's own requests carry
     /// no values. A holder counts while it could still reach a quorum with the nodes
     /// that did not answer the read; a read that fails keeps the conflict.
-    async fn split_or_conflict(&self, err: Error, names: &[String]) -> Error {
+    async fn split_or_conflict(&self, err: Error, names: &Arc<[String]>) -> Error {
         let Error::Conflict {
             attempts,
             held_elsewhere,
@@ -197,7 +251,7 @@ impl Redlock {
         else {
             return err;
         };
-        let [resource] = names else {
+        let [resource] = &names[..] else {
             return err;
         };
         let Ok(info) = self.inspect(resource).await else {
@@ -219,13 +273,7 @@ impl Redlock {
 }
 
 /// The error of an acquisition that gave up after `attempt`, its last.
-pub(super) fn error_of(
-    attempt: Attempt,
-    loss: Loss,
-    resource: &str,
-    attempts: u32,
-    ttl_ms: u64,
-) -> Error {
+fn error_of(attempt: Attempt, loss: Loss, resource: &str, attempts: u32, ttl_ms: u64) -> Error {
     match attempt {
         Attempt::Lost {
             tally,
