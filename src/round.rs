@@ -14,7 +14,6 @@ use redis::Value;
 
 use crate::clock::instant_after;
 use crate::error::{Error, NodeError, NodeErrors};
-use crate::kind;
 use crate::metrics;
 use crate::node::{Node, Request};
 use crate::quorum::{Tally, Vote};
@@ -65,12 +64,11 @@ impl Op {
 
     /// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
     pub(crate) fn set_nx(key: &str, value: &Arc<str>, ttl_ms: u64) -> Self {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(&**value).arg("NX").arg("PX").arg(ttl_ms);
-        let mut resend = scripts::Call::new(&scripts::ACQUIRE_ONE, &[key]);
-        resend.arg(&**value).arg(ttl_ms);
         Self {
-            kind: Kind::Set(cmd, resend),
+            kind: Kind::Set(
+                scripts::set_nx(key, value, ttl_ms),
+                scripts::acquire_one(key, value, ttl_ms),
+            ),
             order: Order::Sets(Arc::clone(value)),
         }
     }
@@ -78,45 +76,26 @@ impl Op {
     /// Compare-and-delete of `keys` held with `value`; with `notify`, waiters on the
     /// released keys are woken.
     pub(crate) fn release(keys: &[String], value: &Arc<str>, notify: bool) -> Self {
-        let call = if notify {
-            let queues = keys.iter().map(|k| format!("{k}{}", wake::QUEUE_SUFFIX));
-            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
-            let mut call = scripts::Call::new(&scripts::RELEASE, &all);
-            call.arg(&**value).arg(wake::CHANNEL_PREFIX);
-            call
-        } else {
-            let mut call = scripts::Call::new(&scripts::RELEASE, keys);
-            call.arg(&**value).arg("");
-            call
-        };
-        Self {
-            kind: Kind::Script(call),
-            order: Order::Clears(Arc::clone(value)),
-        }
+        let wake = notify.then_some(wake::CHANNEL_PREFIX);
+        Self::clearing(scripts::release(keys, value, wake), value)
     }
 
     /// The release of a lock held at least for a period: `keys` held with `value` expire
     /// in `left_ms` instead of now. Ordered like a release, and like a release it ends
     /// the owner's hold, so a late copy can only keep the released value until then.
     pub(crate) fn hold_release(keys: &[String], value: &Arc<str>, left_ms: u64) -> Self {
-        let mut call = scripts::Call::new(&scripts::HOLD_RELEASE, keys);
-        call.arg(&**value).arg(left_ms);
-        Self {
-            kind: Kind::Script(call),
-            order: Order::Clears(Arc::clone(value)),
-        }
+        Self::clearing(scripts::hold_release(keys, value, left_ms), value)
     }
 
     /// An extension that also re-sets `value` where a key is missing (`heal_on_extend`),
     /// and the plain [`extend`](Self::extend) for a node in restart quarantine. It may
     /// set the value, so releases wait for it on each node, as for an acquisition.
     pub(crate) fn extend_healing(keys: &[String], value: &Arc<str>, ttl_ms: u64) -> Self {
-        let mut heal = scripts::Call::new(&scripts::EXTEND_HEAL, keys);
-        heal.arg(&**value).arg(ttl_ms);
-        let mut plain = scripts::Call::new(&scripts::EXTEND, keys);
-        plain.arg(&**value).arg(ttl_ms);
         Self {
-            kind: Kind::Heal(heal, plain),
+            kind: Kind::Heal(
+                scripts::extend_heal(keys, value, ttl_ms),
+                scripts::extend(keys, value, ttl_ms),
+            ),
             order: Order::Sets(Arc::clone(value)),
         }
     }
@@ -124,12 +103,7 @@ impl Op {
     /// Compare-and-pexpire of `keys` held with `value`. Unordered: sent again after a
     /// release, it finds the value gone and touches nothing.
     pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Self {
-        let mut call = scripts::Call::new(&scripts::EXTEND, keys);
-        call.arg(value).arg(ttl_ms);
-        Self {
-            kind: Kind::Script(call),
-            order: Order::Free,
-        }
+        Self::free(scripts::extend(keys, value, ttl_ms))
     }
 }
 
@@ -153,36 +127,19 @@ impl Op {
         }
     }
 
-    /// A reader leaves the reader set `readers` (also the undo of a read attempt); the
-    /// last reader out removes the readers marker from the lock key. With `notify`, the
-    /// waiting writer and the oldest exclusive waiter are told when the last reader is
-    /// gone.
+    /// A reader leaves the reader set `readers` (also the undo of a read attempt); the last reader
+    /// out removes the readers marker from the lock key. With `notify`, the waiting
+    /// writer and the oldest exclusive waiter are told when the last reader is gone.
     pub(crate) fn read_release(readers: &str, value: &Arc<str>, notify: bool) -> Self {
-        let key = readers
-            .strip_suffix(kind::READERS_SUFFIX)
-            .unwrap_or(readers);
-        let writer = format!("{key}{}", kind::WRITER_SUFFIX);
-        let turn = format!("{key}{}", kind::READ_TURN_SUFFIX);
-        let queue = format!("{key}{}", wake::QUEUE_SUFFIX);
-        let mut call = scripts::Call::new(
-            &scripts::READ_RELEASE,
-            &[readers, key, &writer, &turn, &queue],
-        );
-        call.arg(&**value).arg(wake::prefix(notify));
+        let call = scripts::read_release(readers, value, wake::prefix(notify));
         Self::clearing(call, value)
     }
 
-    /// A writer releases `key`: the readers that waited for it get the next turn and,
-    /// with `notify`, are told (and the oldest exclusive waiter, as [`Op::release`]).
+    /// A writer releases `key`: the readers that waited for it get the next turn
+    /// and, with `notify`, are told (and the oldest exclusive waiter, as
+    /// [`Op::release`]).
     pub(crate) fn write_release(key: &str, value: &Arc<str>, notify: bool) -> Self {
-        let keys = [
-            key.to_owned(),
-            format!("{key}{}", wake::QUEUE_SUFFIX),
-            format!("{key}{}", kind::READ_WAIT_SUFFIX),
-            format!("{key}{}", kind::READ_TURN_SUFFIX),
-        ];
-        let mut call = scripts::Call::new(&scripts::WRITE_RELEASE, &keys);
-        call.arg(&**value).arg(wake::prefix(notify));
+        let call = scripts::write_release(key, value, wake::prefix(notify));
         Self::clearing(call, value)
     }
 
@@ -191,12 +148,7 @@ impl Op {
     /// like [`Op::extend`]: sent after a release, it finds the reader gone; landing after
     /// a newer, longer extension, it lowers nothing.
     pub(crate) fn read_extend(readers: &str, value: &str, ttl_ms: u64) -> Self {
-        let key = readers
-            .strip_suffix(kind::READERS_SUFFIX)
-            .unwrap_or(readers);
-        let mut call = scripts::Call::new(&scripts::READ_EXTEND, &[readers, key]);
-        call.arg(value).arg(ttl_ms);
-        Self::free(call)
+        Self::free(scripts::read_extend(readers, value, ttl_ms))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, ToRedisArgs};
 
+use crate::kind::QUEUE_SUFFIX;
 use crate::mutants;
 
 /// The Lua function `wake_oldest(queue, key, prefix)`: pops the oldest members of the
@@ -49,14 +50,19 @@ end
     };
 }
 
+mod inspect;
+#[cfg(test)]
+mod layout;
 mod rwlock;
 mod semaphore;
 
+pub(crate) use inspect::inspect;
+
 pub(crate) use rwlock::{
-    INTENT_CLEAR, READERS_MARKER, READ_ACQUIRE, READ_EXTEND, READ_RELEASE, READ_WAIT_CLEAR,
-    WRITE_ACQUIRE, WRITE_RELEASE,
+    intent_clear, read_acquire, read_extend, read_release, read_wait_clear, write_acquire,
+    write_release, RwKeys, READERS_MARKER,
 };
-pub(crate) use semaphore::{PERMIT_ACQUIRE, PERMIT_ACQUIRE_LUA, PERMIT_TAKEN};
+pub(crate) use semaphore::{permit_acquire, permit_taken, PERMIT_ACQUIRE_LUA};
 
 /// One script request, packed once and sent to every node as `EVALSHA`; a node that
 /// answers NOSCRIPT (restarted, or flushed) gets `SCRIPT LOAD` and the same request again.
@@ -75,11 +81,13 @@ const ARG_BYTES_ROOM: usize = 96;
 
 impl Call {
     /// `EVALSHA <sha> <number of keys> <keys...>`; the arguments follow with [`arg`](Self::arg).
+    /// Private to `scripts`: each script's constructor below owns its `KEYS`/`ARGV`
+    /// layout.
     ///
     /// Both of the command's buffers are sized once for the whole request: built
     /// argument by argument they would grow (and be copied) four or five times, on
     /// every acquisition and release.
-    pub(crate) fn new<K: AsRef<str>>(script: &'static Script, keys: &[K]) -> Self {
+    fn new<K: AsRef<str>>(script: &'static Script, keys: &[K]) -> Self {
         let sha = script.get_hash();
         let key_bytes: usize = keys.iter().map(|k| k.as_ref().len()).sum();
         let mut cmd = redis::Cmd::with_capacity(
@@ -93,10 +101,133 @@ impl Call {
         Self { script, cmd }
     }
 
-    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.cmd.arg(arg);
         self
     }
+}
+
+/// `"1"`/`"0"`: a waiter's place in a wait queue, at the front (woken, then beaten) or
+/// in arrival order.
+fn front_flag(front: bool) -> &'static str {
+    if front {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
+pub(crate) fn set_nx(key: &str, value: &str, ttl_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(6, 3 + 2 + 2 + 2 + key.len() + value.len() + 20);
+    cmd.arg("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms);
+    cmd
+}
+
+/// [`ACQUIRE_ONE`] of `key` for `value`: what replaces [`set_nx`] when it is sent again.
+pub(crate) fn acquire_one(key: &str, value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&ACQUIRE_ONE, &[key]);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`ACQUIRE_OR_QUEUE`]: `key` for `value`, or a place for `member` in `queue` (at the
+/// `front`), which lives `queue_ttl_ms` after the last join.
+pub(crate) fn acquire_or_queue(
+    key: &str,
+    queue: &str,
+    value: &str,
+    ttl_ms: u64,
+    member: &str,
+    front: bool,
+    queue_ttl_ms: u64,
+) -> Call {
+    let mut call = Call::new(&ACQUIRE_OR_QUEUE, &[key, queue]);
+    call.arg(value)
+        .arg(ttl_ms)
+        .arg(member)
+        .arg(front_flag(front))
+        .arg(queue_ttl_ms);
+    call
+}
+
+/// [`ACQUIRE_MANY`]: every key of `keys` for `value`, or none.
+pub(crate) fn acquire_many(keys: &[String], value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&ACQUIRE_MANY, keys);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`FENCED_ACQUIRE`]: `keys` for `value` with the fencing counters `fences` (one per
+/// key, in the same order) raised to `candidate`.
+pub(crate) fn fenced_acquire(
+    keys: &[String],
+    fences: &[String],
+    value: &str,
+    ttl_ms: u64,
+    candidate: u64,
+) -> Call {
+    let all: Vec<&str> = keys.iter().chain(fences).map(String::as_str).collect();
+    let mut call = Call::new(&FENCED_ACQUIRE, &all);
+    call.arg(value).arg(ttl_ms).arg(candidate);
+    call
+}
+
+/// [`RELEASE`] of `keys` held with `value`; with `wake`, the channel prefix, each
+/// released key's wait queue (`<key>:waiters`) is woken.
+pub(crate) fn release(keys: &[String], value: &str, wake: Option<&str>) -> Call {
+    let mut call = match wake {
+        Some(_) => {
+            let queues = keys.iter().map(|k| format!("{k}{QUEUE_SUFFIX}"));
+            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
+            Call::new(&RELEASE, &all)
+        }
+        None => Call::new(&RELEASE, keys),
+    };
+    call.arg(value).arg(wake.unwrap_or(""));
+    call
+}
+
+/// [`HOLD_RELEASE`]: `keys` held with `value` expire in `left_ms`.
+pub(crate) fn hold_release(keys: &[String], value: &str, left_ms: u64) -> Call {
+    let mut call = Call::new(&HOLD_RELEASE, keys);
+    call.arg(value).arg(left_ms);
+    call
+}
+
+/// [`EXTEND`]: `keys` held with `value` live at least `ttl_ms` more.
+pub(crate) fn extend(keys: &[String], value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&EXTEND, keys);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`EXTEND_HEAL`]: as [`extend`], and a missing key of `keys` is set to `value` again.
+pub(crate) fn extend_heal(keys: &[String], value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&EXTEND_HEAL, keys);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`WAKE_NEXT`]: `member`, woken in vain for `key`, leaves `queue` and passes the
+/// wake-up on (channels `prefix` + member).
+pub(crate) fn wake_next(key: &str, queue: &str, member: &str, prefix: &str) -> Call {
+    let mut call = Call::new(&WAKE_NEXT, &[key, queue]);
+    call.arg(member).arg(prefix);
+    call
+}
+
+/// [`WAIT_JOIN`]: `member` joins `queue` (at the `front`), which lives `queue_ttl_ms`
+/// after the last join.
+pub(crate) fn wait_join(queue: &str, member: &str, front: bool, queue_ttl_ms: u64) -> Call {
+    let mut call = Call::new(&WAIT_JOIN, &[queue]);
+    call.arg(member).arg(front_flag(front)).arg(queue_ttl_ms);
+    call
 }
 
 /// Deletes each lock key whose value is `ARGV[1]`; returns `{keys deleted, waiters woken}`.

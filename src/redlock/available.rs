@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::kind;
 use crate::quorum::{Tally, Vote};
 use crate::round::{self, fan_out, Collecting, Count, Op};
-use crate::scripts::{self, Call};
+use crate::scripts;
 
 impl Redlock {
     /// How many of the `permits` slots of `resource` a quorum of nodes reports free.
@@ -22,7 +22,7 @@ impl Redlock {
         check_permits(permits)?;
         let key = self.key_of(resource);
         let slots: Vec<String> = (0..permits).map(|i| kind::permit_key(&key, i)).collect();
-        let call = Call::new(&scripts::PERMIT_TAKEN, &slots);
+        let call = scripts::permit_taken(&slots);
         let mut replies = Collecting::new(
             fan_out(&self.inner.nodes, Arc::new(Op::free(call))),
             "available",

@@ -9,6 +9,11 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use super::Call;
+use crate::kind::{
+    QUEUE_SUFFIX, READERS_SUFFIX, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX,
+};
+
 /// The value readers keep in the lock key while any of them is live (see `mark` in
 /// `node_time!`): not an owner value (those are random hex, after an optional label and
 /// `:`), so no owner's compare-and-delete or extend ever matches it, and every exclusive
@@ -305,6 +310,139 @@ return redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1
 ",
     )
 });
+
+/// The keys of one resource's reader-writer lock: the lock key and the four kept beside
+/// it, named once for all the requests that need them.
+#[derive(Debug, Clone)]
+pub(crate) struct RwKeys {
+    /// The lock key: a writer's value, or the readers marker.
+    pub(crate) key: String,
+    /// The reader set.
+    pub(crate) readers: String,
+    /// The waiting writer's intent.
+    pub(crate) writer: String,
+    /// The waiting readers.
+    pub(crate) waiting: String,
+    /// The reader turn.
+    pub(crate) turn: String,
+}
+
+impl RwKeys {
+    /// The keys of the resource whose lock key is `key`.
+    pub(crate) fn of(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            readers: format!("{key}{READERS_SUFFIX}"),
+            writer: format!("{key}{WRITER_SUFFIX}"),
+            waiting: format!("{key}{READ_WAIT_SUFFIX}"),
+            turn: format!("{key}{READ_TURN_SUFFIX}"),
+        }
+    }
+
+    /// The five keys `READ_ACQUIRE` and `WRITE_ACQUIRE` take first.
+    fn acquire_keys(&self) -> [&str; 5] {
+        [
+            &self.key,
+            &self.readers,
+            &self.writer,
+            &self.waiting,
+            &self.turn,
+        ]
+    }
+}
+
+/// [`READ_ACQUIRE`]: `value` joins the readers for `ttl_ms`; refused, the wait id `id`
+/// keeps its place for `patience_ms`.
+pub(crate) fn read_acquire(
+    keys: &RwKeys,
+    value: &str,
+    ttl_ms: u64,
+    id: &str,
+    patience_ms: u64,
+) -> Call {
+    let mut call = Call::new(&READ_ACQUIRE, &keys.acquire_keys());
+    call.arg(value).arg(ttl_ms).arg(id).arg(patience_ms);
+    call
+}
+
+/// [`WRITE_ACQUIRE`]: `value` takes the lock key for `ttl_ms`; refused, the intent `id`
+/// keeps readers out for `patience_ms`. `wake` is the channel prefix (empty: none);
+/// `fence`, the counter key and the candidate token.
+pub(crate) fn write_acquire(
+    keys: &RwKeys,
+    value: &str,
+    ttl_ms: u64,
+    id: &str,
+    wake: &str,
+    patience_ms: u64,
+    fence: Option<(&str, u64)>,
+) -> Call {
+    let mut all: Vec<&str> = keys.acquire_keys().to_vec();
+    all.extend(fence.map(|(counter, _)| counter));
+    let mut call = Call::new(&WRITE_ACQUIRE, &all);
+    call.arg(value)
+        .arg(ttl_ms)
+        .arg(id)
+        .arg(wake)
+        .arg(patience_ms);
+    if let Some((_, candidate)) = fence {
+        call.arg(candidate);
+    }
+    call
+}
+
+/// The lock key of the reader set `readers`.
+fn lock_key_of(readers: &str) -> &str {
+    readers.strip_suffix(READERS_SUFFIX).unwrap_or(readers)
+}
+
+/// [`READ_EXTEND`]: the reader `value` of the reader set `readers` lives at least
+/// `ttl_ms` more.
+pub(crate) fn read_extend(readers: &str, value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&READ_EXTEND, &[readers, lock_key_of(readers)]);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`READ_RELEASE`]: the reader `value` leaves the reader set `readers`; `wake` is the
+/// channel prefix (empty: none).
+pub(crate) fn read_release(readers: &str, value: &str, wake: &str) -> Call {
+    let key = lock_key_of(readers);
+    let writer = format!("{key}{WRITER_SUFFIX}");
+    let turn = format!("{key}{READ_TURN_SUFFIX}");
+    let queue = format!("{key}{QUEUE_SUFFIX}");
+    let mut call = Call::new(&READ_RELEASE, &[readers, key, &writer, &turn, &queue]);
+    call.arg(value).arg(wake);
+    call
+}
+
+/// [`WRITE_RELEASE`]: the writer `value` releases the lock key `key`; `wake` is the
+/// channel prefix (empty: none).
+pub(crate) fn write_release(key: &str, value: &str, wake: &str) -> Call {
+    let keys = [
+        key.to_owned(),
+        format!("{key}{QUEUE_SUFFIX}"),
+        format!("{key}{READ_WAIT_SUFFIX}"),
+        format!("{key}{READ_TURN_SUFFIX}"),
+    ];
+    let mut call = Call::new(&WRITE_RELEASE, &keys);
+    call.arg(value).arg(wake);
+    call
+}
+
+/// [`INTENT_CLEAR`]: the writer intent `id` is withdrawn.
+pub(crate) fn intent_clear(keys: &RwKeys, id: &str) -> Call {
+    let mut call = Call::new(&INTENT_CLEAR, &[&keys.writer]);
+    call.arg(id);
+    call
+}
+
+/// [`READ_WAIT_CLEAR`]: the reader's wait id `id` gives up its place.
+pub(crate) fn read_wait_clear(keys: &RwKeys, id: &str) -> Call {
+    let mut call = Call::new(&READ_WAIT_CLEAR, &[&keys.waiting, &keys.turn]);
+    call.arg(id);
+    call
+}
 
 #[cfg(all(test, feature = "harness"))]
 mod tests;

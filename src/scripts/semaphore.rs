@@ -6,6 +6,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use super::Call;
+
 /// A permit: `KEYS` = the semaphore's slot keys in the order this attempt tries them
 /// (a random rotation); `ARGV` = value, ttl ms. Returns the 1-based position in `KEYS`
 /// of the slot that holds the value (an earlier send of this request landed), else of
@@ -35,6 +37,18 @@ return out
 ",
     )
 });
+
+/// [`PERMIT_ACQUIRE`]: a slot of `slots` (in the order to try them) for `value`.
+pub(crate) fn permit_acquire(slots: &[&str], value: &str, ttl_ms: u64) -> Call {
+    let mut call = Call::new(&PERMIT_ACQUIRE, slots);
+    call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`PERMIT_TAKEN`]: which of `slots` are held.
+pub(crate) fn permit_taken(slots: &[String]) -> Call {
+    Call::new(&PERMIT_TAKEN, slots)
+}
 
 #[cfg(all(test, feature = "harness"))]
 mod tests {

@@ -194,8 +194,7 @@ impl Drop for Waiter {
 /// waiter in `node`'s queue (see `WAKE_NEXT`).
 async fn pass_on(node: &Node, key: &str, member: &str) {
     let queue = format!("{key}{QUEUE_SUFFIX}");
-    let mut call = scripts::Call::new(&scripts::WAKE_NEXT, &[key, queue.as_str()]);
-    call.arg(member).arg(CHANNEL_PREFIX);
+    let call = scripts::wake_next(key, &queue, member, CHANNEL_PREFIX);
     if let Err(e) = node.run(Request::Script(&call)).await {
         tracing::debug!(error = %e, "could not pass a wake-up on; the next waiter's retry delay applies");
     }
@@ -203,10 +202,7 @@ async fn pass_on(node: &Node, key: &str, member: &str) {
 
 /// Adds `member` to the wait queue of `key` on every node, bounded by the node timeout.
 async fn join_queues(nodes: &[Node], key: &str, member: &str, front: bool) {
-    let mut inv = scripts::Call::new(&scripts::WAIT_JOIN, &[format!("{key}{QUEUE_SUFFIX}")]);
-    inv.arg(member)
-        .arg(if front { "1" } else { "0" })
-        .arg(QUEUE_TTL_MS);
+    let inv = scripts::wait_join(&format!("{key}{QUEUE_SUFFIX}"), member, front, QUEUE_TTL_MS);
     let joins = nodes.iter().map(|n| n.run(Request::Script(&inv)));
     for result in futures::future::join_all(joins).await {
         if let Err(e) = result {

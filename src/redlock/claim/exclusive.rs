@@ -59,28 +59,24 @@ impl Claim for Exclusive {
         let keys = &self.keys;
         let op = match (&self.fences, try_.candidate, try_.queue) {
             (None, _, Some((member, front))) if keys.len() == 1 => {
-                let queue_key = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
-                let mut call =
-                    scripts::Call::new(&scripts::ACQUIRE_OR_QUEUE, &[&*keys[0], &queue_key]);
-                call.arg(&**value)
-                    .arg(try_.ttl_ms)
-                    .arg(member)
-                    .arg(if front { "1" } else { "0" })
-                    .arg(wake::QUEUE_TTL_MS);
+                let queue = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
+                let call = scripts::acquire_or_queue(
+                    &keys[0],
+                    &queue,
+                    value,
+                    try_.ttl_ms,
+                    member,
+                    front,
+                    wake::QUEUE_TTL_MS,
+                );
                 Op::setting(call, value)
             }
-            (Some(fences), Some(t), _) => {
-                let all: Vec<&str> = keys.iter().chain(fences).map(String::as_str).collect();
-                let mut call = scripts::Call::new(&scripts::FENCED_ACQUIRE, &all);
-                call.arg(&**value).arg(try_.ttl_ms).arg(t);
-                Op::setting(call, value)
-            }
+            (Some(fences), Some(t), _) => Op::setting(
+                scripts::fenced_acquire(keys, fences, value, try_.ttl_ms, t),
+                value,
+            ),
             _ if keys.len() == 1 => Op::set_nx(&keys[0], value, try_.ttl_ms),
-            _ => {
-                let mut call = scripts::Call::new(&scripts::ACQUIRE_MANY, keys);
-                call.arg(&**value).arg(try_.ttl_ms);
-                Op::setting(call, value)
-            }
+            _ => Op::setting(scripts::acquire_many(keys, value, try_.ttl_ms), value),
         };
         let reading = Reading::Exclusive {
             fenced: self.fences.is_some() && try_.candidate.is_some(),

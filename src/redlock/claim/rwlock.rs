@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
 use crate::builder::Config;
 use crate::error::ConflictReason;
-use crate::kind::{LockKind, READERS_SUFFIX, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX};
+use crate::kind::{LockKind, READERS_SUFFIX};
 use crate::redlock::Redlock;
 use crate::round::{self, fan_out, Op};
-use crate::scripts::{self, Call};
+use crate::scripts::{self, RwKeys};
 
 /// A read lock (`write == false`) or a write lock of one resource. Its keys are named
 /// once for all its attempts.
@@ -18,10 +18,9 @@ pub(in crate::redlock) struct ReadWrite {
     names: Arc<[String]>,
     /// The lock key, as the guard of a writer holds it.
     key: Arc<[String]>,
+    /// The reader set, as the guard of a reader holds it.
     readers: Arc<str>,
-    writer: String,
-    waiting: String,
-    turn: String,
+    rw: RwKeys,
     write: bool,
     /// A writer's fencing counter (readers take no token).
     fences: Option<Vec<String>>,
@@ -41,10 +40,8 @@ impl ReadWrite {
         let key = redlock.key_of(resource);
         Self {
             names: Arc::from([resource.to_owned()]),
+            rw: RwKeys::of(&key),
             readers: format!("{key}{READERS_SUFFIX}").into(),
-            writer: format!("{key}{WRITER_SUFFIX}"),
-            waiting: format!("{key}{READ_WAIT_SUFFIX}"),
-            turn: format!("{key}{READ_TURN_SUFFIX}"),
             key: Arc::from([key]),
             write,
             // Writers take tokens from the exclusive lock's counter.
@@ -60,12 +57,11 @@ impl ReadWrite {
     /// the reader turn, on every node, in the background; `after` an attempt's value, on
     /// each node after that attempt's request.
     fn withdraw(&self, redlock: &Redlock, after: Option<&Arc<str>>) {
-        let mut call = if self.write {
-            Call::new(&scripts::INTENT_CLEAR, &[&self.writer])
+        let call = if self.write {
+            scripts::intent_clear(&self.rw, &self.intent)
         } else {
-            Call::new(&scripts::READ_WAIT_CLEAR, &[&self.waiting, &self.turn])
+            scripts::read_wait_clear(&self.rw, &self.intent)
         };
-        call.arg(&self.intent);
         let op = match after {
             Some(value) => Op::clearing(call, value),
             None => Op::free(call),
@@ -103,28 +99,19 @@ impl Claim for ReadWrite {
     }
 
     fn request(&self, value: &Arc<str>, try_: &Try<'_>) -> (Op, Reading) {
-        let key = self.key[0].as_str();
-        let keys = [key, &self.readers, &self.writer, &self.waiting, &self.turn];
         let call = if self.write {
-            let fences = self.fences.iter().flatten().map(String::as_str);
-            let all: Vec<&str> = keys.into_iter().chain(fences).collect();
-            let mut call = Call::new(&scripts::WRITE_ACQUIRE, &all);
-            call.arg(&**value)
-                .arg(try_.ttl_ms)
-                .arg(&self.intent)
-                .arg(crate::wake::prefix(self.notify))
-                .arg(self.patience_ms);
-            if let Some(t) = try_.candidate.filter(|_| self.fences.is_some()) {
-                call.arg(t);
-            }
-            call
+            let fence = self.fences.as_ref().zip(try_.candidate);
+            scripts::write_acquire(
+                &self.rw,
+                value,
+                try_.ttl_ms,
+                &self.intent,
+                crate::wake::prefix(self.notify),
+                self.patience_ms,
+                fence.map(|(f, t)| (f[0].as_str(), t)),
+            )
         } else {
-            let mut call = Call::new(&scripts::READ_ACQUIRE, &keys);
-            call.arg(&**value)
-                .arg(try_.ttl_ms)
-                .arg(&self.intent)
-                .arg(self.patience_ms);
-            call
+            scripts::read_acquire(&self.rw, value, try_.ttl_ms, &self.intent, self.patience_ms)
         };
         let reading = Reading::ReadWrite {
             fenced: self.fences.is_some(),

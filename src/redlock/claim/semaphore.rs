@@ -12,7 +12,7 @@ use crate::kind::{self, LockKind};
 use crate::mutants;
 use crate::redlock::Redlock;
 use crate::round::{self, fan_out_where, Op};
-use crate::scripts::{self, Call};
+use crate::scripts;
 
 /// The most permits a semaphore may have: each attempt sends every slot key to every
 /// node, and a node's script may look at each of them twice.
@@ -96,8 +96,7 @@ impl Claim for Semaphore {
         let first = rand::rng().random_range(0..n);
         let order: Arc<[usize]> = (0..n).map(|i| (first + i) % n).collect();
         let keys: Vec<&str> = order.iter().map(|s| self.slots[*s].as_str()).collect();
-        let mut call = Call::new(&scripts::PERMIT_ACQUIRE, &keys);
-        call.arg(&**value).arg(try_.ttl_ms);
+        let call = scripts::permit_acquire(&keys, value, try_.ttl_ms);
         (Op::setting(call, value), Reading::Permits { order })
     }
 
