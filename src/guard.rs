@@ -79,7 +79,7 @@ pub struct LockGuard {
     held: Option<Held>,
     /// This manager's turn on the key, when tasks of it queue locally for the lock: on
     /// release the lock goes to the next of them (see `local.rs`).
-    local: Option<LocalTurn>,
+    local: Option<LocalTurn<LockGuard>>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -93,6 +93,15 @@ impl fmt::Debug for LockGuard {
             .field("held", &self.held.is_some())
             .finish()
     }
+}
+
+/// What [`LockGuard::hand_over`] did.
+pub(crate) enum HandOver {
+    /// The lock went to the next task of this manager.
+    Handed,
+    /// The lock stays with this guard, to be released on the nodes; this manager's turn
+    /// (if it had one) comes back, to be passed on after that release.
+    Kept(Option<LocalTurn<LockGuard>>),
 }
 
 impl LockGuard {
@@ -125,32 +134,32 @@ impl LockGuard {
         }
     }
 
-    pub(crate) fn set_local(&mut self, turn: LocalTurn) {
+    pub(crate) fn set_local(&mut self, turn: LocalTurn<LockGuard>) {
         self.local = Some(turn);
     }
 
-    pub(crate) fn take_local(&mut self) -> Option<LocalTurn> {
+    pub(crate) fn take_local(&mut self) -> Option<LocalTurn<LockGuard>> {
         self.local.take()
     }
 
     /// Gives the lock to the next task of this manager waiting for it, if there is one
     /// and the validity has not ended: nothing is sent to the nodes, and the receiver
-    /// believes what this guard did. Returns whether it was handed over; if not, this
-    /// manager's turn (if any) comes back, to be passed on after the real release.
-    pub(crate) fn hand_over(&mut self) -> (bool, Option<LocalTurn>) {
+    /// believes what this guard did. If it was not handed over, this manager's turn (if
+    /// any) comes back, to be passed on after the real release.
+    pub(crate) fn hand_over(&mut self) -> HandOver {
         let Some(turn) = self.local.take() else {
-            return (false, None);
+            return HandOver::Kept(None);
         };
         // A lock held at least for a period is not given on within the process either:
         // the period is for everyone.
         if self.held.as_ref().is_some_and(|h| h.hold.is_some()) {
-            return (false, Some(turn));
+            return HandOver::Kept(Some(turn));
         }
         if !self.is_valid() || !turn.can_hand_over() {
-            return (false, Some(turn));
+            return HandOver::Kept(Some(turn));
         }
         let Some(held) = self.held.take() else {
-            return (false, Some(turn));
+            return HandOver::Kept(Some(turn));
         };
         let handed = Self {
             kind: self.kind,
@@ -164,11 +173,11 @@ impl LockGuard {
             local: None,
         };
         match turn.hand_over(handed) {
-            Ok(()) => (true, None),
+            Ok(()) => HandOver::Handed,
             Err(back) => {
                 let (mut back, turn) = *back;
                 self.held = back.held.take();
-                (false, Some(turn))
+                HandOver::Kept(Some(turn))
             }
         }
     }
@@ -533,13 +542,12 @@ impl Held {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let (handed, turn) = self.hand_over();
-        if !handed {
+        if let HandOver::Kept(turn) = self.hand_over() {
             if let Some(held) = self.held.take() {
                 held.release_in_background("dropped guard");
             }
+            // The next local waiter, if any, competes once the release is on its way.
+            drop(turn);
         }
-        // The next local waiter, if any, competes once the release is on its way.
-        drop(turn);
     }
 }

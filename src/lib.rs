@@ -116,6 +116,7 @@ mod builder;
 mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod config;
 mod diagnose;
 mod election;
 mod error;
@@ -139,6 +140,7 @@ pub mod script_source;
 mod sync;
 #[cfg(feature = "tls")]
 mod tls;
+mod value;
 mod wake;
 
 // Unix only: the harness stops, resumes and kills servers with signals. Elsewhere the

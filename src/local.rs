@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::guard::LockGuard;
 use crate::sync::lock;
 
 /// Local hand-overs in a row before the lock goes back to the nodes: a real release then
@@ -26,30 +25,45 @@ use crate::sync::lock;
 /// process skips most releases and re-acquisitions.
 pub(crate) const MAX_LOCAL_HANDOVERS: u32 = 4;
 
-/// What a waiting task is given when its turn comes.
+/// What a waiting task is given when its turn comes; `T` is what holds the lock (a
+/// guard), which this module moves from task to task and never looks into.
 // The guard is moved once through a oneshot channel, never stored in bulk: boxing it
 // would cost an allocation on every hand-over, the in-process fast path.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Turn {
+pub(crate) enum Turn<T> {
     /// Compete on the nodes (the previous task gave up, or released for real).
-    Compete(LocalTurn),
-    /// The lock itself, handed over by the previous holder.
-    Handed(LockGuard),
+    Compete(LocalTurn<T>),
+    /// The lock itself, handed over by the previous holder, with the turn that now
+    /// covers it (the receiver keeps the two together).
+    Handed(T, LocalTurn<T>),
 }
 
-#[derive(Default)]
-struct Local {
-    waiters: VecDeque<oneshot::Sender<Turn>>,
+struct Local<T> {
+    waiters: VecDeque<oneshot::Sender<Turn<T>>>,
     /// Hand-overs since the lock last came from the nodes.
     handovers: u32,
 }
 
+impl<T> Default for Local<T> {
+    fn default() -> Self {
+        Self {
+            waiters: VecDeque::new(),
+            handovers: 0,
+        }
+    }
+}
+
 /// Per key, whether a task of this manager holds or competes for it (an entry exists),
 /// and who waits behind it.
-#[derive(Default)]
-pub(crate) struct LocalQueues(Mutex<HashMap<String, Local>>);
+pub(crate) struct LocalQueues<T>(Mutex<HashMap<String, Local<T>>>);
 
-impl fmt::Debug for LocalQueues {
+impl<T> Default for LocalQueues<T> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> fmt::Debug for LocalQueues<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalQueues")
             .field("keys", &lock(&self.0).len())
@@ -57,10 +71,13 @@ impl fmt::Debug for LocalQueues {
     }
 }
 
-impl LocalQueues {
+impl<T> LocalQueues<T> {
     /// The key's turn at once when no task of this manager holds or competes for it;
     /// else a place at the end of its queue.
-    pub(crate) fn enter(self: &Arc<Self>, key: &str) -> Result<LocalTurn, oneshot::Receiver<Turn>> {
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<LocalTurn<T>, oneshot::Receiver<Turn<T>>> {
         let mut map = lock(&self.0);
         match map.get_mut(key) {
             None => {
@@ -96,7 +113,7 @@ impl LocalQueues {
                 Ok(()) => return,
                 // That waiter was cancelled: the turn comes back, unused; try the next.
                 Err(Turn::Compete(turn)) => turn.disarm(),
-                Err(Turn::Handed(_)) => return,
+                Err(Turn::Handed(..)) => return,
             }
         }
     }
@@ -110,34 +127,31 @@ impl LocalQueues {
             .is_some_and(|l| l.handovers < MAX_LOCAL_HANDOVERS && !l.waiters.is_empty())
     }
 
-    /// Hands `guard` to the next waiter, if there is one and the hand-over bound allows;
+    /// Hands `held` to the next waiter, if there is one and the hand-over bound allows;
     /// gives it back otherwise (to be released on the nodes).
-    fn hand_over(self: &Arc<Self>, key: &str, guard: LockGuard) -> Result<(), Box<LockGuard>> {
-        let mut guard = Box::new(guard);
+    fn hand_over(self: &Arc<Self>, key: &str, held: T) -> Result<(), T> {
+        let mut held = held;
         loop {
             let next = {
                 let mut map = lock(&self.0);
                 let Some(local) = map.get_mut(key) else {
-                    return Err(guard);
+                    return Err(held);
                 };
                 if local.handovers >= MAX_LOCAL_HANDOVERS || local.waiters.is_empty() {
-                    return Err(guard);
+                    return Err(held);
                 }
                 local.handovers += 1;
                 local.waiters.pop_front()
             };
             let Some(next) = next else {
-                return Err(guard);
+                return Err(held);
             };
-            guard.set_local(LocalTurn::new(self, key));
-            match next.send(Turn::Handed(*guard)) {
+            match next.send(Turn::Handed(held, LocalTurn::new(self, key))) {
                 Ok(()) => return Ok(()),
-                Err(Turn::Handed(mut back)) => {
-                    // Cancelled meanwhile: the guard comes back; its turn is ours again.
-                    if let Some(turn) = back.take_local() {
-                        turn.disarm();
-                    }
-                    guard = Box::new(back);
+                Err(Turn::Handed(back, turn)) => {
+                    // Cancelled meanwhile: the lock comes back; its turn is ours again.
+                    turn.disarm();
+                    held = back;
                 }
                 Err(Turn::Compete(turn)) => {
                     turn.disarm();
@@ -150,20 +164,20 @@ impl LocalQueues {
 
 /// The key's turn in this manager: held by the task that competes for or holds the lock.
 /// Dropping it passes the turn to the next local waiter (who then competes on the nodes).
-pub(crate) struct LocalTurn {
-    queues: Arc<LocalQueues>,
+pub(crate) struct LocalTurn<T> {
+    queues: Arc<LocalQueues<T>>,
     key: String,
     armed: bool,
 }
 
-impl fmt::Debug for LocalTurn {
+impl<T> fmt::Debug for LocalTurn<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalTurn").field("key", &self.key).finish()
     }
 }
 
-impl LocalTurn {
-    fn new(queues: &Arc<LocalQueues>, key: &str) -> Self {
+impl<T> LocalTurn<T> {
+    fn new(queues: &Arc<LocalQueues<T>>, key: &str) -> Self {
         Self {
             queues: Arc::clone(queues),
             key: key.to_owned(),
@@ -181,21 +195,21 @@ impl LocalTurn {
         self.queues.can_hand_over(&self.key)
     }
 
-    /// Hands `guard`, whose lock this turn covers, to the next local waiter; gives it
-    /// back when there is none (or the bound says the nodes come first). On success the
-    /// turn went with the guard.
-    pub(crate) fn hand_over(mut self, guard: LockGuard) -> Result<(), Box<(LockGuard, LocalTurn)>> {
-        match self.queues.hand_over(&self.key, guard) {
+    /// Hands `held`, whose lock this turn covers, to the next local waiter; gives it
+    /// back with the turn when there is none (or the bound says the nodes come first).
+    /// On success the turn ended here; the receiver got one of its own.
+    pub(crate) fn hand_over(mut self, held: T) -> Result<(), Box<(T, Self)>> {
+        match self.queues.hand_over(&self.key, held) {
             Ok(()) => {
                 self.armed = false;
                 Ok(())
             }
-            Err(guard) => Err(Box::new((*guard, self))),
+            Err(held) => Err(Box::new((held, self))),
         }
     }
 }
 
-impl Drop for LocalTurn {
+impl<T> Drop for LocalTurn<T> {
     fn drop(&mut self) {
         if self.armed {
             self.queues.pass_on(&self.key);

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::builder::Config;
+use crate::config::Config;
 use crate::diagnose::HealthState;
 use crate::fencing::FenceCache;
-use crate::local::LocalQueues;
 use crate::node::Node;
 use crate::wake::Wakeups;
 
@@ -21,8 +20,6 @@ pub(crate) struct Shared {
     pub(crate) fences: FenceCache,
     /// State of the `check_on_connect` health checks.
     pub(crate) health: HealthState,
-    /// Tasks of this manager queued for the same key (in-process hand-over).
-    pub(crate) local: Arc<LocalQueues>,
 }
 
 impl Shared {
@@ -33,7 +30,6 @@ impl Shared {
             config,
             fences: FenceCache::default(),
             health: HealthState::default(),
-            local: Arc::default(),
         }
     }
 }

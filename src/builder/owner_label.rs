@@ -77,11 +77,6 @@ fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || (c.is_ascii() && LABEL_PUNCTUATION.contains(&(c as u8)))
 }
 
-/// A fresh owner value with `label`: `<label>:<UUID v4 in simple form>`.
-pub(crate) fn labelled_value(label: &str) -> String {
-    format!("{label}:{}", uuid::Uuid::new_v4().simple())
-}
-
 /// The label in a stored value, if the value has the form this crate writes with a
 /// label: a valid label, `:`, then 32 hex digits. A value written by another client
 /// (or without a label) has none, even if it happens to contain a `:`.
@@ -94,6 +89,7 @@ pub(crate) fn label_of(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::labelled_value;
 
     #[test]
     fn good_labels_pass() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use tracing::Instrument;
 
-use super::{Held, LockGuard};
+use super::{HandOver, Held, LockGuard};
 use crate::error::{Error, LostReason};
 use crate::metrics;
 use crate::quorum;
@@ -190,14 +190,16 @@ impl LockGuard {
         let resource = first(&names);
         let validity_ended = !self.is_valid();
         // Another task of this manager waits for the lock: it takes it as it is.
-        let (handed, turn) = self.hand_over();
-        if handed {
-            tracing::debug!(resource = %resource, "handed over within the process");
-            return Ok(ReleaseReport {
-                handed_over: true,
-                ..ReleaseReport::default()
-            });
-        }
+        let turn = match self.hand_over() {
+            HandOver::Kept(turn) => turn,
+            HandOver::Handed => {
+                tracing::debug!(resource = %resource, "handed over within the process");
+                return Ok(ReleaseReport {
+                    handed_over: true,
+                    ..ReleaseReport::default()
+                });
+            }
+        };
         // The next local waiter, if any, competes once the release is done (or dropped).
         let _turn = turn;
         let Some(held) = self.held.take() else {

@@ -96,7 +96,7 @@ impl Redlock {
     /// moment, undo on loss.
     pub(super) async fn attempt<C: Claim>(&self, claim: &C, try_: &Try<'_>) -> Attempt {
         let inner = &self.inner;
-        let value = super::new_shared_value(inner.config.owner_label.as_deref());
+        let value = crate::value::new_shared_value(inner.config.owner_label.as_deref());
         let (op, reading) = claim.request(&value, try_);
         // The clock starts before the first request is sent (the Redlock paper, step 1).
         let clock = &inner.config.clock;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::Redlock;
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::ConflictReason;
 use crate::kind::LockKind;
 use crate::round::Op;

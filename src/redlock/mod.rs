@@ -5,14 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tracing::Instrument;
 
-use crate::builder::{Config, RedlockBuilder};
+use crate::config::Config;
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::kind::Mode;
-use crate::local::Turn;
+use crate::local::{LocalQueues, Turn};
 use crate::metrics;
 use crate::node::Node;
 use crate::quorum;
@@ -62,6 +61,8 @@ pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Redlock {
     pub(crate) inner: Arc<Shared>,
+    /// Tasks of this manager queued for the same key (in-process hand-over).
+    local: Arc<LocalQueues<LockGuard>>,
 }
 
 impl fmt::Debug for Redlock {
@@ -75,22 +76,10 @@ impl fmt::Debug for Redlock {
 }
 
 impl Redlock {
-    /// Starts a builder; see [`RedlockBuilder`] for every setting and its default.
-    ///
-    /// ```
-    /// let redlock = tokio_redlock::Redlock::builder()
-    ///     .node("redis://127.0.0.1:7001")
-    ///     .build()?;
-    /// assert_eq!(redlock.node_count(), 1);
-    /// # Ok::<(), tokio_redlock::Error>(())
-    /// ```
-    pub fn builder() -> RedlockBuilder {
-        RedlockBuilder::default()
-    }
-
     pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
             inner: Arc::new(Shared::new(nodes, config)),
+            local: Arc::default(),
         }
     }
 
@@ -119,7 +108,7 @@ impl Redlock {
     }
 
     /// The bound on each request to one node (see
-    /// [`RedlockBuilder::node_timeout`]).
+    /// [`RedlockBuilder::node_timeout`](crate::RedlockBuilder::node_timeout)).
     ///
     /// ```
     /// # let redlock = tokio_redlock::Redlock::builder().node("redis://127.0.0.1:7001").build()?;
@@ -364,7 +353,7 @@ impl Redlock {
     }
 
     /// Acquires, queueing behind this manager's own tasks for the same key first when
-    /// local hand-over applies (see [`RedlockBuilder::local_handover`]): at most one of
+    /// local hand-over applies (see [`RedlockBuilder::local_handover`](crate::RedlockBuilder::local_handover)): at most one of
     /// them competes on the nodes, and a release hands the lock to the next.
     async fn take_turn(
         &self,
@@ -379,7 +368,7 @@ impl Redlock {
             return self.run_exclusive(resources, ttl_ms, want).await;
         }
         let key = self.key_of(resources[0]);
-        let turn = match self.inner.local.enter(&key) {
+        let turn = match self.local.enter(&key) {
             Ok(turn) => Some(turn),
             Err(waiting) => {
                 // As long as the retries could have waited on the nodes, or the budget.
@@ -390,8 +379,9 @@ impl Redlock {
                         .saturating_add(config.node_timeout)
                 });
                 match tokio::time::timeout(budget, waiting).await {
-                    Ok(Ok(Turn::Handed(guard))) => {
-                        return self.adopt(guard, resources, ttl_ms, want).await
+                    Ok(Ok(Turn::Handed(mut guard, turn))) => {
+                        guard.set_local(turn);
+                        return self.adopt(guard, resources, ttl_ms, want).await;
                     }
                     Ok(Ok(Turn::Compete(turn))) => Some(turn),
                     // Out of time in the local queue: one attempt of its own, which
@@ -509,56 +499,4 @@ async fn metered(
     };
     metrics::acquired(result.as_ref().map(|_| ()), attempts, start.elapsed());
     result
-}
-
-/// A fresh owner value: 128 bits from the thread's CSPRNG, as 32 hex digits; with an
-/// owner label, `<label>:<UUID v4>` (122 random bits, the format the design names).
-pub(crate) fn new_value(label: Option<&str>) -> String {
-    if let Some(same) = crate::mutants::constant_value() {
-        return same;
-    }
-    match label {
-        Some(label) => crate::builder::labelled_value(label),
-        None => format!("{:032x}", rand::rng().random::<u128>()),
-    }
-}
-
-/// [`new_value`] as the shared string every request of an attempt carries. The unlabelled
-/// value is written on the stack and copied once into the `Arc`, where a `String` would
-/// be allocated and then copied into a second allocation, on every attempt.
-pub(crate) fn new_shared_value(label: Option<&str>) -> Arc<str> {
-    if label.is_some() || crate::mutants::constant_value().is_some() {
-        return new_value(label).into();
-    }
-    let mut hex = [0u8; 32];
-    let bits = rand::rng().random::<u128>();
-    for (i, digit) in hex.iter_mut().enumerate() {
-        // Most significant digit first, as `{:032x}` writes them.
-        let nibble = (bits >> (4 * (31 - i))) & 0xf;
-        *digit = b"0123456789abcdef"[nibble as usize];
-    }
-    // Hex digits are ASCII, so this never fails; the fallback only keeps it panic-free.
-    std::str::from_utf8(&hex).map_or_else(|_| new_value(None).into(), Arc::from)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_shared_value_is_32_lowercase_hex_digits_and_fresh() {
-        let a = new_shared_value(None);
-        let b = new_shared_value(None);
-        for v in [&a, &b] {
-            assert_eq!(v.len(), 32, "{v}");
-            assert!(
-                v.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
-                "{v}"
-            );
-        }
-        assert_ne!(a, b);
-        // The same alphabet and width as `new_value`, the format the design names.
-        assert_eq!(new_value(None).len(), a.len());
-        assert!(new_shared_value(Some("worker-1")).starts_with("worker-1:"));
-    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::ConflictReason;
 use crate::kind::LockKind;
 use crate::redlock::Redlock;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::ConflictReason;
 use crate::kind::{LockKind, READERS_SUFFIX};
 use crate::redlock::Redlock;
@@ -47,7 +47,7 @@ impl ReadWrite {
             // Writers take tokens from the exclusive lock's counter.
             fences: (config.fencing && write).then(|| vec![redlock.fence_key_of(resource)]),
             // The manager's id first: the release scripts wake the manager it names.
-            intent: format!("{}|{}", inner.wakeups.id(), super::super::new_value(None)),
+            intent: format!("{}|{}", inner.wakeups.id(), crate::value::new_value(None)),
             patience_ms: patience(config.retry_delay, config.retry_jitter, config.node_timeout),
             notify: config.wake_on_release,
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::{ConflictReason, Error};
 use crate::kind::{self, LockKind};
 use crate::mutants;
