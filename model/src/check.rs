@@ -53,6 +53,10 @@ impl Config {
             scripts: Scripts::of_crate(),
             token_from_counters: false,
             count_any_slot: false,
+            patience: 4,
+            wipes: 0,
+            quarantine: None,
+            late_bound: None,
         }
     }
 
@@ -76,6 +80,20 @@ impl Config {
             attempts: 1,
             max_steps: Some(6),
             ..Config::exclusive(bound, &[])
+        }
+    }
+}
+
+impl Config {
+    /// The reader-writer lock on 3 nodes: client 0 reads, client 1 writes (ttl 4 ms,
+    /// patience 4 ms); each extends once (ttl 8), releases or gives up; one attempt
+    /// each (large: two); every execution of 7 steps.
+    pub fn read_write(bound: Bound) -> Self {
+        Config {
+            kind: Kind::ReadWrite { readers: 1 },
+            extenders: 2,
+            extends: 1,
+            ..Config::exclusive(bound, &[8])
         }
     }
 }

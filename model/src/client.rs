@@ -179,8 +179,11 @@ pub fn give_up(cfg: &Config, state: &mut State, c: u8) {
     let client = &mut state.clients[usize::from(c)];
     let attempt = client.attempts;
     match std::mem::take(&mut client.phase) {
+        // A cancelled acquisition undoes its attempt; a reader's place or a writer's
+        // intent is left to lapse (the crate withdraws them only when its retry loop
+        // ends, which a dropped future never reaches).
         Phase::Acquiring(_) => {
-            cfg.fan_out(state, c, 0, &Op::Release { attempt });
+            cfg.fan_out(state, c, 0, &Op::Undo { attempt });
         }
         Phase::Extending(hold, _) => client.phase = Phase::Holding(hold),
         _ => unreachable!("give up outside a round"),
@@ -232,11 +235,28 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
                 floor: r.floor,
                 slot,
             };
+            let waited = client.attempts > 1;
             state.clients[usize::from(c)].phase = Phase::Holding(hold);
+            // A writer withdraws its intent (a node that refused it keeps it); a reader
+            // its place where one may be left: it was refused somewhere, or waited.
+            let refused = r.answers.contains(&Answer::No);
+            let withdraw = match cfg.kind {
+                Kind::ReadWrite { .. } if crate::rw::is_reader(cfg, c) => refused || waited,
+                Kind::ReadWrite { .. } => true,
+                _ => false,
+            };
+            if withdraw {
+                cfg.fan_out(state, c, 0, &Op::Withdraw);
+            }
         }
         Phase::Acquiring(_) => {
             let attempt = client.attempts;
-            cfg.fan_out(state, c, 0, &Op::Release { attempt });
+            cfg.fan_out(state, c, 0, &Op::Undo { attempt });
+            // The last attempt lost: the acquisition gives up and withdraws.
+            let last = attempt >= cfg.attempts;
+            if last && matches!(cfg.kind, Kind::ReadWrite { .. }) {
+                cfg.fan_out(state, c, 0, &Op::Withdraw);
+            }
         }
         _ => unreachable!(),
     }
@@ -252,8 +272,8 @@ fn classify_extend(reply: &Reply) -> Answer {
 
 fn classify_acquire(kind: Kind, reply: &Reply, cache: &mut u64) -> Answer {
     match (kind, reply) {
-        (Kind::Exclusive, Reply::Int(1)) => Answer::Yes(0),
-        (Kind::Exclusive, Reply::Int(0)) => Answer::No,
+        (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(1)) => Answer::Yes(0),
+        (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(0)) => Answer::No,
         (Kind::Permits(_), Reply::Int(i)) if *i > 0 => Answer::Yes(*i as u64 - 1),
         (Kind::Permits(_), Reply::Int(0)) => Answer::No,
         (Kind::Fenced, Reply::Array(items)) => match items.as_slice() {

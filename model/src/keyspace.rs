@@ -92,6 +92,14 @@ impl Keyspace {
         }
     }
 
+    /// The score of `member` in the sorted set at `key`, if both exist at `now`.
+    pub fn score(&self, key: &str, member: &str, now: u64) -> Option<i64> {
+        match &self.live(key, now)?.data {
+            Data::Zset(z) => z.get(member).copied(),
+            Data::Str(_) => None,
+        }
+    }
+
     fn live(&self, key: &str, now: u64) -> Option<&Entry> {
         self.keys
             .get(key)
@@ -254,12 +262,14 @@ impl Keyspace {
         match name {
             "ZADD" => {
                 let mut i = 1;
-                let (mut nx, mut xx, mut gt) = (false, false, false);
+                let (mut nx, mut xx, mut gt, mut ch) = (false, false, false, false);
                 while i < a.len() {
                     match a[i].to_ascii_uppercase().as_str() {
                         "NX" => nx = true,
                         "XX" => xx = true,
                         "GT" => gt = true,
+                        // Count the members changed (added or rescored), not only added.
+                        "CH" => ch = true,
                         _ => break,
                     }
                     i += 1;
@@ -278,12 +288,13 @@ impl Keyspace {
                     );
                 }
                 let z = self.zset(key, now)?.expect("just made");
-                let mut added = 0;
+                let (mut added, mut changed) = (0, 0);
                 for pair in pairs.chunks(2) {
                     let s = score(pair[0])?;
                     match z.get(pair[1]).copied() {
                         Some(old) if !nx && (!gt || s > old) => {
                             z.insert(pair[1].to_owned(), s);
+                            changed += i64::from(s != old);
                         }
                         None if !xx => {
                             z.insert(pair[1].to_owned(), s);
@@ -295,7 +306,7 @@ impl Keyspace {
                 if z.is_empty() {
                     self.keys.remove(key);
                 }
-                Ok(Reply::Int(added))
+                Ok(Reply::Int(if ch { added + changed } else { added }))
             }
             "ZSCORE" => Ok(
                 match self.zset(key, now)?.and_then(|z| z.get(a[1]).copied()) {

@@ -15,6 +15,7 @@ pub mod client;
 pub mod keyspace;
 pub mod lua;
 pub mod model;
+pub mod rw;
 pub mod trace;
 
 /// The crate's pure quorum arithmetic, included as source (it is private in the crate).

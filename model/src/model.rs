@@ -43,7 +43,7 @@ pub fn value(client: u8, attempt: u8) -> String {
 }
 
 /// The script texts the model runs; by default the crate's, from
-/// [`tokio_redlock::script_source`].
+/// [`tokio_redlock::script_source`]. Each field is named after its script.
 #[derive(Clone, Copy, Debug)]
 pub struct Scripts {
     pub acquire: &'static str,
@@ -51,6 +51,13 @@ pub struct Scripts {
     pub extend: &'static str,
     pub fenced: &'static str,
     pub permit: &'static str,
+    pub read_acquire: &'static str,
+    pub read_extend: &'static str,
+    pub read_release: &'static str,
+    pub read_wait_clear: &'static str,
+    pub write_acquire: &'static str,
+    pub write_release: &'static str,
+    pub intent_clear: &'static str,
 }
 
 impl Scripts {
@@ -63,6 +70,13 @@ impl Scripts {
             extend: get("EXTEND"),
             fenced: get("FENCED_ACQUIRE"),
             permit: get("PERMIT_ACQUIRE"),
+            read_acquire: get("READ_ACQUIRE"),
+            read_extend: get("READ_EXTEND"),
+            read_release: get("READ_RELEASE"),
+            read_wait_clear: get("READ_WAIT_CLEAR"),
+            write_acquire: get("WRITE_ACQUIRE"),
+            write_release: get("WRITE_RELEASE"),
+            intent_clear: get("INTENT_CLEAR"),
         }
     }
 }
@@ -76,6 +90,12 @@ pub enum Kind {
     Fenced,
     /// A semaphore of this many permits (`PERMIT_ACQUIRE` over its slot keys).
     Permits(u8),
+    /// The reader-writer lock: the first `readers` clients take read locks, the others
+    /// write locks (`READ_*`, `WRITE_*`, `INTENT_CLEAR`; see [`rw`](crate::rw)).
+    ReadWrite {
+        /// How many of the clients (the first ones) are readers.
+        readers: u8,
+    },
 }
 
 /// One model: the primitive, the bounds, the scripts, and the client's rules.
@@ -122,6 +142,18 @@ pub struct Config {
     /// The `semaphore_count` client rule: a permit is won on a quorum of grants of any
     /// slot, not of one slot.
     pub count_any_slot: bool,
+    /// How long (ms) a refused reader keeps its place and a refused writer its intent
+    /// (reader-writer lock: the scripts' patience argument).
+    pub patience: u64,
+    /// How many times in a run a node may lose its data (a restart without it).
+    pub wipes: u8,
+    /// The restart quarantine: a node that lost its data does not vote for this many ms
+    /// (the crate requires at least the largest ttl); `None`: it votes at once (unsafe).
+    pub quarantine: Option<u64>,
+    /// The late-delivery bound (ms): a request runs at most this long after it was sent,
+    /// or never. `None`: at any later time up to the horizon. With a bound the model
+    /// also checks [`KEYS_EXPIRE`].
+    pub late_bound: Option<u64>,
 }
 
 /// A request as it travels: which client sent it and for which of its rounds (`0`: a
@@ -137,9 +169,18 @@ pub enum Op {
         attempt: u8,
         ttl: u64,
     },
+    /// A holder's release.
     Release {
         attempt: u8,
     },
+    /// The undo of a lost, late or abandoned attempt (for all but a writer the same
+    /// script as the release).
+    Undo {
+        attempt: u8,
+    },
+    /// A reader or writer that is done waiting withdraws its place or intent
+    /// (`READ_WAIT_CLEAR`, `INTENT_CLEAR`).
+    Withdraw,
 }
 
 /// A request in flight from `client` to `node`, for the client's round `round`.
@@ -148,13 +189,20 @@ pub struct Msg {
     pub node: u8,
     pub client: u8,
     pub round: u8,
+    /// When it was sent (global ms), kept only with a [`Config::late_bound`] (else 0,
+    /// so that equal situations stay equal states).
+    pub sent: u64,
     pub op: Op,
 }
 
+/// One node: its clock's lead over the global clock, its keys, and its restart
+/// quarantine.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Node {
     pub skew: u8,
     pub keys: Keyspace,
+    /// The global ms until which its votes do not count (it lost its data; 0: none).
+    pub quarantined_until: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,6 +215,8 @@ pub struct State {
     pub net: Vec<Msg>,
     /// The highest fencing token of an acquisition won so far.
     pub top_token: u64,
+    /// How many nodes lost their data so far.
+    pub wipes: u8,
 }
 
 impl State {
@@ -199,6 +249,9 @@ pub enum Action {
         msg: Msg,
         heard: bool,
     },
+    /// A node restarts without its data: every key is gone, and with a quarantine it
+    /// does not vote for that long.
+    Wipe(u8),
 }
 
 impl Config {
@@ -207,6 +260,7 @@ impl Config {
         let s = &self.scripts;
         let lock = || vec![LOCK.to_owned()];
         match (self.kind, op) {
+            (Kind::ReadWrite { .. }, _) => crate::rw::call(self, client, op),
             (Kind::Exclusive, Op::Acquire { attempt, ttl, .. }) => (
                 s.acquire,
                 lock(),
@@ -240,7 +294,8 @@ impl Config {
                 lock(),
                 vec![value(client, *attempt), ttl.to_string()],
             ),
-            (kind, Op::Release { attempt }) => {
+            (_, Op::Withdraw) => unreachable!("only readers and writers wait"),
+            (kind, Op::Release { attempt } | Op::Undo { attempt }) => {
                 let keys = match kind {
                     Kind::Permits(n) => (0..n).map(slot_key).collect(),
                     _ => lock(),
@@ -269,12 +324,18 @@ impl Config {
 
     /// Sends `op` from `client` to every node.
     pub fn fan_out(&self, state: &mut State, client: u8, round: u8, op: &Op) {
+        let sent = if self.late_bound.is_some() {
+            state.now
+        } else {
+            0
+        };
         for node in 0..self.nodes {
             let op = op.clone();
             state.send(Msg {
                 node,
                 client,
                 round,
+                sent,
                 op,
             });
         }
@@ -294,13 +355,16 @@ impl Config {
         let key = self.hold_key(hold);
         let value = value(client, hold.attempt);
         let last_believed = hold.valid_until.div_ceil(1000).saturating_sub(1);
+        let reader = crate::rw::is_reader(self, client);
         (0..state.nodes.len())
             .filter(|n| {
                 let node = &state.nodes[*n];
+                let last = last_believed + u64::from(node.skew);
+                if reader {
+                    return crate::rw::backs_reader(self, state, *n, client, hold, last);
+                }
                 match node.keys.string(&key, state.node_now(*n)) {
-                    Some((v, expires)) if v == value => {
-                        expires.is_none_or(|at| at >= last_believed + u64::from(node.skew))
-                    }
+                    Some((v, expires)) if v == value => expires.is_none_or(|at| at >= last),
                     _ => false,
                 }
             })
@@ -329,13 +393,15 @@ impl Model for Config {
             nodes: vec![
                 Node {
                     skew: 0,
-                    keys: Keyspace::default()
+                    keys: Keyspace::default(),
+                    quarantined_until: 0,
                 };
                 self.nodes.into()
             ],
             clients: vec![Client::default(); self.clients.into()],
             net: Vec::new(),
             top_token: 0,
+            wipes: 0,
         }]
     }
 
@@ -371,9 +437,17 @@ impl Model for Config {
                 Phase::Acquiring(_) | Phase::Extending(..) => actions.push(Action::GiveUp(c)),
             }
         }
+        if state.wipes < self.wipes {
+            for n in 0..self.nodes {
+                actions.push(Action::Wipe(n));
+            }
+        }
         let mut last = None;
         for msg in &state.net {
-            if last != Some(msg) {
+            let too_late = self
+                .late_bound
+                .is_some_and(|bound| state.now > msg.sent + bound);
+            if last != Some(msg) && !too_late {
                 let waited = state.clients[usize::from(msg.client)].round_id() == Some(msg.round);
                 if waited {
                     actions.push(Action::Deliver {
@@ -412,7 +486,23 @@ impl Model for Config {
                 state.net.remove(at);
                 let reply = self.apply(&mut state, msg.node, msg.client, &msg.op);
                 if heard {
+                    // A node in restart quarantine does not vote, whatever it answered.
+                    let quarantined =
+                        state.now < state.nodes[usize::from(msg.node)].quarantined_until;
+                    let reply = if quarantined {
+                        Reply::Error("quarantined".into())
+                    } else {
+                        reply
+                    };
                     crate::client::answer(self, &mut state, msg.client, msg.node, &reply);
+                }
+            }
+            Action::Wipe(n) => {
+                state.wipes += 1;
+                let node = &mut state.nodes[usize::from(n)];
+                node.keys = Keyspace::default();
+                if let Some(period) = self.quarantine {
+                    node.quarantined_until = state.now + period;
                 }
             }
         }
@@ -421,12 +511,10 @@ impl Model for Config {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always(NO_TWO_HOLDERS, |m: &Config, s: &State| {
-                let limit = match m.kind {
-                    Kind::Permits(n) => usize::from(n),
-                    _ => 1,
-                };
-                believers(s).count() <= limit
+            Property::always(NO_TWO_HOLDERS, |m: &Config, s: &State| match m.kind {
+                Kind::Permits(n) => believers(s).count() <= usize::from(n),
+                Kind::ReadWrite { .. } => crate::rw::compatible(m, believers(s).map(|(c, _)| c)),
+                _ => believers(s).count() <= 1,
             }),
             Property::always(BELIEF_IS_BACKED, |m: &Config, s: &State| {
                 let quorum = crate::quorum::quorum(m.nodes.into());
@@ -445,8 +533,8 @@ impl Model for Config {
     }
 }
 
-/// No two clients believe at once in conflicting holds (for permits: no more believers
-/// than permits).
+/// No two clients believe at once in conflicting holds: two exclusive owners or two
+/// writers, a writer and a reader, or more holders of permits than permits.
 pub const NO_TWO_HOLDERS: &str = "no two clients believe in conflicting holds";
 /// A client that believes it holds has its value on a quorum, with an expiry no earlier
 /// than the last ms it believes in.

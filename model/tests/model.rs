@@ -137,3 +137,31 @@ fn mutant_semaphore_count_is_caught() {
     cfg.stop_at = Some(NO_TWO_HOLDERS);
     assert_found(&check("semaphore_count", cfg), NO_TWO_HOLDERS);
 }
+
+/// The reader-writer lock with the crate's scripts: a reader and a writer.
+#[test]
+fn readers_and_writers_are_safe() {
+    assert_safe(&check("read-write", Config::read_write(Bound::from_env())));
+}
+
+/// `read_beside_writer`: `READ_ACQUIRE` without its check of the lock key's holder
+/// admits a reader while the writer holds.
+#[test]
+fn mutant_read_beside_writer_is_caught() {
+    let mut cfg = Config::read_write(Bound::Small);
+    cfg.scripts.read_acquire = script_source::mutant("read_beside_writer").expect("mutant");
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("read_beside_writer", cfg), NO_TWO_HOLDERS);
+}
+
+/// `write_beside_readers`: `WRITE_ACQUIRE` without its count of the live readers grants
+/// a writer while a reader holds.
+#[test]
+fn mutant_write_beside_readers_is_caught() {
+    let mut cfg = Config::read_write(Bound::Small);
+    cfg.scripts.write_acquire = script_source::mutant("write_beside_readers").expect("mutant");
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("write_beside_readers", cfg), NO_TWO_HOLDERS);
+}
