@@ -98,6 +98,22 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Exclusive locks (ttl 4, no extensions) while one node restarts without its data,
+    /// behind a restart quarantine of 4 ms (the largest ttl, the least the crate
+    /// allows); clocks exact (the skew is the exclusive run's); every execution of 7
+    /// steps (large: 8).
+    pub fn restarts(bound: Bound) -> Self {
+        Config {
+            wipes: 1,
+            quarantine: Some(4),
+            max_skew: 0,
+            max_steps: Some(if bound == Bound::Large { 8 } else { 7 }),
+            ..Config::exclusive(bound, &[])
+        }
+    }
+}
+
 /// What one exhaustive run found.
 #[derive(Debug)]
 pub struct Outcome {

@@ -350,7 +350,10 @@ impl Config {
     }
 
     /// How many nodes store `hold`'s value under its key, at least until the last ms
-    /// the client believes in it (on the global clock).
+    /// the client believes in it (on the global clock), or withhold their vote until
+    /// after it: a node in restart quarantine through that ms may have lost the value,
+    /// but votes for nobody else before the value would have expired anyway (the
+    /// quarantine's argument, docs/safety.md section 2).
     pub fn backing(&self, state: &State, client: u8, hold: &Hold) -> usize {
         let key = self.hold_key(hold);
         let value = value(client, hold.attempt);
@@ -360,6 +363,9 @@ impl Config {
             .filter(|n| {
                 let node = &state.nodes[*n];
                 let last = last_believed + u64::from(node.skew);
+                if node.quarantined_until > last_believed {
+                    return true;
+                }
                 if reader {
                     return crate::rw::backs_reader(self, state, *n, client, hold, last);
                 }

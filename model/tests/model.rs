@@ -165,3 +165,37 @@ fn mutant_write_beside_readers_is_caught() {
     cfg.stop_at = Some(NO_TWO_HOLDERS);
     assert_found(&check("write_beside_readers", cfg), NO_TWO_HOLDERS);
 }
+
+/// A node restarts without its data, behind the restart quarantine: safe.
+#[test]
+fn restart_behind_quarantine_is_safe() {
+    assert_safe(&check(
+        "restart, quarantined",
+        Config::restarts(Bound::from_env()),
+    ));
+}
+
+/// The same restart without the quarantine: the node votes at once for a second owner
+/// while the first still believes (the known-unsafe restart of docs/safety.md).
+#[test]
+fn restart_without_quarantine_is_caught() {
+    let mut cfg = Config::restarts(Bound::Small);
+    (cfg.quarantine, cfg.max_skew, cfg.horizon, cfg.max_steps) = (None, 0, 0, None);
+    cfg.releases = false;
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("restart, no quarantine", cfg), NO_TWO_HOLDERS);
+}
+
+/// A quarantine shorter than the ttl: the lost key would still have been live when the
+/// node votes again.
+#[test]
+fn too_short_a_quarantine_is_caught() {
+    let mut cfg = Config::restarts(Bound::Small);
+    (cfg.quarantine, cfg.max_skew, cfg.horizon) = (Some(1), 0, 1);
+    (cfg.max_steps, cfg.releases) = (None, false);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(
+        &check("restart, quarantine 1 ms of ttl 4", cfg),
+        NO_TWO_HOLDERS,
+    );
+}
