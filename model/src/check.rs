@@ -114,6 +114,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The lifetime of keys ([`KEYS_EXPIRE`](crate::model::KEYS_EXPIRE)) under a
+    /// late-delivery bound of 1 ms: the reader-writer lock (its values, readers marker,
+    /// writer intent and reader places), clocks exact, time jumping up to 3 ms a tick
+    /// to a horizon of 9 ms, past every ttl; every execution of 7 steps (large: 8).
+    pub fn lifetimes(bound: Bound) -> Self {
+        Config {
+            late_bound: Some(1),
+            max_skew: 0,
+            horizon: 9,
+            max_tick: 3,
+            max_steps: Some(if bound == Bound::Large { 8 } else { 7 }),
+            ..Config::read_write(bound)
+        }
+    }
+}
+
 /// What one exhaustive run found.
 #[derive(Debug)]
 pub struct Outcome {

@@ -35,6 +35,12 @@ pub struct Client {
     /// The highest fencing counter this client has heard of.
     pub cache: u64,
     pub phase: Phase,
+    /// With a late-delivery bound: per attempt, the last global ms at which a key may
+    /// still hold the attempt's value (see [`KEYS_EXPIRE`](crate::model::KEYS_EXPIRE)).
+    pub deadlines: Vec<u64>,
+    /// With a late-delivery bound: the last global ms at which the client's place or
+    /// intent may still be stored.
+    pub wait_deadline: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -13,6 +13,7 @@
 pub mod check;
 pub mod client;
 pub mod keyspace;
+pub mod lifetime;
 pub mod lua;
 pub mod model;
 pub mod rw;

@@ -329,6 +329,9 @@ impl Config {
         } else {
             0
         };
+        if let Some(bound) = self.late_bound {
+            crate::lifetime::sending(self, state, client, op, state.now + bound);
+        }
         for node in 0..self.nodes {
             let op = op.clone();
             state.send(Msg {
@@ -532,6 +535,9 @@ impl Model for Config {
                     .filter_map(Client::hold)
                     .all(|h| h.token.is_none_or(|t| t > h.floor))
             }),
+            Property::always(KEYS_EXPIRE, |m: &Config, s: &State| {
+                crate::lifetime::keys_expire(m, s)
+            }),
             Property::sometimes(SOMEONE_HOLDS, |_: &Config, s: &State| {
                 believers(s).next().is_some()
             }),
@@ -547,6 +553,15 @@ pub const NO_TWO_HOLDERS: &str = "no two clients believe in conflicting holds";
 pub const BELIEF_IS_BACKED: &str = "every belief is backed by a quorum";
 /// A fenced acquisition gets a token above that of every acquisition won before it started.
 pub const TOKENS_INCREASE: &str = "fencing tokens strictly increase";
+/// With a late-delivery bound `L` ([`Config::late_bound`]): no key outlives its last
+/// holder's ttl plus `L`. Precisely, on every node at every global ms `t`: a key or a
+/// reader entry holding the value of an attempt exists only if `t ≤ s + L + d` for one
+/// of that attempt's acquire or extend requests, sent at `s` with ttl `d`; the readers
+/// marker only if that holds for one of the readers; a writer's intent or a reader's
+/// place only if `t ≤ s + L + patience` for one of its acquire requests. (A release
+/// shortens none of these: a late copy of an acquire can land after it.) Fencing
+/// counters have no ttl and are left out.
+pub const KEYS_EXPIRE: &str = "no key outlives its last holder's ttl plus the late-delivery bound";
 /// The model is not vacuous: some client gets to hold.
 pub const SOMEONE_HOLDS: &str = "some client holds";
 

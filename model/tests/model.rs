@@ -4,11 +4,17 @@
 
 use tokio_redlock::script_source;
 use tokio_redlock_model::check::{check, Bound, Outcome};
+use tokio_redlock_model::model::Kind;
 use tokio_redlock_model::model::{
-    Config, BELIEF_IS_BACKED, NO_TWO_HOLDERS, SOMEONE_HOLDS, TOKENS_INCREASE,
+    Config, BELIEF_IS_BACKED, KEYS_EXPIRE, NO_TWO_HOLDERS, SOMEONE_HOLDS, TOKENS_INCREASE,
 };
 
-const SAFETY: [&str; 3] = [NO_TWO_HOLDERS, BELIEF_IS_BACKED, TOKENS_INCREASE];
+const SAFETY: [&str; 4] = [
+    NO_TWO_HOLDERS,
+    BELIEF_IS_BACKED,
+    TOKENS_INCREASE,
+    KEYS_EXPIRE,
+];
 
 fn assert_safe(out: &Outcome) {
     for property in SAFETY {
@@ -198,4 +204,28 @@ fn too_short_a_quarantine_is_caught() {
         &check("restart, quarantine 1 ms of ttl 4", cfg),
         NO_TWO_HOLDERS,
     );
+}
+
+/// Under a late-delivery bound, no key, readers marker, intent or reader place outlives
+/// its last holder's ttl (or patience) plus the bound.
+#[test]
+fn keys_expire_in_time() {
+    assert_safe(&check("lifetimes", Config::lifetimes(Bound::from_env())));
+}
+
+/// The property bites: an EXTEND that keeps the key 1 ms longer than asked (the crate's
+/// text, with `ARGV[2] + 1` for `ARGV[2]`) is caught.
+#[test]
+fn an_extension_past_its_ttl_is_caught() {
+    let mut cfg = Config::lifetimes(Bound::Small);
+    let extend = script_source::script("EXTEND").expect("EXTEND");
+    let longer = extend.replacen("raise(key, ARGV[2])", "raise(key, ARGV[2] + 1)", 1);
+    assert_ne!(longer, extend, "the cut no longer applies to EXTEND");
+    cfg.scripts.extend = Box::leak(longer.into_boxed_str());
+    // The owner alone, extending by 4 ms: a copy landing 1 ms late keeps the key to
+    // 6 ms after its sending, 1 ms past its deadline.
+    (cfg.kind, cfg.clients, cfg.extend_ttls) = (Kind::Exclusive, 1, vec![4]);
+    cfg.max_steps = Some(8);
+    cfg.stop_at = Some(KEYS_EXPIRE);
+    assert_found(&check("extend past its ttl", cfg), KEYS_EXPIRE);
 }
