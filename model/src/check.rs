@@ -21,7 +21,9 @@ use crate::model::{Config, Kind, Scripts, State};
 /// so a large run covers most, not provably all, executions of its number of steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bound {
+    /// The CI bound: breadth first.
     Small,
+    /// The long run: depth first, deeper.
     Large,
 }
 
@@ -164,9 +166,13 @@ impl Config {
 /// What one exhaustive run found.
 #[derive(Debug)]
 pub struct Outcome {
+    /// States generated (with repeats).
     pub states: usize,
+    /// Distinct states.
     pub unique: usize,
+    /// The deepest path reached, in states (steps + 1).
     pub depth: usize,
+    /// Wall time of the run.
     pub took: Duration,
     /// Whether `REDLOCK_MODEL_TIMEOUT` ended the run before it was through.
     pub timed_out: bool,
@@ -177,6 +183,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The story of the counterexample to `property` (or of the example, for a `sometimes`).
     pub fn violated(&self, property: &str) -> Option<&str> {
         self.found
             .iter()

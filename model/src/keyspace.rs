@@ -11,11 +11,17 @@ use std::collections::BTreeMap;
 /// A Redis reply, as a command or a script returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reply {
+    /// An integer reply.
     Int(i64),
+    /// A bulk string.
     Bulk(String),
+    /// A nil bulk (Lua `false`).
     Nil,
+    /// An array of replies.
     Array(Vec<Reply>),
+    /// A status reply (`+OK`).
     Status(String),
+    /// An error reply, or an error raised in a script.
     Error(String),
 }
 
@@ -35,21 +41,28 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// What a key holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Data {
+    /// A string.
     Str(String),
+    /// A sorted set: member to score.
     Zset(BTreeMap<String, i64>),
 }
 
 /// A key's data and its expiry on the node's clock (`None`: persistent).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Entry {
+    /// What the key holds.
     pub data: Data,
+    /// Its expiry on the node's clock (ms).
     pub expires: Option<u64>,
 }
 
+/// One node's keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Keyspace {
+    /// Every key, expired ones purged at each tick and command.
     pub keys: BTreeMap<String, Entry>,
 }
 

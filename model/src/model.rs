@@ -17,9 +17,15 @@
 //!   removes half the messages, and with them most of the interleavings.
 //! - **Clients** follow [`client`](crate::client) and decide with the crate's
 //!   `quorum.rs`.
-//! - **A restart** keeps the node's keys (the persistence assumption of docs/safety.md)
-//!   and only cuts connections, which the delivery order above already covers; it is not
-//!   a step of its own.
+//! - **A restart with its data** (AOF with `appendfsync always`) keeps the node's keys
+//!   and only cuts connections, and **a paused node** runs nothing for a while, then
+//!   everything: both are orders the network above already delivers in, so neither is a
+//!   step of its own.
+//! - **A restart without its data** (`Wipe`, at most [`Config::wipes`] per run) empties
+//!   the node; with [`Config::quarantine`] its votes do not count for that long, as the
+//!   crate's restart quarantine does (`Node::counted`), every client judging it alike.
+//! - **A late-delivery bound** ([`Config::late_bound`]), when set, drops the requests
+//!   older than it; it is what [`KEYS_EXPIRE`] is measured against.
 
 use stateright::{Model, Property};
 
@@ -46,17 +52,29 @@ pub fn value(client: u8, attempt: u8) -> String {
 /// [`tokio_redlock::script_source`]. Each field is named after its script.
 #[derive(Clone, Copy, Debug)]
 pub struct Scripts {
+    /// `ACQUIRE_ONE`.
     pub acquire: &'static str,
+    /// `RELEASE`.
     pub release: &'static str,
+    /// `EXTEND`.
     pub extend: &'static str,
+    /// `FENCED_ACQUIRE`.
     pub fenced: &'static str,
+    /// `PERMIT_ACQUIRE`.
     pub permit: &'static str,
+    /// `READ_ACQUIRE`.
     pub read_acquire: &'static str,
+    /// `READ_EXTEND`.
     pub read_extend: &'static str,
+    /// `READ_RELEASE`.
     pub read_release: &'static str,
+    /// `READ_WAIT_CLEAR`.
     pub read_wait_clear: &'static str,
+    /// `WRITE_ACQUIRE`.
     pub write_acquire: &'static str,
+    /// `WRITE_RELEASE`.
     pub write_release: &'static str,
+    /// `INTENT_CLEAR`.
     pub intent_clear: &'static str,
 }
 
@@ -101,8 +119,11 @@ pub enum Kind {
 /// One model: the primitive, the bounds, the scripts, and the client's rules.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The primitive the clients use.
     pub kind: Kind,
+    /// How many nodes.
     pub nodes: u8,
+    /// How many clients.
     pub clients: u8,
     /// The last global time (ms) the model reaches.
     pub horizon: u64,
@@ -135,6 +156,7 @@ pub struct Config {
     pub depth_first: bool,
     /// The drift factor (the crate's default: 1 %).
     pub drift_factor: f64,
+    /// The script texts (the crate's, or a mutant in place of one).
     pub scripts: Scripts,
     /// The `incr_max` client rule: the token is the highest counter of the yes replies,
     /// not the candidate.
@@ -160,22 +182,31 @@ pub struct Config {
 /// release or undo, whose reply nobody waits for).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
+    /// An acquisition attempt's request.
     Acquire {
+        /// The attempt (its value is `value(client, attempt)`).
         attempt: u8,
+        /// The ttl (ms).
         ttl: u64,
+        /// The fencing candidate (fenced; else 0).
         candidate: u64,
     },
+    /// An extension of what `attempt` holds to `ttl` ms from now.
     Extend {
+        /// The attempt whose value is extended.
         attempt: u8,
+        /// The new ttl (ms).
         ttl: u64,
     },
     /// A holder's release.
     Release {
+        /// The attempt whose value is released.
         attempt: u8,
     },
     /// The undo of a lost, late or abandoned attempt (for all but a writer the same
     /// script as the release).
     Undo {
+        /// The attempt undone.
         attempt: u8,
     },
     /// A reader or writer that is done waiting withdraws its place or intent
@@ -186,12 +217,16 @@ pub enum Op {
 /// A request in flight from `client` to `node`, for the client's round `round`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Msg {
+    /// The node it goes to.
     pub node: u8,
+    /// The client that sent it.
     pub client: u8,
+    /// The client's round it belongs to (0: nobody waits on its reply).
     pub round: u8,
     /// When it was sent (global ms), kept only with a [`Config::late_bound`] (else 0,
     /// so that equal situations stay equal states).
     pub sent: u64,
+    /// What it asks.
     pub op: Op,
 }
 
@@ -199,17 +234,22 @@ pub struct Msg {
 /// quarantine.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Node {
+    /// How far (ms) its clock runs ahead of the global one.
     pub skew: u8,
+    /// Its keys.
     pub keys: Keyspace,
     /// The global ms until which its votes do not count (it lost its data; 0: none).
     pub quarantined_until: u64,
 }
 
+/// The whole system at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct State {
     /// Global time, ms.
     pub now: u64,
+    /// The nodes.
     pub nodes: Vec<Node>,
+    /// The clients.
     pub clients: Vec<Client>,
     /// The messages in flight, kept sorted so that equal multisets hash alike.
     pub net: Vec<Msg>,
@@ -220,6 +260,7 @@ pub struct State {
 }
 
 impl State {
+    /// Puts `msg` in flight.
     pub fn send(&mut self, msg: Msg) {
         let at = self.net.binary_search(&msg).unwrap_or_else(|i| i);
         self.net.insert(at, msg);
@@ -231,22 +272,29 @@ impl State {
     }
 }
 
+/// One step of the system.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// `ms` pass; on node `fast`, if any, one more (its clock runs ahead).
     Tick {
+        /// How many ms pass.
         ms: u64,
+        /// The node whose clock gains a ms, if any.
         fast: Option<u8>,
     },
+    /// A client starts an acquisition attempt.
     Acquire(u8),
     /// A client extends its hold with this ttl.
     Extend(u8, u64),
+    /// A client releases what it holds.
     Release(u8),
     /// A client stops waiting for its round: a timeout, or the caller's future dropped.
     GiveUp(u8),
     /// A node runs a request; with `heard`, its client reads the reply now, else never.
     Deliver {
+        /// The request.
         msg: Msg,
+        /// Whether its client reads the reply.
         heard: bool,
     },
     /// A node restarts without its data: every key is gone, and with a quarantine it
