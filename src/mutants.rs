@@ -6,6 +6,10 @@
 //! every item here is the crate's real behaviour and compiles to it: a constant `false`,
 //! `None`, or the identity. The code that uses them names the defect it would bring in.
 
+use std::sync::LazyLock;
+
+use crate::scripts;
+
 /// `skip_validity`: a round won too late still counts as won.
 pub(crate) const SKIP_VALIDITY: bool = cfg!(redlock_mutant = "skip_validity");
 
@@ -103,3 +107,41 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 ";
+
+/// `read_beside_writer`: a reader is admitted while a writer (or an exclusive owner) holds
+/// the lock key; only a live writer intent still keeps it out.
+pub(crate) fn read_acquire_script() -> Option<&'static str> {
+    cfg!(redlock_mutant = "read_beside_writer").then(|| READ_BESIDE_WRITER_LUA.as_str())
+}
+
+/// The text of the `read_beside_writer` read acquire, also handed to the model checker:
+/// the crate's `READ_ACQUIRE` without its check of the lock key's holder. Made from the
+/// script's own text, so that it follows every other change to it (a unit test checks
+/// that the cut still applies).
+pub(crate) static READ_BESIDE_WRITER_LUA: LazyLock<String> =
+    LazyLock::new(|| scripts::READ_ACQUIRE_LUA.replacen("(held and held ~= MARKER) or ", "", 1));
+
+/// `write_beside_readers`: a writer is granted while readers hold the resource; only a
+/// pending reader turn still keeps it out.
+pub(crate) fn write_acquire_script() -> Option<&'static str> {
+    cfg!(redlock_mutant = "write_beside_readers").then(|| WRITE_BESIDE_READERS_LUA.as_str())
+}
+
+/// The text of the `write_beside_readers` write acquire, also handed to the model
+/// checker: the crate's `WRITE_ACQUIRE` without its count of the live readers, made from
+/// the script's own text as above.
+pub(crate) static WRITE_BESIDE_READERS_LUA: LazyLock<String> = LazyLock::new(|| {
+    scripts::WRITE_ACQUIRE_LUA.replacen("redis.call('ZCARD', KEYS[2]) > 0 or ", "", 1)
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cut that no longer matches the script would make a mutant that is the script.
+    #[test]
+    fn the_reader_writer_mutants_differ_from_their_scripts() {
+        assert_ne!(*READ_BESIDE_WRITER_LUA, scripts::READ_ACQUIRE_LUA);
+        assert_ne!(*WRITE_BESIDE_READERS_LUA, scripts::WRITE_ACQUIRE_LUA);
+    }
+}

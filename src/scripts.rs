@@ -60,7 +60,8 @@ pub(crate) use inspect::inspect;
 
 pub(crate) use rwlock::{
     intent_clear, read_acquire, read_extend, read_release, read_wait_clear, write_acquire,
-    write_release, RwKeys, READERS_MARKER,
+    write_release, RwKeys, INTENT_CLEAR_LUA, READERS_MARKER, READ_ACQUIRE_LUA, READ_EXTEND_LUA,
+    READ_RELEASE_LUA, READ_WAIT_CLEAR_LUA, WRITE_ACQUIRE_LUA, WRITE_RELEASE_LUA,
 };
 pub(crate) use semaphore::{permit_acquire, permit_taken, PERMIT_ACQUIRE_LUA};
 

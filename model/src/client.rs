@@ -25,67 +25,95 @@ use crate::quorum::{self, Outcome, Tally, Vote};
 /// The least validity a win must leave (the crate's default `min_validity`).
 const MIN_VALIDITY: Duration = Duration::from_millis(1);
 
+/// One client: its counters, its cache of the fencing counter, what it is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Client {
     /// Attempts made; the current (or last) one's value is `value(client, attempts)`.
     pub attempts: u8,
+    /// Extensions started.
     pub extends: u8,
     /// Rounds started; round ids count from 1 (0 marks requests nobody waits on).
     pub rounds: u8,
     /// The highest fencing counter this client has heard of.
     pub cache: u64,
+    /// What it is doing now.
     pub phase: Phase,
+    /// With a late-delivery bound: per attempt, the last global ms at which a key may
+    /// still hold the attempt's value (see [`KEYS_EXPIRE`](crate::model::KEYS_EXPIRE)).
+    pub deadlines: Vec<u64>,
+    /// With a late-delivery bound: the last global ms at which the client's place or
+    /// intent may still be stored.
+    pub wait_deadline: u64,
 }
 
+/// What a client is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
+    /// Nothing: it holds nothing and waits for nothing.
     #[default]
     Idle,
+    /// An acquisition attempt's round is out.
     Acquiring(Round),
+    /// It holds (believes so until the hold's `valid_until`).
     Holding(Hold),
+    /// It holds and an extension's round is out.
     Extending(Hold, Round),
 }
 
 /// One round of requests: an acquisition attempt or an extension.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Round {
+    /// The client's round number (from 1).
     pub id: u8,
+    /// When it started (global ms): validity counts from here.
     pub start: u64,
+    /// The ttl (ms) it asks for.
     pub ttl: u64,
+    /// The fencing candidate (fenced acquisitions; else 0).
     pub candidate: u64,
     /// The highest token won before this round started.
     pub floor: u64,
+    /// Per node, what it answered so far.
     pub answers: Vec<Answer>,
 }
 
+/// One node's answer to a round, as the client reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Answer {
+    /// Not heard (yet, or ever).
     Pending,
     /// Yes, with the fencing counter (fenced) or the slot (permits).
     Yes(u64),
+    /// Refused: held by another owner (or a stale candidate).
     No,
+    /// An error reply, or a vote that does not count (restart quarantine).
     Failed,
 }
 
 /// What a client believes it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hold {
+    /// The attempt whose value it holds.
     pub attempt: u8,
     /// The end of the belief, µs on the global clock (exclusive).
     pub valid_until: u64,
+    /// Its fencing token (fenced acquisitions).
     pub token: Option<u64>,
     /// The highest token won before the attempt started.
     pub floor: u64,
+    /// Its permit slot (permits).
     pub slot: Option<u8>,
 }
 
 impl Hold {
+    /// Whether the client still believes in the hold at global ms `now`.
     pub fn believed_at(&self, now: u64) -> bool {
         now * 1000 < self.valid_until
     }
 }
 
 impl Client {
+    /// What it holds, also while extending.
     pub fn hold(&self) -> Option<&Hold> {
         match &self.phase {
             Phase::Holding(h) | Phase::Extending(h, _) => Some(h),
@@ -93,6 +121,7 @@ impl Client {
         }
     }
 
+    /// The round it waits on, if any.
     pub fn round_id(&self) -> Option<u8> {
         match &self.phase {
             Phase::Acquiring(r) | Phase::Extending(_, r) => Some(r.id),
@@ -129,6 +158,7 @@ fn new_round(cfg: &Config, state: &mut State, c: u8, ttl: u64) -> Round {
     }
 }
 
+/// Client `c` starts an acquisition attempt: a fresh value to every node.
 pub fn acquire(cfg: &Config, state: &mut State, c: u8) {
     let round = new_round(cfg, state, c, cfg.acquire_ttl);
     let client = &mut state.clients[usize::from(c)];
@@ -143,6 +173,7 @@ pub fn acquire(cfg: &Config, state: &mut State, c: u8) {
     cfg.fan_out(state, c, id, &op);
 }
 
+/// Client `c` extends its hold to `ttl`: its belief first drops to what the new ttl would promise, if less.
 pub fn extend(cfg: &Config, state: &mut State, c: u8, ttl: u64) {
     let round = new_round(cfg, state, c, ttl);
     let client = &mut state.clients[usize::from(c)];
@@ -160,6 +191,7 @@ pub fn extend(cfg: &Config, state: &mut State, c: u8, ttl: u64) {
     cfg.fan_out(state, c, id, &op);
 }
 
+/// Client `c` releases: its belief ends, then the release goes to every node.
 pub fn release(cfg: &Config, state: &mut State, c: u8) {
     let client = &mut state.clients[usize::from(c)];
     let Phase::Holding(hold) = std::mem::take(&mut client.phase) else {
@@ -175,12 +207,16 @@ pub fn release(cfg: &Config, state: &mut State, c: u8) {
     );
 }
 
+/// Client `c` stops waiting for its round: an attempt is undone, an extension's hold kept as it stands.
 pub fn give_up(cfg: &Config, state: &mut State, c: u8) {
     let client = &mut state.clients[usize::from(c)];
     let attempt = client.attempts;
     match std::mem::take(&mut client.phase) {
+        // A cancelled acquisition undoes its attempt; a reader's place or a writer's
+        // intent is left to lapse (the crate withdraws them only when its retry loop
+        // ends, which a dropped future never reaches).
         Phase::Acquiring(_) => {
-            cfg.fan_out(state, c, 0, &Op::Release { attempt });
+            cfg.fan_out(state, c, 0, &Op::Undo { attempt });
         }
         Phase::Extending(hold, _) => client.phase = Phase::Holding(hold),
         _ => unreachable!("give up outside a round"),
@@ -232,11 +268,28 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
                 floor: r.floor,
                 slot,
             };
+            let waited = client.attempts > 1;
             state.clients[usize::from(c)].phase = Phase::Holding(hold);
+            // A writer withdraws its intent (a node that refused it keeps it); a reader
+            // its place where one may be left: it was refused somewhere, or waited.
+            let refused = r.answers.contains(&Answer::No);
+            let withdraw = match cfg.kind {
+                Kind::ReadWrite { .. } if crate::rw::is_reader(cfg, c) => refused || waited,
+                Kind::ReadWrite { .. } => true,
+                _ => false,
+            };
+            if withdraw {
+                cfg.fan_out(state, c, 0, &Op::Withdraw);
+            }
         }
         Phase::Acquiring(_) => {
             let attempt = client.attempts;
-            cfg.fan_out(state, c, 0, &Op::Release { attempt });
+            cfg.fan_out(state, c, 0, &Op::Undo { attempt });
+            // The last attempt lost: the acquisition gives up and withdraws.
+            let last = attempt >= cfg.attempts;
+            if last && matches!(cfg.kind, Kind::ReadWrite { .. }) {
+                cfg.fan_out(state, c, 0, &Op::Withdraw);
+            }
         }
         _ => unreachable!(),
     }
@@ -252,8 +305,8 @@ fn classify_extend(reply: &Reply) -> Answer {
 
 fn classify_acquire(kind: Kind, reply: &Reply, cache: &mut u64) -> Answer {
     match (kind, reply) {
-        (Kind::Exclusive, Reply::Int(1)) => Answer::Yes(0),
-        (Kind::Exclusive, Reply::Int(0)) => Answer::No,
+        (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(1)) => Answer::Yes(0),
+        (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(0)) => Answer::No,
         (Kind::Permits(_), Reply::Int(i)) if *i > 0 => Answer::Yes(*i as u64 - 1),
         (Kind::Permits(_), Reply::Int(0)) => Answer::No,
         (Kind::Fenced, Reply::Array(items)) => match items.as_slice() {

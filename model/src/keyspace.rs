@@ -11,11 +11,17 @@ use std::collections::BTreeMap;
 /// A Redis reply, as a command or a script returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reply {
+    /// An integer reply.
     Int(i64),
+    /// A bulk string.
     Bulk(String),
+    /// A nil bulk (Lua `false`).
     Nil,
+    /// An array of replies.
     Array(Vec<Reply>),
+    /// A status reply (`+OK`).
     Status(String),
+    /// An error reply, or an error raised in a script.
     Error(String),
 }
 
@@ -35,21 +41,28 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// What a key holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Data {
+    /// A string.
     Str(String),
+    /// A sorted set: member to score.
     Zset(BTreeMap<String, i64>),
 }
 
 /// A key's data and its expiry on the node's clock (`None`: persistent).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Entry {
+    /// What the key holds.
     pub data: Data,
+    /// Its expiry on the node's clock (ms).
     pub expires: Option<u64>,
 }
 
+/// One node's keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Keyspace {
+    /// Every key, expired ones purged at each tick and command.
     pub keys: BTreeMap<String, Entry>,
 }
 
@@ -89,6 +102,14 @@ impl Keyspace {
         match &e.data {
             Data::Str(s) => Some((s, e.expires)),
             Data::Zset(_) => None,
+        }
+    }
+
+    /// The score of `member` in the sorted set at `key`, if both exist at `now`.
+    pub fn score(&self, key: &str, member: &str, now: u64) -> Option<i64> {
+        match &self.live(key, now)?.data {
+            Data::Zset(z) => z.get(member).copied(),
+            Data::Str(_) => None,
         }
     }
 
@@ -254,12 +275,14 @@ impl Keyspace {
         match name {
             "ZADD" => {
                 let mut i = 1;
-                let (mut nx, mut xx, mut gt) = (false, false, false);
+                let (mut nx, mut xx, mut gt, mut ch) = (false, false, false, false);
                 while i < a.len() {
                     match a[i].to_ascii_uppercase().as_str() {
                         "NX" => nx = true,
                         "XX" => xx = true,
                         "GT" => gt = true,
+                        // Count the members changed (added or rescored), not only added.
+                        "CH" => ch = true,
                         _ => break,
                     }
                     i += 1;
@@ -278,12 +301,13 @@ impl Keyspace {
                     );
                 }
                 let z = self.zset(key, now)?.expect("just made");
-                let mut added = 0;
+                let (mut added, mut changed) = (0, 0);
                 for pair in pairs.chunks(2) {
                     let s = score(pair[0])?;
                     match z.get(pair[1]).copied() {
                         Some(old) if !nx && (!gt || s > old) => {
                             z.insert(pair[1].to_owned(), s);
+                            changed += i64::from(s != old);
                         }
                         None if !xx => {
                             z.insert(pair[1].to_owned(), s);
@@ -295,7 +319,7 @@ impl Keyspace {
                 if z.is_empty() {
                     self.keys.remove(key);
                 }
-                Ok(Reply::Int(added))
+                Ok(Reply::Int(if ch { added + changed } else { added }))
             }
             "ZSCORE" => Ok(
                 match self.zset(key, now)?.and_then(|z| z.get(a[1]).copied()) {

@@ -5,16 +5,22 @@
 //! per node. [`model`] is the protocol around them as a [stateright] model: clients that
 //! follow the crate's rules (fan-out, quorum, validity, undo, extend, release, cancel),
 //! node clocks with bounded skew, and a network that delivers any request or reply at
-//! any later time, or never. [`trace`] prints a counterexample as a numbered story.
+//! any later time, or never; nodes that lose their data behind the restart quarantine.
+//! [`rw`] maps the reader-writer lock's requests to its scripts, [`lifetime`] bounds
+//! how long a key may live. [`trace`] prints a counterexample as a numbered story.
 //!
 //! The quorum, validity and drift rules are the crate's own `src/quorum.rs`, compiled
 //! here as source, so the model and the library cannot disagree about them.
 
+#![warn(missing_docs)]
+
 pub mod check;
 pub mod client;
 pub mod keyspace;
+pub mod lifetime;
 pub mod lua;
 pub mod model;
+pub mod rw;
 pub mod trace;
 
 /// The crate's pure quorum arithmetic, included as source (it is private in the crate).

@@ -17,9 +17,15 @@
 //!   removes half the messages, and with them most of the interleavings.
 //! - **Clients** follow [`client`](crate::client) and decide with the crate's
 //!   `quorum.rs`.
-//! - **A restart** keeps the node's keys (the persistence assumption of docs/safety.md)
-//!   and only cuts connections, which the delivery order above already covers; it is not
-//!   a step of its own.
+//! - **A restart with its data** (AOF with `appendfsync always`) keeps the node's keys
+//!   and only cuts connections, and **a paused node** runs nothing for a while, then
+//!   everything: both are orders the network above already delivers in, so neither is a
+//!   step of its own.
+//! - **A restart without its data** (`Wipe`, at most [`Config::wipes`] per run) empties
+//!   the node; with [`Config::quarantine`] its votes do not count for that long, as the
+//!   crate's restart quarantine does (`Node::counted`), every client judging it alike.
+//! - **A late-delivery bound** ([`Config::late_bound`]), when set, drops the requests
+//!   older than it; it is what [`KEYS_EXPIRE`] is measured against.
 
 use stateright::{Model, Property};
 
@@ -43,14 +49,33 @@ pub fn value(client: u8, attempt: u8) -> String {
 }
 
 /// The script texts the model runs; by default the crate's, from
-/// [`tokio_redlock::script_source`].
+/// [`tokio_redlock::script_source`]. Each field is named after its script.
 #[derive(Clone, Copy, Debug)]
 pub struct Scripts {
+    /// `ACQUIRE_ONE`.
     pub acquire: &'static str,
+    /// `RELEASE`.
     pub release: &'static str,
+    /// `EXTEND`.
     pub extend: &'static str,
+    /// `FENCED_ACQUIRE`.
     pub fenced: &'static str,
+    /// `PERMIT_ACQUIRE`.
     pub permit: &'static str,
+    /// `READ_ACQUIRE`.
+    pub read_acquire: &'static str,
+    /// `READ_EXTEND`.
+    pub read_extend: &'static str,
+    /// `READ_RELEASE`.
+    pub read_release: &'static str,
+    /// `READ_WAIT_CLEAR`.
+    pub read_wait_clear: &'static str,
+    /// `WRITE_ACQUIRE`.
+    pub write_acquire: &'static str,
+    /// `WRITE_RELEASE`.
+    pub write_release: &'static str,
+    /// `INTENT_CLEAR`.
+    pub intent_clear: &'static str,
 }
 
 impl Scripts {
@@ -63,6 +88,13 @@ impl Scripts {
             extend: get("EXTEND"),
             fenced: get("FENCED_ACQUIRE"),
             permit: get("PERMIT_ACQUIRE"),
+            read_acquire: get("READ_ACQUIRE"),
+            read_extend: get("READ_EXTEND"),
+            read_release: get("READ_RELEASE"),
+            read_wait_clear: get("READ_WAIT_CLEAR"),
+            write_acquire: get("WRITE_ACQUIRE"),
+            write_release: get("WRITE_RELEASE"),
+            intent_clear: get("INTENT_CLEAR"),
         }
     }
 }
@@ -76,13 +108,22 @@ pub enum Kind {
     Fenced,
     /// A semaphore of this many permits (`PERMIT_ACQUIRE` over its slot keys).
     Permits(u8),
+    /// The reader-writer lock: the first `readers` clients take read locks, the others
+    /// write locks (`READ_*`, `WRITE_*`, `INTENT_CLEAR`; see [`rw`](crate::rw)).
+    ReadWrite {
+        /// How many of the clients (the first ones) are readers.
+        readers: u8,
+    },
 }
 
 /// One model: the primitive, the bounds, the scripts, and the client's rules.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The primitive the clients use.
     pub kind: Kind,
+    /// How many nodes.
     pub nodes: u8,
+    /// How many clients.
     pub clients: u8,
     /// The last global time (ms) the model reaches.
     pub horizon: u64,
@@ -115,6 +156,7 @@ pub struct Config {
     pub depth_first: bool,
     /// The drift factor (the crate's default: 1 %).
     pub drift_factor: f64,
+    /// The script texts (the crate's, or a mutant in place of one).
     pub scripts: Scripts,
     /// The `incr_max` client rule: the token is the highest counter of the yes replies,
     /// not the candidate.
@@ -122,54 +164,103 @@ pub struct Config {
     /// The `semaphore_count` client rule: a permit is won on a quorum of grants of any
     /// slot, not of one slot.
     pub count_any_slot: bool,
+    /// How long (ms) a refused reader keeps its place and a refused writer its intent
+    /// (reader-writer lock: the scripts' patience argument).
+    pub patience: u64,
+    /// How many times in a run a node may lose its data (a restart without it).
+    pub wipes: u8,
+    /// The restart quarantine: a node that lost its data does not vote for this many ms
+    /// (the crate requires at least the largest ttl); `None`: it votes at once (unsafe).
+    pub quarantine: Option<u64>,
+    /// The late-delivery bound (ms): a request runs at most this long after it was sent,
+    /// or never. `None`: at any later time up to the horizon. With a bound the model
+    /// also checks [`KEYS_EXPIRE`].
+    pub late_bound: Option<u64>,
 }
 
 /// A request as it travels: which client sent it and for which of its rounds (`0`: a
 /// release or undo, whose reply nobody waits for).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
+    /// An acquisition attempt's request.
     Acquire {
+        /// The attempt (its value is `value(client, attempt)`).
         attempt: u8,
+        /// The ttl (ms).
         ttl: u64,
+        /// The fencing candidate (fenced; else 0).
         candidate: u64,
     },
+    /// An extension of what `attempt` holds to `ttl` ms from now.
     Extend {
+        /// The attempt whose value is extended.
         attempt: u8,
+        /// The new ttl (ms).
         ttl: u64,
     },
+    /// A holder's release.
     Release {
+        /// The attempt whose value is released.
         attempt: u8,
     },
+    /// The undo of a lost, late or abandoned attempt (for all but a writer the same
+    /// script as the release).
+    Undo {
+        /// The attempt undone.
+        attempt: u8,
+    },
+    /// A reader or writer that is done waiting withdraws its place or intent
+    /// (`READ_WAIT_CLEAR`, `INTENT_CLEAR`).
+    Withdraw,
 }
 
 /// A request in flight from `client` to `node`, for the client's round `round`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Msg {
+    /// The node it goes to.
     pub node: u8,
+    /// The client that sent it.
     pub client: u8,
+    /// The client's round it belongs to (0: nobody waits on its reply).
     pub round: u8,
+    /// When it was sent (global ms), kept only with a [`Config::late_bound`] (else 0,
+    /// so that equal situations stay equal states).
+    pub sent: u64,
+    /// What it asks.
     pub op: Op,
 }
 
+/// One node: its clock's lead over the global clock, its keys, and its restart
+/// quarantine.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Node {
+    /// How far (ms) its clock runs ahead of the global one.
     pub skew: u8,
+    /// Its keys.
     pub keys: Keyspace,
+    /// The global ms until which its votes do not count (it lost its data; 0: none).
+    pub quarantined_until: u64,
 }
 
+/// The whole system at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct State {
     /// Global time, ms.
     pub now: u64,
+    /// The nodes.
     pub nodes: Vec<Node>,
+    /// The clients.
     pub clients: Vec<Client>,
     /// The messages in flight, kept sorted so that equal multisets hash alike.
     pub net: Vec<Msg>,
     /// The highest fencing token of an acquisition won so far.
     pub top_token: u64,
+    /// How many nodes lost their data so far.
+    pub wipes: u8,
 }
 
 impl State {
+    /// Puts `msg` in flight.
     pub fn send(&mut self, msg: Msg) {
         let at = self.net.binary_search(&msg).unwrap_or_else(|i| i);
         self.net.insert(at, msg);
@@ -181,24 +272,34 @@ impl State {
     }
 }
 
+/// One step of the system.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// `ms` pass; on node `fast`, if any, one more (its clock runs ahead).
     Tick {
+        /// How many ms pass.
         ms: u64,
+        /// The node whose clock gains a ms, if any.
         fast: Option<u8>,
     },
+    /// A client starts an acquisition attempt.
     Acquire(u8),
     /// A client extends its hold with this ttl.
     Extend(u8, u64),
+    /// A client releases what it holds.
     Release(u8),
     /// A client stops waiting for its round: a timeout, or the caller's future dropped.
     GiveUp(u8),
     /// A node runs a request; with `heard`, its client reads the reply now, else never.
     Deliver {
+        /// The request.
         msg: Msg,
+        /// Whether its client reads the reply.
         heard: bool,
     },
+    /// A node restarts without its data: every key is gone, and with a quarantine it
+    /// does not vote for that long.
+    Wipe(u8),
 }
 
 impl Config {
@@ -207,6 +308,7 @@ impl Config {
         let s = &self.scripts;
         let lock = || vec![LOCK.to_owned()];
         match (self.kind, op) {
+            (Kind::ReadWrite { .. }, _) => crate::rw::call(self, client, op),
             (Kind::Exclusive, Op::Acquire { attempt, ttl, .. }) => (
                 s.acquire,
                 lock(),
@@ -240,7 +342,8 @@ impl Config {
                 lock(),
                 vec![value(client, *attempt), ttl.to_string()],
             ),
-            (kind, Op::Release { attempt }) => {
+            (_, Op::Withdraw) => unreachable!("only readers and writers wait"),
+            (kind, Op::Release { attempt } | Op::Undo { attempt }) => {
                 let keys = match kind {
                     Kind::Permits(n) => (0..n).map(slot_key).collect(),
                     _ => lock(),
@@ -269,12 +372,21 @@ impl Config {
 
     /// Sends `op` from `client` to every node.
     pub fn fan_out(&self, state: &mut State, client: u8, round: u8, op: &Op) {
+        let sent = if self.late_bound.is_some() {
+            state.now
+        } else {
+            0
+        };
+        if let Some(bound) = self.late_bound {
+            crate::lifetime::sending(self, state, client, op, state.now + bound);
+        }
         for node in 0..self.nodes {
             let op = op.clone();
             state.send(Msg {
                 node,
                 client,
                 round,
+                sent,
                 op,
             });
         }
@@ -289,18 +401,27 @@ impl Config {
     }
 
     /// How many nodes store `hold`'s value under its key, at least until the last ms
-    /// the client believes in it (on the global clock).
+    /// the client believes in it (on the global clock), or withhold their vote until
+    /// after it: a node in restart quarantine through that ms may have lost the value,
+    /// but votes for nobody else before the value would have expired anyway (the
+    /// quarantine's argument, docs/safety.md section 2).
     pub fn backing(&self, state: &State, client: u8, hold: &Hold) -> usize {
         let key = self.hold_key(hold);
         let value = value(client, hold.attempt);
         let last_believed = hold.valid_until.div_ceil(1000).saturating_sub(1);
+        let reader = crate::rw::is_reader(self, client);
         (0..state.nodes.len())
             .filter(|n| {
                 let node = &state.nodes[*n];
+                let last = last_believed + u64::from(node.skew);
+                if node.quarantined_until > last_believed {
+                    return true;
+                }
+                if reader {
+                    return crate::rw::backs_reader(self, state, *n, client, hold, last);
+                }
                 match node.keys.string(&key, state.node_now(*n)) {
-                    Some((v, expires)) if v == value => {
-                        expires.is_none_or(|at| at >= last_believed + u64::from(node.skew))
-                    }
+                    Some((v, expires)) if v == value => expires.is_none_or(|at| at >= last),
                     _ => false,
                 }
             })
@@ -329,13 +450,15 @@ impl Model for Config {
             nodes: vec![
                 Node {
                     skew: 0,
-                    keys: Keyspace::default()
+                    keys: Keyspace::default(),
+                    quarantined_until: 0,
                 };
                 self.nodes.into()
             ],
             clients: vec![Client::default(); self.clients.into()],
             net: Vec::new(),
             top_token: 0,
+            wipes: 0,
         }]
     }
 
@@ -371,9 +494,17 @@ impl Model for Config {
                 Phase::Acquiring(_) | Phase::Extending(..) => actions.push(Action::GiveUp(c)),
             }
         }
+        if state.wipes < self.wipes {
+            for n in 0..self.nodes {
+                actions.push(Action::Wipe(n));
+            }
+        }
         let mut last = None;
         for msg in &state.net {
-            if last != Some(msg) {
+            let too_late = self
+                .late_bound
+                .is_some_and(|bound| state.now > msg.sent + bound);
+            if last != Some(msg) && !too_late {
                 let waited = state.clients[usize::from(msg.client)].round_id() == Some(msg.round);
                 if waited {
                     actions.push(Action::Deliver {
@@ -412,7 +543,23 @@ impl Model for Config {
                 state.net.remove(at);
                 let reply = self.apply(&mut state, msg.node, msg.client, &msg.op);
                 if heard {
+                    // A node in restart quarantine does not vote, whatever it answered.
+                    let quarantined =
+                        state.now < state.nodes[usize::from(msg.node)].quarantined_until;
+                    let reply = if quarantined {
+                        Reply::Error("quarantined".into())
+                    } else {
+                        reply
+                    };
                     crate::client::answer(self, &mut state, msg.client, msg.node, &reply);
+                }
+            }
+            Action::Wipe(n) => {
+                state.wipes += 1;
+                let node = &mut state.nodes[usize::from(n)];
+                node.keys = Keyspace::default();
+                if let Some(period) = self.quarantine {
+                    node.quarantined_until = state.now + period;
                 }
             }
         }
@@ -421,12 +568,10 @@ impl Model for Config {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always(NO_TWO_HOLDERS, |m: &Config, s: &State| {
-                let limit = match m.kind {
-                    Kind::Permits(n) => usize::from(n),
-                    _ => 1,
-                };
-                believers(s).count() <= limit
+            Property::always(NO_TWO_HOLDERS, |m: &Config, s: &State| match m.kind {
+                Kind::Permits(n) => believers(s).count() <= usize::from(n),
+                Kind::ReadWrite { .. } => crate::rw::compatible(m, believers(s).map(|(c, _)| c)),
+                _ => believers(s).count() <= 1,
             }),
             Property::always(BELIEF_IS_BACKED, |m: &Config, s: &State| {
                 let quorum = crate::quorum::quorum(m.nodes.into());
@@ -438,6 +583,9 @@ impl Model for Config {
                     .filter_map(Client::hold)
                     .all(|h| h.token.is_none_or(|t| t > h.floor))
             }),
+            Property::always(KEYS_EXPIRE, |m: &Config, s: &State| {
+                crate::lifetime::keys_expire(m, s)
+            }),
             Property::sometimes(SOMEONE_HOLDS, |_: &Config, s: &State| {
                 believers(s).next().is_some()
             }),
@@ -445,14 +593,23 @@ impl Model for Config {
     }
 }
 
-/// No two clients believe at once in conflicting holds (for permits: no more believers
-/// than permits).
+/// No two clients believe at once in conflicting holds: two exclusive owners or two
+/// writers, a writer and a reader, or more holders of permits than permits.
 pub const NO_TWO_HOLDERS: &str = "no two clients believe in conflicting holds";
 /// A client that believes it holds has its value on a quorum, with an expiry no earlier
 /// than the last ms it believes in.
 pub const BELIEF_IS_BACKED: &str = "every belief is backed by a quorum";
 /// A fenced acquisition gets a token above that of every acquisition won before it started.
 pub const TOKENS_INCREASE: &str = "fencing tokens strictly increase";
+/// With a late-delivery bound `L` ([`Config::late_bound`]): no key outlives its last
+/// holder's ttl plus `L`. Precisely, on every node at every global ms `t`: a key or a
+/// reader entry holding the value of an attempt exists only if `t ≤ s + L + d` for one
+/// of that attempt's acquire or extend requests, sent at `s` with ttl `d`; the readers
+/// marker only if that holds for one of the readers; a writer's intent or a reader's
+/// place only if `t ≤ s + L + patience` for one of its acquire requests. (A release
+/// shortens none of these: a late copy of an acquire can land after it.) Fencing
+/// counters have no ttl and are left out.
+pub const KEYS_EXPIRE: &str = "no key outlives its last holder's ttl plus the late-delivery bound";
 /// The model is not vacuous: some client gets to hold.
 pub const SOMEONE_HOLDS: &str = "some client holds";
 

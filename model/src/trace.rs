@@ -7,9 +7,19 @@ use stateright::Path;
 
 use crate::client::{Client, Phase};
 use crate::keyspace::{Data, Keyspace};
-use crate::model::{value, Action, Config, Msg, Op, State};
+use crate::model::{value, Action, Config, Kind, Msg, Op, State};
 
-fn op_text(client: u8, op: &Op) -> String {
+/// A request as the story tells it: the script (by the crate's name, for the
+/// reader-writer lock, whose requests run several), the value, the ttl.
+fn op_text(cfg: &Config, client: u8, op: &Op) -> String {
+    let rw = matches!(cfg.kind, Kind::ReadWrite { .. });
+    let name = |plain: &'static str| {
+        if rw {
+            crate::rw::script_name(cfg, client, op)
+        } else {
+            plain
+        }
+    };
     match op {
         Op::Acquire {
             attempt,
@@ -17,13 +27,18 @@ fn op_text(client: u8, op: &Op) -> String {
             candidate,
         } => {
             let v = value(client, *attempt);
+            let name = name("ACQUIRE");
             match candidate {
-                0 => format!("ACQUIRE {v} ttl {ttl}"),
-                t => format!("ACQUIRE {v} ttl {ttl} candidate {t}"),
+                0 => format!("{name} {v} ttl {ttl}"),
+                t => format!("{name} {v} ttl {ttl} candidate {t}"),
             }
         }
-        Op::Extend { attempt, ttl } => format!("EXTEND {} ttl {ttl}", value(client, *attempt)),
-        Op::Release { attempt } => format!("RELEASE {}", value(client, *attempt)),
+        Op::Extend { attempt, ttl } => {
+            format!("{} {} ttl {ttl}", name("EXTEND"), value(client, *attempt))
+        }
+        Op::Release { attempt } => format!("{} {}", name("RELEASE"), value(client, *attempt)),
+        Op::Undo { attempt } => format!("{} {} (undo)", name("RELEASE"), value(client, *attempt)),
+        Op::Withdraw => format!("{} {}", name("WITHDRAW"), crate::rw::wait_id(client)),
     }
 }
 
@@ -48,13 +63,18 @@ fn keys_text(keys: &Keyspace) -> String {
     parts.join(", ")
 }
 
-fn belief(c: usize, client: &Client) -> String {
+fn belief(cfg: &Config, c: usize, client: &Client) -> String {
+    let what = match cfg.kind {
+        Kind::ReadWrite { .. } if crate::rw::is_reader(cfg, c as u8) => " a read lock",
+        Kind::ReadWrite { .. } => " the write lock",
+        _ => "",
+    };
     match client.hold() {
         Some(h) => {
             let token = h.token.map(|t| format!(", token {t}")).unwrap_or_default();
             let busy = matches!(client.phase, Phase::Extending(..)).then_some(" (extending)");
             format!(
-                "c{c} believes it holds {} until {:.3} ms{token}{}",
+                "c{c} believes it holds{what} {} until {:.3} ms{token}{}",
                 value(c as u8, h.attempt),
                 h.valid_until as f64 / 1000.0,
                 busy.unwrap_or_default()
@@ -90,16 +110,29 @@ pub fn story(cfg: &Config, path: &Path<State, Action>) -> String {
                     .find(|m| m.client == *c && m.round == round);
                 format!(
                     "c{c} sends {} to every node",
-                    op_text(*c, &msg.expect("just sent").op)
+                    op_text(cfg, *c, &msg.expect("just sent").op)
                 )
             }
-            Action::Release(c) => format!("c{c} releases: RELEASE to every node"),
+            Action::Release(c) => {
+                let attempt = before.clients[usize::from(*c)].attempts;
+                let op = op_text(cfg, *c, &Op::Release { attempt });
+                format!("c{c} releases: {op} to every node")
+            }
             Action::GiveUp(c) => match before.clients[usize::from(*c)].phase {
                 Phase::Acquiring(_) => {
-                    format!("c{c} gives up its attempt: undo, RELEASE to every node")
+                    let attempt = before.clients[usize::from(*c)].attempts;
+                    let op = op_text(cfg, *c, &Op::Undo { attempt });
+                    format!("c{c} gives up its attempt: {op} to every node")
                 }
                 _ => format!("c{c} stops waiting for its extension"),
             },
+            Action::Wipe(n) => {
+                let node = &after.nodes[usize::from(*n)];
+                match node.quarantined_until {
+                    0 => format!("n{n} restarts without its data, and votes at once"),
+                    q => format!("n{n} restarts without its data; quarantined until t = {q} ms"),
+                }
+            }
             Action::Deliver {
                 msg:
                     Msg {
@@ -107,6 +140,7 @@ pub fn story(cfg: &Config, path: &Path<State, Action>) -> String {
                         client,
                         round,
                         op,
+                        ..
                     },
                 heard,
             } => {
@@ -118,14 +152,16 @@ pub fn story(cfg: &Config, path: &Path<State, Action>) -> String {
                 } else {
                     " (late: its round is over)"
                 };
+                let quarantined = before.now < before.nodes[usize::from(*node)].quarantined_until;
                 let heard = match (heard, waited) {
+                    (true, _) if quarantined => "c{client} hears it, not as a vote: quarantined",
                     (true, _) => "c{client} hears it",
                     (false, true) => "the reply is lost",
                     (false, false) => "nobody reads the reply",
                 };
                 format!(
                     "n{node} runs c{client}'s {}{late} -> {reply} ({}); n{node} now: {}",
-                    op_text(*client, op),
+                    op_text(cfg, *client, op),
                     heard.replace("{client}", &client.to_string()),
                     keys_text(&after.nodes[usize::from(*node)].keys)
                 )
@@ -134,7 +170,7 @@ pub fn story(cfg: &Config, path: &Path<State, Action>) -> String {
         let _ = writeln!(out, "{n:3}. [t={} ms] {what}", before.now);
         for (c, (old, new)) in before.clients.iter().zip(&after.clients).enumerate() {
             if old.hold() != new.hold() {
-                let _ = writeln!(out, "       {}", belief(c, new));
+                let _ = writeln!(out, "       {}", belief(cfg, c, new));
             }
         }
     }
@@ -149,7 +185,7 @@ pub fn story(cfg: &Config, path: &Path<State, Action>) -> String {
         );
     }
     for (c, client) in last.clients.iter().enumerate() {
-        let _ = writeln!(out, "       {}", belief(c, client));
+        let _ = writeln!(out, "       {}", belief(cfg, c, client));
     }
     out
 }

@@ -4,11 +4,17 @@
 
 use tokio_redlock::script_source;
 use tokio_redlock_model::check::{check, Bound, Outcome};
+use tokio_redlock_model::model::Kind;
 use tokio_redlock_model::model::{
-    Config, BELIEF_IS_BACKED, NO_TWO_HOLDERS, SOMEONE_HOLDS, TOKENS_INCREASE,
+    Config, BELIEF_IS_BACKED, KEYS_EXPIRE, NO_TWO_HOLDERS, SOMEONE_HOLDS, TOKENS_INCREASE,
 };
 
-const SAFETY: [&str; 3] = [NO_TWO_HOLDERS, BELIEF_IS_BACKED, TOKENS_INCREASE];
+const SAFETY: [&str; 4] = [
+    NO_TWO_HOLDERS,
+    BELIEF_IS_BACKED,
+    TOKENS_INCREASE,
+    KEYS_EXPIRE,
+];
 
 fn assert_safe(out: &Outcome) {
     for property in SAFETY {
@@ -31,11 +37,12 @@ fn assert_found(out: &Outcome, property: &str) {
     println!("== {property}\n{}", story.unwrap_or_default());
 }
 
-/// The exclusive lock with the crate's scripts: acquire, extend (always the same, longer
-/// ttl: see `lowering_extend_*` for mixed ttls), release, give up.
+/// The exclusive lock with the crate's scripts: acquire, extend (with a shorter and a
+/// longer ttl, in any order: the crate's EXTEND, monotone since issue 21, never lowers
+/// an expiry), release, give up.
 #[test]
 fn exclusive_lock_is_safe() {
-    let out = check("exclusive", Config::exclusive(Bound::from_env(), &[8]));
+    let out = check("exclusive", Config::exclusive(Bound::from_env(), &[4, 8]));
     assert_safe(&out);
 }
 
@@ -49,18 +56,32 @@ fn permits_are_never_oversold() {
     assert_safe(&check("permits", Config::permits(Bound::from_env())));
 }
 
-/// The long run: the three models above at the large bound, whatever
-/// `REDLOCK_MODEL_BOUND` says (`cargo test -p tokio-redlock-model -- --ignored
-/// large_bound --nocapture`; see docs/safety-suite.md for its size).
+/// The long run: every clean model above at the large bound (depth first, two steps
+/// deeper, a second attempt), whatever `REDLOCK_MODEL_BOUND` says, and the exclusive
+/// lock on 5 nodes: `REDLOCK_MODEL_TIMEOUT=secs cargo test -p tokio-redlock-model --
+/// --ignored large_bound --nocapture` (the timeout caps each run). See
+/// docs/safety-suite.md for its size.
 #[test]
 #[ignore = "the long run, by hand"]
 fn large_bound() {
-    assert_safe(&check(
-        "exclusive, large",
-        Config::exclusive(Bound::Large, &[8]),
-    ));
-    assert_safe(&check("fenced, large", Config::fenced(Bound::Large)));
-    assert_safe(&check("permits, large", Config::permits(Bound::Large)));
+    let large = Bound::Large;
+    let mut runs = vec![
+        ("exclusive", Config::exclusive(large, &[4, 8])),
+        ("5 nodes", Config::five_nodes(large)),
+        ("fenced", Config::fenced(large)),
+        ("permits", Config::permits(large)),
+        ("read-write", Config::read_write(large)),
+    ];
+    let one_reader_two_writers = Config {
+        clients: 3,
+        ..Config::read_write(large)
+    };
+    runs.push(("read-write, 1 reader 2 writers", one_reader_two_writers));
+    runs.push(("restart, quarantined", Config::restarts(large)));
+    runs.push(("lifetimes", Config::lifetimes(large)));
+    for (name, cfg) in runs {
+        assert_safe(&check(&format!("{name}, large"), cfg));
+    }
 }
 
 /// The pre-fix EXTEND (compare, then PEXPIRE whatever the key's expiry): a shorter
@@ -88,19 +109,17 @@ fn lowering_extend_gives_two_holders() {
     assert_found(&out, NO_TWO_HOLDERS);
 }
 
-/// The same models, with extensions of both ttls, on the crate's EXTEND (monotone since
-/// issue 21: it never lowers an expiry): no violation. The owner alone goes 10 steps
-/// deep, past the 9 of the lowering's story above.
+/// The first search above, on the crate's EXTEND (monotone since issue 21): the owner
+/// alone, 10 steps deep, past the 9 of the lowering's story, keeps its belief backed.
+/// (The second, with two clients, is `exclusive_lock_is_safe`.)
 #[test]
 fn monotone_extend_is_safe() {
-    let both = Config::exclusive(Bound::from_env(), &[4, 8]);
     let alone = Config {
         clients: 1,
         max_steps: Some(10),
-        ..both.clone()
+        ..Config::exclusive(Bound::from_env(), &[4, 8])
     };
     assert_safe(&check("monotone extend, owner alone", alone));
-    assert_safe(&check("monotone extend", both));
 }
 
 /// `plain_del`: a release that deletes whoever holds the key. A late undo deletes the
@@ -136,4 +155,97 @@ fn mutant_semaphore_count_is_caught() {
     (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
     cfg.stop_at = Some(NO_TWO_HOLDERS);
     assert_found(&check("semaphore_count", cfg), NO_TWO_HOLDERS);
+}
+
+/// The reader-writer lock with the crate's scripts: a reader and a writer; then two
+/// writers.
+#[test]
+fn readers_and_writers_are_safe() {
+    let cfg = Config::read_write(Bound::from_env());
+    assert_safe(&check("read-write", cfg.clone()));
+    let writers = Config {
+        kind: Kind::ReadWrite { readers: 0 },
+        ..cfg
+    };
+    assert_safe(&check("read-write, two writers", writers));
+}
+
+/// `read_beside_writer`: `READ_ACQUIRE` without its check of the lock key's holder
+/// admits a reader while the writer holds.
+#[test]
+fn mutant_read_beside_writer_is_caught() {
+    let mut cfg = Config::read_write(Bound::Small);
+    cfg.scripts.read_acquire = script_source::mutant("read_beside_writer").expect("mutant");
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("read_beside_writer", cfg), NO_TWO_HOLDERS);
+}
+
+/// `write_beside_readers`: `WRITE_ACQUIRE` without its count of the live readers grants
+/// a writer while a reader holds.
+#[test]
+fn mutant_write_beside_readers_is_caught() {
+    let mut cfg = Config::read_write(Bound::Small);
+    cfg.scripts.write_acquire = script_source::mutant("write_beside_readers").expect("mutant");
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("write_beside_readers", cfg), NO_TWO_HOLDERS);
+}
+
+/// A node restarts without its data, behind the restart quarantine: safe.
+#[test]
+fn restart_behind_quarantine_is_safe() {
+    assert_safe(&check(
+        "restart, quarantined",
+        Config::restarts(Bound::from_env()),
+    ));
+}
+
+/// The same restart without the quarantine: the node votes at once for a second owner
+/// while the first still believes (the known-unsafe restart of docs/safety.md).
+#[test]
+fn restart_without_quarantine_is_caught() {
+    let mut cfg = Config::restarts(Bound::Small);
+    (cfg.quarantine, cfg.max_skew, cfg.horizon, cfg.max_steps) = (None, 0, 0, None);
+    cfg.releases = false;
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("restart, no quarantine", cfg), NO_TWO_HOLDERS);
+}
+
+/// A quarantine shorter than the ttl: the lost key would still have been live when the
+/// node votes again.
+#[test]
+fn too_short_a_quarantine_is_caught() {
+    let mut cfg = Config::restarts(Bound::Small);
+    (cfg.quarantine, cfg.max_skew, cfg.horizon) = (Some(1), 0, 1);
+    (cfg.max_steps, cfg.releases) = (None, false);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(
+        &check("restart, quarantine 1 ms of ttl 4", cfg),
+        NO_TWO_HOLDERS,
+    );
+}
+
+/// Under a late-delivery bound, no key, readers marker, intent or reader place outlives
+/// its last holder's ttl (or patience) plus the bound.
+#[test]
+fn keys_expire_in_time() {
+    assert_safe(&check("lifetimes", Config::lifetimes(Bound::from_env())));
+}
+
+/// The property bites: an EXTEND that keeps the key 1 ms longer than asked (the crate's
+/// text, with `ARGV[2] + 1` for `ARGV[2]`) is caught.
+#[test]
+fn an_extension_past_its_ttl_is_caught() {
+    let mut cfg = Config::lifetimes(Bound::Small);
+    let extend = script_source::script("EXTEND").expect("EXTEND");
+    let longer = extend.replacen("raise(key, ARGV[2])", "raise(key, ARGV[2] + 1)", 1);
+    assert_ne!(longer, extend, "the cut no longer applies to EXTEND");
+    cfg.scripts.extend = Box::leak(longer.into_boxed_str());
+    // The owner alone, extending by 4 ms: a copy landing 1 ms late keeps the key to
+    // 6 ms after its sending, 1 ms past its deadline.
+    (cfg.kind, cfg.clients, cfg.extend_ttls) = (Kind::Exclusive, 1, vec![4]);
+    cfg.max_steps = Some(8);
+    cfg.stop_at = Some(KEYS_EXPIRE);
+    assert_found(&check("extend past its ttl", cfg), KEYS_EXPIRE);
 }

@@ -13,6 +13,7 @@ use super::Call;
 use crate::kind::{
     QUEUE_SUFFIX, READERS_SUFFIX, READ_TURN_SUFFIX, READ_WAIT_SUFFIX, WRITER_SUFFIX,
 };
+use crate::mutants;
 
 /// The value readers keep in the lock key while any of them is live (see `mark` in
 /// `node_time!`): not an owner value (those are random hex, after an optional label and
@@ -109,10 +110,13 @@ end
 /// too (rescored where it is, never added): the attempt may still fail on the other
 /// nodes, and its undo must not cost the reader its turn. The client withdraws the place
 /// once it won on a quorum (`READ_WAIT_CLEAR`).
-pub(crate) static READ_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        node_time!(),
-        r"
+pub(crate) static READ_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(mutants::read_acquire_script().unwrap_or(READ_ACQUIRE_LUA)));
+/// The text of [`READ_ACQUIRE`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const READ_ACQUIRE_LUA: &str = concat!(
+    node_time!(),
+    r"
 prune(KEYS[2])
 prune(KEYS[4])
 prune(KEYS[5])
@@ -132,18 +136,19 @@ mark(KEYS[1], KEYS[2])
 if redis.call('ZADD', place, 'XX', 'CH', now + tonumber(ARGV[4]), ARGV[3]) == 1 then fit(place) end
 return 1
 ",
-    ))
-});
+);
 
 /// A reader extends: `KEYS` = reader set, and the lock key; `ARGV` = value, ttl ms. If
 /// the value is a live reader, its expiry becomes the later of its expiry and
 /// `now + ttl` (never lower: a late, older extension of a shorter ttl must not undo a
 /// newer, longer one), the set's and the readers marker's expiries follow the longest
 /// reader, and 1 is returned; else 0, nothing added.
-pub(crate) static READ_EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        node_time!(),
-        r"
+pub(crate) static READ_EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(READ_EXTEND_LUA));
+/// The text of [`READ_EXTEND`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const READ_EXTEND_LUA: &str = concat!(
+    node_time!(),
+    r"
 prune(KEYS[1])
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not old then return 0 end
@@ -153,8 +158,7 @@ fit(KEYS[1])
 if KEYS[2] then mark(KEYS[2], KEYS[1]) end
 return 1
 ",
-    ))
-});
+);
 
 /// A reader leaves: `KEYS` = reader set, lock key, writer intent, reader turn, and the
 /// lock key's wait queue (exclusive waiters); `ARGV` = value, channel prefix (empty: no
@@ -163,11 +167,13 @@ return 1
 /// readers (`mark`): the last reader out deletes the readers marker, and then wakes the
 /// oldest exclusive waiter as `RELEASE` does; with no reader's turn pending, it tells the
 /// waiting writer (the manager named in its intent id), under `pcall`.
-pub(crate) static READ_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        wake_oldest!(),
-        node_time!(),
-        r"
+pub(crate) static READ_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(READ_RELEASE_LUA));
+/// The text of [`READ_RELEASE`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const READ_RELEASE_LUA: &str = concat!(
+    wake_oldest!(),
+    node_time!(),
+    r"
 prune(KEYS[1])
 prune(KEYS[4])
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
@@ -187,8 +193,7 @@ local told = redis.pcall('PUBLISH', prefix .. writer, KEYS[2])
 if type(told) == 'number' and told > 0 then heard = heard + 1 end
 return {n, heard}
 ",
-    ))
-});
+);
 
 /// A writer's acquire: `KEYS` = lock key, reader set, writer intent, waiting readers,
 /// reader turn, and with fencing the counter key; `ARGV` = value, ttl ms, the writer's
@@ -215,20 +220,23 @@ return {n, heard}
 ///
 /// Unfenced it returns 1 (granted) or 0 (refused); fenced, `{code, counter}` with the
 /// codes of `FENCED_ACQUIRE` (0 stale, 1 refused, 2 granted).
-pub(crate) static WRITE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        node_time!(),
-        r"
+pub(crate) static WRITE_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(mutants::write_acquire_script().unwrap_or(WRITE_ACQUIRE_LUA)));
+/// The text of [`WRITE_ACQUIRE`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const WRITE_ACQUIRE_LUA: &str = concat!(
+    node_time!(),
+    r"
 local fenced = #KEYS == 6
 local cand = tonumber(ARGV[6])
 local counter = 0
 if fenced then
   local raw = redis.call('GET', KEYS[6])
   if raw then
-    counter = tonumber(raw)
-    if not counter then
-      return redis.error_reply('ERR fencing counter ' .. KEYS[6] .. ' is not a number')
-    end
+counter = tonumber(raw)
+if not counter then
+  return redis.error_reply('ERR fencing counter ' .. KEYS[6] .. ' is not a number')
+end
   end
 end
 local function answer(code)
@@ -263,8 +271,7 @@ end
 if w == ARGV[3] then redis.call('DEL', KEYS[3]) end
 return answer(2)
 ",
-    ))
-});
+);
 
 /// A writer releases: `KEYS` = lock key, its wait queue (exclusive waiters), waiting
 /// readers, reader turn; `ARGV` = value, channel prefix (empty: no wake-ups). If the lock
@@ -272,11 +279,14 @@ return answer(2)
 /// (they go before the next writer), and, with a prefix, every manager with a reader in
 /// the turn is told (once each), and the oldest exclusive waiter as `RELEASE` does.
 /// Returns `{deleted, managers told}`.
-pub(crate) static WRITE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        wake_oldest!(),
-        node_time!(),
-        r"
+pub(crate) static WRITE_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(WRITE_RELEASE_LUA));
+/// The text of [`WRITE_RELEASE`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const WRITE_RELEASE_LUA: &str = concat!(
+    wake_oldest!(),
+    node_time!(),
+    r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
 redis.call('DEL', KEYS[1])
 prune(KEYS[3])
@@ -286,30 +296,28 @@ local prefix = ARGV[2] or ''
 if prefix == '' then return {1, 0} end
 return {1, tell_readers(KEYS[4], KEYS[1], prefix) + wake_oldest(KEYS[2], KEYS[1], prefix)}
 ",
-    ))
-});
+);
 
 /// A writer that gives up withdraws its intent: deletes `KEYS[1]` if it holds
 /// `ARGV[1]`. Returns 1 if it did.
-pub(crate) static INTENT_CLEAR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static INTENT_CLEAR: LazyLock<Script> = LazyLock::new(|| Script::new(INTENT_CLEAR_LUA));
+/// The text of [`INTENT_CLEAR`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const INTENT_CLEAR_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-",
-    )
-});
+";
 
 /// A reader that gives up (or won on a quorum) gives up its place: removes the wait id
 /// `ARGV[1]` from the waiting readers `KEYS[1]` and the reader turn `KEYS[2]`. Returns
 /// how many it removed.
-pub(crate) static READ_WAIT_CLEAR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static READ_WAIT_CLEAR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(READ_WAIT_CLEAR_LUA));
+/// The text of [`READ_WAIT_CLEAR`], kept apart so that `script_source` can hand it to the crate's
+/// model checker.
+pub(crate) const READ_WAIT_CLEAR_LUA: &str = r"
 return redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
-",
-    )
-});
+";
 
 /// The keys of one resource's reader-writer lock: the lock key and the four kept beside
 /// it, named once for all the requests that need them.
