@@ -219,12 +219,13 @@ return {n, heard}
 ///   writer's own intent deleted: granted.
 ///
 /// Unfenced it returns 1 (granted) or 0 (refused); fenced, `{code, counter}` with the
-/// codes of `FENCED_ACQUIRE` (0 stale, 1 refused, 2 granted).
+/// codes of `FENCED_ACQUIRE` (`FENCE_STALE`, `FENCE_LOCKED`, `FENCE_OK`).
 pub(crate) static WRITE_ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(mutants::write_acquire_script().unwrap_or(WRITE_ACQUIRE_LUA)));
 /// The text of [`WRITE_ACQUIRE`], kept apart so that `script_source` can hand it to the crate's
 /// model checker.
 pub(crate) const WRITE_ACQUIRE_LUA: &str = concat!(
+    fence_codes_lua!(),
     node_time!(),
     r"
 local fenced = #KEYS == 6
@@ -241,15 +242,15 @@ end
 end
 local function answer(code)
   if fenced then return {code, counter} end
-  if code == 2 then return 1 end
+  if code == FENCE_OK then return 1 end
   return 0
 end
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] and (not fenced or counter == cand) then
-  return answer(2)
+  return answer(FENCE_OK)
 end
-if fenced and counter >= cand then return answer(0) end
-if held and held ~= MARKER then return answer(1) end
+if fenced and counter >= cand then return answer(FENCE_STALE) end
+if held and held ~= MARKER then return answer(FENCE_LOCKED) end
 prune(KEYS[2])
 prune(KEYS[4])
 prune(KEYS[5])
@@ -261,7 +262,7 @@ if not w and redis.call('EXISTS', KEYS[4]) == 1 then
 end
 if redis.call('ZCARD', KEYS[2]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then
   if not w or w == ARGV[3] then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[5]) end
-  return answer(1)
+  return answer(FENCE_LOCKED)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if fenced then
@@ -269,7 +270,7 @@ if fenced then
   counter = cand
 end
 if w == ARGV[3] then redis.call('DEL', KEYS[3]) end
-return answer(2)
+return answer(FENCE_OK)
 ",
 );
 

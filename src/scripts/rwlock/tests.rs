@@ -267,7 +267,13 @@ async fn readers_keep_the_lock_key_against_exclusive_acquirers() {
     let pttl = ints(&c, "PTTL", RW[0]).await;
     assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
     // An exclusive owner's release compares its value: the marker is never its.
-    let released = run(&c, &crate::scripts::RELEASE, &["d"], &["peer", ""]).await;
+    let released = run(
+        &c,
+        &crate::scripts::exclusive::RELEASE,
+        &["d"],
+        &["peer", ""],
+    )
+    .await;
     assert_eq!(released, Value::Array(vec![zero.clone(), zero.clone()]));
     assert_eq!(write(&c, "w", "m|w").await, zero, "readers present");
     assert_eq!(get(&c, RW[0]).await.as_deref(), Some(READERS_MARKER));
