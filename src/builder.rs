@@ -80,7 +80,7 @@ pub struct RedlockBuilder {
     heal_on_extend: bool,
     metrics_class: crate::metrics::ClassOf,
     restart_quarantine: Option<Duration>,
-    check_on_connect: CheckMode,
+    health_check: CheckMode,
     min_validity: Duration,
     owner_label: Option<String>,
     local_handover: bool,
@@ -107,7 +107,7 @@ impl Default for RedlockBuilder {
             heal_on_extend: true,
             metrics_class: crate::metrics::ClassOf::default(),
             restart_quarantine: None,
-            check_on_connect: CheckMode::Off,
+            health_check: CheckMode::Off,
             min_validity: DEFAULT_MIN_VALIDITY,
             owner_label: None,
             local_handover: true,
@@ -441,8 +441,7 @@ impl RedlockBuilder {
     /// configuration error is found (checked again at most every 5 s). Defaults to
     /// [`CheckMode::Off`], which costs nothing.
     ///
-    /// Despite the name, nothing is checked at `build()` or when a node connects: the
-    /// check runs at the start of an acquisition (`acquire`, `try_acquire`,
+    /// Nothing is checked at `build()` or when a node connects: the check runs at the start of an acquisition (`acquire`, `try_acquire`,
     /// `acquire_many`, `lock(…)`, `with_lock`), after the request's own checks and before
     /// its first attempt, so the first acquisition in strict mode waits for it. Extending
     /// or releasing a held lock never runs it.
@@ -454,7 +453,7 @@ impl RedlockBuilder {
     /// # async fn run() -> Result<(), Error> {
     /// let redlock = Redlock::builder()
     ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
-    ///     .check_on_connect(CheckMode::Strict)
+    ///     .health_check(CheckMode::Strict)
     ///     .build()?; // nothing checked yet
     /// match redlock.acquire("job", Duration::from_secs(5)).await {
     ///     Ok(guard) => guard.release().await?,
@@ -468,9 +467,19 @@ impl RedlockBuilder {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn check_on_connect(mut self, mode: CheckMode) -> Self {
-        self.check_on_connect = mode;
+    pub fn health_check(mut self, mode: CheckMode) -> Self {
+        self.health_check = mode;
         self
+    }
+
+    /// The former name of [`health_check`](Self::health_check) (nothing is checked on
+    /// connect), kept so that code written against it compiles.
+    #[doc(hidden)]
+    #[deprecated(
+        note = "renamed to `health_check`: the check runs before acquisitions, not on connect"
+    )]
+    pub fn check_on_connect(self, mode: CheckMode) -> Self {
+        self.health_check(mode)
     }
 
     /// Trusts only these CA certificates (PEM, one or more) for `rediss://` nodes,

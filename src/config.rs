@@ -49,7 +49,7 @@ pub(crate) struct Config {
     pub(crate) wake_on_release: bool,
     pub(crate) heal_on_extend: bool,
     pub(crate) metrics_class: crate::metrics::ClassOf,
-    pub(crate) check_on_connect: CheckMode,
+    pub(crate) health_check: CheckMode,
     pub(crate) min_validity: Duration,
     /// Put in front of every owner value (see [`RedlockBuilder::owner_label`]).
     pub(crate) owner_label: Option<Arc<str>>,

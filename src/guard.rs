@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, LostReason};
 use crate::kind::LockKind;
+use crate::lease::options::LeaseOptions;
 use crate::local::LocalTurn;
 use crate::metrics;
 use crate::quorum::{self, Outcome, Vote};
@@ -80,6 +81,10 @@ pub struct LockGuard {
     /// This manager's turn on the key, when tasks of it queue locally for the lock: on
     /// release the lock goes to the next of them (see `local.rs`).
     local: Option<LocalTurn<LockGuard>>,
+    /// How [`keep_alive`](Self::keep_alive) keeps it: the request's
+    /// [`lease_options`](crate::LockRequest::lease_options), or (`None`) the defaults.
+    /// Boxed: most guards have none, and every guard is moved around.
+    options: Option<Box<LeaseOptions>>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -122,6 +127,7 @@ impl LockGuard {
             kind: held.kind,
             held: Some(held),
             local: None,
+            options: None,
         }
     }
 
@@ -132,6 +138,15 @@ impl LockGuard {
         if let Some(held) = &mut self.held {
             held.hold = Some(until);
         }
+    }
+
+    /// The lease options [`keep_alive`](Self::keep_alive) will use.
+    pub(crate) fn set_options(&mut self, options: LeaseOptions) {
+        self.options = (options != LeaseOptions::default()).then(|| Box::new(options));
+    }
+
+    pub(crate) fn options(&self) -> LeaseOptions {
+        self.options.as_deref().copied().unwrap_or_default()
     }
 
     pub(crate) fn set_local(&mut self, turn: LocalTurn<LockGuard>) {
@@ -171,6 +186,7 @@ impl LockGuard {
             attempts: 0,
             held: Some(held),
             local: None,
+            options: self.options.take(),
         };
         match turn.hand_over(handed) {
             Ok(()) => HandOver::Handed,

@@ -19,7 +19,7 @@ use crate::guard::LockGuard;
 use crate::kind::LockKind;
 use crate::sync::lock;
 
-mod options;
+pub(crate) mod options;
 mod with_lock;
 
 pub use options::LeaseOptions;
@@ -70,7 +70,10 @@ struct Shared {
 ///
 /// let opts = LeaseOptions::default().drop_work_on_loss(false);
 /// redlock
-///     .with_lock_opts("queue:exports", Duration::from_secs(10), opts, |lease| async move {
+///     .lock("queue:exports")
+///     .ttl(Duration::from_secs(10))
+///     .lease_options(opts)
+///     .with(|lease| async move {
 ///         loop {
 ///             let job = tokio::select! {
 ///                 biased;
@@ -190,7 +193,7 @@ impl Lease {
     ///
     /// Use it with `tokio::select!` to stop work at a point of your choosing (see the
     /// example on [`Lease`]): in a task that watches a [`KeptGuard`], or in the work of
-    /// [`with_lock_opts`](crate::Redlock::with_lock_opts) with
+    /// [`LockRequest::with`](crate::LockRequest::with) with
     /// [`LeaseOptions::drop_work_on_loss`]`(false)`. Under the default of
     /// [`with_lock`](crate::Redlock::with_lock), the work is dropped as this resolves,
     /// so a branch of the work that waits for it never runs. Without a tokio runtime
@@ -362,28 +365,22 @@ impl LockGuard {
     /// Never; if that runtime is gone nothing is kept alive, nothing releases the lock
     /// either, and the lease is lost when the validity ends.
     pub fn keep_alive(self) -> KeptGuard {
-        self.keep_alive_with(LeaseOptions::default())
+        let options = self.options();
+        self.keep_alive_as(options)
     }
 
-    /// Like [`keep_alive`](Self::keep_alive), with options.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use tokio_redlock::LeaseOptions;
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// let kept = redlock
-    ///     .acquire("job:1", Duration::from_secs(3))
-    ///     .await?
-    ///     .keep_alive_with(LeaseOptions::default().max_hold(Some(Duration::from_secs(60))));
-    /// // ... at most a minute of work ...
-    /// kept.release().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Panics
-    /// Never; see [`keep_alive`](Self::keep_alive).
+    /// Like [`keep_alive`](Self::keep_alive), with options: what
+    /// [`LockRequest::lease_options`](crate::LockRequest::lease_options) gives, the one
+    /// documented way (`redlock.lock(r).lease_options(o).acquire().await?.keep_alive()`).
+    #[doc(hidden)]
+    #[deprecated(
+        note = "pass the options with `lock(resource).lease_options(options)`, then `keep_alive()`"
+    )]
     pub fn keep_alive_with(self, options: LeaseOptions) -> KeptGuard {
+        self.keep_alive_as(options)
+    }
+
+    fn keep_alive_as(self, options: LeaseOptions) -> KeptGuard {
         let lease = Lease {
             shared: Arc::new(Shared {
                 resource: self.resource().to_owned(),

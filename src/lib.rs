@@ -117,7 +117,7 @@ mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod config;
-mod diagnose;
+pub mod diagnose;
 mod election;
 mod error;
 mod fencing;
@@ -154,7 +154,10 @@ pub mod harness;
 pub use redis;
 
 pub use builder::{IntoNode, RedlockBuilder};
-pub use diagnose::{CheckMode, Finding, FindingKind, HealthReport, NodeReport, Severity};
+pub use diagnose::CheckMode;
+// The report's types live in `diagnose`; these paths are kept for code written before.
+#[doc(hidden)]
+pub use diagnose::{Finding, FindingKind, HealthReport, NodeReport, Severity};
 pub use election::{Election, Leadership};
 pub use error::{ConflictReason, Error, LostReason, NodeError, NodeErrorKind, NodeErrors};
 pub use fencing::{FenceGate, StaleToken, FENCE_CHECK_LUA};
@@ -166,12 +169,6 @@ pub use redlock::{Holder, LockInfo, LockRequest, Redlock};
 /// ([`Lease::cancellation_token`]), re-exported so that storing or passing one needs no
 /// direct dependency on `tokio-util`.
 pub use tokio_util::sync::CancellationToken;
-
-/// The former name of [`HealthReport`], kept so that code written against it compiles.
-#[deprecated(
-    note = "renamed to `HealthReport`, beside `ReleaseReport` and the harness's `checker::Report`"
-)]
-pub type Report = HealthReport;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

@@ -18,7 +18,7 @@ pub(crate) struct Shared {
     pub(crate) wakeups: Wakeups,
     /// The highest fencing counter this manager has seen per counter key.
     pub(crate) fences: FenceCache,
-    /// State of the `check_on_connect` health checks.
+    /// State of the health checks (`RedlockBuilder::health_check`).
     pub(crate) health: HealthState,
 }
 

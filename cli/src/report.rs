@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio_redlock::{FindingKind, HealthReport, LockInfo, NodeReport, Redlock, Severity};
+use tokio_redlock::diagnose::{FindingKind, HealthReport, NodeReport, Severity};
+use tokio_redlock::{LockInfo, Redlock};
 
 use crate::status::{self, Failure};
 

@@ -134,7 +134,7 @@ impl RedlockBuilder {
             wake_on_release: self.wake_on_release,
             heal_on_extend: self.heal_on_extend,
             metrics_class: self.metrics_class.clone(),
-            check_on_connect: self.check_on_connect,
+            health_check: self.health_check,
             min_validity: self.min_validity,
             owner_label: self.owner_label.map(Arc::from),
             local_handover: self.local_handover,

@@ -22,7 +22,7 @@ impl fmt::Debug for RedlockBuilder {
             heal_on_extend,
             metrics_class,
             restart_quarantine,
-            check_on_connect,
+            health_check,
             min_validity,
             owner_label,
             local_handover,
@@ -47,7 +47,7 @@ impl fmt::Debug for RedlockBuilder {
             .field("heal_on_extend", heal_on_extend)
             .field("metrics_class", metrics_class)
             .field("restart_quarantine", restart_quarantine)
-            .field("check_on_connect", check_on_connect)
+            .field("health_check", health_check)
             .field("min_validity", min_validity)
             .field("owner_label", owner_label)
             .field("local_handover", local_handover)

@@ -1,13 +1,24 @@
-//! Health checks: [`check`], a function of the nodes and the settings that asks every
-//! node about itself and judges the answers; the [`HealthReport`] it returns; and the
-//! opt-in [`CheckMode`] that runs it before locking ([`HealthState::gate`]).
+//! Health checks of the nodes: what [`Redlock::diagnose`](crate::Redlock::diagnose)
+//! returns ([`HealthReport`], one [`NodeReport`] per node, [`Finding`]s of a
+//! [`Severity`] and a [`FindingKind`]), and the opt-in [`CheckMode`] that runs the check
+//! before locking ([`RedlockBuilder::health_check`](crate::RedlockBuilder::health_check)).
 //!
 //! Redlock is only as safe as the nodes under it: a node that evicts keys, fails over to
 //! a replica, restarts without its data, or is listed twice silently breaks mutual
 //! exclusion. These checks make such a setup loud.
 //!
-//! The manager is not known here: [`Redlock::diagnose`](crate::Redlock::diagnose) hands
-//! its nodes and settings in.
+//! ```no_run
+//! use tokio_redlock::diagnose::Severity;
+//!
+//! # async fn run(redlock: tokio_redlock::Redlock) {
+//! let report = redlock.diagnose().await;
+//! for finding in report.findings() {
+//!     if finding.severity() == Severity::Error {
+//!         eprintln!("fix before locking: {finding}");
+//!     }
+//! }
+//! # }
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,7 +47,7 @@ pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(5);
 
 /// Whether [`Redlock`](crate::Redlock) checks the nodes on its own, and what it does with
 /// what it finds; set with
-/// [`RedlockBuilder::check_on_connect`](crate::RedlockBuilder::check_on_connect).
+/// [`RedlockBuilder::health_check`](crate::RedlockBuilder::health_check).
 ///
 /// Despite the setting's name, nothing is checked when the manager is built or when a
 /// node connects ([`build`](crate::RedlockBuilder::build) connects to nothing). The check

@@ -98,7 +98,7 @@ pub enum FindingKind {
 ///
 /// ```no_run
 /// # async fn run(redlock: tokio_redlock::Redlock) {
-/// use tokio_redlock::Severity;
+/// use tokio_redlock::diagnose::Severity;
 /// for finding in redlock.diagnose().await.findings() {
 ///     if finding.severity() == Severity::Error {
 ///         eprintln!("{finding}");

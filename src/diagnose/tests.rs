@@ -292,10 +292,11 @@ fn info_fills_the_node_report() {
     );
 }
 
-/// Code written against the crate-root `Report` still compiles: it is the same type.
+/// Code written against the crate-root paths still compiles: they name the types of
+/// `diagnose`.
 #[test]
-#[allow(deprecated)]
-fn the_old_report_name_is_the_health_report() {
+fn the_crate_root_names_the_diagnose_types() {
     fn same<T>(_: Option<T>, _: Option<T>) {}
-    same::<crate::HealthReport>(None::<crate::Report>, None);
+    same::<crate::HealthReport>(None::<super::HealthReport>, None);
+    same::<crate::Severity>(None::<super::Severity>, None);
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 /// How a keep-alive extends its lock, and what
-/// [`with_lock_opts`](crate::Redlock::with_lock_opts) does with the work when the lock
-/// is lost.
+/// [`LockRequest::with`](crate::LockRequest::with) does with the work when the lock
+/// is lost ([`LockRequest::lease_options`](crate::LockRequest::lease_options)).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -16,7 +16,10 @@ use std::time::Duration;
 ///     .extend_after(0.5)                          // extend when half the ttl has passed
 ///     .max_hold(Some(Duration::from_secs(600)));  // never hold longer than 10 minutes
 /// redlock
-///     .with_lock_opts("report:daily", Duration::from_secs(30), opts, |lease| async move {
+///     .lock("report:daily")
+///     .ttl(Duration::from_secs(30))
+///     .lease_options(opts)
+///     .with(|lease| async move {
 ///         build_report(lease.fencing_token()).await
 ///     })
 ///     .await?;
@@ -72,18 +75,18 @@ impl LeaseOptions {
         self
     }
 
-    /// Whether [`with_lock_opts`](crate::Redlock::with_lock_opts) drops the work the
+    /// Whether [`LockRequest::with`](crate::LockRequest::with) drops the work the
     /// moment the lock is lost. Defaults to `true`.
     ///
     /// - `true`: the work is dropped (cancelled at the `.await` it is suspended on) and
-    ///   `with_lock_opts` returns [`Error::LockLost`](crate::Error::LockLost) at once.
+    ///   `with` returns [`Error::LockLost`](crate::Error::LockLost) at once.
     ///   The work does not get to react to the loss: a branch of it that waits for
     ///   [`Lease::lost`](crate::Lease::lost) runs at most up to its first await, if at
     ///   all. The safe default for work that leaves nothing half done across awaits.
     /// - `false`: on a loss, [`Lease::lost`](crate::Lease::lost) resolves and
     ///   [`Lease::cancellation_token`](crate::Lease::cancellation_token) is cancelled,
     ///   and the work runs on until it returns, so that it can stop at a point of its
-    ///   own choosing (between two batches, before a commit); `with_lock_opts` then
+    ///   own choosing (between two batches, before a commit); `with` then
     ///   returns [`Error::LockLost`](crate::Error::LockLost) and the work's output is
     ///   discarded. The work must watch the lease: whatever it does after the loss is
     ///   not protected by the lock.

@@ -45,8 +45,9 @@ async fn a_keep_alive_over_extreme_settings_never_panics_and_ends_lost() {
             .max_extensions(rng.random_bool(0.5).then(|| rng.random()));
         assert!((0.05..=0.9).contains(&options.extend_after), "{options:?}");
         let ttl = crate::builder::tests::extreme(&mut rng);
-        let kept =
-            unreachable_guard(&redlock, ttl, Duration::from_millis(30)).keep_alive_with(options);
+        let mut guard = unreachable_guard(&redlock, ttl, Duration::from_millis(30));
+        guard.set_options(options);
+        let kept = guard.keep_alive();
         leases.push((kept, options, ttl));
     }
     for (kept, options, ttl) in leases {
@@ -71,7 +72,7 @@ async fn a_suspend_ends_the_validity_of_guard_and_lease() {
         .clock(clock)
         .build()
         .unwrap();
-    let guard = unreachable_guard(&redlock, Duration::from_secs(30), Duration::from_secs(10));
+    let mut guard = unreachable_guard(&redlock, Duration::from_secs(30), Duration::from_secs(10));
     let promised = guard.valid_until();
     assert!(guard.is_valid());
     *crate::sync::lock(&at) += Duration::from_secs(4);
@@ -79,7 +80,8 @@ async fn a_suspend_ends_the_validity_of_guard_and_lease() {
     // (The manual clock stands still between reads; `Instant` does not.)
     let slack = Duration::from_millis(100);
     assert!(guard.valid_until() <= promised - Duration::from_secs(4) + slack);
-    let kept = guard.keep_alive_with(LeaseOptions::default().max_extensions(Some(0)));
+    guard.set_options(LeaseOptions::default().max_extensions(Some(0)));
+    let kept = guard.keep_alive();
     let lease = kept.lease().clone();
     assert!(lease.is_held());
     *crate::sync::lock(&at) += Duration::from_secs(7);

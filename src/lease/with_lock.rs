@@ -13,7 +13,7 @@ impl Redlock {
     /// and releases it when `work` ends.
     ///
     /// The lock is acquired with the manager's retries and extended each time a third
-    /// of `ttl` has passed (see [`with_lock_opts`](Self::with_lock_opts)); each extension
+    /// of `ttl` has passed (see [`LockRequest::lease_options`](crate::LockRequest::lease_options)); each extension
     /// counts its validity from its own start. It is released when `work` finishes, when
     /// it panics, and when this future is dropped.
     ///
@@ -31,7 +31,7 @@ impl Redlock {
     ///   not stopped at all. The work does not get to react to the loss: this call
     ///   sees it first and drops the work, so a branch of the work that waits for
     ///   [`Lease::lost`] runs at most up to its first await, if at all.
-    /// - With `drop_work_on_loss(false)` (through [`with_lock_opts`](Self::with_lock_opts)),
+    /// - With `drop_work_on_loss(false)` (through [`LockRequest::lease_options`](crate::LockRequest::lease_options)),
     ///   [`Lease::lost`] resolves and [`Lease::cancellation_token`] is cancelled, `work`
     ///   runs on until it returns, and then this returns [`Error::LockLost`] (the output
     ///   is discarded). Work that must stop at a point of its own choosing watches the
@@ -69,7 +69,10 @@ impl Redlock {
     /// // Let the work see the loss instead of being dropped.
     /// let opts = LeaseOptions::default().drop_work_on_loss(false);
     /// let copied = redlock
-    ///     .with_lock_opts("import:daily", Duration::from_secs(5), opts, |lease| async move {
+    ///     .lock("import:daily")
+    ///     .ttl(Duration::from_secs(5))
+    ///     .lease_options(opts)
+    ///     .with(|lease| async move {
     ///         let mut done = 0;
     ///         for batch in 0..1_000 {
     ///             // Stop between batches, never inside one: a batch that started ends.
@@ -116,34 +119,15 @@ impl Redlock {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.with_lock_opts(resource, ttl, LeaseOptions::default(), work)
-            .await
+        let guard = self.acquire(resource, ttl).await?;
+        run_kept(guard, LeaseOptions::default(), work).await
     }
 
-    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`].
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use tokio_redlock::LeaseOptions;
-    /// # async fn build_report(_: Option<u64>) {}
-    /// # async fn run(redlock: tokio_redlock::Redlock) -> Result<(), tokio_redlock::Error> {
-    /// // Extend at half the ttl, and give the lock up after at most 20 extensions
-    /// // (about 5 minutes).
-    /// let opts = LeaseOptions::default().extend_after(0.5).max_extensions(Some(20));
-    /// redlock
-    ///     .with_lock_opts("report:daily", Duration::from_secs(30), opts, |lease| async move {
-    ///         build_report(lease.fencing_token()).await
-    ///     })
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// As for [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel safety
-    /// As for [`with_lock`](Self::with_lock).
+    /// Like [`with_lock`](Self::with_lock), with [`LeaseOptions`]: the documented way is
+    /// `redlock.lock(resource).ttl(ttl).lease_options(options).with(work)`
+    /// ([`LockRequest::lease_options`](crate::LockRequest::lease_options)).
+    #[doc(hidden)]
+    #[deprecated(note = "use `lock(resource).ttl(ttl).lease_options(options).with(work)`")]
     pub async fn with_lock_opts<F, Fut, T>(
         &self,
         resource: &str,
@@ -209,7 +193,7 @@ impl<T> WorkOutcome<T> {
 }
 
 /// Runs `work` under `guard`, kept alive with `options`, and releases it at the end: the
-/// body of [`Redlock::with_lock_opts`] and of `LockRequest::with`.
+/// body of [`Redlock::with_lock`] and of `LockRequest::with`.
 pub(crate) async fn run_kept<F, Fut, T>(
     guard: LockGuard,
     options: LeaseOptions,
@@ -232,7 +216,9 @@ where
     F: FnOnce(Lease) -> Fut,
     Fut: Future<Output = T>,
 {
-    let kept = guard.keep_alive_with(options);
+    let mut guard = guard;
+    guard.set_options(options);
+    let kept = guard.keep_alive();
     let lease = kept.lease().clone();
     let work = work(lease.clone());
     let out = if options.drop_work_on_loss {

@@ -20,6 +20,9 @@ use crate::quorum::{self, Outcome, Tally, Vote};
 use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Replies};
 
 /// What one attempt came to.
+// `Won` is the common case and lives for one step: boxing the guard would cost an
+// allocation per acquisition to save stack space that is freed at once.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Attempt {
     Won(LockGuard),
     Lost {

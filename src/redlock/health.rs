@@ -33,7 +33,7 @@ impl Redlock {
 
     /// Runs the configured [`CheckMode`](crate::CheckMode) before a lock; `Err` refuses it.
     pub(crate) async fn health_gate(&self) -> Result<(), Error> {
-        let mode = self.inner.config.check_on_connect;
+        let mode = self.inner.config.health_check;
         if mode == crate::CheckMode::Off {
             // Costs nothing when off: no settings built, nothing awaited.
             return Ok(());

@@ -263,6 +263,7 @@ impl<'a> LockRequest<'a> {
         if let Some(d) = hold {
             guard.hold_at_least(d);
         }
+        guard.set_options(self.options);
         Ok(guard)
     }
 
@@ -430,7 +431,7 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Acquires with these options and runs `work` under the lock, kept alive in the
-    /// background, exactly as [`Redlock::with_lock_opts`] does.
+    /// background, as [`Redlock::with_lock`] does, with these [`lease_options`](Self::lease_options).
     ///
     /// # Errors
     /// As for [`Redlock::with_lock`].

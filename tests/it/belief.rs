@@ -258,8 +258,8 @@ async fn a_keep_alive_with_extreme_caps_extends_and_never_panics() {
             .extend_after(f64::INFINITY),
         LeaseOptions::default().extend_after(f64::NEG_INFINITY),
     ] {
-        let guard = bounded(redlock.acquire("belief:caps", ttl)).await.unwrap();
-        let kept = guard.keep_alive_with(options);
+        let request = redlock.lock("belief:caps").ttl(ttl).lease_options(options);
+        let kept = bounded(request.acquire()).await.unwrap().keep_alive();
         let lease = kept.lease().clone();
         tokio::time::sleep(ttl * 2).await;
         assert!(lease.is_held(), "{options:?}: {:?}", lease.lost_reason());

@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use tokio_redlock::diagnose::FindingKind;
 use tokio_redlock::harness::{Cluster, RedisCluster};
-use tokio_redlock::{Error, FindingKind, LockKind, Redlock, RedlockBuilder};
+use tokio_redlock::{Error, LockKind, Redlock, RedlockBuilder};
 
 use crate::support::{self, WAIT};
 

@@ -267,7 +267,7 @@ async fn each_hostile_node_is_a_failed_vote_with_its_cause() {
             .unwrap_or_else(|| panic!("{behaviour:?}: no finding for the hostile node: {report}"));
         assert_eq!(
             finding.severity(),
-            tokio_redlock::Severity::Error,
+            tokio_redlock::diagnose::Severity::Error,
             "{report}"
         );
     }

@@ -292,14 +292,17 @@ async fn extension_cap_makes_the_lease_lost_at_its_validity() {
     let redlock = redlock(&cluster);
     let (lease_tx, lease_rx) = oneshot::channel::<Lease>();
     let opts = LeaseOptions::default().max_extensions(Some(2));
-    let result =
-        bounded(
-            redlock.with_lock_opts("lease:cap-count", KEPT_TTL, opts, |lease| async move {
+    let result = bounded(
+        redlock
+            .lock("lease:cap-count")
+            .ttl(KEPT_TTL)
+            .lease_options(opts)
+            .with(|lease| async move {
                 lease_tx.send(lease).unwrap();
                 std::future::pending::<()>().await;
             }),
-        )
-        .await;
+    )
+    .await;
     let lease = lease_rx.await.unwrap();
     assert!(
         matches!(
@@ -324,14 +327,17 @@ async fn hold_time_cap_ends_the_lease_before_the_cap() {
     let (lease_tx, lease_rx) = oneshot::channel::<Lease>();
     let opts = LeaseOptions::default().max_hold(Some(cap));
     let started = Instant::now();
-    let result =
-        bounded(
-            redlock.with_lock_opts("lease:cap-hold", KEPT_TTL, opts, |lease| async move {
+    let result = bounded(
+        redlock
+            .lock("lease:cap-hold")
+            .ttl(KEPT_TTL)
+            .lease_options(opts)
+            .with(|lease| async move {
                 lease_tx.send(lease).unwrap();
                 std::future::pending::<()>().await;
             }),
-        )
-        .await;
+    )
+    .await;
     let ended = Instant::now();
     let lease = lease_rx.await.unwrap();
     assert!(

@@ -1,4 +1,4 @@
-//! Operations against real servers: `diagnose`, `check_on_connect`, least-privilege ACL
+//! Operations against real servers: `diagnose`, `health_check`, least-privilege ACL
 //! users, secrets never shown, TLS, and resource names.
 
 use std::io::Write;
@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use tokio_redlock::diagnose::{FindingKind, HealthReport, Severity};
 use tokio_redlock::harness::{Cluster, Persistence};
-use tokio_redlock::{CheckMode, Error, FindingKind, HealthReport, Redlock, Severity};
+use tokio_redlock::{CheckMode, Error, Redlock};
 
 use crate::support::*;
 
@@ -167,7 +168,7 @@ async fn strict_refuses_a_misconfigured_node_set_until_fixed() {
     )
     .await;
     let strict = builder(&cluster)
-        .check_on_connect(CheckMode::Strict)
+        .health_check(CheckMode::Strict)
         .build()
         .unwrap();
     let err = bounded(strict.acquire("strict", TTL)).await.unwrap_err();
@@ -196,7 +197,7 @@ async fn strict_refuses_a_misconfigured_node_set_until_fixed() {
     .await;
     // The verdict is cached for a few seconds; a fresh manager checks again at once.
     let strict = builder(&cluster)
-        .check_on_connect(CheckMode::Strict)
+        .health_check(CheckMode::Strict)
         .build()
         .unwrap();
     bounded(strict.acquire("strict", TTL))
@@ -208,7 +209,7 @@ async fn strict_refuses_a_misconfigured_node_set_until_fixed() {
     // A node that is down is the quorum's business, not a reason to refuse.
     cluster.node(1).kill().await.unwrap();
     let strict = builder(&cluster)
-        .check_on_connect(CheckMode::Strict)
+        .health_check(CheckMode::Strict)
         .build()
         .unwrap();
     bounded(strict.acquire("strict", TTL))
@@ -252,7 +253,7 @@ async fn warn_logs_findings_once_and_still_locks() {
     )
     .await;
     let redlock = builder(&cluster)
-        .check_on_connect(CheckMode::Warn)
+        .health_check(CheckMode::Warn)
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -565,7 +566,7 @@ fn strict_on(urls: Vec<String>, fencing: bool) -> Redlock {
         .retry_count(1)
         .retry_delay(Duration::from_millis(20))
         .fencing(fencing)
-        .check_on_connect(CheckMode::Strict)
+        .health_check(CheckMode::Strict)
         .build()
         .unwrap()
 }

@@ -101,7 +101,7 @@ async fn job_worker(lease: Lease, mut jobs: mpsc::Receiver<u32>, trace: Arc<Trac
     }
 }
 
-/// Runs [`job_worker`] under `with_lock_opts`, feeds it two jobs, then loses the lock.
+/// Runs [`job_worker`] under `lock(..).lease_options(..).with(..)`, feeds it two jobs, then loses the lock.
 async fn run_job_worker(
     opts: LeaseOptions,
     resource: &str,
@@ -116,7 +116,10 @@ async fn run_job_worker(
         let resource = resource.to_owned();
         async move {
             let r = redlock
-                .with_lock_opts(&resource, TTL, opts, |lease| {
+                .lock(&resource)
+                .ttl(TTL)
+                .lease_options(opts)
+                .with(|lease| {
                     lease_tx.send(lease.clone()).unwrap();
                     job_worker(lease, jobs_rx, trace)
                 })
@@ -195,7 +198,10 @@ async fn kept_work_stops_between_batches_and_skips_its_commit() {
         let trace = Arc::clone(&trace);
         async move {
             let r = redlock
-                .with_lock_opts("wl:batches", TTL, opts, |lease| async move {
+                .lock("wl:batches")
+                .ttl(TTL)
+                .lease_options(opts)
+                .with(|lease| async move {
                     let _flag = DropFlag(Arc::clone(&trace));
                     lease_tx.send(lease.clone()).unwrap();
                     let mut done = 0;
@@ -247,8 +253,8 @@ async fn kept_work_that_keeps_the_lock_returns_its_output_and_releases() {
     let redlock = redlock(&cluster);
     let opts = LeaseOptions::default().drop_work_on_loss(false);
     let (lease_tx, lease_rx) = oneshot::channel::<Lease>();
-    let out = bounded(
-        redlock.with_lock_opts("wl:ok", TTL, opts, |lease| async move {
+    let out = bounded(redlock.lock("wl:ok").ttl(TTL).lease_options(opts).with(
+        |lease| async move {
             // A user's child token: cancelling it stops only its listeners.
             let mine = lease.cancellation_token();
             mine.cancel();
@@ -259,8 +265,8 @@ async fn kept_work_that_keeps_the_lock_returns_its_output_and_releases() {
             assert!(lease.is_held());
             lease_tx.send(lease).unwrap();
             42
-        }),
-    )
+        },
+    ))
     .await
     .expect("the lock was kept");
     assert_eq!(out, 42);

@@ -253,6 +253,8 @@ impl Client {
                 };
                 self.oracle.set(id, Belief::InFlight);
                 let options = opts.options();
+                // Also the name kept for older callers, which must keep its promise too.
+                #[allow(deprecated)]
                 let kept = if on_thread {
                     on_plain_thread(guard, move |g| g.keep_alive_with(options)).await
                 } else {
@@ -480,7 +482,7 @@ impl Client {
         let label = name.clone();
         let ttl = ms(ttl_ms);
         let call = super::traced::counted(|| {
-            redlock.with_lock_opts(&name, ms(ttl_ms), opts.options(), move |lease| async move {
+            redlock.lock(&name).ttl(ms(ttl_ms)).lease_options(opts.options()).with(move |lease| async move {
             acquisitions.fetch_add(1, Ordering::Relaxed);
             rec.record(client, op, &label, EventKind::Acquired { valid_until_ns: instant_ns(lease.valid_until()), token: lease.fencing_token() });
             let id = oracle.open(client, op, label, fenced, vec![key], Belief::Lease(lease.clone()));
