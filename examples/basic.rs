@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{FenceGate, Redlock};
+use tokio_redlock_harness::Cluster;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

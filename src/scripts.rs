@@ -359,12 +359,12 @@ end
 return {2, t}
 ";
 
-#[cfg(all(test, feature = "harness"))]
+#[cfg(all(test, unix))]
 mod tests {
     use redis::Value;
 
     use super::*;
-    use crate::harness::Cluster;
+    use tokio_redlock_harness::Cluster;
 
     async fn one_node() -> (Cluster, redis::aio::MultiplexedConnection) {
         let cluster = Cluster::builder().nodes(1).start().await.expect("cluster");

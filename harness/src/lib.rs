@@ -1,4 +1,7 @@
-//! The multi-node test harness: real `redis-server` processes behind in-process fault proxies.
+//! A multi-node test harness for Redlock (and anything else that talks to several
+//! independent Redis servers): real `redis-server` processes behind in-process fault proxies,
+//! plus operation histories and the safety checkers of
+//! [tokio-redlock](https://docs.rs/tokio-redlock).
 //!
 //! A [`Cluster`] starts N independent `redis-server` processes on free loopback ports, each in
 //! its own temporary directory with its own log file, and puts a small TCP proxy in front of
@@ -20,23 +23,25 @@
 //!
 //! A [`RedisCluster`] is another thing: one real Redis Cluster of N masters (its servers
 //! know each other, so no proxies), to stand as a single vote beside standalone nodes
-//! (`RedlockBuilder::cluster_node`, feature `cluster`).
+//! (tokio-redlock's `RedlockBuilder::cluster_node`, feature `cluster`).
+//!
+//! [`history`] records what each client did and when, on one machine-wide clock (also across
+//! processes); [`checker`] states the lock's promises as properties of such a history.
 //!
 //! # Use it in your own tests
 //!
-//! Turn the feature on for tests only, in your `Cargo.toml`:
+//! A dev-dependency, beside the lock library, in your `Cargo.toml`:
 //!
 //! ```toml
 //! [dependencies]
 //! tokio-redlock = "0.1"
 //!
 //! [dev-dependencies]
-//! tokio-redlock = { version = "0.1", features = ["harness"] }
+//! tokio-redlock-harness = "0.1"
 //! ```
 //!
 //! Never in `[dependencies]`: the harness starts and signals processes, and brings `nix`
-//! and `tempfile`, which your production build does not need. Cargo adds the feature
-//! for test builds only (examples and benchmarks included). Each `Cluster` starts its
+//! and `tempfile`, which your production build does not need. Each `Cluster` starts its
 //! own servers on free ports, so tests can run in parallel; `redis-server` must be
 //! installed (see below).
 //!
@@ -44,7 +49,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tokio_redlock::harness::Cluster;
+//! use tokio_redlock_harness::Cluster;
 //! use tokio_redlock::Redlock;
 //!
 //! #[tokio::test]
@@ -70,8 +75,8 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tokio_redlock::harness::{Cluster, Persistence};
-//! # async fn demo() -> Result<(), tokio_redlock::harness::HarnessError> {
+//! use tokio_redlock_harness::{Cluster, Persistence};
+//! # async fn demo() -> Result<(), tokio_redlock_harness::HarnessError> {
 //! let cluster = Cluster::builder()
 //!     .nodes(5)
 //!     .persistence(Persistence::AofAlways)
@@ -100,8 +105,12 @@
 //!
 //! # Limits
 //!
-//! Unix only (signals, `/proc`): on other targets the `harness` feature compiles, but this
-//! module is absent. Latency applies to both directions at once; partitions can be one-way.
+//! Unix only (signals, `/proc`): on other targets the crate compiles, but empty. Latency
+//! applies to both directions at once; partitions can be one-way.
+
+#![cfg(unix)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::io;
 use std::time::Duration;
@@ -112,6 +121,7 @@ pub mod history;
 mod proxy;
 mod redis_cluster;
 mod server;
+mod sync;
 
 pub use cluster::{Cluster, ClusterBuilder, Node};
 pub use redis_cluster::{RedisCluster, RedisClusterBuilder};

@@ -36,13 +36,13 @@ return out
     )
 });
 
-#[cfg(all(test, feature = "harness"))]
+#[cfg(all(test, unix))]
 mod tests {
     use redis::aio::MultiplexedConnection;
     use redis::Value;
 
     use super::*;
-    use crate::harness::Cluster;
+    use tokio_redlock_harness::Cluster;
 
     async fn run(
         c: &MultiplexedConnection,

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use tokio_redlock::harness::{Cluster, Persistence};
 use tokio_redlock::{CheckMode, Error, FindingKind, HealthReport, Redlock, Severity};
+use tokio_redlock_harness::{Cluster, Persistence};
 
 use crate::support::*;
 
