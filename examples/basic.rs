@@ -5,7 +5,7 @@
 //! cargo run --example basic
 //! ```
 //!
-//! It starts three local `redis-server` processes with the crate's harness (`redis-server`
+//! It starts three local `redis-server` processes with the harness crate (`redis-server`
 //! on `PATH`, or `REDIS_SERVER`); against your own nodes, give their URLs to `nodes`.
 
 use std::time::Duration;

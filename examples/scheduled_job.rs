@@ -7,7 +7,7 @@
 //! cargo run --example scheduled_job
 //! ```
 //!
-//! It starts three local `redis-server` processes with the crate's harness.
+//! It starts three local `redis-server` processes with the harness crate.
 
 use std::time::Duration;
 
