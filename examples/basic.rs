@@ -5,13 +5,13 @@
 //! cargo run --example basic
 //! ```
 //!
-//! It starts three local `redis-server` processes with the crate's harness (`redis-server`
+//! It starts three local `redis-server` processes with the harness crate (`redis-server`
 //! on `PATH`, or `REDIS_SERVER`); against your own nodes, give their URLs to `nodes`.
 
 use std::time::Duration;
 
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{FenceGate, Redlock};
+use tokio_redlock_harness::Cluster;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,13 +7,13 @@
 //! cargo run --example scheduled_job
 //! ```
 //!
-//! It starts three local `redis-server` processes with the crate's harness.
+//! It starts three local `redis-server` processes with the harness crate.
 
 use std::time::Duration;
 
 use rand::Rng;
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{Error, LockGuard, Redlock};
+use tokio_redlock_harness::Cluster;
 
 /// How often the job should run, at most: here 1 s, so that the example is short.
 const PERIOD: Duration = Duration::from_secs(1);

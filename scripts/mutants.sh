@@ -16,16 +16,19 @@ all=(skip_validity plain_del constant_value quorum_half incr_max semaphore_count
 mutants=("${@:-${all[@]}}")
 base="${MUTANT_TARGET_BASE:-$PWD/target/mutants}"
 failed=()
-# The module of each mutant's test: safety, unless listed here.
+# The test binary and module of each mutant's test: the safety suite's (tests-integration/,
+# test `safety`), unless listed here (the library's own tests, test `it`). Run from the
+# root, whose default members hold both, so each mutant's library builds once.
 test_of() {
   case "$1" in
-    semaphore_count) echo "kinds::mutant_$1" ;;
-    *) echo "safety::mutant_$1" ;;
+    semaphore_count) echo "it kinds::mutant_$1" ;;
+    *) echo "safety safety::mutant_$1" ;;
   esac
 }
 # The defects of issue 11: the explorer's fixed-seed run must end with violations (its
 # last line `explore: A acquisitions, F faults, V violations, ...`). It counts attempts
-# from the crate's traces (tests/it/explore/traced.rs), not from the crate's counter.
+# from the crate's traces (tests-integration/tests/safety/explore/traced.rs), not from
+# the crate's counter.
 explored() {
   case "$1" in
     keep_alive_here|free_queue_attempt|unordered_release|stalled_subscription|lower_extend) return 0 ;;
@@ -59,7 +62,7 @@ for m in "${mutants[@]}"; do
     echo "=== mutant $m: expect the explorer to find violations"
     log="$(mktemp)"
     CARGO_TARGET_DIR="$base/$m" RUSTFLAGS="--cfg redlock_mutant=\"$m\"" REDLOCK_EXPLORE_SHRINK_SECS=0 \
-      cargo test --all-features --test it explore::explore -- --exact --nocapture 2>&1 | tee "$log" || true
+      cargo test --all-features --test safety explore::explore -- --exact --nocapture 2>&1 | tee "$log" || true
     if grep -Eq '^explore: [0-9]+ acquisitions, [0-9]+ faults, [1-9][0-9]* violations' "$log"; then
       echo "=== mutant $m: caught"
     else
@@ -69,10 +72,10 @@ for m in "${mutants[@]}"; do
     rm -f "$log"
     continue
   fi
-  t="$(test_of "$m")"
+  read -r bin t <<<"$(test_of "$m")"
   echo "=== mutant $m: expect $t to be flagged"
   if CARGO_TARGET_DIR="$base/$m" RUSTFLAGS="--cfg redlock_mutant=\"$m\"" \
-      cargo test --all-features --test it "$t" -- --exact --nocapture; then
+      cargo test --all-features --test "$bin" "$t" -- --exact --nocapture; then
     echo "=== mutant $m: caught"
   else
     echo "=== mutant $m: NOT caught (or the test broke)"
@@ -81,7 +84,7 @@ for m in "${mutants[@]}"; do
 done
 # Without any mutant the same tests must be clean.
 echo "=== no mutant: the mutant tests must be clean"
-cargo test --all-features --test it mutant_ -- --nocapture || failed+=("(none)")
+cargo test --all-features --test it --test safety mutant_ -- --nocapture || failed+=("(none)")
 if ((${#failed[@]})); then
   echo "mutants not caught: ${failed[*]}" >&2
   exit 1

@@ -23,8 +23,9 @@
 //!   [`redis::Client`]s you have ([`IntoNode`]); with [`RedlockBuilder::owner_label`] a
 //!   node's `GET` shows who holds a lock, and [`Redlock::inspect`] reports it per stored
 //!   value (a snapshot for operators, never a lock check).
-//! - The `harness` feature starts real `redis-server` processes behind fault proxies, for
-//!   your own tests: see [`harness`] for the `[dev-dependencies]` line and a complete test.
+//! - The companion crate [tokio-redlock-harness](https://docs.rs/tokio-redlock-harness)
+//!   starts real `redis-server` processes behind fault proxies, for your own tests: add it
+//!   under `[dev-dependencies]`; its crate docs have a complete test.
 //!
 //! # Example: a guard around a critical section
 //! ```no_run
@@ -66,11 +67,6 @@
 //! ```
 //!
 //! # Crate features
-//! - `harness`: the multi-node test harness, [`harness`] (off by default). Turn it on in
-//!   `[dev-dependencies]` only:
-//!   `tokio-redlock = { version = "0.1", features = ["harness"] }`. Unix only: it pauses
-//!   and kills servers with signals, so on other targets the feature compiles but the
-//!   module is absent.
 //! - `tls`: `rediss://` node URLs through rustls (off by default). The crate never
 //!   installs a process-wide rustls crypto provider: the application installs one (ring
 //!   or aws-lc-rs) before [`RedlockBuilder::build`], which otherwise fails with
@@ -94,8 +90,8 @@
 //! # Public dependency: redis-rs
 //! The API exposes one type of [redis-rs](https://docs.rs/redis/1) 1.x (`redis = "1.8"`):
 //! [`redis::RedisError`], the cause inside [`NodeErrorKind::Redis`] (reached through
-//! [`NodeError::kind`], for each node of [`Error::node_errors`]) and inside the harness's
-//! `HarnessError::Redis`. The crate is re-exported as [`tokio_redlock::redis`](redis), so
+//! [`NodeError::kind`], for each node of [`Error::node_errors`]) and inside the harness
+//! crate's `HarnessError::Redis`. The crate is re-exported as [`tokio_redlock::redis`](redis), so
 //! you can name its types without a `redis` dependency of your own; one of your own must
 //! be a 1.x version, or its types are distinct from these. A new major version of redis-rs
 //! will come with a new major version of this crate.
@@ -103,11 +99,10 @@
 //! # Stability
 //! [`Error`] and the enums that may grow are `#[non_exhaustive]`, and so is every error
 //! variant with named fields (match them with `..`) and every struct that reports or
-//! checks and may gain fields ([`StaleToken`], the harness's checker and history types;
-//! build its `LivenessSpec` with `LivenessSpec::new`). [`Error::Config`] stays a plain
-//! tuple variant: match it as `Error::Config(message)`.
-//!
-//! [`harness`]: harness/index.html "the harness module (feature `harness`)"
+//! checks and may gain fields ([`StaleToken`]; so too the harness crate's checker and
+//! history types: build its `LivenessSpec` with `LivenessSpec::new`). [`Error::Config`]
+//! stays a plain tuple variant: match it as `Error::Config(message)`.
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -142,12 +137,6 @@ mod sync;
 mod tls;
 mod value;
 mod wake;
-
-// Unix only: the harness stops, resumes and kills servers with signals. Elsewhere the
-// feature compiles to nothing rather than to a harness that cannot pause a node.
-#[cfg(all(feature = "harness", unix))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "harness", unix))))]
-pub mod harness;
 
 /// The redis-rs crate this one is built on, for naming its types (see "Public
 /// dependency: redis-rs" above).

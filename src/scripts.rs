@@ -132,13 +132,13 @@ impl Call {
     }
 }
 
-#[cfg(all(test, feature = "harness"))]
+#[cfg(all(test, unix))]
 mod tests {
     use redis::Value;
 
     use super::exclusive::*;
     use super::*;
-    use crate::harness::Cluster;
+    use tokio_redlock_harness::Cluster;
 
     async fn one_node() -> (Cluster, redis::aio::MultiplexedConnection) {
         let cluster = Cluster::builder().nodes(1).start().await.expect("cluster");

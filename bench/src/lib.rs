@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
-use tokio_redlock::harness::{Cluster, HarnessError, Persistence};
+use tokio_redlock_harness::{Cluster, HarnessError, Persistence};
 
 use measure::{client_cpu_ns, Round, Summary, CLIENT_THREAD};
 use subjects::{Async, Kind, SyncFloor};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
-use tokio_redlock::harness::{Cluster, Persistence};
+use tokio_redlock_harness::{Cluster, Persistence};
 use tokio_util::sync::CancellationToken;
 
 #[path = "worker.rs"]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use super::worker::{self, Keys};
 
@@ -56,7 +56,7 @@ pub(crate) async fn chaos(
         }
     };
     let injected = || faults.fetch_add(1, Ordering::Relaxed);
-    let err = |what: &str, e: tokio_redlock::harness::HarnessError| format!("{what}: {e}");
+    let err = |what: &str, e: tokio_redlock_harness::HarnessError| format!("{what}: {e}");
     let (mut rx0, mut rx1, mut rx2, mut rx3) = (
         progress.clone(),
         progress.clone(),

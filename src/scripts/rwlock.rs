@@ -453,5 +453,5 @@ pub(crate) fn read_wait_clear(keys: &RwKeys, id: &str) -> Call {
     call
 }
 
-#[cfg(all(test, feature = "harness"))]
+#[cfg(all(test, unix))]
 mod tests;

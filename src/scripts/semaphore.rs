@@ -50,13 +50,13 @@ pub(crate) fn permit_taken(slots: &[String]) -> Call {
     Call::new(&PERMIT_TAKEN, slots)
 }
 
-#[cfg(all(test, feature = "harness"))]
+#[cfg(all(test, unix))]
 mod tests {
     use redis::aio::MultiplexedConnection;
     use redis::Value;
 
     use super::*;
-    use crate::harness::Cluster;
+    use tokio_redlock_harness::Cluster;
 
     async fn run(
         c: &MultiplexedConnection,

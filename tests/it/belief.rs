@@ -22,14 +22,14 @@ fn refused_url() -> String {
 }
 
 /// Which nodes (directly, past the proxies) hold `key`, and with which value.
-async fn holders(cluster: &tokio_redlock::harness::Cluster, key: &str) -> Vec<Option<String>> {
+async fn holders(cluster: &tokio_redlock_harness::Cluster, key: &str) -> Vec<Option<String>> {
     let mut conns = direct(cluster).await;
     values(&mut conns, key).await
 }
 
 /// A manager that waits 3 s between attempts: only a release wake-up gets it a lock
 /// that was released sooner.
-fn waits_3s(cluster: &tokio_redlock::harness::Cluster) -> Redlock {
+fn waits_3s(cluster: &tokio_redlock_harness::Cluster) -> Redlock {
     builder(cluster)
         .retry_count(5)
         .retry_delay(Duration::from_secs(3))

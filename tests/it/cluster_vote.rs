@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use tokio_redlock::diagnose::FindingKind;
-use tokio_redlock::harness::{Cluster, RedisCluster};
 use tokio_redlock::{Error, LockKind, Redlock, RedlockBuilder};
+use tokio_redlock_harness::{Cluster, RedisCluster};
 
 use crate::support::{self, WAIT};
 

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::Redlock;
+use tokio_redlock_harness::Cluster;
 
 use crate::support::*;
 

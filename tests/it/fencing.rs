@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use tokio_redlock::harness::{Cluster, Persistence};
 use tokio_redlock::{FenceGate, LockGuard, Redlock, FENCE_CHECK_LUA};
+use tokio_redlock_harness::{Cluster, Persistence};
 
 use crate::support::*;
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use crate::support::*;
 

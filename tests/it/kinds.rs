@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::checker::{self, Check, Violation};
-use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{LockGuard, LockKind, LockRequest, Redlock};
+use tokio_redlock_harness::checker::{self, Check, Violation};
+use tokio_redlock_harness::history::{instant_ns, EventKind, Recorder};
+use tokio_redlock_harness::Cluster;
 
 use crate::support::{self, bounded, builder, cluster, direct, eventually, values, WAIT};
 
@@ -45,12 +45,12 @@ async fn take(
     resource: &str,
     request: LockRequest<'_>,
 ) -> Option<LockGuard> {
-    crate::workload::recorded(rec, id, resource, request.acquire()).await
+    crate::support::recorded(rec, id, resource, request.acquire()).await
 }
 
 /// Records the release before it is sent: from then on the holder claims nothing.
 async fn give_back(rec: &Recorder, id: (u32, u64), guard: LockGuard) {
-    crate::workload::release(rec, id, guard).await;
+    crate::support::release(rec, id, guard).await;
 }
 
 fn assert_clean(what: &str, violations: &[Violation]) {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{Error, Lease, LeaseOptions, LostReason, Redlock};
+use tokio_redlock_harness::Cluster;
 
 use crate::support::*;
 

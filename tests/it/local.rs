@@ -13,7 +13,7 @@ use crate::support::*;
 
 const TTL: Duration = Duration::from_secs(5);
 
-fn patient(cluster: &tokio_redlock::harness::Cluster) -> Redlock {
+fn patient(cluster: &tokio_redlock_harness::Cluster) -> Redlock {
     builder(cluster)
         .retry_count(1_000)
         .retry_delay(Duration::from_millis(50))
@@ -261,7 +261,7 @@ async fn hand_over_to_a_waiter_with_min_validity(
 ) -> (
     Result<LockGuard, tokio_redlock::Error>,
     bool,
-    tokio_redlock::harness::Cluster,
+    tokio_redlock_harness::Cluster,
 ) {
     let cluster = cluster(3).await;
     // A node timeout that outlasts the slowed extension (its script is loaded first:

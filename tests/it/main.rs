@@ -1,4 +1,6 @@
-//! Integration tests: one binary, real `redis-server` processes started by the harness.
+//! Integration tests: one binary, real `redis-server` processes started by
+//! tokio-redlock-harness. The safety suite, the explorer and the client processes are
+//! tests of their own package (tests-integration/).
 //!
 //! Unix only, as the harness is; elsewhere this binary is empty.
 #![cfg(unix)]
@@ -8,9 +10,7 @@ mod belief;
 mod cluster_vote;
 mod core;
 mod election;
-mod explore;
 mod fencing;
-mod harness;
 mod heal;
 mod hold;
 mod hostile;
@@ -23,13 +23,10 @@ mod ops;
 mod order;
 mod payment;
 mod phase_fair;
-mod process;
 mod quarantine;
 mod release;
 mod retry_timing;
 mod rw_order;
-mod safety;
 mod support;
 mod usage;
 mod with_lock;
-mod workload;

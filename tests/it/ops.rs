@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio_redlock::diagnose::{FindingKind, HealthReport, Severity};
-use tokio_redlock::harness::{Cluster, Persistence};
 use tokio_redlock::{CheckMode, Error, Redlock};
+use tokio_redlock_harness::{Cluster, Persistence};
 
 use crate::support::*;
 

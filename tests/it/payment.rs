@@ -163,7 +163,66 @@ async fn unreachable_lock_nodes_are_explained_with_each_nodes_cause() {
     assert_eq!(s.exit_code(), 1, "{text}");
 }
 
-/// The example's binary (see [`support::example_binary`]).
+/// The example's binary, built (or found up to date) by cargo in this test's target dir.
+///
+/// `cargo test` builds examples anyway, but `cargo test --test it` does not, and a binary
+/// left from an earlier build could be stale; a no-op build costs well under a second.
 async fn example_binary() -> PathBuf {
-    support::example_binary("payment_processor", BUILD_BOUND).await
+    let name = "payment_processor";
+    // <target>/<profile>/deps/it-<hash>  ->  <target>/<profile>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in <target>/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    // The same features as this test build, so that the library is not rebuilt.
+    let mut features = vec![];
+    if cfg!(feature = "tls") {
+        features.push("tls");
+    }
+    if cfg!(feature = "metrics") {
+        features.push("metrics");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = tokio::process::Command::new(cargo);
+    // `cargo test` gives the test process the package's variables (CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, ...). A build script that watches them (ring's) would see a
+    // change against the outer build and rebuild the dependency tree (50-60 s here) at
+    // every call, alternating with the outer build; the inner build runs without them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let package = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+        ];
+        if name.starts_with("CARGO_PKG_") || package.contains(&name.as_ref()) {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", "tokio-redlock", "--example", name])
+        .args(["--features", &features.join(",")])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .kill_on_drop(true);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = tokio::time::timeout(BUILD_BOUND, cmd.output())
+        .await
+        .expect("cargo build of the example timed out")
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo build --example {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
 }

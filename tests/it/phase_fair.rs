@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::checker;
-use tokio_redlock::harness::history::Recorder;
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{LockKind, Redlock};
+use tokio_redlock_harness::checker;
+use tokio_redlock_harness::history::Recorder;
+use tokio_redlock_harness::Cluster;
 
 use crate::support::{self, bounded, cluster, direct, eventually, WAIT};
 
@@ -47,10 +47,10 @@ fn writer(cluster: &Cluster, rec: &Recorder, id: u32, stop: &Arc<AtomicBool>) ->
         let mut op = 0;
         while !stop.load(Ordering::SeqCst) {
             let request = lock.lock("doc").write().ttl(TTL).wait(WAIT);
-            let guard = crate::workload::recorded(&rec, (id, op), "doc", request.acquire()).await;
+            let guard = crate::support::recorded(&rec, (id, op), "doc", request.acquire()).await;
             if let Some(guard) = guard {
                 tokio::time::sleep(HOLD).await;
-                crate::workload::release(&rec, (id, op), guard).await;
+                crate::support::release(&rec, (id, op), guard).await;
             }
             op += 1;
         }
@@ -81,13 +81,13 @@ async fn a_stream_of_writers_does_not_starve_readers() {
                 for op in 0..5 {
                     let started = Instant::now();
                     let request = lock.lock("doc").read().ttl(TTL).wait(WAIT);
-                    let guard = crate::workload::recorded(&rec, (id, op), "doc", request.acquire())
+                    let guard = crate::support::recorded(&rec, (id, op), "doc", request.acquire())
                         .await
                         .expect("a reader gets in while writers keep coming");
                     let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     longest.fetch_max(waited, Ordering::SeqCst);
                     tokio::time::sleep(HOLD).await;
-                    crate::workload::release(&rec, (id, op), guard).await;
+                    crate::support::release(&rec, (id, op), guard).await;
                     // Readers come back a little later than writers: a reader is never
                     // the one always waiting.
                     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -219,10 +219,10 @@ async fn a_writer_does_not_starve_behind_a_stream_of_readers() {
                 while !stop.load(Ordering::SeqCst) {
                     let request = lock.lock("doc").read().ttl(TTL).wait(WAIT);
                     if let Some(g) =
-                        crate::workload::recorded(&rec, (id, op), "doc", request.acquire()).await
+                        crate::support::recorded(&rec, (id, op), "doc", request.acquire()).await
                     {
                         tokio::time::sleep(Duration::from_millis(40)).await;
-                        crate::workload::release(&rec, (id, op), g).await;
+                        crate::support::release(&rec, (id, op), g).await;
                     }
                     op += 1;
                 }
@@ -237,7 +237,7 @@ async fn a_writer_does_not_starve_behind_a_stream_of_readers() {
     for op in 0..3 {
         let started = Instant::now();
         let request = lock.lock("doc").write().ttl(TTL).wait(WAIT);
-        let guard = crate::workload::recorded(&rec, (100, op), "doc", request.acquire())
+        let guard = crate::support::recorded(&rec, (100, op), "doc", request.acquire())
             .await
             .expect("the writer gets in while readers keep coming");
         let waited = started.elapsed();
@@ -247,7 +247,7 @@ async fn a_writer_does_not_starve_behind_a_stream_of_readers() {
             "the writer waited {waited:?}, over the bound of {WRITE_BOUND:?}"
         );
         tokio::time::sleep(HOLD).await;
-        crate::workload::release(&rec, (100, op), guard).await;
+        crate::support::release(&rec, (100, op), guard).await;
     }
     stop.store(true, Ordering::SeqCst);
     let mut reads = 0;

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::Persistence;
 use tokio_redlock::NodeErrorKind;
+use tokio_redlock_harness::Persistence;
 
 use crate::support::*;
 
@@ -254,7 +254,7 @@ async fn a_flushed_node_sits_out_the_quarantine_after_a_reconnect() {
 
 /// Sets user `marker-ro` on every node: everything the crate needs on `app:*`, and the
 /// restart marker readable but not writable (a read-only user for that key).
-async fn read_only_marker_user(cluster: &tokio_redlock::harness::Cluster) {
+async fn read_only_marker_user(cluster: &tokio_redlock_harness::Cluster) {
     let rule = "~app:* %R~tokio-redlock:restart-marker resetchannels &tokio-redlock:wake:* \
                 -@all +set +get +del +pexpire +exists +evalsha +script|load +zadd +zpopmin \
                 +zrem +time +publish +subscribe +ping +info +config|get";

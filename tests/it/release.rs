@@ -201,11 +201,8 @@ async fn a_release_outlasts_a_connection_that_breaks_while_it_is_made() {
     let guard = bounded(redlock.acquire("rel:flap", Duration::from_secs(60)))
         .await
         .unwrap();
-    let mut conns = direct(&cluster).await;
-    assert!(values(&mut conns, "rel:flap")
-        .await
-        .iter()
-        .all(Option::is_some));
+    // Returned at a quorum: the third node's copy may still be on its way.
+    on_every_node(&cluster, "rel:flap").await;
     // The release to node 0 goes into a black hole; the other two answer it.
     cluster.node(0).partition().await.unwrap();
     let report = bounded(guard.release_with_report()).await.unwrap();

@@ -55,7 +55,7 @@ async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration, Ve
 }
 
 /// The waiting manager: 2 retries, 50 ms apart, plus up to 10 ms of jitter.
-fn patient(cluster: &tokio_redlock::harness::Cluster) -> Redlock {
+fn patient(cluster: &tokio_redlock_harness::Cluster) -> Redlock {
     builder(cluster)
         .retry_count(2)
         .retry_delay(DELAY)

@@ -1,5 +1,6 @@
-//! Shared helpers of the integration tests: clusters, managers with test timings, and
-//! direct (proxy-bypassing) looks at what each node holds.
+//! Shared helpers of the integration tests: clusters, managers with test timings,
+//! direct (proxy-bypassing) looks at what each node holds, and recorded acquisitions for
+//! the harness's checkers. The safety suite (tests-integration/) includes this file too.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use tokio_redlock::harness::{Cluster, Persistence};
-use tokio_redlock::{Redlock, RedlockBuilder};
+use tokio_redlock::{LockGuard, Redlock, RedlockBuilder};
+use tokio_redlock_harness::history::{instant_ns, EventKind, Recorder};
+use tokio_redlock_harness::{Cluster, Persistence};
 
 /// Every wait in the tests is bounded by this, so a hang fails instead of stalling CI.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -145,67 +147,35 @@ pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
         .expect("bounded wait timed out")
 }
 
-/// An example's binary, built (or found up to date) by cargo in this test's target dir.
-///
-/// `cargo test` builds examples anyway, but `cargo test --test it` does not, and a binary
-/// left from an earlier build could be stale; a no-op build costs well under a second.
-pub async fn example_binary(name: &str, bound: Duration) -> std::path::PathBuf {
-    // <target>/<profile>/deps/it-<hash>  ->  <target>/<profile>
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in <target>/<profile>/deps")
-        .to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-    // The same features as this test build, so that the library is not rebuilt.
-    let mut features = vec!["harness"];
-    if cfg!(feature = "tls") {
-        features.push("tls");
-    }
-    if cfg!(feature = "metrics") {
-        features.push("metrics");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = tokio::process::Command::new(cargo);
-    // `cargo test` gives the test process the package's variables (CARGO_PKG_NAME,
-    // CARGO_MANIFEST_DIR, ...). A build script that watches them (ring's) would see a
-    // change against the outer build and rebuild the dependency tree (50-60 s here) at
-    // every call, alternating with the outer build; the inner build runs without them.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let package = [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_MANIFEST_PATH",
-            "CARGO_CRATE_NAME",
-            "CARGO_BIN_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-        ];
-        if name.starts_with("CARGO_PKG_") || package.contains(&name.as_ref()) {
-            cmd.env_remove(name.as_ref());
+/// Records the start of an acquisition, runs it, and records how it ended.
+pub async fn recorded(
+    rec: &Recorder,
+    (client, op): (u32, u64),
+    resource: &str,
+    acquisition: impl std::future::Future<Output = Result<LockGuard, tokio_redlock::Error>>,
+) -> Option<LockGuard> {
+    rec.record(client, op, resource, EventKind::Start);
+    match acquisition.await {
+        Ok(guard) => {
+            let kind = EventKind::Acquired {
+                valid_until_ns: instant_ns(guard.valid_until()),
+                token: guard.fencing_token(),
+            };
+            rec.record(client, op, resource, kind);
+            Some(guard)
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            rec.record(client, op, resource, EventKind::Failed { reason });
+            None
         }
     }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", name, "--features"])
-        .arg(features.join(","))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .kill_on_drop(true);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let out = tokio::time::timeout(bound, cmd.output())
-        .await
-        .expect("cargo build of the example timed out")
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo build --example {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join("examples").join(name);
-    assert!(bin.is_file(), "{} missing after the build", bin.display());
-    bin
+}
+
+/// Records the release before it is sent: from then on the holder claims nothing.
+pub async fn release(rec: &Recorder, (client, op): (u32, u64), guard: LockGuard) {
+    rec.record(client, op, guard.resource(), EventKind::Released);
+    let _ = guard.release().await;
 }
 
 /// How many members the wait queue of `key` has on each node.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{Error, Lease, LeaseOptions, LostReason, WorkOutcome};
+use tokio_redlock_harness::Cluster;
 
 use crate::support::*;
 

@@ -5,7 +5,7 @@
 //! unreachable (partitioned by their proxies), so no extension reaches a quorum and
 //! the lock's validity runs out.
 
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use crate::support::{self, file_appears, finish, sh, status, stderr};
 

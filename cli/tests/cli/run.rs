@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use crate::support::{self, file_appears, finish, output, sh, status, stderr, stdout};
 

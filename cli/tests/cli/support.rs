@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 /// Every wait in the tests is bounded by this, so a hang fails instead of stalling CI.
 pub const WAIT: Duration = Duration::from_secs(30);

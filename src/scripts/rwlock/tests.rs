@@ -5,7 +5,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use super::*;
-use crate::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 async fn run(conn: &MultiplexedConnection, script: &Script, keys: &[&str], args: &[&str]) -> Value {
     let mut inv = script.prepare_invoke();

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::history::{instant_ns, now_ns, EventKind, Recorder};
 use tokio_redlock::Lease;
+use tokio_redlock_harness::history::{instant_ns, now_ns, EventKind, Recorder};
 use tokio_util::sync::CancellationToken;
 
 use super::direct::{Direct, NodeRead, READ_TIMEOUT};

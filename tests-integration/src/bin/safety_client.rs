@@ -1,9 +1,9 @@
 //! One lock client as its own OS process, for the safety suite.
 //!
-//! **Once** (`tests/it/process.rs`; the test can SIGSTOP it like a GC pause while it
+//! **Once** (`tests/safety/process.rs`; the test can SIGSTOP it like a GC pause while it
 //! acquires or holds a lock): it acquires `--resource` once (fenced, with the manager's
 //! retries), holds it for `--hold-ms`, releases, and writes its history
-//! (`harness::history` format, one shared machine-wide clock) to `--history`. It prints
+//! (`tokio_redlock_harness::history` format, one shared machine-wide clock) to `--history`. It prints
 //! `attempting` before the acquisition and `acquired <token>` or `failed <reason>` after,
 //! so the test can time its signals.
 //!
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! **In a loop** (`--rounds N`; the explorer's out-of-process clients,
-//! `tests/it/explore/procs.rs`): up to N rounds, each drawn from `--seed`: a pause of up
+//! `tests/safety/explore/procs.rs`): up to N rounds, each drawn from `--seed`: a pause of up
 //! to `--think-ms`, `acquire` or `try_acquire` of one of `--resources` with a ttl from
 //! 100 ms to `--ttl-ms`, a hold of 1 ms to `--hold-ms` with sometimes an `extend` (30 % to
 //! 200 % of what is left) in it, and a release. It prints `ready` once its manager is
@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
 use tokio_redlock::{LockGuard, Redlock};
+use tokio_redlock_harness::history::{instant_ns, EventKind, Recorder};
 
 /// The shortest ttl drawn in loop mode: long enough that a loaded machine still gets a
 /// guard with validity left, short enough that locks change hands often.

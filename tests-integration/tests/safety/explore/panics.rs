@@ -41,7 +41,7 @@ pub fn install_panic_hook() {
             let lines: Vec<&str> = trace.lines().map(str::trim).collect();
             let frame = lines
                 .iter()
-                .position(|l| l.contains("tokio_redlock::") && !l.contains("harness"))
+                .position(|l| l.contains("tokio_redlock::"))
                 .map(|i| {
                     let at = lines
                         .get(i + 1)

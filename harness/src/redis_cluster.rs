@@ -31,8 +31,8 @@ const NODE_TIMEOUT_MS: u64 = 2000;
 /// Builds a [`RedisCluster`]; see [`RedisCluster::builder`].
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), tokio_redlock::harness::HarnessError> {
-/// use tokio_redlock::harness::{Persistence, RedisCluster};
+/// # async fn run() -> Result<(), tokio_redlock_harness::HarnessError> {
+/// use tokio_redlock_harness::{Persistence, RedisCluster};
 ///
 /// let redis_cluster = RedisCluster::builder()
 ///     .masters(5)
@@ -134,7 +134,7 @@ impl RedisClusterBuilder {
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use tokio_redlock::harness::RedisCluster;
+/// use tokio_redlock_harness::RedisCluster;
 ///
 /// let redis_cluster = RedisCluster::start().await?;
 /// let urls: Vec<String> = redis_cluster.seed_urls();

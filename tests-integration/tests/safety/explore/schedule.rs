@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio_redlock::harness::Persistence;
+use tokio_redlock_harness::Persistence;
 
 /// How long the operations of one episode run, about (clients stop at the deadline).
 pub const EPISODE: Duration = Duration::from_millis(3_000);

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::history::{instant_ns, EventKind, Recorder};
 use tokio_redlock::{Error, KeptGuard, LockGuard, Redlock};
+use tokio_redlock_harness::history::{instant_ns, EventKind, Recorder};
 
 use super::kinds;
 use super::oracle::{Belief, Kind, Oracle};

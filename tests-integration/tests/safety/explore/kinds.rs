@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use tokio_redlock::harness::checker;
-use tokio_redlock::harness::history::History;
 use tokio_redlock::{Error, LockGuard, Redlock};
+use tokio_redlock_harness::checker;
+use tokio_redlock_harness::history::History;
 
 use super::oracle::{lock, Kind, Oracle};
 use super::schedule::{How, RESOURCES};

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio_redlock::harness::checker::{Check, Report};
-use tokio_redlock::harness::history::{now_ns, Recorder};
-use tokio_redlock::harness::{Cluster, Persistence};
+use tokio_redlock_harness::checker::{Check, Report};
+use tokio_redlock_harness::history::{now_ns, Recorder};
+use tokio_redlock_harness::{Cluster, Persistence};
 
 use crate::support;
 use crate::workload::{self, Plan, Store};

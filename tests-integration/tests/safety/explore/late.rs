@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use tokio_redlock::harness::history::Recorder;
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::history::Recorder;
+use tokio_redlock_harness::Cluster;
 
 use super::client::Client;
 use super::driver::build;
@@ -120,7 +120,7 @@ pub async fn late_probe(
         for &c in &cut {
             cluster.node(c).heal().await?;
         }
-        Ok::<(), tokio_redlock::harness::HarnessError>(())
+        Ok::<(), tokio_redlock_harness::HarnessError>(())
     }
     .await;
     if let Err(e) = result {

@@ -1,4 +1,4 @@
-//! Clients in separate OS processes: `examples/safety_client.rs` in its loop mode, one to
+//! Clients in separate OS processes: `src/bin/safety_client.rs` in its loop mode, one to
 //! two per episode, on the episode's contended resources through the same fault proxies
 //! as the in-process clients. They are stopped (SIGTERM) once the faults are healed and
 //! release what they hold; their histories are merged into the run's, which C1 and C3
@@ -19,17 +19,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::OnceCell;
-use tokio_redlock::harness::checker::holds;
-use tokio_redlock::harness::history::{Event, EventKind, History};
+use tokio_redlock_harness::checker::holds;
+use tokio_redlock_harness::history::{Event, EventKind, History};
 
 use super::direct::Direct;
 use super::driver::{recheck, snapshot, GHOST_RECHECK, GHOST_SLACK};
 use super::oracle::{HoldBar, Kind, Oracle};
 use super::schedule::{Workload, RESOURCES};
 
-/// The longest `cargo build` of the client binary (a cold link on a loaded machine).
-const BUILD_BOUND: Duration = Duration::from_secs(300);
 /// A process prints `ready` within this (exec, runtime, manager; connections are lazy).
 const READY_BOUND: Duration = Duration::from_secs(10);
 /// A stopped process finishes its call (bounded by its settings: at most 5 attempts of
@@ -119,12 +116,9 @@ pub fn resources(prefix: &str, workload: Workload) -> Vec<String> {
         .collect()
 }
 
-static BINARY: OnceCell<PathBuf> = OnceCell::const_new();
-
-async fn binary() -> &'static Path {
-    BINARY
-        .get_or_init(|| crate::support::example_binary("safety_client", BUILD_BOUND))
-        .await
+/// The client binary, built by cargo with this test (a binary target of this package).
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_safety_client"))
 }
 
 struct Proc {
@@ -158,7 +152,7 @@ pub async fn start(specs: &[Spec], urls: &[String], resources: &[String]) -> Run
     for spec in specs {
         let history = dir.path().join(format!("p{}.history", spec.client));
         let ms = |d: u64| d.to_string();
-        let mut child = Command::new(binary().await)
+        let mut child = Command::new(binary())
             .arg("--nodes")
             .arg(urls.join(","))
             .arg("--resources")
@@ -458,7 +452,7 @@ pub fn claims_input(h: &History) -> History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_redlock::harness::checker::claims;
+    use tokio_redlock_harness::checker::claims;
 
     fn h(text: &str) -> History {
         History::parse(text).unwrap()
@@ -584,8 +578,8 @@ mod tests {
 mod live {
     use std::time::Duration;
 
-    use tokio_redlock::harness::checker::claims;
-    use tokio_redlock::harness::history::{now_ns, EventKind, Recorder};
+    use tokio_redlock_harness::checker::claims;
+    use tokio_redlock_harness::history::{now_ns, EventKind, Recorder};
 
     use super::super::direct::Direct;
     use super::super::driver::snapshot;

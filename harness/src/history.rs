@@ -36,8 +36,8 @@ use crate::sync::lock;
 /// machine (unlike `Instant`, whose value cannot be read out).
 ///
 /// ```
-/// let a = tokio_redlock::harness::history::now_ns();
-/// let b = tokio_redlock::harness::history::now_ns();
+/// let a = tokio_redlock_harness::history::now_ns();
+/// let b = tokio_redlock_harness::history::now_ns();
 /// assert!(b >= a);
 /// ```
 pub fn now_ns() -> u64 {
@@ -52,7 +52,7 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Converts an `Instant` (such as [`LockGuard::valid_until`](crate::LockGuard::valid_until))
+/// Converts an `Instant` (such as tokio-redlock's `LockGuard::valid_until`)
 /// to [`now_ns`] time.
 ///
 /// The clock is read before the `Instant`, so the result is at most a few hundred
@@ -60,7 +60,7 @@ pub fn now_ns() -> u64 {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use tokio_redlock::harness::history::{instant_ns, now_ns};
+/// use tokio_redlock_harness::history::{instant_ns, now_ns};
 ///
 /// let later = instant_ns(Instant::now() + Duration::from_secs(1));
 /// assert!(later > now_ns());
@@ -240,10 +240,10 @@ impl History {
     /// [`ParseError`] naming the first malformed line.
     ///
     /// ```
-    /// use tokio_redlock::harness::history::History;
+    /// use tokio_redlock_harness::history::History;
     /// let h = History::parse("10 1 0 r start\n20 1 0 r ok 90 7\n")?;
     /// assert_eq!(h.events.len(), 2);
-    /// # Ok::<(), tokio_redlock::harness::history::ParseError>(())
+    /// # Ok::<(), tokio_redlock_harness::history::ParseError>(())
     /// ```
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut events = Vec::new();
@@ -292,13 +292,13 @@ impl History {
     /// Merges the histories of several processes (or clients) into one, in time order.
     ///
     /// ```
-    /// use tokio_redlock::harness::history::History;
+    /// use tokio_redlock_harness::history::History;
     /// let a = History::parse("10 1 0 r start\n30 1 0 r ok 90 -\n")?;
     /// let b = History::parse("20 2 0 r start\n")?;
     /// let merged = History::merge([a, b]);
     /// let times: Vec<u64> = merged.events.iter().map(|e| e.t_ns).collect();
     /// assert_eq!(times, [10, 20, 30]);
-    /// # Ok::<(), tokio_redlock::harness::history::ParseError>(())
+    /// # Ok::<(), tokio_redlock_harness::history::ParseError>(())
     /// ```
     pub fn merge(histories: impl IntoIterator<Item = History>) -> History {
         let mut all = History::default();
@@ -324,7 +324,7 @@ impl History {
 /// the events of one process are recorded in time order.
 ///
 /// ```
-/// use tokio_redlock::harness::history::{EventKind, Recorder};
+/// use tokio_redlock_harness::history::{EventKind, Recorder};
 /// let rec = Recorder::new();
 /// rec.record(1, 0, "r", EventKind::Start);
 /// rec.record(1, 0, "r", EventKind::Released);

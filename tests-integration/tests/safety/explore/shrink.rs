@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use super::driver::{self, Outcome};
 use super::oracle::Kind;

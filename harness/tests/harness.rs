@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use tokio::time::timeout;
-use tokio_redlock::harness::{Cluster, HarnessError, Persistence};
+use tokio_redlock_harness::{Cluster, HarnessError, Persistence};
 
 /// Client timeout for a check that is expected to hang: short, so the tests stay fast.
 const SHORT: Duration = Duration::from_millis(300);
@@ -49,7 +49,7 @@ async fn start(nodes: usize, persistence: Persistence) -> Cluster {
 fn public_types_are_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Cluster>();
-    assert_send_sync::<tokio_redlock::harness::Node>();
+    assert_send_sync::<tokio_redlock_harness::Node>();
     assert_send_sync::<HarnessError>();
 }
 
@@ -388,7 +388,7 @@ async fn startup_errors_are_typed_and_say_what_to_do() {
 }
 
 /// `GET key` straight to the server, polled until it equals `want` (bounded by `LONG`).
-async fn direct_value_becomes(node: &tokio_redlock::harness::Node, key: &str, want: Option<&str>) {
+async fn direct_value_becomes(node: &tokio_redlock_harness::Node, key: &str, want: Option<&str>) {
     let mut direct = connect(&node.direct_url()).await.unwrap();
     let deadline = Instant::now() + LONG;
     loop {

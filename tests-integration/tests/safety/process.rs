@@ -12,14 +12,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio_redlock::harness::checker::{claims, fencing};
-use tokio_redlock::harness::history::{instant_ns, EventKind, History, Recorder};
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::Redlock;
+use tokio_redlock_harness::checker::{claims, fencing};
+use tokio_redlock_harness::history::{instant_ns, EventKind, History, Recorder};
+use tokio_redlock_harness::Cluster;
 
 use crate::support::{self, bounded};
 
-const BUILD_BOUND: Duration = Duration::from_secs(300);
 const TTL: Duration = Duration::from_millis(500);
 
 struct Client {
@@ -117,11 +116,11 @@ fn check(name: &str, histories: Vec<History>) -> History {
 /// lock once the first one's validity ended, never before, with a greater token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_process_stopped_while_holding() {
-    let bin = support::example_binary("safety_client", BUILD_BOUND).await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_safety_client"));
     let cluster = support::cluster(3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("client-1.txt");
-    let mut client = Client::spawn(&bin, &cluster, 1, Duration::from_millis(200), &path).await;
+    let mut client = Client::spawn(bin, &cluster, 1, Duration::from_millis(200), &path).await;
     assert_eq!(client.line().await, "attempting");
     let acquired = client.line().await;
     assert!(acquired.starts_with("acquired "), "{acquired}");
@@ -147,7 +146,7 @@ async fn client_process_stopped_while_holding() {
 /// longer than the TTL and must not count as acquired while another client holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_process_stopped_mid_acquisition() {
-    let bin = support::example_binary("safety_client", BUILD_BOUND).await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_safety_client"));
     let cluster = support::cluster(3).await;
     for node in cluster.nodes() {
         node.set_latency(Duration::from_millis(100))
@@ -156,7 +155,7 @@ async fn client_process_stopped_mid_acquisition() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("client-2.txt");
-    let mut client = Client::spawn(&bin, &cluster, 2, Duration::from_millis(50), &path).await;
+    let mut client = Client::spawn(bin, &cluster, 2, Duration::from_millis(50), &path).await;
     assert_eq!(client.line().await, "attempting");
     // Its requests take >= 200 ms each way round; stop it while they are out.
     tokio::time::sleep(Duration::from_millis(50)).await;

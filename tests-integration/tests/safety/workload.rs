@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio_redlock::harness::checker::{Check, LivenessSpec, Report};
-use tokio_redlock::harness::history::{instant_ns, now_ns, EventKind, History, Recorder};
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::{FenceGate, LockGuard, Redlock};
+use tokio_redlock_harness::checker::{Check, LivenessSpec, Report};
+use tokio_redlock_harness::history::{instant_ns, now_ns, EventKind, History, Recorder};
+use tokio_redlock_harness::Cluster;
 
 use crate::support;
+// Shared with the library's own tests (tests/it/kinds.rs, phase_fair.rs).
+pub use crate::support::{recorded, release};
 
 /// Lock TTLs are drawn from this range: short, so a few seconds hold hundreds of
 /// acquisitions and expiry is exercised, as the issue asks (200-1000 ms).
@@ -127,37 +129,6 @@ pub async fn acquire(
         }
     };
     recorded(rec, (client, op), resource, got).await
-}
-
-/// Records the start of an acquisition, runs it, and records how it ended.
-pub async fn recorded(
-    rec: &Recorder,
-    (client, op): (u32, u64),
-    resource: &str,
-    acquisition: impl std::future::Future<Output = Result<LockGuard, tokio_redlock::Error>>,
-) -> Option<LockGuard> {
-    rec.record(client, op, resource, EventKind::Start);
-    match acquisition.await {
-        Ok(guard) => {
-            let kind = EventKind::Acquired {
-                valid_until_ns: instant_ns(guard.valid_until()),
-                token: guard.fencing_token(),
-            };
-            rec.record(client, op, resource, kind);
-            Some(guard)
-        }
-        Err(e) => {
-            let reason = e.to_string();
-            rec.record(client, op, resource, EventKind::Failed { reason });
-            None
-        }
-    }
-}
-
-/// Records the release before it is sent: from then on the holder claims nothing.
-pub async fn release(rec: &Recorder, (client, op): (u32, u64), guard: LockGuard) {
-    rec.record(client, op, guard.resource(), EventKind::Released);
-    let _ = guard.release().await;
 }
 
 /// What a workload run is asked to do.
@@ -375,7 +346,7 @@ pub fn verdict(
         panic!(
             "scenario {name}: expected {expected_txt}, the checkers flagged {flagged:?}:\n  {}\n\
              first failed attempts:\n  {}\n\
-             replay: REDLOCK_SEED={seed} cargo test --all-features --test it safety::{name} -- --nocapture",
+             replay: REDLOCK_SEED={seed} cargo test --all-features --test safety safety::{name} -- --nocapture",
             shown.join("\n  "),
             failures.join("\n  ")
         );

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use tokio_redlock::harness::checker;
-use tokio_redlock::harness::history::{now_ns, History};
-use tokio_redlock::harness::Cluster;
 use tokio_redlock::Redlock;
+use tokio_redlock_harness::checker;
+use tokio_redlock_harness::history::{now_ns, History};
+use tokio_redlock_harness::Cluster;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Holding, TAIL_RELEASED};
@@ -473,7 +473,7 @@ async fn flap_probe(
     urls: &[String],
     prefix: &str,
     oracle: &Arc<Oracle>,
-    rec: &tokio_redlock::harness::history::Recorder,
+    rec: &tokio_redlock_harness::history::Recorder,
     acquisitions: &Arc<AtomicU64>,
     sched: &Schedule,
     episode: usize,

@@ -2,8 +2,8 @@
 //! that compare what guards and leases believe with what the nodes store
 //! (docs/safety-suite.md, "The explorer").
 //!
-//! `cargo test --all-features --test it explore -- --nocapture` runs a fixed seed on each
-//! workload and ends with `explore: A acquisitions, F faults, V violations, seed S`.
+//! `cargo test --all-features --test safety explore -- --nocapture` runs a fixed seed on
+//! each workload and ends with `explore: A acquisitions, F faults, V violations, seed S`.
 //! - `REDLOCK_EXPLORE_SECS=n`: random seeds for `n` seconds per workload.
 //! - `REDLOCK_EXPLORE_SEED=s`, `REDLOCK_EXPLORE_WORKLOAD=api|crash`: replay one run.
 //! - `REDLOCK_EXPLORE_SHRINK_SECS=n`: time for shrinking a failure (default 50 s in all).
@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_redlock::harness::Cluster;
+use tokio_redlock_harness::Cluster;
 
 use driver::Outcome;
 use oracle::Kind;
@@ -133,7 +133,7 @@ async fn run_seed(cluster: &Arc<Cluster>, w: Workload, seed: u64, totals: &mut T
         }
     }
     println!(
-        "  replay: REDLOCK_EXPLORE_SEED={seed} REDLOCK_EXPLORE_WORKLOAD={} cargo test --all-features --test it explore -- --nocapture",
+        "  replay: REDLOCK_EXPLORE_SEED={seed} REDLOCK_EXPLORE_WORKLOAD={} cargo test --all-features --test safety explore -- --nocapture",
         w.name()
     );
     // One shrink per kind found, the most serious first, sharing the time left.

@@ -2,7 +2,7 @@
 //! volume, whatever makes a node come back having lost every key.
 
 use super::Node;
-use crate::harness::HarnessError;
+use crate::HarnessError;
 
 impl Node {
     /// Kills the server, deletes every file it persisted its data in (the AOF and any RDB
@@ -11,7 +11,7 @@ impl Node {
     /// a disk was replaced or a pod was rescheduled onto an empty volume. Waits until it
     /// answers `PING`.
     ///
-    /// [`Persistence::AofAlways`]: crate::harness::Persistence::AofAlways
+    /// [`Persistence::AofAlways`]: crate::Persistence::AofAlways
     ///
     /// # Errors
     ///

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::{holds, violation, Check, Hold, Violation};
-use crate::harness::history::History;
+use crate::history::History;
 
 /// The holds of `h` that claim some time, per resource, sorted by success.
 fn claiming(h: &History) -> BTreeMap<String, Vec<Hold>> {

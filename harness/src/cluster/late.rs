@@ -2,7 +2,7 @@
 //! their client sent later on a new connection.
 
 use super::Node;
-use crate::harness::HarnessError;
+use crate::HarnessError;
 
 impl Node {
     /// Late delivery: from now on, what clients send on the connections open now is kept

@@ -335,7 +335,7 @@ impl LivenessSpec {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tokio_redlock::harness::checker::LivenessSpec;
+    /// use tokio_redlock_harness::checker::LivenessSpec;
     ///
     /// let mut spec = LivenessSpec::new(Duration::from_secs(2), Duration::from_secs(5), 0);
     /// spec.heals_ns.push(1_000);
