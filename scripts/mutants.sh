@@ -21,7 +21,7 @@ failed=()
 # root, whose default members hold both, so each mutant's library builds once.
 test_of() {
   case "$1" in
-    semaphore_count) echo "it kinds::mutant_$1" ;;
+    semaphore_count) echo "it rw_and_permits::mutant_$1" ;;
     *) echo "safety safety::mutant_$1" ;;
   esac
 }

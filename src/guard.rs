@@ -16,7 +16,7 @@ use crate::local::LocalTurn;
 use crate::metrics;
 use crate::quorum::{self, Outcome, Vote};
 use crate::round::{self, fan_out, Collecting, Count, Op};
-use crate::shared::Shared;
+use crate::shared::Inner;
 
 mod release;
 
@@ -24,7 +24,7 @@ pub use release::ReleaseReport;
 
 /// What a guard must give back: the keys it set and the value that proves it owns them.
 pub(crate) struct Held {
-    pub(crate) inner: Arc<Shared>,
+    pub(crate) inner: Arc<Inner>,
     pub(crate) keys: Arc<[String]>,
     pub(crate) value: Arc<str>,
     /// The runtime the lock was taken on; `Drop` releases there.
@@ -100,7 +100,7 @@ impl fmt::Debug for LockGuard {
     }
 }
 
-/// What [`LockGuard::hand_over`] did.
+/// What [`LockGuard::pass_locally`] did.
 pub(crate) enum HandOver {
     /// The lock went to the next task of this manager.
     Handed,
@@ -161,7 +161,7 @@ impl LockGuard {
     /// and the validity has not ended: nothing is sent to the nodes, and the receiver
     /// believes what this guard did. If it was not handed over, this manager's turn (if
     /// any) comes back, to be passed on after the real release.
-    pub(crate) fn hand_over(&mut self) -> HandOver {
+    pub(crate) fn pass_locally(&mut self) -> HandOver {
         let Some(turn) = self.local.take() else {
             return HandOver::Kept(None);
         };
@@ -558,7 +558,7 @@ impl Held {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let HandOver::Kept(turn) = self.hand_over() {
+        if let HandOver::Kept(turn) = self.pass_locally() {
             if let Some(held) = self.held.take() {
                 held.release_in_background("dropped guard");
             }

@@ -36,7 +36,7 @@ const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// up to scheduling delay, and costs nothing but 2 ms of a lock that is being lost anyway.
 const LOSS_MARGIN: Duration = Duration::from_millis(2);
 
-struct Shared {
+struct LeaseState {
     resource: String,
     token: Option<u64>,
     kind: LockKind,
@@ -92,7 +92,7 @@ struct Shared {
 /// ```
 #[derive(Clone)]
 pub struct Lease {
-    shared: Arc<Shared>,
+    shared: Arc<LeaseState>,
 }
 
 impl fmt::Debug for Lease {
@@ -382,7 +382,7 @@ impl LockGuard {
 
     fn keep_alive_as(self, options: LeaseOptions) -> KeptGuard {
         let lease = Lease {
-            shared: Arc::new(Shared {
+            shared: Arc::new(LeaseState {
                 resource: self.resource().to_owned(),
                 token: self.fencing_token(),
                 kind: self.kind(),

@@ -129,7 +129,7 @@ impl<T> LocalQueues<T> {
 
     /// Hands `held` to the next waiter, if there is one and the hand-over bound allows;
     /// gives it back otherwise (to be released on the nodes).
-    fn hand_over(self: &Arc<Self>, key: &str, held: T) -> Result<(), T> {
+    fn give_to_next(self: &Arc<Self>, key: &str, held: T) -> Result<(), T> {
         let mut held = held;
         loop {
             let next = {
@@ -199,7 +199,7 @@ impl<T> LocalTurn<T> {
     /// back with the turn when there is none (or the bound says the nodes come first).
     /// On success the turn ended here; the receiver got one of its own.
     pub(crate) fn hand_over(mut self, held: T) -> Result<(), Box<(T, Self)>> {
-        match self.queues.hand_over(&self.key, held) {
+        match self.queues.give_to_next(&self.key, held) {
             Ok(()) => {
                 self.armed = false;
                 Ok(())

@@ -34,7 +34,7 @@ pub(crate) const CLEAR_TIMEOUTS: u32 = 4;
 
 type ConnectFuture = Shared<BoxFuture<'static, Result<Conn, Arc<RedisError>>>>;
 
-enum Slot {
+enum ConnState {
     Idle,
     /// A connection attempt is under way in its own task; requests wait on it.
     Connecting(ConnectFuture, u64),
@@ -99,7 +99,7 @@ pub(crate) struct Node {
     target: Target,
     timeout: Duration,
     connect_timeout: Duration,
-    slot: Mutex<Slot>,
+    conn: Mutex<ConnState>,
     generation: AtomicU32,
     timeouts_in_a_row: AtomicU32,
     /// With a restart quarantine: what this manager knows of the node's restarts, and
@@ -173,7 +173,7 @@ impl Node {
             target,
             timeout,
             connect_timeout,
-            slot: Mutex::new(Slot::Idle),
+            conn: Mutex::new(ConnState::Idle),
             generation: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
             restarts: restarts.map(Arc::new),
@@ -341,7 +341,7 @@ impl Node {
 
     async fn run_once(&self, request: Request<'_>) -> Result<Value, (RedisError, Option<u64>)> {
         let (conn, generation) = self.connection().await.map_err(|e| {
-            // A failed connect already cleared its slot.
+            // A failed connect already cleared its connection state.
             ((*e).clone(), None)
         })?;
         // Judged now: a new connection has just checked for a restart.
@@ -393,31 +393,31 @@ impl Node {
     /// The shared connection, made on first use and again after it broke.
     async fn connection(&self) -> Result<(Conn, u64), Arc<RedisError>> {
         let (connecting, generation) = {
-            let mut slot = lock(&self.slot);
-            match &*slot {
-                Slot::Ready(conn, g) => return Ok((conn.clone(), *g)),
-                Slot::Connecting(fut, g) => (fut.clone(), *g),
-                Slot::Idle => {
+            let mut state = lock(&self.conn);
+            match &*state {
+                ConnState::Ready(conn, g) => return Ok((conn.clone(), *g)),
+                ConnState::Connecting(fut, g) => (fut.clone(), *g),
+                ConnState::Idle => {
                     let g = u64::from(self.generation.fetch_add(1, Ordering::Relaxed)) + 1;
                     let fut = self.spawn_connect();
-                    *slot = Slot::Connecting(fut.clone(), g);
+                    *state = ConnState::Connecting(fut.clone(), g);
                     (fut, g)
                 }
             }
         };
         let result = connecting.await;
-        let mut slot = lock(&self.slot);
-        let current = matches!(&*slot, Slot::Connecting(_, g) if *g == generation);
+        let mut state = lock(&self.conn);
+        let current = matches!(&*state, ConnState::Connecting(_, g) if *g == generation);
         match result {
             Ok(conn) => {
                 if current {
-                    *slot = Slot::Ready(conn.clone(), generation);
+                    *state = ConnState::Ready(conn.clone(), generation);
                 }
                 Ok((conn, generation))
             }
             Err(e) => {
                 if current {
-                    *slot = Slot::Idle;
+                    *state = ConnState::Idle;
                 }
                 Err(e)
             }
@@ -476,19 +476,19 @@ impl Node {
     /// Forgets the connection of `generation` (or any connection, for `None`), so that
     /// the next request connects again.
     fn reset(&self, generation: Option<u64>) {
-        let mut slot = lock(&self.slot);
-        let matches = match (&*slot, generation) {
+        let mut state = lock(&self.conn);
+        let matches = match (&*state, generation) {
             // A cluster connection re-makes its connection to each master on its own, and
             // a new one would first have to learn the slots again: it is kept.
             #[cfg(feature = "cluster")]
-            (Slot::Ready(Conn::Cluster(..), _), _) => false,
-            (Slot::Ready(_, g), Some(want)) => *g == want,
-            (Slot::Ready(..), None) => true,
+            (ConnState::Ready(Conn::Cluster(..), _), _) => false,
+            (ConnState::Ready(_, g), Some(want)) => *g == want,
+            (ConnState::Ready(..), None) => true,
             _ => false,
         };
         if matches {
             tracing::debug!(node = self.index, endpoint = %self.endpoint, "dropping connection");
-            *slot = Slot::Idle;
+            *state = ConnState::Idle;
         }
     }
 }

@@ -33,11 +33,11 @@ pub(crate) enum Order {
 
 /// A request to run on every node, shared by the per-node futures.
 pub(crate) struct Op {
-    kind: Kind,
+    body: Body,
     order: Order,
 }
 
-enum Kind {
+enum Body {
     Script(scripts::Call),
     /// An extension that heals, and the plain one for a node in restart quarantine.
     Heal(scripts::Call, scripts::Call),
@@ -47,17 +47,17 @@ enum Kind {
 
 impl Op {
     fn request(&self) -> Request<'_> {
-        match &self.kind {
-            Kind::Script(call) => Request::Script(call),
-            Kind::Set(cmd, resend) => Request::Set { cmd, resend },
-            Kind::Heal(heal, plain) => Request::Heal { heal, plain },
+        match &self.body {
+            Body::Script(call) => Request::Script(call),
+            Body::Set(cmd, resend) => Request::Set { cmd, resend },
+            Body::Heal(heal, plain) => Request::Heal { heal, plain },
         }
     }
 
     /// A script request that may set `value`.
     pub(crate) fn setting(call: scripts::Call, value: &Arc<str>) -> Self {
         Self {
-            kind: Kind::Script(call),
+            body: Body::Script(call),
             order: Order::Sets(Arc::clone(value)),
         }
     }
@@ -65,7 +65,7 @@ impl Op {
     /// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
     pub(crate) fn set_nx(key: &str, value: &Arc<str>, ttl_ms: u64) -> Self {
         Self {
-            kind: Kind::Set(
+            body: Body::Set(
                 scripts::set_nx(key, value, ttl_ms),
                 scripts::acquire_one(key, value, ttl_ms),
             ),
@@ -92,7 +92,7 @@ impl Op {
     /// set the value, so releases wait for it on each node, as for an acquisition.
     pub(crate) fn extend_healing(keys: &[String], value: &Arc<str>, ttl_ms: u64) -> Self {
         Self {
-            kind: Kind::Heal(
+            body: Body::Heal(
                 scripts::extend_heal(keys, value, ttl_ms),
                 scripts::extend(keys, value, ttl_ms),
             ),
@@ -113,7 +113,7 @@ impl Op {
     /// A script request that neither sets nor removes an owner value.
     pub(crate) fn free(call: scripts::Call) -> Self {
         Self {
-            kind: Kind::Script(call),
+            body: Body::Script(call),
             order: Order::Free,
         }
     }
@@ -122,7 +122,7 @@ impl Op {
     /// request that may set it.
     pub(crate) fn clearing(call: scripts::Call, value: &Arc<str>) -> Self {
         Self {
-            kind: Kind::Script(call),
+            body: Body::Script(call),
             order: Order::Clears(Arc::clone(value)),
         }
     }

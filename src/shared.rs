@@ -1,4 +1,4 @@
-//! [`Shared`]: what every handle of one manager shares (its clones, its guards, their
+//! [`Inner`]: what every handle of one manager shares (its clones, its guards, their
 //! background tasks). It sits below both the manager and the guard, so that neither
 //! imports the other.
 
@@ -11,7 +11,7 @@ use crate::node::Node;
 use crate::wake::Wakeups;
 
 /// The nodes, settings and per-manager state behind a [`Redlock`](crate::Redlock).
-pub(crate) struct Shared {
+pub(crate) struct Inner {
     pub(crate) nodes: Arc<[Node]>,
     pub(crate) config: Config,
     /// Release wake-ups and per-key contention hints.
@@ -22,7 +22,7 @@ pub(crate) struct Shared {
     pub(crate) health: HealthState,
 }
 
-impl Shared {
+impl Inner {
     pub(crate) fn new(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
             wakeups: Wakeups::new(nodes.len()),

@@ -190,7 +190,7 @@ impl LockGuard {
         let resource = first(&names);
         let validity_ended = !self.is_valid();
         // Another task of this manager waits for the lock: it takes it as it is.
-        let turn = match self.hand_over() {
+        let turn = match self.pass_locally() {
             HandOver::Kept(turn) => turn,
             HandOver::Handed => {
                 tracing::debug!(resource = %resource, "handed over within the process");

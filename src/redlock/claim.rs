@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::policy::Place;
 use super::Redlock;
 use crate::config::Config;
 use crate::error::ConflictReason;
@@ -165,9 +166,9 @@ pub(super) struct Try<'a> {
     /// A grant with less validity left counts as failed.
     pub(super) min_validity: Duration,
     pub(super) candidate: Option<u64>,
-    /// Join the wait queue as this member (at the front if `true`) where the key is held
-    /// (an unfenced single-key exclusive lock only).
-    pub(super) queue: Option<(&'a str, bool)>,
+    /// Join the wait queue as this member, at this place, where the key is held (an
+    /// unfenced single-key exclusive lock only).
+    pub(super) queue: Option<(&'a str, Place)>,
     /// An earlier attempt of this acquisition was refused: it may have left places.
     pub(super) waited: bool,
 }

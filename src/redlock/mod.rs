@@ -15,7 +15,7 @@ use crate::local::{LocalQueues, Turn};
 use crate::metrics;
 use crate::node::Node;
 use crate::quorum;
-use crate::shared::Shared;
+use crate::shared::Inner;
 use crate::wake;
 
 mod attempt;
@@ -60,7 +60,7 @@ pub(crate) const MAX_RESOURCE_LEN: usize = 64 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct Redlock {
-    pub(crate) inner: Arc<Shared>,
+    pub(crate) inner: Arc<Inner>,
     /// Tasks of this manager queued for the same key (in-process hand-over).
     local: Arc<LocalQueues<LockGuard>>,
 }
@@ -78,7 +78,7 @@ impl fmt::Debug for Redlock {
 impl Redlock {
     pub(crate) fn from_parts(nodes: Arc<[Node]>, config: Config) -> Self {
         Self {
-            inner: Arc::new(Shared::new(nodes, config)),
+            inner: Arc::new(Inner::new(nodes, config)),
             local: Arc::default(),
         }
     }

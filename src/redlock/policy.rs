@@ -47,6 +47,26 @@ pub(crate) enum Loss {
 }
 
 /// What to do after an attempt.
+/// Where a waiter joins a wait queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Behind everyone already waiting (by the node's clock).
+    Arrival,
+    /// At the front: it was woken, but another contender beat it to the lock.
+    Front,
+}
+
+impl Place {
+    /// The front for a waiter that was woken (and beaten), else arrival order.
+    pub(crate) fn after(woken: bool) -> Self {
+        if woken {
+            Self::Front
+        } else {
+            Self::Arrival
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     /// The lock is held.
@@ -54,7 +74,7 @@ pub(crate) enum Step {
     /// Run the round again at once with [`State::candidate`]: it only taught the counter.
     Reround,
     /// Pause, ended early by a wake-up when waiting on a key. With `join`, join that
-    /// key's queue beside the pause (at the front if `true`: woken but beaten).
+    /// key's queue beside the pause, at that [`Place`].
     ///
     /// Every failed attempt that is retried pauses: `retry_delay` is the pause between
     /// attempts (API.md, "Retry timing"). Joining the queue never takes an attempt of
@@ -62,7 +82,7 @@ pub(crate) enum Step {
     Sleep {
         pause: Duration,
         wait_on: Option<usize>,
-        join: Option<bool>,
+        join: Option<Place>,
     },
     /// Stop; the loss names the error.
     GiveUp(Loss),
@@ -200,10 +220,10 @@ impl Policy {
                 if self.single && crate::mutants::FREE_QUEUE_ATTEMPT {
                     state.attempts = state.attempts.saturating_sub(1);
                 }
-                join = Some(false);
+                join = Some(Place::Arrival);
             } else if !self.single {
                 // Woken but beaten: back to the front.
-                join = Some(woken);
+                join = Some(Place::after(woken));
             }
         }
         let mut pause = quorum::backoff(self.delay, self.jitter, rng);
@@ -329,7 +349,7 @@ mod tests {
                 steps[0],
                 Step::Sleep {
                     wait_on: Some(0),
-                    join: Some(false),
+                    join: Some(Place::Arrival),
                     ..
                 }
             ),
@@ -385,7 +405,7 @@ mod tests {
                 s,
                 Step::Sleep {
                     wait_on: Some(1),
-                    join: Some(false),
+                    join: Some(Place::Arrival),
                     ..
                 }
             ),
@@ -400,7 +420,7 @@ mod tests {
                 s,
                 Step::Sleep {
                     wait_on: Some(1),
-                    join: Some(true),
+                    join: Some(Place::Front),
                     ..
                 }
             ),
@@ -414,7 +434,7 @@ mod tests {
                 s,
                 Step::Sleep {
                     wait_on: Some(0),
-                    join: Some(false),
+                    join: Some(Place::Arrival),
                     ..
                 }
             ),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::attempt::Attempt;
 use super::claim::{Claim, Try, Wait};
-use super::policy::{loss_of, AttemptOutcome, Loss, Policy, State, Step};
+use super::policy::{loss_of, AttemptOutcome, Loss, Place, Policy, State, Step};
 use super::{Redlock, MAX_FENCING_TOKEN};
 use crate::clock::instant_after;
 use crate::error::{ConflictReason, Error};
@@ -101,7 +101,7 @@ impl Redlock {
             let queue = waiter
                 .as_ref()
                 .filter(|_| policy.single)
-                .map(|w| (w.member(), state.woken()));
+                .map(|w| (w.member(), Place::after(state.woken())));
             let try_ = Try {
                 ttl_ms,
                 min_validity: want.min_validity,
@@ -173,8 +173,8 @@ impl Redlock {
                         inner.wakeups.listen(&inner.nodes);
                     }
                     let joining = async {
-                        if let Some(front) = join {
-                            w.join(front).await;
+                        if let Some(place) = join {
+                            w.join(place == Place::Front).await;
                         }
                     };
                     let sleep = tokio::time::sleep(pause);

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use super::history::{EventKind, History};
 
-mod kinds;
+mod exclusion;
 
-pub use kinds::{permits, read_write};
+pub use exclusion::{permits, read_write};
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -146,7 +146,7 @@ impl Proxy {
         let resets: Resets = Arc::new(AtomicU32::new(0));
         let next_seq = Arc::new(AtomicU64::new(0));
         let held: HeldCount = Arc::new(watch::Sender::new(0));
-        let shared = Shared {
+        let shared = ProxyState {
             upstream,
             state: rx,
             live: live.clone(),
@@ -295,7 +295,7 @@ impl Proxy {
 
 /// What every connection task of one proxy shares.
 #[derive(Clone)]
-struct Shared {
+struct ProxyState {
     upstream: u16,
     state: watch::Receiver<Faults>,
     live: Live,
@@ -303,7 +303,7 @@ struct Shared {
     held: HeldCount,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Shared, next_seq: Arc<AtomicU64>) {
+async fn accept_loop(listener: TcpListener, shared: ProxyState, next_seq: Arc<AtomicU64>) {
     // Owned here so that aborting this task drops the set, which aborts every connection.
     let mut conns = JoinSet::new();
     loop {
@@ -349,8 +349,8 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn connection(client: TcpStream, seq: u64, shared: Shared) {
-    let Shared {
+async fn connection(client: TcpStream, seq: u64, shared: ProxyState) {
+    let ProxyState {
         upstream,
         mut state,
         live,

@@ -7,6 +7,7 @@ use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
 use crate::config::Config;
 use crate::error::ConflictReason;
 use crate::kind::LockKind;
+use crate::redlock::policy::Place;
 use crate::redlock::Redlock;
 use crate::round::Op;
 use crate::scripts;
@@ -58,7 +59,7 @@ impl Claim for Exclusive {
     fn request(&self, value: &Arc<str>, try_: &Try<'_>) -> (Op, Reading) {
         let keys = &self.keys;
         let op = match (&self.fences, try_.candidate, try_.queue) {
-            (None, _, Some((member, front))) if keys.len() == 1 => {
+            (None, _, Some((member, place))) if keys.len() == 1 => {
                 let queue = format!("{}{}", keys[0], wake::QUEUE_SUFFIX);
                 let call = scripts::acquire_or_queue(
                     &keys[0],
@@ -66,7 +67,7 @@ impl Claim for Exclusive {
                     value,
                     try_.ttl_ms,
                     member,
-                    front,
+                    place == Place::Front,
                     wake::QUEUE_TTL_MS,
                 );
                 Op::setting(call, value)

@@ -14,11 +14,11 @@
 mod client;
 mod direct;
 mod driver;
-mod kinds;
 mod late;
 mod oracle;
 mod panics;
 mod procs;
+mod rw_and_permits;
 mod schedule;
 mod selftest;
 mod shrink;

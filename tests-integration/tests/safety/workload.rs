@@ -13,7 +13,7 @@ use tokio_redlock_harness::history::{instant_ns, now_ns, EventKind, History, Rec
 use tokio_redlock_harness::Cluster;
 
 use crate::support;
-// Shared with the library's own tests (tests/it/kinds.rs, phase_fair.rs).
+// Shared with the library's own tests (tests/it/rw_and_permits.rs, phase_fair.rs).
 pub use crate::support::{recorded, release};
 
 /// Lock TTLs are drawn from this range: short, so a few seconds hold hundreds of

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio_redlock::{Error, KeptGuard, LockGuard, Redlock};
 use tokio_redlock_harness::history::{instant_ns, EventKind, Recorder};
 
-use super::kinds;
 use super::oracle::{Belief, Kind, Oracle};
+use super::rw_and_permits;
 use super::schedule::{
     ms, ExtendTtl, How, MgrSpec, Op, Opts, Step, RESOURCES, TAIL_MIN_NODE_TIMEOUT_MS,
 };
@@ -311,17 +311,17 @@ impl Client {
         let spec = &self.specs[mgr];
         let names = match how {
             How::Many => vec![self.res(res), self.res(res + 1)],
-            How::Kind(k) => vec![kinds::resource(&self.prefix, res, k)],
+            How::Kind(k) => vec![rw_and_permits::resource(&self.prefix, res, k)],
             _ => vec![self.res(res)],
         };
         let ttl = ms(ttl_ms);
         let label = names.join("+");
         let retries = match how {
-            How::TryAcquire | How::Kind(kinds::Ask { once: true, .. }) => 0,
+            How::TryAcquire | How::Kind(rw_and_permits::Ask { once: true, .. }) => 0,
             _ => spec.retry_count,
         };
         if let How::Kind(k) = how {
-            kinds::note(&label, self.id, self.op, k);
+            rw_and_permits::note(&label, self.id, self.op, k);
         }
         self.rec.record(self.id, self.op, &label, EventKind::Start);
         let started = Instant::now();
@@ -330,7 +330,7 @@ impl Client {
                 How::Acquire => redlock.acquire(&names[0], ttl).await,
                 How::TryAcquire => redlock.try_acquire(&names[0], ttl).await,
                 How::Many => redlock.acquire_many(&names, ttl).await,
-                How::Kind(k) => kinds::acquire(redlock, &names[0], ttl, k).await,
+                How::Kind(k) => rw_and_permits::acquire(redlock, &names[0], ttl, k).await,
             }
         });
         let Some((result, traced)) = within(budget_ms, call).await else {
@@ -365,7 +365,7 @@ impl Client {
                     },
                 );
                 let keys = match how {
-                    How::Kind(_) => kinds::oracle_keys(redlock, &names[0], &guard),
+                    How::Kind(_) => rw_and_permits::oracle_keys(redlock, &names[0], &guard),
                     _ => names.iter().map(|n| redlock.key_of(n)).collect(),
                 };
                 let id = self.oracle.open(

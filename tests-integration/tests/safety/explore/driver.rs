@@ -417,7 +417,7 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
     for v in checker::fencing(&history) {
         oracle.flag(Kind::Fencing, None, v.what);
     }
-    super::kinds::check(&history, &oracle);
+    super::rw_and_permits::check(&history, &oracle);
     for p in super::panics::take_panics() {
         oracle.flag(Kind::Panic, None, format!("library code panicked: {p}"));
     }
@@ -564,7 +564,7 @@ fn ghosts(
     for (node, key, value) in after {
         if key.ends_with(":fence")
             || !key.starts_with(prefix)
-            || super::kinds::is_waiting_place(key)
+            || super::rw_and_permits::is_waiting_place(key)
         {
             continue;
         }

@@ -430,7 +430,7 @@ pub fn claims_input(h: &History) -> History {
             .ok
             .resource
             .split('+')
-            .filter(|r| !super::kinds::is_kind_resource(r));
+            .filter(|r| !super::rw_and_permits::is_kind_resource(r));
         for resource in exclusive {
             let mut start = hold.ok.clone();
             start.t_ns = hold.start_ns;

@@ -167,8 +167,8 @@ pub enum How {
     TryAcquire,
     /// `acquire_many` of the resource and the next one.
     Many,
-    /// A read, write or permit acquisition (`explore/kinds.rs`).
-    Kind(super::kinds::Ask),
+    /// A read, write or permit acquisition (`explore/rw_and_permits.rs`).
+    Kind(super::rw_and_permits::Ask),
 }
 
 /// The ttl of an extension: a fraction of what is left, or an absolute value.
@@ -513,14 +513,14 @@ fn op(rng: &mut StdRng) -> Op {
         0..=17 => Op::Acquire {
             mgr,
             res,
-            how: super::kinds::draw(rng, How::Acquire),
+            how: super::rw_and_permits::draw(rng, How::Acquire),
             ttl_ms: ttl(rng),
             budget_ms: small_budget(rng),
         },
         18..=25 => Op::Acquire {
             mgr,
             res,
-            how: super::kinds::draw(rng, How::TryAcquire),
+            how: super::rw_and_permits::draw(rng, How::TryAcquire),
             ttl_ms: ttl(rng),
             budget_ms: small_budget(rng),
         },
