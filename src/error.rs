@@ -184,8 +184,9 @@ impl fmt::Display for ConflictReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LostReason {
-    /// The validity ended before the operation could complete.
-    Expired,
+    /// The lock's validity ran out before the operation could complete. (Not
+    /// [`Error::Expired`], a grant that came too late to leave any validity.)
+    ValidityEnded,
     /// Too many nodes reported that the key is gone or belongs to someone else.
     #[non_exhaustive]
     NotHeld {
@@ -200,10 +201,19 @@ pub enum LostReason {
     CapReached,
 }
 
+impl LostReason {
+    /// The former name of [`LostReason::ValidityEnded`], kept so that code written
+    /// against it (also in patterns) still compiles: "expired" now names only
+    /// [`Error::Expired`].
+    #[doc(hidden)]
+    #[allow(non_upper_case_globals)]
+    pub const Expired: LostReason = LostReason::ValidityEnded;
+}
+
 impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Expired => f.write_str("its validity ended"),
+            Self::ValidityEnded => f.write_str("its validity ended"),
             Self::NotHeld { held, needed } => {
                 write!(f, "held on only {held} nodes, {needed} needed")
             }
@@ -269,7 +279,7 @@ impl Error {
     /// True when a quorum granted the lock but too late to leave any validity
     /// ([`Error::Expired`]): the nodes were slow, or the ttl too short. Not a lost lock
     /// (that is [`is_lock_lost`](Self::is_lock_lost), with
-    /// [`LostReason::Expired`] when its validity ran out).
+    /// [`LostReason::ValidityEnded`] when its validity ran out).
     pub fn is_expired(&self) -> bool {
         matches!(self, Self::Expired { .. })
     }

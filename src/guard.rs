@@ -439,10 +439,10 @@ impl LockGuard {
             reason,
         };
         let Some(held) = &self.held else {
-            return Err(lost(LostReason::Expired));
+            return Err(lost(LostReason::ValidityEnded));
         };
         if !self.is_valid() {
-            return Err(lost(LostReason::Expired));
+            return Err(lost(LostReason::ValidityEnded));
         }
         let ttl_ms = quorum::ttl_ms(ttl)
             .map_err(|why| Error::Config(format!("extend ttl {ttl:?} is out of range: {why}")))?;
@@ -489,7 +489,7 @@ impl LockGuard {
                 self.ttl = ttl;
                 Ok(())
             }
-            _ if !self.is_valid() => Err(lost(LostReason::Expired)),
+            _ if !self.is_valid() => Err(lost(LostReason::ValidityEnded)),
             Some(Outcome::Won) => Err(Error::Expired {
                 resource,
                 attempts: 1,

@@ -42,7 +42,9 @@ pub enum LockKind {
     Read,
     /// A write lock: excludes readers, writers and exclusive locks of the same resource.
     Write,
-    /// Permit slot `.0` of a counting semaphore (`0..n`).
+    /// A permit of a counting semaphore: `.0` is the index of the slot this guard holds
+    /// (`0..n`), not a count; [`LockRequest::permits`](crate::LockRequest::permits)`(n)`
+    /// takes the count. The same index as [`LockGuard::permit`](crate::LockGuard::permit).
     Permit(usize),
 }
 

@@ -255,7 +255,7 @@ impl Lease {
     fn lost_error(&self) -> Error {
         Error::LockLost {
             resource: self.shared.resource.clone(),
-            reason: self.lost_reason().unwrap_or(LostReason::Expired),
+            reason: self.lost_reason().unwrap_or(LostReason::ValidityEnded),
         }
     }
 }

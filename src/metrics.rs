@@ -143,7 +143,7 @@ pub(crate) fn lost(reason: &LostReason) {
     #[cfg(feature = "metrics")]
     {
         let reason = match reason {
-            LostReason::Expired => "expired",
+            LostReason::ValidityEnded => "expired",
             LostReason::NotHeld { .. } => "not_held",
             LostReason::ExtensionFailed => "extension_failed",
             LostReason::CapReached => "cap_reached",

@@ -199,7 +199,17 @@ fn predicates_name_one_variant_each() {
     assert!(unhealthy.is_unhealthy() && !unhealthy.is_config());
     let lost = Error::LockLost {
         resource: "r".into(),
-        reason: LostReason::Expired,
+        reason: LostReason::ValidityEnded,
     };
     assert!(!lost.is_expired(), "a lost lock is not a late grant");
+}
+
+/// "Expired" names one thing, a grant that came too late (`Error::Expired`); the lost
+/// lock's reason is `ValidityEnded`, and its former name still matches it.
+#[test]
+fn the_former_name_of_validity_ended_still_matches() {
+    let reason = LostReason::ValidityEnded;
+    assert!(matches!(reason, LostReason::Expired));
+    assert_eq!(LostReason::Expired, LostReason::ValidityEnded);
+    assert_eq!(reason.to_string(), "its validity ended");
 }

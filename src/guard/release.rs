@@ -45,7 +45,7 @@ pub struct ReleaseReport {
 
 impl ReleaseReport {
     /// Why the lock was no longer held when it was released, if it was not: its
-    /// validity had ended ([`LostReason::Expired`]), or so many nodes reported the key
+    /// validity had ended ([`LostReason::ValidityEnded`]), or so many nodes reported the key
     /// gone or someone else's that no quorum can have held it
     /// ([`LostReason::NotHeld`]). `None` means held until released, as far as the
     /// nodes that answered can tell.
@@ -64,7 +64,7 @@ impl ReleaseReport {
         let nodes = self.released + self.not_held + self.failed + self.pending;
         let needed = quorum::quorum(nodes);
         if self.validity_ended {
-            Some(LostReason::Expired)
+            Some(LostReason::ValidityEnded)
         } else if self.handed_over {
             None
         } else if quorum::value_lost(nodes, self.not_held) {
@@ -131,7 +131,7 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::LockLost`] when the validity had already ended
-    /// ([`LostReason::Expired`]; another owner may have held the lock meanwhile), or so
+    /// ([`LostReason::ValidityEnded`]; another owner may have held the lock meanwhile), or so
     /// many nodes reported the key gone or someone else's that no quorum can have held
     /// it ([`LostReason::NotHeld`]): whatever the guard protected since then was not
     /// protected. Whatever this owner still held is released all the same.
@@ -158,7 +158,7 @@ impl LockGuard {
                 .lost_reason()
                 .map_or(Ok(()), |reason| Err(lost(reason))),
             // Too few answers to release, but the loss is what the caller must hear of.
-            Err(_) if validity_ended => Err(lost(LostReason::Expired)),
+            Err(_) if validity_ended => Err(lost(LostReason::ValidityEnded)),
             Err(e) => Err(e),
         }
     }
@@ -341,7 +341,7 @@ mod tests {
             validity_ended: true,
             ..report(3, 0, 0, 0)
         };
-        assert_eq!(r.lost_reason(), Some(LostReason::Expired));
+        assert_eq!(r.lost_reason(), Some(LostReason::ValidityEnded));
         assert!(!r.held_until_released());
         assert!(report(2, 1, 0, 0).held_until_released());
     }

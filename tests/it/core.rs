@@ -331,7 +331,7 @@ async fn extend_refreshes_ttl_and_fails_after_expiry() {
         matches!(
             err,
             Error::LockLost {
-                reason: LostReason::Expired,
+                reason: LostReason::ValidityEnded,
                 ..
             }
         ),

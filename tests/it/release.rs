@@ -53,7 +53,7 @@ async fn releasing_after_the_validity_ended_is_lock_lost() {
     outlive(&guard).await;
     // The keys may still be there (the drift margin), but nothing was promised since
     // `valid_until`: not "held until released".
-    assert_lost(bounded(guard.release()).await, LostReason::Expired);
+    assert_lost(bounded(guard.release()).await, LostReason::ValidityEnded);
     eventually_gone(&cluster, "rel:expired").await;
 }
 
@@ -79,7 +79,7 @@ async fn releasing_after_another_owner_took_over_is_lock_lost_and_spares_its_loc
     assert_eq!(report.released, 0, "{report:?}");
     assert!(report.not_held >= 2, "{report:?}");
     assert!(report.validity_ended);
-    assert_eq!(report.lost_reason(), Some(LostReason::Expired));
+    assert_eq!(report.lost_reason(), Some(LostReason::ValidityEnded));
     assert!(!report.held_until_released());
     // The new owner's lock is untouched, and its own release is fine.
     assert_eq!(values(&mut conns, "rel:takeover").await, before);
