@@ -1,6 +1,6 @@
-//! Issue 15, items 1, 5 and 6 against real servers: nodes given as URL, connection info
-//! and client; owner labels in the stored values; `Redlock::inspect` of a held lock, a
-//! free key, a split and a node that is down.
+//! Nodes given as URL, connection info and client; owner labels in the stored values;
+//! `Redlock::inspect` of a held lock, a free key, a split and a node that is down.
+//! Against real servers.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! In-process hand-over (issue 14): tasks of one manager queue locally for a key, one of
+//! In-process hand-over: tasks of one manager queue locally for a key, one of
 //! them competes on the nodes, and a release hands the lock to the next without going
 //! to the nodes. Checked against real servers: exclusion, belief, fairness, the bound
 //! that lets other managers in, cancellation, and where it must not apply.

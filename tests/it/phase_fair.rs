@@ -1,4 +1,4 @@
-//! Phase-fair admission of the reader-writer lock against real servers (issue 16): a
+//! Phase-fair admission of the reader-writer lock against real servers: a
 //! stream of writers, one always waiting, does not starve readers; the readers that
 //! waited for a writer go before the next writer, readers that come after a waiting
 //! writer wait for it; and a writer does not starve behind a stream of readers.

@@ -1,4 +1,4 @@
-//! Retry timing (issue 21, item 2; API.md, third round, "Retry timing"): at most n + 1
+//! Retry timing (API.md, third round, "Retry timing"): at most n + 1
 //! attempts, and when no release wakes the waiter, consecutive attempts start at least
 //! `retry_delay` apart. A release still wakes a waiter at once.
 

@@ -1,4 +1,4 @@
-//! Reader-writer locks and counting semaphores against real servers (issue 16): readers
+//! Reader-writer locks and counting semaphores against real servers: readers
 //! share, a writer excludes, a waiting writer keeps new readers out, expiry frees a dead
 //! holder's place, n + 1 contenders on n permits (checked by C5/C6), faults of a
 //! minority of nodes during use, and the per-node-counting semaphore mutant caught.

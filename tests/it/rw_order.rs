@@ -1,4 +1,4 @@
-//! Issue 21 ("Order cannot matter"), the reader-writer parts, against real servers:
+//! Order cannot matter, for the reader-writer lock, against real servers:
 //! readers hold the resource against exclusive acquirers (this crate's and a peer's
 //! plain `SET NX`), and a reader whose attempt fails after its turn admitted it keeps
 //! that turn. The late copies of single requests are tested on one node beside the
