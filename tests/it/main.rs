@@ -5,6 +5,7 @@
 //! Unix only, as the harness is; elsewhere this binary is empty.
 #![cfg(unix)]
 
+mod acl;
 mod belief;
 #[cfg(feature = "cluster")]
 mod cluster_vote;
@@ -27,6 +28,7 @@ mod release;
 mod retry_timing;
 mod rw_and_permits;
 mod rw_order;
+mod secrets;
 mod support;
 mod usage;
 mod with_lock;
