@@ -9,7 +9,7 @@
 use crate::{mutants, scripts};
 
 /// The text of the script `name` as this build runs it: `ACQUIRE_ONE`, `RELEASE`,
-/// `EXTEND`, `FENCED_ACQUIRE`, `PERMIT_ACQUIRE`, or one of the reader-writer lock's
+/// `EXTEND`, `EXTEND_HEAL`, `FENCED_ACQUIRE`, `PERMIT_ACQUIRE`, or one of the reader-writer lock's
 /// `READ_ACQUIRE`, `READ_EXTEND`, `READ_RELEASE`, `READ_WAIT_CLEAR`, `WRITE_ACQUIRE`,
 /// `WRITE_RELEASE`, `INTENT_CLEAR`; `None` for any other name.
 pub fn script(name: &str) -> Option<&'static str> {
@@ -17,6 +17,7 @@ pub fn script(name: &str) -> Option<&'static str> {
         "ACQUIRE_ONE" => scripts::ACQUIRE_ONE_LUA,
         "RELEASE" => mutants::release_script().unwrap_or(scripts::RELEASE_LUA),
         "EXTEND" => mutants::extend_script().unwrap_or(scripts::EXTEND_LUA),
+        "EXTEND_HEAL" => scripts::EXTEND_HEAL_LUA,
         "FENCED_ACQUIRE" => mutants::fenced_acquire_script().unwrap_or(scripts::FENCED_ACQUIRE_LUA),
         "PERMIT_ACQUIRE" => scripts::PERMIT_ACQUIRE_LUA,
         "READ_ACQUIRE" => mutants::read_acquire_script().unwrap_or(scripts::READ_ACQUIRE_LUA),

@@ -77,8 +77,8 @@ mod semaphore;
 
 pub(crate) use exclusive::{
     acquire_many, acquire_one, acquire_or_queue, extend, extend_heal, fenced_acquire, hold_release,
-    release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_LUA, FENCED_ACQUIRE_LUA,
-    RELEASE_LUA,
+    release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_HEAL_LUA, EXTEND_LUA,
+    FENCED_ACQUIRE_LUA, RELEASE_LUA,
 };
 pub(crate) use inspect::inspect;
 

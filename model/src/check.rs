@@ -76,6 +76,7 @@ impl Config {
             patience: 4,
             wipes: 0,
             quarantine: None,
+            heal: false,
             late_bound: None,
         }
     }
@@ -106,13 +107,15 @@ impl Config {
 
 impl Config {
     /// The reader-writer lock on 3 nodes: client 0 reads, client 1 writes (ttl 4 ms,
-    /// patience 4 ms); each extends once (ttl 8), releases or gives up; one attempt
+    /// patience 4 ms); each extends once (ttl 8; the writer's extension heals, as by
+    /// default), releases or gives up; one attempt
     /// each (large: two); every execution of 6 steps.
     pub fn read_write(bound: Bound) -> Self {
         Config {
             kind: Kind::ReadWrite { readers: 1 },
             extenders: 2,
             extends: 1,
+            heal: true,
             max_steps: bound.steps(6),
             ..Config::exclusive(bound, &[8])
         }
@@ -131,6 +134,28 @@ impl Config {
             max_skew: 0,
             max_steps: bound.steps(7),
             ..Config::exclusive(bound, &[])
+        }
+    }
+
+    /// Exclusive locks whose extensions heal (`EXTEND_HEAL`, the crate's default), as
+    /// [`Config::exclusive`] otherwise. Large: also a node restart without its data
+    /// behind a quarantine of 8 ms (the largest ttl), time jumping up to 4 ms a tick to
+    /// a horizon of 12 ms, so that a healing extension reaches the node after its
+    /// quarantine.
+    pub fn healing(bound: Bound) -> Self {
+        let cfg = Config {
+            heal: true,
+            ..Config::exclusive(bound, &[4, 8])
+        };
+        match bound {
+            Bound::Small => cfg,
+            Bound::Large => Config {
+                wipes: 1,
+                quarantine: Some(8),
+                horizon: 12,
+                max_tick: 4,
+                ..cfg
+            },
         }
     }
 }

@@ -183,6 +183,7 @@ pub fn extend(cfg: &Config, state: &mut State, c: u8, ttl: u64) {
     client.extends += 1;
     hold.valid_until = hold.valid_until.min(promised(cfg, round.start, ttl));
     let op = Op::Extend {
+        heal: false,
         attempt: hold.attempt,
         ttl,
     };

@@ -10,7 +10,7 @@ use crate::rw;
 pub fn sending(cfg: &Config, state: &mut State, c: u8, op: &Op, latest: u64) {
     let client = &mut state.clients[usize::from(c)];
     let (attempt, ttl) = match op {
-        Op::Acquire { attempt, ttl, .. } | Op::Extend { attempt, ttl } => (*attempt, *ttl),
+        Op::Acquire { attempt, ttl, .. } | Op::Extend { attempt, ttl, .. } => (*attempt, *ttl),
         _ => return,
     };
     let at = usize::from(attempt) - 1;

@@ -58,6 +58,8 @@ pub struct Scripts {
     pub release: &'static str,
     /// `EXTEND`.
     pub extend: &'static str,
+    /// `EXTEND_HEAL`.
+    pub extend_heal: &'static str,
     /// `FENCED_ACQUIRE`.
     pub fenced: &'static str,
     /// `PERMIT_ACQUIRE`.
@@ -86,6 +88,7 @@ impl Scripts {
             acquire: get("ACQUIRE_ONE"),
             release: get("RELEASE"),
             extend: get("EXTEND"),
+            extend_heal: get("EXTEND_HEAL"),
             fenced: get("FENCED_ACQUIRE"),
             permit: get("PERMIT_ACQUIRE"),
             read_acquire: get("READ_ACQUIRE"),
@@ -172,6 +175,10 @@ pub struct Config {
     /// The restart quarantine: a node that lost its data does not vote for this many ms
     /// (the crate requires at least the largest ttl); `None`: it votes at once (unsafe).
     pub quarantine: Option<u64>,
+    /// Extensions of exclusive and write locks heal (`heal_on_extend`, the crate's
+    /// default): `EXTEND_HEAL` to each node out of restart quarantine when sent, the
+    /// plain `EXTEND` to the others. Off: `EXTEND` everywhere.
+    pub heal: bool,
     /// The late-delivery bound (ms): a request runs at most this long after it was sent,
     /// or never. `None`: at any later time up to the horizon. With a bound the model
     /// also checks [`KEYS_EXPIRE`].
@@ -197,6 +204,8 @@ pub enum Op {
         attempt: u8,
         /// The new ttl (ms).
         ttl: u64,
+        /// Whether this node is sent the healing extension.
+        heal: bool,
     },
     /// A holder's release.
     Release {
@@ -337,8 +346,8 @@ impl Config {
                     vec![value(client, *attempt), ttl.to_string()],
                 )
             }
-            (_, Op::Extend { attempt, ttl }) => (
-                s.extend,
+            (_, Op::Extend { attempt, ttl, heal }) => (
+                if *heal { s.extend_heal } else { s.extend },
                 lock(),
                 vec![value(client, *attempt), ttl.to_string()],
             ),
@@ -381,7 +390,11 @@ impl Config {
             crate::lifetime::sending(self, state, client, op, state.now + bound);
         }
         for node in 0..self.nodes {
-            let op = op.clone();
+            let mut op = op.clone();
+            if let Op::Extend { heal, .. } = &mut op {
+                let quarantined = state.now < state.nodes[usize::from(node)].quarantined_until;
+                *heal = self.heal && !quarantined;
+            }
             state.send(Msg {
                 node,
                 client,

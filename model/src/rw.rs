@@ -5,8 +5,8 @@
 //!
 //! - a reader acquires with `READ_ACQUIRE`, extends with `READ_EXTEND`, releases and
 //!   undoes with `READ_RELEASE`, and withdraws its place with `READ_WAIT_CLEAR`;
-//! - a writer acquires with `WRITE_ACQUIRE` (unfenced), extends with `EXTEND` (the
-//!   plain one: the healing extension is not modelled), releases with `WRITE_RELEASE`,
+//! - a writer acquires with `WRITE_ACQUIRE` (unfenced), extends with `EXTEND_HEAL`
+//!   ([`Config::heal`], the crate's default) or `EXTEND`, releases with `WRITE_RELEASE`,
 //!   undoes with `RELEASE` and withdraws its intent with `INTENT_CLEAR`.
 //!
 //! Wake-ups are off (an empty channel prefix), as with `wake_on_release(false)`.
@@ -75,13 +75,13 @@ pub fn call(cfg: &Config, c: u8, op: &Op) -> (&'static str, Vec<String>, Vec<Str
                 patience,
             ],
         ),
-        Op::Extend { attempt, ttl } if reader => (
+        Op::Extend { attempt, ttl, .. } if reader => (
             s.read_extend,
             owned(&[READERS, LOCK]),
             vec![value(c, *attempt), ttl.to_string()],
         ),
-        Op::Extend { attempt, ttl } => (
-            s.extend,
+        Op::Extend { attempt, ttl, heal } => (
+            if *heal { s.extend_heal } else { s.extend },
             owned(&[LOCK]),
             vec![value(c, *attempt), ttl.to_string()],
         ),
@@ -112,6 +112,7 @@ pub fn script_name(cfg: &Config, c: u8, op: &Op) -> &'static str {
         Op::Acquire { .. } if reader => "READ_ACQUIRE",
         Op::Acquire { .. } => "WRITE_ACQUIRE",
         Op::Extend { .. } if reader => "READ_EXTEND",
+        Op::Extend { heal: true, .. } => "EXTEND_HEAL",
         Op::Extend { .. } => "EXTEND",
         Op::Release { .. } | Op::Undo { .. } if reader => "READ_RELEASE",
         Op::Release { .. } => "WRITE_RELEASE",

@@ -33,8 +33,9 @@ fn op_text(cfg: &Config, client: u8, op: &Op) -> String {
                 t => format!("{name} {v} ttl {ttl} candidate {t}"),
             }
         }
-        Op::Extend { attempt, ttl } => {
-            format!("{} {} ttl {ttl}", name("EXTEND"), value(client, *attempt))
+        Op::Extend { attempt, ttl, heal } => {
+            let plain = if *heal { "EXTEND_HEAL" } else { "EXTEND" };
+            format!("{} {} ttl {ttl}", name(plain), value(client, *attempt))
         }
         Op::Release { attempt } => format!("{} {}", name("RELEASE"), value(client, *attempt)),
         Op::Undo { attempt } => format!("{} {} (undo)", name("RELEASE"), value(client, *attempt)),

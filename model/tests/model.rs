@@ -78,6 +78,7 @@ fn large_bound() {
     };
     runs.push(("read-write, 1 reader 2 writers", one_reader_two_writers));
     runs.push(("restart, quarantined", Config::restarts(large)));
+    runs.push(("healing, with a restart", Config::healing(large)));
     runs.push(("lifetimes", Config::lifetimes(large)));
     for (name, cfg) in runs {
         assert_safe(&check(&format!("{name}, large"), cfg));
@@ -190,6 +191,13 @@ fn mutant_write_beside_readers_is_caught() {
     (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
     cfg.stop_at = Some(NO_TWO_HOLDERS);
     assert_found(&check("write_beside_readers", cfg), NO_TWO_HOLDERS);
+}
+
+/// The exclusive lock whose extensions heal (the crate's default): a missing key is set
+/// again by the owner's extension (and by a late copy of it, after the release).
+#[test]
+fn healing_extensions_are_safe() {
+    assert_safe(&check("healing", Config::healing(Bound::from_env())));
 }
 
 /// A node restarts without its data, behind the restart quarantine: safe.
