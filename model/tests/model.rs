@@ -253,6 +253,7 @@ fn an_extension_past_its_ttl_is_caught() {
     // The owner alone, extending by 4 ms: a copy landing 1 ms late keeps the key to
     // 6 ms after its sending, 1 ms past its deadline.
     (cfg.kind, cfg.clients, cfg.extend_ttls) = (Kind::Exclusive, 1, vec![4]);
+    cfg.heal = false;
     cfg.max_steps = Some(8);
     cfg.stop_at = Some(KEYS_EXPIRE);
     assert_found(&check("extend past its ttl", cfg), KEYS_EXPIRE);
