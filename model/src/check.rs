@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use stateright::{Checker, HasDiscoveries, Model};
 
-use crate::model::{Config, Kind, Scripts, State};
+use crate::model::{Config, Kind, State};
+use crate::scripts::Scripts;
 
 /// How far the checker goes: `Small` for every test run and CI, `Large` for a long run
 /// by hand (`REDLOCK_MODEL_BOUND=large`, each run capped by `REDLOCK_MODEL_TIMEOUT`
@@ -264,7 +265,7 @@ pub fn check(name: &str, cfg: Config) -> Outcome {
     }
     if cfg.depth_first {
         let checker = builder
-            .symmetry_fn(crate::model::representative)
+            .symmetry_fn(crate::symmetry::representative)
             .spawn_dfs();
         finish(name, &story_cfg, checker.join(), start, timeout)
     } else {

@@ -21,6 +21,8 @@ pub mod lifetime;
 pub mod lua;
 pub mod model;
 pub mod rw;
+pub mod scripts;
+pub mod symmetry;
 pub mod trace;
 
 /// The crate's pure quorum arithmetic, included as source (it is private in the crate).

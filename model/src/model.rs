@@ -32,6 +32,7 @@ use stateright::{Model, Property};
 use crate::client::{Client, Hold, Phase};
 use crate::keyspace::{Keyspace, Reply};
 use crate::lua;
+use crate::scripts::Scripts;
 
 /// The lock key of the one resource every client wants.
 pub const LOCK: &str = "lock";
@@ -46,60 +47,6 @@ pub fn slot_key(slot: u8) -> String {
 /// The owner value of a client's attempt: fresh per attempt, as in the crate.
 pub fn value(client: u8, attempt: u8) -> String {
     format!("c{client}a{attempt}")
-}
-
-/// The script texts the model runs; by default the crate's, from
-/// [`tokio_redlock::script_source`]. Each field is named after its script.
-#[derive(Clone, Copy, Debug)]
-pub struct Scripts {
-    /// `ACQUIRE_ONE`.
-    pub acquire: &'static str,
-    /// `RELEASE`.
-    pub release: &'static str,
-    /// `EXTEND`.
-    pub extend: &'static str,
-    /// `EXTEND_HEAL`.
-    pub extend_heal: &'static str,
-    /// `FENCED_ACQUIRE`.
-    pub fenced: &'static str,
-    /// `PERMIT_ACQUIRE`.
-    pub permit: &'static str,
-    /// `READ_ACQUIRE`.
-    pub read_acquire: &'static str,
-    /// `READ_EXTEND`.
-    pub read_extend: &'static str,
-    /// `READ_RELEASE`.
-    pub read_release: &'static str,
-    /// `READ_WAIT_CLEAR`.
-    pub read_wait_clear: &'static str,
-    /// `WRITE_ACQUIRE`.
-    pub write_acquire: &'static str,
-    /// `WRITE_RELEASE`.
-    pub write_release: &'static str,
-    /// `INTENT_CLEAR`.
-    pub intent_clear: &'static str,
-}
-
-impl Scripts {
-    /// The scripts this build of the crate sends.
-    pub fn of_crate() -> Self {
-        let get = |name| tokio_redlock::script_source::script(name).expect(name);
-        Self {
-            acquire: get("ACQUIRE_ONE"),
-            release: get("RELEASE"),
-            extend: get("EXTEND"),
-            extend_heal: get("EXTEND_HEAL"),
-            fenced: get("FENCED_ACQUIRE"),
-            permit: get("PERMIT_ACQUIRE"),
-            read_acquire: get("READ_ACQUIRE"),
-            read_extend: get("READ_EXTEND"),
-            read_release: get("READ_RELEASE"),
-            read_wait_clear: get("READ_WAIT_CLEAR"),
-            write_acquire: get("WRITE_ACQUIRE"),
-            write_release: get("WRITE_RELEASE"),
-            intent_clear: get("INTENT_CLEAR"),
-        }
-    }
 }
 
 /// Which primitive the clients use.
@@ -625,60 +572,3 @@ pub const TOKENS_INCREASE: &str = "fencing tokens strictly increase";
 pub const KEYS_EXPIRE: &str = "no key outlives its last holder's ttl plus the late-delivery bound";
 /// The model is not vacuous: some client gets to hold.
 pub const SOMEONE_HOLDS: &str = "some client holds";
-
-/// The state with its nodes renamed so that equal situations up to the nodes' names
-/// look alike (the nodes are interchangeable): the least of all renamings, for up to
-/// four nodes (24 renamings); five nodes are left as they are.
-pub fn representative(state: &State) -> State {
-    let n = state.nodes.len();
-    if n > 4 {
-        return state.clone();
-    }
-    let mut best: Option<State> = None;
-    for perm in permutations(n) {
-        let renamed = rename(state, &perm);
-        if best.as_ref().is_none_or(|b| renamed < *b) {
-            best = Some(renamed);
-        }
-    }
-    best.expect("at least one node")
-}
-
-fn permutations(n: usize) -> Vec<Vec<usize>> {
-    if n == 0 {
-        return vec![Vec::new()];
-    }
-    let mut out = Vec::new();
-    for p in permutations(n - 1) {
-        for at in 0..=p.len() {
-            let mut q = p.clone();
-            q.insert(at, n - 1);
-            out.push(q);
-        }
-    }
-    out
-}
-
-/// Node `i` becomes node `perm[i]`.
-fn rename(state: &State, perm: &[usize]) -> State {
-    let mut s = state.clone();
-    for (i, node) in state.nodes.iter().enumerate() {
-        s.nodes[perm[i]] = node.clone();
-    }
-    for msg in &mut s.net {
-        msg.node = perm[usize::from(msg.node)] as u8;
-    }
-    s.net.sort();
-    for (client, old) in s.clients.iter_mut().zip(&state.clients) {
-        if let (
-            Phase::Acquiring(r) | Phase::Extending(_, r),
-            Phase::Acquiring(o) | Phase::Extending(_, o),
-        ) = (&mut client.phase, &old.phase)
-        {
-            for (i, a) in o.answers.iter().enumerate() {
-                r.answers[perm[i]] = *a;
-            }
-        }
-    }
-    s
-}
