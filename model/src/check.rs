@@ -113,7 +113,10 @@ impl Config {
     /// each (large: two); every execution of 6 steps.
     pub fn read_write(bound: Bound) -> Self {
         Config {
-            kind: Kind::ReadWrite { readers: 1 },
+            kind: Kind::ReadWrite {
+                readers: 1,
+                exclusives: 0,
+            },
             extenders: 2,
             extends: 1,
             heal: true,

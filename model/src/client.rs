@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::keyspace::Reply;
 use crate::model::{Config, Kind, Op, State};
 use crate::quorum::{self, Outcome, Tally, Vote};
+use crate::rw::Role;
 
 /// The least validity a win must leave (the crate's default `min_validity`).
 const MIN_VALIDITY: Duration = Duration::from_millis(1);
@@ -274,9 +275,9 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
             // A writer withdraws its intent (a node that refused it keeps it); a reader
             // its place where one may be left: it was refused somewhere, or waited.
             let refused = r.answers.contains(&Answer::No);
-            let withdraw = match cfg.kind {
-                Kind::ReadWrite { .. } if crate::rw::is_reader(cfg, c) => refused || waited,
-                Kind::ReadWrite { .. } => true,
+            let withdraw = match (cfg.kind, crate::rw::role(cfg, c)) {
+                (Kind::ReadWrite { .. }, Role::Reader) => refused || waited,
+                (Kind::ReadWrite { .. }, Role::Writer) => true,
                 _ => false,
             };
             if withdraw {
@@ -288,7 +289,8 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
             cfg.fan_out(state, c, 0, &Op::Undo { attempt });
             // The last attempt lost: the acquisition gives up and withdraws.
             let last = attempt >= cfg.attempts;
-            if last && matches!(cfg.kind, Kind::ReadWrite { .. }) {
+            let waits = crate::rw::role(cfg, c) != Role::Exclusive;
+            if last && matches!(cfg.kind, Kind::ReadWrite { .. }) && waits {
                 cfg.fan_out(state, c, 0, &Op::Withdraw);
             }
         }

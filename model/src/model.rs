@@ -58,11 +58,14 @@ pub enum Kind {
     Fenced,
     /// A semaphore of this many permits (`PERMIT_ACQUIRE` over its slot keys).
     Permits(u8),
-    /// The reader-writer lock: the first `readers` clients take read locks, the others
-    /// write locks (`READ_*`, `WRITE_*`, `INTENT_CLEAR`; see [`rw`](crate::rw)).
+    /// The reader-writer lock: the first `readers` clients take read locks, the last
+    /// `exclusives` plain exclusive locks on the same key, the others write locks
+    /// (`READ_*`, `WRITE_*`, `INTENT_CLEAR`; see [`rw`](crate::rw)).
     ReadWrite {
         /// How many of the clients (the first ones) are readers.
         readers: u8,
+        /// How many of the clients (the last ones) take exclusive locks.
+        exclusives: u8,
     },
 }
 

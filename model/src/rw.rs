@@ -9,6 +9,8 @@
 //!   ([`Config::heal`], the crate's default) or `EXTEND`, releases with `WRITE_RELEASE`,
 //!   undoes with `RELEASE` and withdraws its intent with `INTENT_CLEAR`.
 //!
+//! A run may also have clients that take plain exclusive locks on the same key
+//! (`ACQUIRE_ONE`, `EXTEND`, `RELEASE`): the readers marker must keep them out too.
 //! Wake-ups are off (an empty channel prefix), as with `wake_on_release(false)`.
 
 use crate::client::Hold;
@@ -25,9 +27,29 @@ pub const TURN: &str = "lock:rturn";
 /// The lock key's wait queue of exclusive waiters (always empty here).
 pub const QUEUE: &str = "lock:waiters";
 
-/// Whether client `c` takes read locks (else write locks).
+/// What a client of a reader-writer run takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read locks.
+    Reader,
+    /// Write locks.
+    Writer,
+    /// Plain exclusive locks (`ACQUIRE_ONE`, `EXTEND`, `RELEASE`) on the lock key.
+    Exclusive,
+}
+
+/// What client `c` takes (a run of another kind: [`Role::Exclusive`]).
+pub fn role(cfg: &Config, c: u8) -> Role {
+    match cfg.kind {
+        Kind::ReadWrite { readers, .. } if c < readers => Role::Reader,
+        Kind::ReadWrite { exclusives, .. } if c + exclusives < cfg.clients => Role::Writer,
+        _ => Role::Exclusive,
+    }
+}
+
+/// Whether client `c` takes read locks.
 pub fn is_reader(cfg: &Config, c: u8) -> bool {
-    matches!(cfg.kind, Kind::ReadWrite { readers } if c < readers)
+    role(cfg, c) == Role::Reader
 }
 
 /// Client `c`'s wait id (a reader's place) or intent id (a writer's): the manager's
@@ -58,6 +80,21 @@ pub fn call(cfg: &Config, c: u8, op: &Op) -> (&'static str, Vec<String>, Vec<Str
     let all = || owned(&[LOCK, READERS, WRITER, WAITING, TURN]);
     let reader = is_reader(cfg, c);
     let patience = cfg.patience.to_string();
+    let v = |attempt: &u8, ttl: &u64| vec![value(c, *attempt), ttl.to_string()];
+    if role(cfg, c) == Role::Exclusive {
+        return match op {
+            Op::Acquire { attempt, ttl, .. } => (s.acquire, owned(&[LOCK]), v(attempt, ttl)),
+            Op::Extend { attempt, ttl, heal } => {
+                let script = if *heal { s.extend_heal } else { s.extend };
+                (script, owned(&[LOCK]), v(attempt, ttl))
+            }
+            Op::Release { attempt } | Op::Undo { attempt } => {
+                let args = vec![value(c, *attempt), String::new()];
+                (s.release, owned(&[LOCK]), args)
+            }
+            Op::Withdraw => unreachable!("an exclusive owner does not wait"),
+        };
+    }
     match op {
         Op::Acquire { attempt, ttl, .. } if reader => (
             s.read_acquire,
@@ -108,6 +145,14 @@ pub fn call(cfg: &Config, c: u8, op: &Op) -> (&'static str, Vec<String>, Vec<Str
 /// The script's name of `op` from client `c`, for the story.
 pub fn script_name(cfg: &Config, c: u8, op: &Op) -> &'static str {
     let reader = is_reader(cfg, c);
+    if role(cfg, c) == Role::Exclusive {
+        return match op {
+            Op::Acquire { .. } => "ACQUIRE_ONE",
+            Op::Extend { heal: true, .. } => "EXTEND_HEAL",
+            Op::Extend { .. } => "EXTEND",
+            _ => "RELEASE",
+        };
+    }
     match op {
         Op::Acquire { .. } if reader => "READ_ACQUIRE",
         Op::Acquire { .. } => "WRITE_ACQUIRE",
@@ -138,7 +183,8 @@ pub fn backs_reader(cfg: &Config, state: &State, n: usize, c: u8, hold: &Hold, l
     member.is_some_and(|at| at > last as i64) && marked
 }
 
-/// No writer beside a reader, no two writers, among the clients believing now.
+/// No writer (or exclusive owner) beside a reader, no two writers, among the clients
+/// believing now.
 pub fn compatible(cfg: &Config, believers: impl Iterator<Item = u8>) -> bool {
     let (mut readers, mut writers) = (0, 0);
     for c in believers {

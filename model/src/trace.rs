@@ -66,8 +66,11 @@ fn keys_text(keys: &Keyspace) -> String {
 
 fn belief(cfg: &Config, c: usize, client: &Client) -> String {
     let what = match cfg.kind {
-        Kind::ReadWrite { .. } if crate::rw::is_reader(cfg, c as u8) => " a read lock",
-        Kind::ReadWrite { .. } => " the write lock",
+        Kind::ReadWrite { .. } => match crate::rw::role(cfg, c as u8) {
+            crate::rw::Role::Reader => " a read lock",
+            crate::rw::Role::Writer => " the write lock",
+            crate::rw::Role::Exclusive => " the exclusive lock",
+        },
         _ => "",
     };
     match client.hold() {

@@ -158,17 +158,31 @@ fn mutant_semaphore_count_is_caught() {
     assert_found(&check("semaphore_count", cfg), NO_TWO_HOLDERS);
 }
 
-/// The reader-writer lock with the crate's scripts: a reader and a writer; then two
-/// writers.
+/// The reader-writer lock with the crate's scripts: a reader and a writer; two writers;
+/// a reader and an exclusive owner of the same key (kept out by the readers marker).
 #[test]
 fn readers_and_writers_are_safe() {
     let cfg = Config::read_write(Bound::from_env());
     assert_safe(&check("read-write", cfg.clone()));
     let writers = Config {
-        kind: Kind::ReadWrite { readers: 0 },
-        ..cfg
+        kind: Kind::ReadWrite {
+            readers: 0,
+            exclusives: 0,
+        },
+        ..cfg.clone()
     };
     assert_safe(&check("read-write, two writers", writers));
+    let exclusive = Config {
+        kind: Kind::ReadWrite {
+            readers: 1,
+            exclusives: 1,
+        },
+        ..cfg
+    };
+    assert_safe(&check(
+        "read-write, a reader and an exclusive owner",
+        exclusive,
+    ));
 }
 
 /// `read_beside_writer`: `READ_ACQUIRE` without its check of the lock key's holder
