@@ -10,8 +10,9 @@
 //!   (a shorter ttl may land whatever the round says), and raises it to exactly that
 //!   on a timely win; a round lost to another owner ends the belief;
 //! - a release ends the belief before anything is sent;
-//! - fenced: the candidate is the cached counter + 1; STALE and LOCKED replies raise the
-//!   cache; the token is the candidate (or, with `token_from_counters`, the highest
+//! - fenced: the candidate is the cached counter + 1; a lost round's STALE replies
+//!   raise the cache (a LOCKED reply's counter is not read), a won round's token too;
+//!   the token is the candidate (or, with `token_from_counters`, the highest
 //!   counter of the yes replies: the `incr_max` rule).
 //!
 //! Giving up (a timeout, a dropped future) is possible at every step of a round.
@@ -85,8 +86,10 @@ pub enum Answer {
     Pending,
     /// Yes, with the fencing counter (fenced) or the slot (permits).
     Yes(u64),
-    /// Refused: held by another owner (or a stale candidate).
+    /// Refused: held by another owner.
     No,
+    /// Refused: the candidate is stale; the node's counter is this.
+    Stale(u64),
     /// An error reply, or a vote that does not count (restart quarantine).
     Failed,
 }
@@ -235,7 +238,7 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
     let answer = if extending {
         classify_extend(reply)
     } else {
-        classify_acquire(cfg.kind, reply, &mut client.cache)
+        classify_acquire(cfg.kind, reply)
     };
     r.answers[usize::from(node)] = answer;
     let r = r.clone();
@@ -285,6 +288,13 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
             }
         }
         Phase::Acquiring(_) => {
+            // A lost round teaches the highest stale counter (`retry.rs`); the next
+            // attempt bids one above it.
+            for a in &r.answers {
+                if let Answer::Stale(seen) = a {
+                    client.cache = client.cache.max(*seen);
+                }
+            }
             let attempt = client.attempts;
             cfg.fan_out(state, c, 0, &Op::Undo { attempt });
             // The last attempt lost: the acquisition gives up and withdraws.
@@ -306,7 +316,7 @@ fn classify_extend(reply: &Reply) -> Answer {
     }
 }
 
-fn classify_acquire(kind: Kind, reply: &Reply, cache: &mut u64) -> Answer {
+fn classify_acquire(kind: Kind, reply: &Reply) -> Answer {
     match (kind, reply) {
         (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(1)) => Answer::Yes(0),
         (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(0)) => Answer::No,
@@ -314,10 +324,9 @@ fn classify_acquire(kind: Kind, reply: &Reply, cache: &mut u64) -> Answer {
         (Kind::Permits(_), Reply::Int(0)) => Answer::No,
         (Kind::Fenced, Reply::Array(items)) => match items.as_slice() {
             [Reply::Int(2), Reply::Int(t), ..] => Answer::Yes(*t as u64),
-            [Reply::Int(0 | 1), Reply::Int(max), ..] => {
-                *cache = (*cache).max(*max as u64);
-                Answer::No
-            }
+            [Reply::Int(0), Reply::Int(counter), ..] => Answer::Stale(*counter as u64),
+            // The counter of a LOCKED reply teaches nothing (the crate reads only the key).
+            [Reply::Int(1), ..] => Answer::No,
             _ => Answer::Failed,
         },
         _ => Answer::Failed,
@@ -330,7 +339,7 @@ fn tally(r: &Round) -> Tally {
         match a {
             Answer::Pending => {}
             Answer::Yes(_) => t.record(Vote::Yes),
-            Answer::No => t.record(Vote::No),
+            Answer::No | Answer::Stale(_) => t.record(Vote::No),
             Answer::Failed => t.record(Vote::Failed),
         }
     }
