@@ -78,6 +78,7 @@ impl Config {
             wipes: 0,
             quarantine: None,
             heal: false,
+            fenced_writers: false,
             late_bound: None,
         }
     }

@@ -151,12 +151,8 @@ fn new_round(cfg: &Config, state: &mut State, c: u8, ttl: u64) -> Round {
         id: client.rounds,
         start: state.now,
         ttl,
-        // Only the fenced acquisition has a candidate (0: none).
-        candidate: if cfg.kind == Kind::Fenced {
-            client.cache + 1
-        } else {
-            0
-        },
+        // Only a fenced acquisition has a candidate (0: none).
+        candidate: if fenced(cfg, c) { client.cache + 1 } else { 0 },
         floor: state.top_token,
         answers: vec![Answer::Pending; cfg.nodes.into()],
     }
@@ -238,7 +234,7 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
     let answer = if extending {
         classify_extend(reply)
     } else {
-        classify_acquire(cfg.kind, reply)
+        classify_acquire(cfg.kind, fenced(cfg, c), reply)
     };
     r.answers[usize::from(node)] = answer;
     let r = r.clone();
@@ -260,7 +256,7 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
             client.phase = Phase::Holding(hold);
         }
         Phase::Acquiring(_) if won && timely => {
-            let token = (cfg.kind == Kind::Fenced).then(|| token(cfg, &r));
+            let token = fenced(cfg, c).then(|| token(cfg, &r));
             if let Some(t) = token {
                 client.cache = client.cache.max(t);
                 state.top_token = state.top_token.max(t);
@@ -316,7 +312,14 @@ fn classify_extend(reply: &Reply) -> Answer {
     }
 }
 
-fn classify_acquire(kind: Kind, reply: &Reply) -> Answer {
+/// Whether client `c` takes fencing tokens: a fenced run, or a writer of a reader-writer
+/// run with fenced writers (tokens from the lock's counter, as the crate's writers).
+fn fenced(cfg: &Config, c: u8) -> bool {
+    cfg.kind == Kind::Fenced || (cfg.fenced_writers && crate::rw::role(cfg, c) == Role::Writer)
+}
+
+fn classify_acquire(kind: Kind, fenced: bool, reply: &Reply) -> Answer {
+    let kind = if fenced { Kind::Fenced } else { kind };
     match (kind, reply) {
         (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(1)) => Answer::Yes(0),
         (Kind::Exclusive | Kind::ReadWrite { .. }, Reply::Int(0)) => Answer::No,

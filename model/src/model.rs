@@ -125,6 +125,9 @@ pub struct Config {
     /// The restart quarantine: a node that lost its data does not vote for this many ms
     /// (the crate requires at least the largest ttl); `None`: it votes at once (unsafe).
     pub quarantine: Option<u64>,
+    /// The writers of a reader-writer run are fenced: `WRITE_ACQUIRE` with the lock's
+    /// fencing counter and a candidate, as `lock_checked` writers send it.
+    pub fenced_writers: bool,
     /// Extensions of exclusive and write locks heal (`heal_on_extend`, the crate's
     /// default): `EXTEND_HEAL` to each node out of restart quarantine when sent, the
     /// plain `EXTEND` to the others. Off: `EXTEND` everywhere.

@@ -14,7 +14,7 @@
 //! Wake-ups are off (an empty channel prefix), as with `wake_on_release(false)`.
 
 use crate::client::Hold;
-use crate::model::{value, Config, Kind, Op, State, LOCK};
+use crate::model::{value, Config, Kind, Op, State, FENCE, LOCK};
 
 /// The reader set (the crate's `:readers` suffix).
 pub const READERS: &str = "lock:readers";
@@ -101,17 +101,25 @@ pub fn call(cfg: &Config, c: u8, op: &Op) -> (&'static str, Vec<String>, Vec<Str
             all(),
             vec![value(c, *attempt), ttl.to_string(), wait_id(c), patience],
         ),
-        Op::Acquire { attempt, ttl, .. } => (
-            s.write_acquire,
-            all(),
-            vec![
+        Op::Acquire {
+            attempt,
+            ttl,
+            candidate,
+        } => {
+            let mut keys = all();
+            let mut args = vec![
                 value(c, *attempt),
                 ttl.to_string(),
                 wait_id(c),
                 String::new(),
                 patience,
-            ],
-        ),
+            ];
+            if cfg.fenced_writers {
+                keys.push(FENCE.to_owned());
+                args.push(candidate.to_string());
+            }
+            (s.write_acquire, keys, args)
+        }
         Op::Extend { attempt, ttl, .. } if reader => (
             s.read_extend,
             owned(&[READERS, LOCK]),

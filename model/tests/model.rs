@@ -77,6 +77,15 @@ fn large_bound() {
         ..Config::read_write(large)
     };
     runs.push(("read-write, 1 reader 2 writers", one_reader_two_writers));
+    let fenced_writers = Config {
+        kind: Kind::ReadWrite {
+            readers: 0,
+            exclusives: 0,
+        },
+        fenced_writers: true,
+        ..Config::read_write(large)
+    };
+    runs.push(("read-write, fenced writers", fenced_writers));
     runs.push(("restart, quarantined", Config::restarts(large)));
     runs.push(("healing, with a restart", Config::healing(large)));
     runs.push(("lifetimes", Config::lifetimes(large)));
@@ -183,6 +192,51 @@ fn readers_and_writers_are_safe() {
         "read-write, a reader and an exclusive owner",
         exclusive,
     ));
+}
+
+/// Fenced writers (`lock_checked` on a reader-writer lock): two of them, tokens from
+/// the lock's counter through `WRITE_ACQUIRE`.
+#[test]
+fn fenced_writers_tokens_increase() {
+    let cfg = Config {
+        kind: Kind::ReadWrite {
+            readers: 0,
+            exclusives: 0,
+        },
+        fenced_writers: true,
+        attempts: 2,
+        ..Config::read_write(Bound::from_env())
+    };
+    assert_safe(&check("read-write, fenced writers", cfg));
+}
+
+/// The fenced `WRITE_ACQUIRE` without its stale-candidate check (the crate's text, that
+/// line cut): a writer whose candidate is not above the counter is granted, and its
+/// token is not above an earlier writer's.
+#[test]
+fn a_write_without_the_stale_check_is_caught() {
+    let text = script_source::script("WRITE_ACQUIRE").expect("WRITE_ACQUIRE");
+    let cut = "if fenced and counter >= cand then return answer(FENCE_STALE) end";
+    assert!(
+        text.contains(cut),
+        "the cut no longer applies to WRITE_ACQUIRE"
+    );
+    let mut cfg = Config {
+        kind: Kind::ReadWrite {
+            readers: 0,
+            exclusives: 0,
+        },
+        fenced_writers: true,
+        attempts: 2,
+        ..Config::read_write(Bound::Small)
+    };
+    cfg.scripts.write_acquire = Box::leak(text.replacen(cut, "", 1).into_boxed_str());
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(TOKENS_INCREASE);
+    assert_found(
+        &check("write without the stale check", cfg),
+        TOKENS_INCREASE,
+    );
 }
 
 /// `read_beside_writer`: `READ_ACQUIRE` without its check of the lock key's holder
