@@ -6,6 +6,7 @@
 #![cfg(unix)]
 
 mod acl;
+mod attempts;
 mod belief;
 #[cfg(feature = "cluster")]
 mod cluster_vote;
@@ -31,4 +32,5 @@ mod rw_order;
 mod secrets;
 mod support;
 mod usage;
+mod waiters;
 mod with_lock;
