@@ -22,6 +22,7 @@ mod local;
 mod metrics;
 mod ops;
 mod order;
+mod ownership;
 mod payment;
 mod phase_fair;
 mod quarantine;

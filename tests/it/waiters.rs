@@ -1,7 +1,9 @@
-//! Waiting for a release: regression tests (of the same review as `belief.rs`; the
-//! items are those of issue 11) for stalls behind a silent node, cancelled waits
-//! absorbing wake-ups, waiting for the wrong key, and auxiliary key collisions (the
-//! wait queue's key among them).
+//! Waiting for a release: retries succeed when the holder releases, a release wakes a
+//! waiter before its retry delay, waiters are woken in order of arrival and a dropped
+//! manager closes its wake-up connections; and regression tests (of the same review as
+//! `belief.rs`; the items are those of issue 11) for stalls behind a silent node,
+//! cancelled waits absorbing wake-ups, waiting for the wrong key, and auxiliary key
+//! collisions (the wait queue's key among them).
 //!
 //! Every test runs against real `redis-server` processes behind the harness's proxies.
 
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_redlock::{Error, Redlock};
 
+use crate::core::TTL;
 use crate::support::*;
 
 /// A manager that waits 3 s between attempts: only a release wake-up gets it a lock
@@ -29,6 +32,163 @@ fn assert_woken(got: &Result<tokio_redlock::LockGuard, Error>, after: Duration) 
         after < Duration::from_secs(3),
         "woken only by the retry delay: {after:?}"
     );
+}
+
+#[tokio::test]
+async fn retries_succeed_when_the_holder_releases() {
+    let cluster = cluster(3).await;
+    let holder = redlock(&cluster);
+    let waiter = builder(&cluster)
+        .retry_count(200)
+        .retry_delay(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let held = holder.acquire("handoff", TTL).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _ = tx.send(());
+        waiter.acquire("handoff", TTL).await
+    });
+    rx.await.unwrap();
+    held.release().await.unwrap();
+    let got = bounded(task).await.unwrap().unwrap();
+    assert!(got.is_valid());
+    got.release().await.unwrap();
+}
+
+/// A waiter that found the lock held is woken by the release instead of sleeping out its
+/// retry delay; the wake-up only triggers an attempt, which still needs a quorum.
+#[tokio::test]
+async fn release_wakes_a_waiter_before_its_retry_delay() {
+    let cluster = cluster(3).await;
+    let holder = redlock(&cluster);
+    let waiter = builder(&cluster)
+        .retry_count(5)
+        .retry_delay(Duration::from_secs(20))
+        .retry_jitter(Duration::ZERO)
+        // Generous: a timed-out vote under load would be NoQuorum, not a conflict to
+        // wait out, and this test is about the wake-up.
+        .node_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let held = holder.acquire("wake", TTL).await.unwrap();
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let guard = waiter.acquire("wake", TTL).await;
+        (guard, start.elapsed())
+    });
+    // Wait until the waiter queued up on every node.
+    let conns = direct(&cluster).await;
+    eventually("the waiter listens and queued on every node", || {
+        let conns = conns.clone();
+        async move {
+            queue_lengths(&conns, "wake").await.iter().all(|n| *n == 1)
+                && wake_listeners(&conns).await.iter().all(|n| *n == 1)
+        }
+    })
+    .await;
+    let report = held.release_with_report().await.unwrap();
+    assert!(report.woken >= 1, "{report:?}");
+    let (guard, waited) = bounded(task).await.unwrap();
+    let guard = guard.unwrap();
+    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
+    guard.release().await.unwrap();
+    // Woken waiters were popped; nobody is left queued.
+    eventually("queues empty", || {
+        let conns = conns.clone();
+        async move { queue_lengths(&conns, "wake").await.iter().all(|n| *n == 0) }
+    })
+    .await;
+}
+
+/// Waiters are woken one (or two) at a time, oldest first, not all at once.
+#[tokio::test]
+async fn waiters_are_woken_in_order_of_arrival() {
+    let cluster = cluster(3).await;
+    let holder = redlock(&cluster);
+    let mut held = holder.acquire("fifo", TTL).await.unwrap();
+    let conns = direct(&cluster).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..4usize {
+        let waiter = builder(&cluster)
+            .retry_count(50)
+            .retry_delay(Duration::from_secs(20))
+            .retry_jitter(Duration::ZERO)
+            .node_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = waiter.acquire("fifo", TTL).await.unwrap();
+            tx.send(i).unwrap();
+            // Hold briefly, then hand over by releasing.
+            g.release().await.unwrap();
+        }));
+        // Queue them up one after the other.
+        let want = i as i64 + 1;
+        eventually("the waiter listens and queued", || {
+            let conns = conns.clone();
+            async move {
+                queue_lengths(&conns, "fifo")
+                    .await
+                    .iter()
+                    .all(|n| *n == want)
+                    && wake_listeners(&conns)
+                        .await
+                        .iter()
+                        .all(|n| *n as i64 == want)
+            }
+        })
+        .await;
+    }
+    held.extend(TTL).await.unwrap();
+    held.release().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(bounded(rx.recv()).await.unwrap());
+    }
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    assert_eq!(order, vec![0, 1, 2, 3], "served in order of arrival");
+}
+
+/// A manager that waited holds pub/sub connections; dropping it closes them.
+#[tokio::test]
+async fn dropping_a_manager_closes_its_wake_up_connections() {
+    let cluster = cluster(3).await;
+    let conns = direct(&cluster).await;
+    let clients = |conns: Vec<redis::aio::MultiplexedConnection>| async move {
+        let mut total = 0;
+        for mut c in conns {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            total += list.lines().count();
+        }
+        total
+    };
+    let holder = redlock(&cluster);
+    let held = holder.acquire("pubsub", TTL).await.unwrap();
+    let baseline = clients(conns.clone()).await;
+    let waiter = builder(&cluster).retry_count(1).build().unwrap();
+    assert!(waiter
+        .acquire("pubsub", TTL)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    // One command connection and one pub/sub connection per node.
+    assert_eq!(clients(conns.clone()).await, baseline + 6);
+    drop(waiter);
+    eventually("the manager's connections closed", || {
+        let conns = conns.clone();
+        async move { clients(conns).await == baseline }
+    })
+    .await;
+    held.release().await.unwrap();
 }
 
 /// Item 8: a node that accepts connections but never answers must not hold up the
