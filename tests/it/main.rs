@@ -9,6 +9,10 @@ mod acl;
 mod attempts;
 mod belief;
 #[cfg(feature = "cluster")]
+mod cluster_faults;
+#[cfg(feature = "cluster")]
+mod cluster_slots;
+#[cfg(feature = "cluster")]
 mod cluster_vote;
 mod core;
 mod election;
