@@ -34,6 +34,7 @@ mod release;
 mod retry_timing;
 mod rw_and_permits;
 mod rw_order;
+mod rw_semantics;
 mod secrets;
 mod support;
 mod usage;
