@@ -1,6 +1,8 @@
 //! The Redlock core against real servers: acquire, conflict, quorum under node faults,
-//! undo of failed attempts, release/extend ownership, acquire_many, retries, Drop and
-//! cancellation, hostile nodes and mutual exclusion under contention.
+//! undo of failed attempts, acquire_many, hostile nodes, mutual exclusion under
+//! contention and requests refused before anything is sent. What the owner's calls do
+//! after the acquisition (release and extend, Drop, cancellation) is in `ownership.rs`;
+//! retries and wake-ups of waiters are in `waiters.rs`.
 //!
 //! References are to the steps of the Redlock description at redis.io
 //! ("Distributed Locks with Redis", section "The Redlock Algorithm").
@@ -9,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
-use tokio_redlock::{Error, LockGuard, LostReason, Redlock};
+use tokio_redlock::{Error, LockGuard, Redlock};
 
 use crate::support::*;
 
-const TTL: Duration = Duration::from_secs(10);
+/// The ttl of the core tests, shared with `ownership.rs` and `waiters.rs`.
+pub(crate) const TTL: Duration = Duration::from_secs(10);
 
 #[test]
 fn public_types_are_send_sync() {
@@ -250,96 +252,6 @@ async fn failed_attempts_leave_nothing_behind() {
 }
 
 #[tokio::test]
-async fn release_and_extend_never_touch_a_foreign_value() {
-    let cluster = cluster(3).await;
-    let redlock = redlock(&cluster);
-    let mut conns = direct(&cluster).await;
-    let mut guard = redlock.acquire("foreign", TTL).await.unwrap();
-    let conns2 = conns.clone();
-    eventually("set everywhere", || {
-        let mut c = conns2.clone();
-        async move { values(&mut c, "foreign").await.iter().all(Option::is_some) }
-    })
-    .await;
-    // Our lock "expired" and another owner took the key everywhere.
-    for c in conns.iter_mut() {
-        set_on(c, "foreign", "other-owner", 30_000).await;
-    }
-    let err = guard.extend(TTL).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::LockLost {
-                reason: LostReason::NotHeld {
-                    held: 0,
-                    needed: 2,
-                    ..
-                },
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    for pttl in pttls(&mut conns, "foreign").await {
-        assert!(
-            pttl <= 30_000 && pttl > 20_000,
-            "extend touched the other owner's ttl: {pttl}"
-        );
-    }
-    let report = guard.release_with_report().await.unwrap();
-    assert_eq!(report.released, 0);
-    assert!(report.not_held >= 2);
-    assert_eq!(
-        values(&mut conns, "foreign").await,
-        vec![Some("other-owner".to_owned()); 3]
-    );
-}
-
-#[tokio::test]
-async fn extend_refreshes_ttl_and_fails_after_expiry() {
-    let cluster = cluster(3).await;
-    let redlock = redlock(&cluster);
-    let conns = direct(&cluster).await;
-    let mut guard = redlock
-        .acquire("extend", Duration::from_secs(2))
-        .await
-        .unwrap();
-    let before = guard.valid_until();
-    guard.extend(Duration::from_secs(30)).await.unwrap();
-    assert!(guard.valid_until() > before + Duration::from_secs(20));
-    assert_eq!(guard.ttl(), Duration::from_secs(30));
-    let conns2 = conns.clone();
-    eventually("extended everywhere", || {
-        let mut c = conns2.clone();
-        async move { pttls(&mut c, "extend").await.iter().all(|p| *p > 20_000) }
-    })
-    .await;
-    guard.release().await.unwrap();
-    eventually_gone(&cluster, "extend").await;
-
-    // A lock whose validity ran out cannot be extended, even if the keys linger.
-    let mut short = redlock
-        .acquire("extend", Duration::from_millis(60))
-        .await
-        .unwrap();
-    // Waiting for the validity to run out is the behaviour under test, not a sync.
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    assert!(!short.is_valid());
-    assert_eq!(short.remaining_validity(), Duration::ZERO);
-    let err = short.extend(TTL).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::LockLost {
-                reason: LostReason::ValidityEnded,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-}
-
-#[tokio::test]
 async fn acquire_many_is_all_or_nothing() {
     let cluster = cluster(3).await;
     let a = redlock(&cluster);
@@ -386,93 +298,6 @@ async fn acquire_many_is_all_or_nothing() {
 
     let dup = b.acquire_many(&["x", "x"], TTL).await.unwrap_err();
     assert!(matches!(dup, Error::Config(_)), "{dup}");
-}
-
-#[tokio::test]
-async fn retries_succeed_when_the_holder_releases() {
-    let cluster = cluster(3).await;
-    let holder = redlock(&cluster);
-    let waiter = builder(&cluster)
-        .retry_count(200)
-        .retry_delay(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let held = holder.acquire("handoff", TTL).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let _ = tx.send(());
-        waiter.acquire("handoff", TTL).await
-    });
-    rx.await.unwrap();
-    held.release().await.unwrap();
-    let got = bounded(task).await.unwrap().unwrap();
-    assert!(got.is_valid());
-    got.release().await.unwrap();
-}
-
-#[tokio::test]
-async fn dropping_the_guard_releases_in_the_background() {
-    let cluster = cluster(3).await;
-    let redlock = redlock(&cluster);
-    let guard = redlock.acquire("dropped", TTL).await.unwrap();
-    drop(guard);
-    eventually_gone(&cluster, "dropped").await;
-    redlock
-        .try_acquire("dropped", TTL)
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
-}
-
-#[test]
-fn dropping_a_guard_without_a_runtime_does_not_panic() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (cluster, guard) = rt.block_on(async {
-        let cluster = cluster(1).await;
-        let guard = redlock(&cluster).acquire("no-runtime", TTL).await.unwrap();
-        (cluster, guard)
-    });
-    drop(rt);
-    // No runtime any more: Drop must neither panic nor block.
-    drop(guard);
-    drop(cluster);
-}
-
-/// A cancelled acquisition leaves nothing held: whatever it set is undone in the
-/// background (and would expire with the ttl anyway).
-#[tokio::test]
-async fn dropped_acquire_future_leaves_nothing_held() {
-    let cluster = cluster(3).await;
-    let redlock = redlock(&cluster);
-    warm(&redlock).await;
-    // Cut the future at its first poll: requests are out, no reply is read.
-    assert!(redlock.acquire("cut", TTL).now_or_never().is_none());
-    eventually_gone(&cluster, "cut").await;
-    // Cut it at a range of later points, including after some replies came in.
-    for micros in [50u64, 150, 300, 600, 1_200, 5_000] {
-        let _ =
-            tokio::time::timeout(Duration::from_micros(micros), redlock.acquire("cut", TTL)).await;
-        eventually_gone(&cluster, "cut").await;
-    }
-    // Cut while two of three nodes hang, so the attempt is surely mid-flight: node 0
-    // has set the key, the paused nodes have the SET queued on their connections.
-    cluster.node(1).pause().await.unwrap();
-    cluster.node(2).pause().await.unwrap();
-    let slow = builder(&cluster)
-        .node_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let result = tokio::time::timeout(Duration::from_millis(200), slow.acquire("mid", TTL)).await;
-    assert!(
-        result.is_err(),
-        "the attempt cannot decide while two nodes hang"
-    );
-    // When they wake up, the queued SET runs first and the background undo after it.
-    cluster.node(1).resume().await.unwrap();
-    cluster.node(2).resume().await.unwrap();
-    eventually_gone(&cluster, "mid").await;
 }
 
 /// Spawns a TCP server on loopback that answers every connection with `reply` and
@@ -625,139 +450,4 @@ async fn nodes_down_at_build_time_are_fine() {
     let err = redlock.acquire("down", TTL).await.unwrap_err();
     assert!(err.is_no_quorum(), "{err}");
     assert!(err.to_string().contains("reachable"), "{err}");
-}
-
-/// A waiter that found the lock held is woken by the release instead of sleeping out its
-/// retry delay; the wake-up only triggers an attempt, which still needs a quorum.
-#[tokio::test]
-async fn release_wakes_a_waiter_before_its_retry_delay() {
-    let cluster = cluster(3).await;
-    let holder = redlock(&cluster);
-    let waiter = builder(&cluster)
-        .retry_count(5)
-        .retry_delay(Duration::from_secs(20))
-        .retry_jitter(Duration::ZERO)
-        // Generous: a timed-out vote under load would be NoQuorum, not a conflict to
-        // wait out, and this test is about the wake-up.
-        .node_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let held = holder.acquire("wake", TTL).await.unwrap();
-    let task = tokio::spawn(async move {
-        let start = Instant::now();
-        let guard = waiter.acquire("wake", TTL).await;
-        (guard, start.elapsed())
-    });
-    // Wait until the waiter queued up on every node.
-    let conns = direct(&cluster).await;
-    eventually("the waiter listens and queued on every node", || {
-        let conns = conns.clone();
-        async move {
-            queue_lengths(&conns, "wake").await.iter().all(|n| *n == 1)
-                && wake_listeners(&conns).await.iter().all(|n| *n == 1)
-        }
-    })
-    .await;
-    let report = held.release_with_report().await.unwrap();
-    assert!(report.woken >= 1, "{report:?}");
-    let (guard, waited) = bounded(task).await.unwrap();
-    let guard = guard.unwrap();
-    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
-    guard.release().await.unwrap();
-    // Woken waiters were popped; nobody is left queued.
-    eventually("queues empty", || {
-        let conns = conns.clone();
-        async move { queue_lengths(&conns, "wake").await.iter().all(|n| *n == 0) }
-    })
-    .await;
-}
-
-/// Waiters are woken one (or two) at a time, oldest first, not all at once.
-#[tokio::test]
-async fn waiters_are_woken_in_order_of_arrival() {
-    let cluster = cluster(3).await;
-    let holder = redlock(&cluster);
-    let mut held = holder.acquire("fifo", TTL).await.unwrap();
-    let conns = direct(&cluster).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tasks = Vec::new();
-    for i in 0..4usize {
-        let waiter = builder(&cluster)
-            .retry_count(50)
-            .retry_delay(Duration::from_secs(20))
-            .retry_jitter(Duration::ZERO)
-            .node_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let g = waiter.acquire("fifo", TTL).await.unwrap();
-            tx.send(i).unwrap();
-            // Hold briefly, then hand over by releasing.
-            g.release().await.unwrap();
-        }));
-        // Queue them up one after the other.
-        let want = i as i64 + 1;
-        eventually("the waiter listens and queued", || {
-            let conns = conns.clone();
-            async move {
-                queue_lengths(&conns, "fifo")
-                    .await
-                    .iter()
-                    .all(|n| *n == want)
-                    && wake_listeners(&conns)
-                        .await
-                        .iter()
-                        .all(|n| *n as i64 == want)
-            }
-        })
-        .await;
-    }
-    held.extend(TTL).await.unwrap();
-    held.release().await.unwrap();
-    let mut order = Vec::new();
-    for _ in 0..4 {
-        order.push(bounded(rx.recv()).await.unwrap());
-    }
-    for t in tasks {
-        bounded(t).await.unwrap();
-    }
-    assert_eq!(order, vec![0, 1, 2, 3], "served in order of arrival");
-}
-
-/// A manager that waited holds pub/sub connections; dropping it closes them.
-#[tokio::test]
-async fn dropping_a_manager_closes_its_wake_up_connections() {
-    let cluster = cluster(3).await;
-    let conns = direct(&cluster).await;
-    let clients = |conns: Vec<redis::aio::MultiplexedConnection>| async move {
-        let mut total = 0;
-        for mut c in conns {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            total += list.lines().count();
-        }
-        total
-    };
-    let holder = redlock(&cluster);
-    let held = holder.acquire("pubsub", TTL).await.unwrap();
-    let baseline = clients(conns.clone()).await;
-    let waiter = builder(&cluster).retry_count(1).build().unwrap();
-    assert!(waiter
-        .acquire("pubsub", TTL)
-        .await
-        .unwrap_err()
-        .is_conflict());
-    // One command connection and one pub/sub connection per node.
-    assert_eq!(clients(conns.clone()).await, baseline + 6);
-    drop(waiter);
-    eventually("the manager's connections closed", || {
-        let conns = conns.clone();
-        async move { clients(conns).await == baseline }
-    })
-    .await;
-    held.release().await.unwrap();
 }

@@ -6,7 +6,12 @@
 #![cfg(unix)]
 
 mod acl;
+mod attempts;
 mod belief;
+#[cfg(feature = "cluster")]
+mod cluster_faults;
+#[cfg(feature = "cluster")]
+mod cluster_slots;
 #[cfg(feature = "cluster")]
 mod cluster_vote;
 mod core;
@@ -21,6 +26,7 @@ mod local;
 mod metrics;
 mod ops;
 mod order;
+mod ownership;
 mod payment;
 mod phase_fair;
 mod quarantine;
@@ -28,7 +34,9 @@ mod release;
 mod retry_timing;
 mod rw_and_permits;
 mod rw_order;
+mod rw_semantics;
 mod secrets;
 mod support;
 mod usage;
+mod waiters;
 mod with_lock;
