@@ -343,10 +343,13 @@ pub fn verdict(
             .take(5)
             .map(ToString::to_string)
             .collect();
+        // The test harness names each test's thread after the test's path.
+        let current = std::thread::current();
+        let test = current.name().unwrap_or(name);
         panic!(
             "scenario {name}: expected {expected_txt}, the checkers flagged {flagged:?}:\n  {}\n\
              first failed attempts:\n  {}\n\
-             replay: REDLOCK_SEED={seed} cargo test --all-features --test safety safety::{name} -- --nocapture",
+             replay: REDLOCK_SEED={seed} cargo test --all-features --test safety {test} -- --exact --nocapture",
             shown.join("\n  "),
             failures.join("\n  ")
         );
