@@ -8,33 +8,25 @@
 //! made necessary: the sampler cannot see a process's guard, so between a process and
 //! the in-process clients only the history can tell two holders apart.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio_redlock_harness::checker::holds;
-use tokio_redlock_harness::history::{Event, EventKind, History};
+use tokio_redlock_harness::history::{EventKind, History};
 
-use super::direct::Direct;
-use super::driver::{recheck, snapshot, GHOST_RECHECK, GHOST_SLACK};
-use super::oracle::{HoldBar, Kind, Oracle};
+use super::oracle::HoldBar;
 use super::schedule::{Workload, RESOURCES};
 
-/// A process prints `ready` within this (exec, runtime, manager; connections are lazy).
-const READY_BOUND: Duration = Duration::from_secs(10);
-/// A stopped process finishes its call (bounded by its settings: at most 5 attempts of
-/// 4 rounds of 3 × 250 ms + 40 ms pauses, about 16 s, far less once healed), releases
-/// and writes its history within this; past it, it is killed and reported stuck.
-const STOP_BOUND: Duration = Duration::from_secs(30);
-/// A process not stopped by the driver (a test that panicked) ends by itself after this.
-const MAX_LIFE: Duration = Duration::from_secs(300);
+// Starting, stopping and reading the processes of an episode (`start`, `Running`,
+// `Stopped`), and C1's reading of the explorer's history (`claims_input`), which names
+// `super::rw_and_permits` from there.
+mod claims;
+mod lifecycle;
+use super::rw_and_permits;
+pub use claims::claims_input;
+pub use lifecycle::start;
+
 /// Client ids of processes start here (in-process clients are numbered from 0).
 pub const FIRST_ID: u32 = 1_000;
 /// Owner labels of process values start with this, so the ghost rule can tell them apart.
@@ -116,177 +108,6 @@ pub fn resources(prefix: &str, workload: Workload) -> Vec<String> {
         .collect()
 }
 
-/// The client binary, built by cargo with this test (a binary target of this package).
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_safety_client"))
-}
-
-struct Proc {
-    spec: Spec,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    history: PathBuf,
-}
-
-/// The processes of one episode, running.
-pub struct Running {
-    procs: Vec<Proc>,
-    _dir: tempfile::TempDir,
-}
-
-/// What the processes of an episode did.
-#[derive(Default)]
-pub struct Stopped {
-    pub histories: Vec<History>,
-    /// Acquisitions the processes reported, per their `done` line.
-    pub reported: u64,
-    /// Whatever went wrong with a process: stuck (a call past its bound), crashed or no
-    /// history (a panic, as far as the run can tell).
-    pub problems: Vec<(Kind, String)>,
-}
-
-/// Starts `specs` on `resources` through `urls`; each has printed `ready` on return.
-pub async fn start(specs: &[Spec], urls: &[String], resources: &[String]) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir for process histories");
-    let mut procs = Vec::new();
-    for spec in specs {
-        let history = dir.path().join(format!("p{}.history", spec.client));
-        let ms = |d: u64| d.to_string();
-        let mut child = Command::new(binary())
-            .arg("--nodes")
-            .arg(urls.join(","))
-            .arg("--resources")
-            .arg(resources.join(","))
-            .args(["--rounds", "1000000", "--seed", &spec.seed.to_string()])
-            .args([
-                "--think-ms",
-                &ms(spec.think_ms),
-                "--hold-ms",
-                &ms(spec.hold_ms),
-            ])
-            .args(["--ttl-ms", &ms(spec.ttl_ms)])
-            .args(["--fencing", if spec.fencing { "on" } else { "off" }])
-            .args(["--node-timeout-ms", &ms(spec.node_timeout_ms)])
-            .args(["--retry-count", &spec.retry_count.to_string()])
-            .args(["--retry-delay-ms", &ms(spec.retry_delay_ms)])
-            .args([
-                "--label",
-                &spec.label(),
-                "--client",
-                &spec.client.to_string(),
-            ])
-            .args(["--max-ms", &ms(MAX_LIFE.as_millis() as u64)])
-            .arg("--history")
-            .arg(&history)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn safety_client");
-        let stdout = child.stdout.take().expect("piped stdout");
-        procs.push(Proc {
-            spec: spec.clone(),
-            child,
-            lines: BufReader::new(stdout).lines(),
-            history,
-        });
-    }
-    for p in &mut procs {
-        let line = tokio::time::timeout(READY_BOUND, p.lines.next_line()).await;
-        assert!(
-            matches!(&line, Ok(Ok(Some(l))) if l == "ready"),
-            "process client {} did not get ready: {line:?}",
-            p.spec.client
-        );
-    }
-    Running { procs, _dir: dir }
-}
-
-impl Running {
-    /// Once the faults are healed and their requests landed: stops the processes,
-    /// flags what went wrong with them, and after their node timeout + slack applies the
-    /// [ghost rule](ghosts). Returns what they did.
-    pub async fn finish(self, direct: &mut [Direct], oracle: &Oracle, nodes: usize) -> Stopped {
-        let Some(nt) = self.procs.iter().map(|p| p.spec.node_timeout_ms).max() else {
-            return Stopped::default();
-        };
-        let at_stop = snapshot(direct).await;
-        let mut stopped = self.stop().await;
-        for (kind, what) in stopped.problems.drain(..) {
-            oracle.flag(kind, None, what);
-        }
-        tokio::time::sleep(Duration::from_millis(nt) + GHOST_SLACK).await;
-        let now = snapshot(direct).await;
-        let found = ghosts(&at_stop, &now, nodes / 2 + 1);
-        let patience = GHOST_RECHECK.max(Duration::from_millis(nt) * 4);
-        for (_, what) in recheck(direct, found, patience).await {
-            oracle.flag(Kind::Ghost, None, what);
-        }
-        stopped
-    }
-
-    /// Stops every process (SIGTERM), waits for each to release and exit, and reads what
-    /// it recorded.
-    pub async fn stop(self) -> Stopped {
-        let mut out = Stopped::default();
-        for p in &self.procs {
-            if let Some(pid) = p.child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-        }
-        for mut p in self.procs {
-            let who = format!("process client {}", p.spec.client);
-            let done = tokio::time::timeout(STOP_BOUND, async {
-                let mut last = None;
-                while let Ok(Some(line)) = p.lines.next_line().await {
-                    last = Some(line);
-                }
-                (last, p.child.wait().await)
-            })
-            .await;
-            let (last, status) = match done {
-                Ok(d) => d,
-                Err(_) => {
-                    let _ = p.child.kill().await;
-                    out.problems.push((
-                        Kind::CallBound,
-                        format!("{who} still running {STOP_BOUND:?} after SIGTERM"),
-                    ));
-                    continue;
-                }
-            };
-            let mut stderr = String::new();
-            if let Some(mut e) = p.child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr).await;
-            }
-            let ok = status.as_ref().is_ok_and(|s| s.success());
-            let reported = last
-                .as_deref()
-                .and_then(|l| l.strip_prefix("done "))
-                .and_then(|l| l.split(' ').next())
-                .and_then(|n| n.parse::<u64>().ok());
-            match (ok, reported) {
-                (true, Some(n)) => out.reported += n,
-                _ => out.problems.push((
-                    Kind::Panic,
-                    format!(
-                        "{who} ended with {status:?} after `{}`: {}",
-                        last.unwrap_or_default(),
-                        stderr.trim()
-                    ),
-                )),
-            }
-            match History::read_file(&p.history) {
-                Ok(h) => out.histories.push(h),
-                Err(e) => out
-                    .problems
-                    .push((Kind::Panic, format!("{who}: history unreadable: {e}"))),
-            }
-        }
-        out
-    }
-}
-
 /// The run's history: the in-process clients' and the processes' merged. Panics if it
 /// holds fewer acquisitions of processes than they `reported`: the merge would be lost.
 pub fn merge(in_process: History, processes: Vec<History>, reported: u64) -> History {
@@ -361,92 +182,6 @@ pub fn ghosts(
         found.push((entry.clone(), what));
     }
     found
-}
-
-/// The explorer's history as C1 reads it. The checker's own reading suits workloads that
-/// only lengthen a lock; the explorer also shortens them and records an extension under
-/// the extending call's op, so here:
-/// - a client holds one thing at a time, so an extension belongs to that client's open
-///   hold, whatever its op (a release names the acquisition's op: a kept lease's loss,
-///   recorded by a task of its own, may come after its client moved on);
-/// - after an extension made while the claim lasted, the claim ends where the holder
-///   then believes (shorter or longer), not at the longest belief so far;
-/// - an `acquire_many` label `a+b` claims `a` and `b`;
-/// - a success with no validity left claims nothing (the oracle does not judge holdings
-///   with less than the slack left either).
-///
-/// Each claim comes out as a `start` and an `ok` up to the claim's end.
-pub fn claims_input(h: &History) -> History {
-    struct Open {
-        start_ns: u64,
-        /// The success, as recorded; its copies carry the claim.
-        ok: Event,
-        end_ns: u64,
-    }
-    let mut starts: HashMap<(u32, u64), u64> = HashMap::new();
-    let mut open: BTreeMap<u32, Open> = BTreeMap::new();
-    let mut done = Vec::new();
-    for e in &h.events {
-        match &e.kind {
-            EventKind::Start => {
-                starts.insert((e.client, e.op), e.t_ns);
-            }
-            EventKind::Acquired { valid_until_ns, .. } => {
-                let hold = Open {
-                    start_ns: starts.get(&(e.client, e.op)).copied().unwrap_or(e.t_ns),
-                    ok: e.clone(),
-                    end_ns: *valid_until_ns,
-                };
-                done.extend(open.insert(e.client, hold));
-            }
-            EventKind::Extended { valid_until_ns } => {
-                if let Some(hold) = open.get_mut(&e.client) {
-                    if e.t_ns <= hold.end_ns {
-                        hold.end_ns = *valid_until_ns;
-                    }
-                }
-            }
-            // Under the acquisition's op: a lease's loss may be recorded late.
-            EventKind::Released if open.get(&e.client).is_some_and(|h| h.ok.op == e.op) => {
-                if let Some(mut hold) = open.remove(&e.client) {
-                    hold.end_ns = hold.end_ns.min(e.t_ns);
-                    done.push(hold);
-                }
-            }
-            _ => {}
-        }
-    }
-    done.extend(open.into_values());
-    let mut out = History::default();
-    for hold in done {
-        let EventKind::Acquired { token, .. } = hold.ok.kind else {
-            continue;
-        };
-        if hold.end_ns <= hold.ok.t_ns {
-            continue;
-        }
-        // Read and permit holds share by design: C5/C6 judge them (`kinds.rs`).
-        let exclusive = hold
-            .ok
-            .resource
-            .split('+')
-            .filter(|r| !super::rw_and_permits::is_kind_resource(r));
-        for resource in exclusive {
-            let mut start = hold.ok.clone();
-            start.t_ns = hold.start_ns;
-            start.resource = resource.to_owned();
-            start.kind = EventKind::Start;
-            let mut ok = start.clone();
-            ok.t_ns = hold.ok.t_ns;
-            ok.kind = EventKind::Acquired {
-                valid_until_ns: hold.end_ns,
-                token,
-            };
-            out.events.extend([start, ok]);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[cfg(test)]
