@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_redlock::Redlock;
@@ -14,16 +14,21 @@ use tokio_redlock_harness::history::{now_ns, History};
 use tokio_redlock_harness::Cluster;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Client, Holding, TAIL_RELEASED};
+use super::client::{Client, Holding};
 use super::direct::Direct;
 use super::oracle::{HoldBar, Kind, Oracle, Violation};
 use super::procs;
-use super::schedule::{
-    ms, Episode, FaultKind, How, MgrSpec, Op, Schedule, Step, EPISODE, RESOURCES,
-};
+use super::schedule::{ms, How, MgrSpec, Op, Schedule, Step, RESOURCES};
 
-/// A client still busy this long after its episode's end is reported stuck.
-const STUCK_AFTER: Duration = Duration::from_secs(30);
+// An episode's operations and faults (`run_episode`), and the end of its tail: the flap
+// probe and the ghost check (`flap_probe`, `ghosts`), which names
+// `super::rw_and_permits` from there.
+mod episode;
+mod tail;
+use super::rw_and_permits;
+use episode::run_episode;
+use tail::{flap_probe, ghosts};
+
 /// Extra wait after the longest node timeout before the ghost check (the "+ slack").
 pub const GHOST_SLACK: Duration = Duration::from_millis(200);
 /// A key found by the ghost check counts only if it is still there this much later
@@ -32,8 +37,6 @@ pub const GHOST_RECHECK: Duration = Duration::from_millis(500);
 /// A release or undo may take this many node timeouts to land, after waiting at most
 /// one for its value's earlier requests (docs/design.md, "Releases and undos").
 const CLEAR_TIMEOUTS: u32 = 4;
-/// Acquire-release cycles of the flap probe at the end of each tail.
-const PROBE_CYCLES: usize = 12;
 /// Longest a request can sit in a proxy (the largest drawn latency or spike), plus margin.
 const MAX_PROXY_HOLD: Duration = Duration::from_millis(600);
 
@@ -116,98 +119,6 @@ pub async fn snapshot(conns: &mut [Direct]) -> BTreeSet<(usize, String, String)>
         }
     }
     out
-}
-
-async fn run_fault(
-    cluster: &Cluster,
-    oracle: &Oracle,
-    node: usize,
-    kind: FaultKind,
-    dur: Duration,
-) {
-    let n = cluster.node(node);
-    // Late delivery too: a held acquisition that lands after its release (on a new
-    // connection) brings its value back until its ttl, the one thing a late copy may do
-    // (docs/safety.md, "Late copies"); it is not judged as a ghost.
-    let stops = matches!(
-        kind,
-        FaultKind::Pause | FaultKind::KillRestart | FaultKind::Late
-    );
-    if stops {
-        oracle.disturb(node, true);
-    }
-    let result = match kind {
-        FaultKind::Pause => {
-            async {
-                n.pause().await?;
-                tokio::time::sleep(dur).await;
-                n.resume().await
-            }
-            .await
-        }
-        FaultKind::KillRestart => {
-            async {
-                n.kill().await?;
-                tokio::time::sleep(dur).await;
-                n.restart().await
-            }
-            .await
-        }
-        FaultKind::Partition | FaultKind::DropRequests | FaultKind::DropReplies => {
-            async {
-                match kind {
-                    FaultKind::Partition => n.partition().await?,
-                    FaultKind::DropRequests => n.drop_requests().await?,
-                    _ => n.drop_replies().await?,
-                }
-                tokio::time::sleep(dur).await;
-                n.heal().await
-            }
-            .await
-        }
-        FaultKind::Resets(k) => {
-            async {
-                n.reset_after_requests(k).await?;
-                tokio::time::sleep(dur).await;
-                n.stop_resets().await
-            }
-            .await
-        }
-        FaultKind::Flap => n.flap(dur).await,
-        FaultKind::Latency(l) => {
-            async {
-                n.set_latency(Duration::from_millis(l)).await?;
-                tokio::time::sleep(dur).await;
-                n.set_latency(Duration::ZERO).await
-            }
-            .await
-        }
-        FaultKind::Spike(l) => n.latency_spike(Duration::from_millis(l), dur).await,
-        FaultKind::Late => {
-            async {
-                n.hold_requests().await?;
-                tokio::time::sleep(dur).await;
-                n.deliver_held().await
-            }
-            .await
-        }
-        FaultKind::ScriptFlush => {
-            let mut d = Direct::new(n.direct_url());
-            if let Some(mut con) = d.connection().await {
-                let _: redis::RedisResult<()> = redis::cmd("SCRIPT")
-                    .arg("FLUSH")
-                    .query_async(&mut con)
-                    .await;
-            }
-            Ok(())
-        }
-    };
-    if stops {
-        oracle.disturb(node, false);
-    }
-    if let Err(e) = result {
-        eprintln!("explore: fault {kind} on node {node} failed: {e}");
-    }
 }
 
 /// Runs `sched` on `cluster` (which must be healthy and empty), with client processes
@@ -442,222 +353,4 @@ async fn run_with(cluster: Arc<Cluster>, sched: &Schedule, plan: Vec<Vec<procs::
         end_ns: now_ns(),
         samples: oracle.samples.load(Ordering::Relaxed),
     }
-}
-
-/// Keys present after the tail that were not there before it (made by the tail's own
-/// fault-free calls, so every one must be gone), and values of holdings released in the
-/// tail that are still there. Fencing counters live on by design.
-/// A manager that can carry a request through a short flap: its node timeout leaves
-/// room to connect again and send a request once more, also on a loaded machine.
-fn probe_spec() -> MgrSpec {
-    MgrSpec {
-        fencing: false,
-        retry_count: 0,
-        retry_delay_ms: 0,
-        jitter_ms: 0,
-        drift: 0.01,
-        node_timeout_ms: 250,
-        wake: true,
-    }
-}
-
-/// The end of the tail: one more client, with a fresh manager, takes and releases a lock
-/// again and again while minority nodes flap (a partition shorter than its node timeout,
-/// whose heal closes the connections, so requests caught in it are sent again on a new
-/// connection). A release that overtook its own acquisition's re-sent `SET` would leave
-/// a ghost that the check after the tail finds (ttl 10 s, so it outlives the check).
-/// Returns the flaps made.
-#[allow(clippy::too_many_arguments)]
-async fn flap_probe(
-    cluster: &Arc<Cluster>,
-    urls: &[String],
-    prefix: &str,
-    oracle: &Arc<Oracle>,
-    rec: &tokio_redlock_harness::history::Recorder,
-    acquisitions: &Arc<AtomicU64>,
-    sched: &Schedule,
-    episode: usize,
-) -> u64 {
-    use rand::{Rng, SeedableRng};
-    let mut rng =
-        rand::rngs::StdRng::seed_from_u64(sched.seed ^ (episode as u64).wrapping_mul(0x9e37_79b9));
-    let spec = probe_spec();
-    let mut client = Client {
-        id: sched.managers.len() as u32,
-        mgrs: Arc::new([build(urls, &spec), None]),
-        specs: [spec.clone(), spec],
-        oracle: oracle.clone(),
-        rec: rec.clone(),
-        acquisitions: acquisitions.clone(),
-        prefix: format!("{prefix}p"),
-        op: 0,
-        holding: None,
-        tail: true,
-    };
-    let mut steps = Vec::new();
-    for _ in 0..PROBE_CYCLES {
-        let res = rng.random_range(0..RESOURCES);
-        let think_ms = rng.random_range(0..=8);
-        steps.push(Step {
-            think_ms,
-            op: Op::Acquire {
-                mgr: 0,
-                res,
-                how: How::TryAcquire,
-                ttl_ms: 10_000,
-                budget_ms: None,
-            },
-        });
-        steps.push(Step {
-            think_ms: rng.random_range(0..=3),
-            op: Op::Release { budget_ms: None },
-        });
-    }
-    let flaps: Vec<(usize, u64, u64)> = (0..PROBE_CYCLES)
-        .map(|_| {
-            (
-                rng.random_range(0..cluster.len()),
-                rng.random_range(3..=15),
-                rng.random_range(0..=10),
-            )
-        })
-        .collect();
-    let done = CancellationToken::new();
-    let flapper = {
-        let (cluster, done) = (cluster.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut made = 0;
-            for (node, dur, pause) in flaps.into_iter().cycle() {
-                if done.is_cancelled() {
-                    break;
-                }
-                if cluster
-                    .node(node)
-                    .flap(Duration::from_millis(dur))
-                    .await
-                    .is_ok()
-                {
-                    made += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            made
-        })
-    };
-    client.run(&steps, None).await;
-    done.cancel();
-    let made = flapper.await.unwrap_or(0);
-    if let Err(e) = cluster.clear_faults().await {
-        eprintln!("explore: clearing faults after the probe failed: {e}");
-    }
-    made
-}
-
-fn ghosts(
-    oracle: &Oracle,
-    before: &BTreeSet<(usize, String, String)>,
-    after: &BTreeSet<(usize, String, String)>,
-    prefix: &str,
-) -> Vec<((usize, String, String), String)> {
-    let mut found = Vec::new();
-    let bound = oracle.bound_values();
-    for (node, key, value) in after {
-        if key.ends_with(":fence")
-            || !key.starts_with(prefix)
-            || super::rw_and_permits::is_waiting_place(key)
-        {
-            continue;
-        }
-        let owner = bound.get(&(key.clone(), value.clone()));
-        if let Some((id, how, story)) = owner {
-            if how == TAIL_RELEASED {
-                let what = format!("node {node} still holds `{key}` of holding {id}, released in the fault-free tail, after node timeout + slack; holding {id}: {story}");
-                found.push(((*node, key.clone(), value.clone()), what));
-                continue;
-            }
-        }
-        if !before.contains(&(*node, key.clone(), value.clone())) {
-            let whose = match owner {
-                Some((id, how, story)) => format!("the value of holding {id} ({how}): {story}"),
-                None => "a value no holding was bound to (a failed or cancelled attempt's)".into(),
-            };
-            let what = format!("node {node} holds `{key}` after heal, release and node timeout + slack, and did not at heal; {whose}");
-            found.push(((*node, key.clone(), value.clone()), what));
-        }
-    }
-    found
-}
-
-async fn run_episode(
-    cluster: &Arc<Cluster>,
-    episode: &Episode,
-    make: &impl Fn(usize, u64, Option<Holding>, bool) -> Client,
-    ops: &mut [u64],
-    oracle: &Arc<Oracle>,
-) -> (Vec<Option<Holding>>, Vec<FaultBar>) {
-    let started = Instant::now();
-    let deadline = started + EPISODE;
-    let mut clients = JoinSet::new();
-    for (c, steps) in episode.steps.iter().enumerate() {
-        let mut client = make(c, ops[c], None, false);
-        let steps = steps.clone();
-        clients.spawn(async move {
-            client.run(&steps, Some(deadline)).await;
-            (c, client.op, client.holding.take())
-        });
-    }
-    let mut faults = JoinSet::new();
-    let plan = episode.faults.clone();
-    let cl = cluster.clone();
-    let or = oracle.clone();
-    let fault_driver = tokio::spawn(async move {
-        let mut bars = Vec::new();
-        let mut running = JoinSet::new();
-        for f in plan {
-            tokio::time::sleep_until((started + Duration::from_millis(f.at_ms)).into()).await;
-            let (cl, or) = (cl.clone(), or.clone());
-            let start_ns = now_ns();
-            running.spawn(async move {
-                run_fault(&cl, &or, f.node, f.kind, Duration::from_millis(f.dur_ms)).await;
-                FaultBar {
-                    node: f.node,
-                    kind: f.kind.short().to_owned(),
-                    start_ns,
-                    end_ns: now_ns(),
-                }
-            });
-        }
-        while let Some(bar) = running.join_next().await {
-            if let Ok(bar) = bar {
-                bars.push(bar);
-            }
-        }
-        bars
-    });
-    faults.spawn(async move { fault_driver.await.unwrap_or_default() });
-    let mut holdings: Vec<Option<Holding>> = (0..episode.steps.len()).map(|_| None).collect();
-    let stuck = tokio::time::sleep_until((deadline + STUCK_AFTER).into());
-    tokio::pin!(stuck);
-    loop {
-        tokio::select! {
-            joined = clients.join_next() => match joined {
-                Some(Ok((c, op, holding))) => {
-                    ops[c] = op;
-                    holdings[c] = holding;
-                }
-                Some(Err(e)) => oracle.flag(Kind::Panic, None, format!("a client task panicked: {e}")),
-                None => break,
-            },
-            () = &mut stuck => {
-                oracle.flag(Kind::CallBound, None, format!("{} client(s) still busy {STUCK_AFTER:?} after the episode's end", clients.len()));
-                clients.abort_all();
-                break;
-            }
-        }
-    }
-    let mut bars = Vec::new();
-    while let Some(Ok(b)) = faults.join_next().await {
-        bars.extend(b);
-    }
-    (holdings, bars)
 }
