@@ -8,9 +8,6 @@ use super::*;
 /// Acquire-release cycles of the flap probe at the end of each tail.
 const PROBE_CYCLES: usize = 12;
 
-/// Keys present after the tail that were not there before it (made by the tail's own
-/// fault-free calls, so every one must be gone), and values of holdings released in the
-/// tail that are still there. Fencing counters live on by design.
 /// A manager that can carry a request through a short flap: its node timeout leaves
 /// room to connect again and send a request once more, also on a loaded machine.
 fn probe_spec() -> MgrSpec {
@@ -117,6 +114,9 @@ pub(super) async fn flap_probe(
     made
 }
 
+/// Keys present after the tail that were not there before it (made by the tail's own
+/// fault-free calls, so every one must be gone), and values of holdings released in the
+/// tail that are still there. Fencing counters live on by design.
 pub(super) fn ghosts(
     oracle: &Oracle,
     before: &BTreeSet<(usize, String, String)>,
