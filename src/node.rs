@@ -314,6 +314,8 @@ impl Node {
         request: Request<'_>,
     ) -> Result<Value, (RedisError, Option<u64>)> {
         let mut result = self.run_once(request).await;
+        // What goes instead of a `SET NX` that must be sent again, made then.
+        let mut resend = None;
         let mut tries = 1u32;
         let mut broken_handshakes = 0u32;
         loop {
@@ -332,7 +334,13 @@ impl Node {
                         tokio::time::sleep(reconnect_pause(tries)).await;
                     }
                     tries = tries.saturating_add(1);
-                    result = self.run_once(request.resend()).await;
+                    let again = match request {
+                        Request::Set(set) => Request::Script(
+                            resend.get_or_insert_with(|| crate::scripts::acquire_one_for(set)),
+                        ),
+                        other => other,
+                    };
+                    result = self.run_once(again).await;
                 }
                 other => return other,
             }
@@ -369,9 +377,7 @@ impl Node {
             }
         };
         let reply = match request {
-            Request::Cmd(cmd) | Request::Set { cmd, .. } => {
-                cmd.query_async::<Value>(&mut conn).await
-            }
+            Request::Cmd(cmd) | Request::Set(cmd) => cmd.query_async::<Value>(&mut conn).await,
             // EVALSHA first; on NOSCRIPT (a restarted or flushed node) the script is
             // loaded and run again, once.
             // (`Heal` was decided above; were it not, the plain extension is the safe one.)

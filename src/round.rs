@@ -45,15 +45,16 @@ enum Body {
     Script(scripts::Call),
     /// An extension that heals, and the plain one for a node in restart quarantine.
     Heal(scripts::Call, scripts::Call),
-    /// A plain `SET NX` and the script that replaces it when it is sent again.
-    Set(redis::Cmd, scripts::Call),
+    /// A plain `SET NX` (the script that replaces it when it is sent again is built
+    /// from it then: `scripts::acquire_one_for`).
+    Set(redis::Cmd),
 }
 
 impl Op {
     fn request(&self) -> Request<'_> {
         match &self.body {
             Body::Script(call) => Request::Script(call),
-            Body::Set(cmd, resend) => Request::Set { cmd, resend },
+            Body::Set(cmd) => Request::Set(cmd),
             Body::Heal(heal, plain) => Request::Heal { heal, plain },
         }
     }
@@ -69,10 +70,7 @@ impl Op {
     /// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
     pub(crate) fn set_nx(key: &str, value: &Arc<str>, ttl_ms: u64) -> Self {
         Self {
-            body: Body::Set(
-                scripts::set_nx(key, value, ttl_ms),
-                scripts::acquire_one(key, value, ttl_ms),
-            ),
+            body: Body::Set(scripts::set_nx(key, value, ttl_ms)),
             order: Order::Sets(Arc::clone(value)),
         }
     }

@@ -75,10 +75,12 @@ mod layout;
 mod rwlock;
 mod semaphore;
 
+#[cfg(test)]
+pub(crate) use exclusive::acquire_one;
 pub(crate) use exclusive::{
-    acquire_many, acquire_one, acquire_or_queue, extend, extend_heal, fenced_acquire, hold_release,
-    release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_LUA, FENCED_ACQUIRE_LUA,
-    RELEASE_LUA,
+    acquire_many, acquire_one_for, acquire_or_queue, extend, extend_heal, fenced_acquire,
+    hold_release, release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_LUA,
+    FENCED_ACQUIRE_LUA, RELEASE_LUA,
 };
 pub(crate) use inspect::inspect;
 
@@ -112,7 +114,7 @@ impl Call {
     /// Both of the command's buffers are sized once for the whole request: built
     /// argument by argument they would grow (and be copied) four or five times, on
     /// every acquisition and release.
-    fn new<K: AsRef<str>>(script: &'static Script, keys: &[K]) -> Self {
+    fn new<K: AsRef<[u8]>>(script: &'static Script, keys: &[K]) -> Self {
         let sha = script.get_hash();
         let key_bytes: usize = keys.iter().map(|k| k.as_ref().len()).sum();
         let mut cmd = redis::Cmd::with_capacity(
