@@ -102,11 +102,7 @@ pub(crate) fn fenced_acquire(
 /// released key's wait queue (`<key>:waiters`) is woken.
 pub(crate) fn release(keys: &[String], value: &str, wake: Option<&str>) -> Call {
     let mut call = match wake {
-        Some(_) => {
-            let queues = keys.iter().map(|k| format!("{k}{QUEUE_SUFFIX}"));
-            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
-            Call::new(&RELEASE, &all)
-        }
+        Some(_) => Call::with_suffixed(&RELEASE, keys, QUEUE_SUFFIX),
         None => Call::new(&RELEASE, keys),
     };
     call.arg(value).arg(wake.unwrap_or(""));
