@@ -408,10 +408,61 @@ pub(crate) struct Votes<T> {
     pub(crate) causes: Vec<NodeError>,
     /// Per node, what it answered (`None`: not heard from, failed, or not counted).
     pub(crate) answers: Vec<Option<T>>,
-    /// Per node, whether a reply came (so its request ran there).
-    pub(crate) heard: Vec<bool>,
-    /// Per node, whether its request ended, with a reply or a failure.
-    pub(crate) ended: Vec<bool>,
+    /// The nodes from which a reply came (so their request ran there).
+    pub(crate) heard: NodeSet,
+    /// The nodes whose request ended, with a reply or a failure.
+    pub(crate) ended: NodeSet,
+}
+
+/// A set of node indexes: the bits of one word for up to 64 nodes, with no allocation
+/// (a round of every operation has two), a vector beyond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeSet {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl NodeSet {
+    /// The empty set of nodes `0..n`.
+    pub(crate) fn new(n: usize) -> Self {
+        if n <= 64 {
+            Self::Bits(0)
+        } else {
+            Self::Many(vec![false; n])
+        }
+    }
+
+    /// Puts node `i` in the set (`in_set`) or takes it out.
+    pub(crate) fn set(&mut self, i: usize, in_set: bool) {
+        match self {
+            Self::Bits(bits) => {
+                let bit = u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i));
+                if let Some(bit) = bit {
+                    if in_set {
+                        *bits |= bit;
+                    } else {
+                        *bits &= !bit;
+                    }
+                }
+            }
+            Self::Many(v) => {
+                if let Some(slot) = v.get_mut(i) {
+                    *slot = in_set;
+                }
+            }
+        }
+    }
+
+    /// Whether node `i` is in the set.
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        match self {
+            Self::Bits(bits) => u32::try_from(i)
+                .ok()
+                .and_then(|i| bits.checked_shr(i))
+                .is_some_and(|b| b & 1 == 1),
+            Self::Many(v) => v.get(i).copied().unwrap_or(false),
+        }
+    }
 }
 
 /// Whose replies count: every answer, or only the votes of nodes not in restart
@@ -438,12 +489,12 @@ pub(crate) async fn collect<T, F: Future<Output = ()> + Send + 'static>(
         tally: Tally::new(n),
         causes: Vec::new(),
         answers: (0..n).map(|_| None).collect(),
-        heard: vec![false; n],
-        ended: vec![false; n],
+        heard: NodeSet::new(n),
+        ended: NodeSet::new(n),
     };
     while let Some((node, reply)) = replies.next().await {
-        votes.heard[node] = reply.is_ok();
-        votes.ended[node] = true;
+        votes.heard.set(node, reply.is_ok());
+        votes.ended.set(node, true);
         let reply = match count {
             Count::Votes => nodes[node].counted(reply),
             Count::Answers => reply,
@@ -509,4 +560,32 @@ pub(crate) fn release_in_background(
         }
         tracing::debug!(failed, "{what}: background release done");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeSet;
+
+    /// Against the naive oracle, a vector of flags, in both forms (64 nodes and fewer
+    /// in one word, more in a vector), at the edges of the word.
+    #[test]
+    fn a_node_set_is_a_vector_of_flags() {
+        for n in [1, 5, 63, 64, 65, 130] {
+            let mut set = NodeSet::new(n);
+            let mut oracle = vec![false; n];
+            assert_eq!(matches!(set, NodeSet::Bits(_)), n <= 64);
+            for (step, i) in [0, n - 1, n / 2, 0, n - 1].into_iter().enumerate() {
+                let on = step != 3;
+                set.set(i, on);
+                oracle[i] = on;
+                for (j, flag) in oracle.iter().enumerate() {
+                    assert_eq!(set.contains(j), *flag, "n {n}, node {j} after step {step}");
+                }
+            }
+            // Out of range: never in the set, and setting it changes nothing.
+            set.set(n + 64, true);
+            assert!(!set.contains(n + 64));
+            assert!((0..n).all(|j| set.contains(j) == oracle[j]));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::guard::{Held, LockGuard};
 use crate::mutants;
 use crate::node::Node;
 use crate::quorum::{self, Outcome, Tally, Vote};
-use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Round};
+use crate::round::{self, fan_out, fan_out_where, Collecting, Count, NodeSet, Round};
 
 /// What one attempt came to.
 // `Won` is the common case and lives for one step: boxing the guard would cost an
@@ -151,11 +151,10 @@ impl Redlock {
             votes.tally.outcome() == Some(Outcome::Won)
         };
         // Nodes that answered "not set" hold nothing of this attempt to undo.
-        let refused: Vec<bool> = votes
-            .answers
-            .iter()
-            .map(|a| a.is_some_and(Answer::refuses))
-            .collect();
+        let mut refused = NodeSet::new(votes.answers.len());
+        for (node, answer) in votes.answers.iter().enumerate() {
+            refused.set(node, answer.is_some_and(Answer::refuses));
+        }
         let refuses = move |value: &Value| reading.classify(value).is_ok_and(Answer::refuses);
         if won {
             let elapsed = clock.since(start);
@@ -240,7 +239,7 @@ impl Redlock {
 async fn undo_failed<T, F>(
     undo: &mut Undo,
     votes: &round::Votes<T>,
-    refused: &[bool],
+    refused: &NodeSet,
     pending: Option<Round<F>>,
     refuses: impl Fn(&Value) -> bool + Send + 'static,
 ) where
@@ -266,7 +265,7 @@ async fn undo_failed<T, F>(
             }
         });
     }
-    let now = |i: usize| votes.ended[i] && !refused[i];
+    let now = |i: usize| votes.ended.contains(i) && !refused.contains(i);
     if !(0..nodes.len()).any(now) {
         return;
     }
@@ -274,13 +273,13 @@ async fn undo_failed<T, F>(
     let mut replies = Collecting::new(fan_out_where(&nodes, plan.op(&value), now), "undo")
         .until(round::clear_patience(&nodes));
     let mut waiting = (0..nodes.len())
-        .filter(|i| votes.heard[*i] && !refused[*i])
+        .filter(|i| votes.heard.contains(*i) && !refused.contains(*i))
         .count();
     while waiting > 0 {
         let Some((node, reply)) = replies.next().await else {
             break;
         };
-        if votes.heard[node] {
+        if votes.heard.contains(node) {
             waiting -= 1;
         }
         if let Err(e) = reply {
