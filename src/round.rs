@@ -4,7 +4,6 @@
 //! Below both the manager (acquire) and the guard (extend, release); it knows nodes and
 //! scripts, never the manager.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -160,7 +159,74 @@ pub(crate) type Reply = (usize, Result<Value, NodeError>);
 /// were not read yet, in the order they came.
 struct Shared {
     op: Op,
-    replies: Mutex<VecDeque<Reply>>,
+    replies: Mutex<Arrivals>,
+}
+
+/// The replies of a round in the order they came: each node's request leaves exactly
+/// one, so a slot per node is enough, kept inline for up to 8 nodes.
+struct Arrivals {
+    slots: PerNode<Reply>,
+    /// The next slot to read, and the next to fill.
+    read: usize,
+    filled: usize,
+}
+
+impl Arrivals {
+    fn push(&mut self, reply: Reply) {
+        // Never full: one reply per node of the round.
+        if let Some(slot) = self.slots.get_mut(self.filled) {
+            *slot = Some(reply);
+            self.filled += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Reply> {
+        let reply = self.slots.get_mut(self.read)?.take()?;
+        self.read += 1;
+        Some(reply)
+    }
+}
+
+/// Nodes a round keeps a slot for in place; more take a vector. Redlocks run on 3, 5
+/// or 7 nodes.
+const INLINE_NODES: usize = 8;
+
+/// One slot per node of a round, in place for up to [`INLINE_NODES`] nodes: a round
+/// of every operation keeps its replies and its answers so, with no allocation.
+pub(crate) enum PerNode<T> {
+    Inline([Option<T>; INLINE_NODES], usize),
+    Heap(Vec<Option<T>>),
+}
+
+impl<T> PerNode<T> {
+    /// `n` empty slots.
+    pub(crate) fn empty(n: usize) -> Self {
+        if n <= INLINE_NODES {
+            Self::Inline([const { None }; INLINE_NODES], n)
+        } else {
+            Self::Heap((0..n).map(|_| None).collect())
+        }
+    }
+}
+
+impl<T> std::ops::Deref for PerNode<T> {
+    type Target = [Option<T>];
+
+    fn deref(&self) -> &[Option<T>] {
+        match self {
+            Self::Inline(slots, n) => slots.get(..*n).unwrap_or_default(),
+            Self::Heap(slots) => slots,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for PerNode<T> {
+    fn deref_mut(&mut self) -> &mut [Option<T>] {
+        match self {
+            Self::Inline(slots, n) => slots.get_mut(..*n).unwrap_or_default(),
+            Self::Heap(slots) => slots,
+        }
+    }
 }
 
 /// The requests of one round, sent to each node at once; [`next`](Self::next) gives
@@ -168,7 +234,7 @@ struct Shared {
 ///
 /// One future per node, all of one type, kept unboxed side by side (`join_all`, which
 /// polls each of up to 30 futures in one allocation); each leaves its reply in the
-/// round's shared queue as it ends. A `FuturesUnordered` of boxed futures cost a box and
+/// round's shared queue as it ends (in place for up to 8 nodes). A `FuturesUnordered` of boxed futures cost a box and
 /// a task node per node per round, four allocations in ten of an uncontended
 /// lock + unlock. The price is that a wake-up polls every request still out, not only
 /// the one that was woken: a handful of polls on the few nodes of a Redlock.
@@ -212,7 +278,7 @@ impl<F: Future<Output = ()>> Round<F> {
     }
 
     fn take(&mut self) -> Option<Reply> {
-        let reply = lock(&self.shared.replies).pop_front();
+        let reply = lock(&self.shared.replies).pop();
         if reply.is_some() {
             self.remaining -= 1;
         }
@@ -249,7 +315,11 @@ pub(crate) fn fan_out_where(
     let picked = (0..nodes.len()).filter(|i| to(*i)).count();
     let shared = Arc::new(Shared {
         op,
-        replies: Mutex::new(VecDeque::with_capacity(picked)),
+        replies: Mutex::new(Arrivals {
+            slots: PerNode::empty(picked),
+            read: 0,
+            filled: 0,
+        }),
     });
     let requests = (0..nodes.len()).filter(|i| to(*i)).map(|i| {
         // Registered now, not at the first poll: a release started after this
@@ -289,7 +359,7 @@ fn request_on(
         };
         let reply = nodes[i].run_within(op.request(), timeout).await;
         drop(ticket);
-        lock(&shared.replies).push_back((i, reply));
+        lock(&shared.replies).push((i, reply));
     }
 }
 
@@ -407,7 +477,7 @@ pub(crate) struct Votes<T> {
     /// Why the failed votes failed, in the order they came.
     pub(crate) causes: Vec<NodeError>,
     /// Per node, what it answered (`None`: not heard from, failed, or not counted).
-    pub(crate) answers: Vec<Option<T>>,
+    pub(crate) answers: PerNode<T>,
     /// The nodes from which a reply came (so their request ran there).
     pub(crate) heard: NodeSet,
     /// The nodes whose request ended, with a reply or a failure.
@@ -488,7 +558,7 @@ pub(crate) async fn collect<T, F: Future<Output = ()> + Send + 'static>(
     let mut votes = Votes {
         tally: Tally::new(n),
         causes: Vec::new(),
-        answers: (0..n).map(|_| None).collect(),
+        answers: PerNode::empty(n),
         heard: NodeSet::new(n),
         ended: NodeSet::new(n),
     };
@@ -564,7 +634,35 @@ pub(crate) fn release_in_background(
 
 #[cfg(test)]
 mod tests {
-    use super::NodeSet;
+    use super::{Arrivals, NodeSet, PerNode};
+    use crate::error::{NodeError, NodeErrorKind};
+
+    /// The replies of a round come out in the order they went in, in place for up to
+    /// 8 nodes and in a vector beyond, and a full round takes no more.
+    #[test]
+    fn arrivals_come_out_in_the_order_they_came() {
+        for n in [1, 5, 8, 9, 20] {
+            let mut arrivals = Arrivals {
+                slots: PerNode::empty(n),
+                read: 0,
+                filled: 0,
+            };
+            assert_eq!(matches!(arrivals.slots, PerNode::Inline(..)), n <= 8);
+            assert_eq!(arrivals.slots.len(), n);
+            let order: Vec<usize> = (0..n).rev().collect();
+            for (k, node) in order.iter().enumerate() {
+                arrivals.push((*node, Ok(redis::Value::Int(k as i64))));
+                if k % 2 == 1 {
+                    let (got, _) = arrivals.pop().expect("a reply is in");
+                    assert_eq!(got, order[k / 2]);
+                }
+            }
+            let err = NodeError::new(0, "x:1".into(), NodeErrorKind::Protocol("full".into()));
+            arrivals.push((n, Err(err)));
+            let rest: Vec<usize> = std::iter::from_fn(|| arrivals.pop()).map(|r| r.0).collect();
+            assert_eq!(rest, order[n / 2..], "n {n}");
+        }
+    }
 
     /// Against the naive oracle, a vector of flags, in both forms (64 nodes and fewer
     /// in one word, more in a vector), at the edges of the word.
