@@ -340,27 +340,20 @@ pub(crate) fn fan_out_where(
 
 /// The request of a round to node `i`, which leaves its reply in the round's queue;
 /// `ticket` keeps the node's releases of the value after it.
-fn request_on(
-    nodes: Arc<[Node]>,
-    shared: Arc<Shared>,
-    i: usize,
-    ticket: Option<SetTicket>,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let op = &shared.op;
-        let timeout = match &op.order {
-            Order::Clears(value) => {
-                if !crate::mutants::UNORDERED_RELEASE {
-                    nodes[i].settled(value).await;
-                }
-                nodes[i].clear_timeout()
+async fn request_on(nodes: Arc<[Node]>, shared: Arc<Shared>, i: usize, ticket: Option<SetTicket>) {
+    let op = &shared.op;
+    let timeout = match &op.order {
+        Order::Clears(value) => {
+            if !crate::mutants::UNORDERED_RELEASE {
+                nodes[i].settled(value).await;
             }
-            _ => nodes[i].timeout(),
-        };
-        let reply = nodes[i].run_within(op.request(), timeout).await;
-        drop(ticket);
-        lock(&shared.replies).push((i, reply));
-    }
+            nodes[i].clear_timeout()
+        }
+        _ => nodes[i].timeout(),
+    };
+    let reply = nodes[i].run_within(op.request(), timeout).await;
+    drop(ticket);
+    lock(&shared.replies).push((i, reply));
 }
 
 /// An iterator that says how many items it has (`Filter` cannot), so that collecting it
