@@ -460,7 +460,7 @@ impl LockGuard {
         }
         // The stragglers extend too (when `replies` is dropped), so the key lives as long
         // on every healthy node.
-        let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "extend");
+        let mut replies = Collecting::new(fan_out(&inner.nodes, op), "extend");
         let votes = round::collect(
             &mut replies,
             &inner.nodes,

@@ -62,33 +62,39 @@ enum Conn {
     ),
 }
 
-/// The requests that may still set an owner value on one node, per value, so that a
-/// release or undo of the value is sent only after them (see [`Node::settled`]).
-type Setters = Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::RwLock<()>>>>>;
+/// The requests that may still set an owner value on one node: how many, per value, so
+/// that a release or undo of the value is sent only after them (see [`Node::settled`]).
+///
+/// A count per value and one `Notify` per node, where a lock per value per node cost an
+/// allocation per node on every acquire: a release waits for its value's count to reach
+/// zero, and is woken (with every other waiter on the node, which looks again) each time
+/// some value's count does.
+#[derive(Default)]
+struct Setters {
+    counts: Mutex<HashMap<Arc<str>, usize>>,
+    settled: tokio::sync::Notify,
+}
 
 /// Held by a request that may set an owner value on a node, from the moment it is made
 /// until it is answered or abandoned (its deadline passed, or it was dropped); after that
 /// it can no longer be sent or re-sent.
 pub(crate) struct SetTicket {
-    setters: Setters,
+    setters: Arc<Setters>,
     value: Arc<str>,
-    read: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl Drop for SetTicket {
     fn drop(&mut self) {
-        let mut setters = lock(&self.setters);
-        self.read = None;
-        forget_if_unused(&mut setters, &self.value);
-    }
-}
-
-fn forget_if_unused(setters: &mut HashMap<Arc<str>, Arc<tokio::sync::RwLock<()>>>, value: &str) {
-    if setters
-        .get(value)
-        .is_some_and(|e| Arc::strong_count(e) == 1)
-    {
-        setters.remove(value);
+        let mut counts = lock(&self.setters.counts);
+        let Some(count) = counts.get_mut(&self.value) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(&self.value);
+            drop(counts);
+            self.setters.settled.notify_waiters();
+        }
     }
 }
 
@@ -105,7 +111,7 @@ pub(crate) struct Node {
     /// With a restart quarantine: what this manager knows of the node's restarts, and
     /// until when its votes do not count (judged on each new connection).
     restarts: Option<Arc<Restarts>>,
-    setters: Setters,
+    setters: Arc<Setters>,
 }
 
 impl fmt::Debug for Node {
@@ -177,7 +183,7 @@ impl Node {
             generation: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
             restarts: restarts.map(Arc::new),
-            setters: Setters::default(),
+            setters: Arc::default(),
         }
     }
 
@@ -185,17 +191,12 @@ impl Node {
     /// long as the request may still be sent. Call it when the request is made, before
     /// any await, so that a release started afterwards sees it.
     pub(crate) fn setting(&self, value: &Arc<str>) -> SetTicket {
-        let mut setters = lock(&self.setters);
-        let entry = Arc::clone(setters.entry(Arc::clone(value)).or_default());
-        // A writer waits only while a release of this value waits for its setters, and a
-        // release is only started after every request of its acquisition was made: the
-        // read lock is always free here. If it ever were not, the request goes
-        // unordered, which costs at most a key left to its TTL.
-        let read = entry.try_read_owned().ok();
+        *lock(&self.setters.counts)
+            .entry(Arc::clone(value))
+            .or_default() += 1;
         SetTicket {
             setters: Arc::clone(&self.setters),
             value: Arc::clone(value),
-            read,
         }
     }
 
@@ -204,14 +205,17 @@ impl Node {
     /// that it runs on the node after every earlier request carrying the value, first
     /// connections and re-sends included. Bounded by the node timeout of those requests.
     pub(crate) async fn settled(&self, value: &str) {
-        let entry = lock(&self.setters).get(value).cloned();
-        let Some(entry) = entry else {
-            return;
-        };
-        drop(entry.write().await);
-        let mut setters = lock(&self.setters);
-        drop(entry);
-        forget_if_unused(&mut setters, value);
+        loop {
+            // Listening before looking: a count that reaches zero after the look
+            // wakes this one (`notify_waiters` wakes only those already listening).
+            let settled = self.setters.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if !lock(&self.setters.counts).contains_key(value) {
+                return;
+            }
+            settled.await;
+        }
     }
 
     /// The deadline of one request to this node.
@@ -314,6 +318,8 @@ impl Node {
         request: Request<'_>,
     ) -> Result<Value, (RedisError, Option<u64>)> {
         let mut result = self.run_once(request).await;
+        // What goes instead of a `SET NX` that must be sent again, made then.
+        let mut resend = None;
         let mut tries = 1u32;
         let mut broken_handshakes = 0u32;
         loop {
@@ -332,7 +338,13 @@ impl Node {
                         tokio::time::sleep(reconnect_pause(tries)).await;
                     }
                     tries = tries.saturating_add(1);
-                    result = self.run_once(request.resend()).await;
+                    let again = match request {
+                        Request::Set(set) => Request::Script(
+                            resend.get_or_insert_with(|| crate::scripts::acquire_one_for(set)),
+                        ),
+                        other => other,
+                    };
+                    result = self.run_once(again).await;
                 }
                 other => return other,
             }
@@ -369,9 +381,7 @@ impl Node {
             }
         };
         let reply = match request {
-            Request::Cmd(cmd) | Request::Set { cmd, .. } => {
-                cmd.query_async::<Value>(&mut conn).await
-            }
+            Request::Cmd(cmd) | Request::Set(cmd) => cmd.query_async::<Value>(&mut conn).await,
             // EVALSHA first; on NOSCRIPT (a restarted or flushed node) the script is
             // loaded and run again, once.
             // (`Heal` was decided above; were it not, the plain extension is the safe one.)

@@ -4,20 +4,23 @@
 //! Below both the manager (acquire) and the guard (extend, release); it knows nodes and
 //! scripts, never the manager.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::{join_all, JoinAll};
 use futures::FutureExt;
 use redis::Value;
 
 use crate::clock::instant_after;
 use crate::error::{Error, NodeError, NodeErrors};
 use crate::metrics;
-use crate::node::{Node, Request};
+use crate::node::{Node, Request, SetTicket};
 use crate::quorum::{Tally, Vote};
 use crate::scripts;
+use crate::sync::lock;
 use crate::wake;
 
 /// What a request does to its owner value on each node, so that each node runs a
@@ -41,15 +44,16 @@ enum Body {
     Script(scripts::Call),
     /// An extension that heals, and the plain one for a node in restart quarantine.
     Heal(scripts::Call, scripts::Call),
-    /// A plain `SET NX` and the script that replaces it when it is sent again.
-    Set(redis::Cmd, scripts::Call),
+    /// A plain `SET NX` (the script that replaces it when it is sent again is built
+    /// from it then: `scripts::acquire_one_for`).
+    Set(redis::Cmd),
 }
 
 impl Op {
     fn request(&self) -> Request<'_> {
         match &self.body {
             Body::Script(call) => Request::Script(call),
-            Body::Set(cmd, resend) => Request::Set { cmd, resend },
+            Body::Set(cmd) => Request::Set(cmd),
             Body::Heal(heal, plain) => Request::Heal { heal, plain },
         }
     }
@@ -65,10 +69,7 @@ impl Op {
     /// `SET key value NX PX ttl`: the uncontended single-key acquire, one command.
     pub(crate) fn set_nx(key: &str, value: &Arc<str>, ttl_ms: u64) -> Self {
         Self {
-            body: Body::Set(
-                scripts::set_nx(key, value, ttl_ms),
-                scripts::acquire_one(key, value, ttl_ms),
-            ),
+            body: Body::Set(scripts::set_nx(key, value, ttl_ms)),
             order: Order::Sets(Arc::clone(value)),
         }
     }
@@ -153,7 +154,137 @@ impl Op {
 }
 
 pub(crate) type Reply = (usize, Result<Value, NodeError>);
-pub(crate) type Replies = FuturesUnordered<BoxFuture<'static, Reply>>;
+
+/// What the requests of one round share: the request, and the replies that came in and
+/// were not read yet, in the order they came.
+struct Shared {
+    op: Op,
+    replies: Mutex<Arrivals>,
+}
+
+/// The replies of a round in the order they came: each node's request leaves exactly
+/// one, so a slot per node is enough, kept inline for up to 8 nodes.
+struct Arrivals {
+    slots: PerNode<Reply>,
+    /// The next slot to read, and the next to fill.
+    read: usize,
+    filled: usize,
+}
+
+impl Arrivals {
+    fn push(&mut self, reply: Reply) {
+        // Never full: one reply per node of the round.
+        if let Some(slot) = self.slots.get_mut(self.filled) {
+            *slot = Some(reply);
+            self.filled += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Reply> {
+        let reply = self.slots.get_mut(self.read)?.take()?;
+        self.read += 1;
+        Some(reply)
+    }
+}
+
+/// Nodes a round keeps a slot for in place; more take a vector. Redlocks run on 3, 5
+/// or 7 nodes.
+const INLINE_NODES: usize = 8;
+
+/// One slot per node of a round, in place for up to [`INLINE_NODES`] nodes: a round
+/// of every operation keeps its replies and its answers so, with no allocation.
+pub(crate) enum PerNode<T> {
+    Inline([Option<T>; INLINE_NODES], usize),
+    Heap(Vec<Option<T>>),
+}
+
+impl<T> PerNode<T> {
+    /// `n` empty slots.
+    pub(crate) fn empty(n: usize) -> Self {
+        if n <= INLINE_NODES {
+            Self::Inline([const { None }; INLINE_NODES], n)
+        } else {
+            Self::Heap((0..n).map(|_| None).collect())
+        }
+    }
+}
+
+impl<T> std::ops::Deref for PerNode<T> {
+    type Target = [Option<T>];
+
+    fn deref(&self) -> &[Option<T>] {
+        match self {
+            Self::Inline(slots, n) => slots.get(..*n).unwrap_or_default(),
+            Self::Heap(slots) => slots,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for PerNode<T> {
+    fn deref_mut(&mut self) -> &mut [Option<T>] {
+        match self {
+            Self::Inline(slots, n) => slots.get_mut(..*n).unwrap_or_default(),
+            Self::Heap(slots) => slots,
+        }
+    }
+}
+
+/// The requests of one round, sent to each node at once; [`next`](Self::next) gives
+/// each reply with its node's index as it comes.
+///
+/// One future per node, all of one type, kept unboxed side by side (`join_all`, which
+/// polls each of up to 30 futures in one allocation); each leaves its reply in the
+/// round's shared queue as it ends (in place for up to 8 nodes). A `FuturesUnordered` of boxed futures cost a box and
+/// a task node per node per round, four allocations in ten of an uncontended
+/// lock + unlock. The price is that a wake-up polls every request still out, not only
+/// the one that was woken: a handful of polls on the few nodes of a Redlock.
+///
+/// The futures own what they use, so the caller can stop listening at any time and
+/// hand the stragglers to [`finish_in_background`], where the same round goes on in a
+/// task of its own.
+pub(crate) struct Round<F: Future<Output = ()>> {
+    requests: JoinAll<F>,
+    shared: Arc<Shared>,
+    /// Replies not read yet (still out, or in the queue).
+    remaining: usize,
+}
+
+impl<F: Future<Output = ()>> Round<F> {
+    /// The next reply, or `None` once every node's reply was read.
+    pub(crate) async fn next(&mut self) -> Option<Reply> {
+        std::future::poll_fn(|cx| self.poll_reply(cx)).await
+    }
+
+    /// Whether every node's reply was read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if let Some(reply) = self.take() {
+            return Poll::Ready(Some(reply));
+        }
+        // Polled only while a request is still out (its reply is not in the queue), so
+        // never after `JoinAll` completed. What it yields is `()` per node: the replies
+        // went to the queue.
+        let _ = Pin::new(&mut self.requests).poll(cx);
+        match self.take() {
+            Some(reply) => Poll::Ready(Some(reply)),
+            None => Poll::Pending,
+        }
+    }
+
+    fn take(&mut self) -> Option<Reply> {
+        let reply = lock(&self.shared.replies).pop();
+        if reply.is_some() {
+            self.remaining -= 1;
+        }
+        reply
+    }
+}
 
 /// How long a caller waits for a release or undo of its own value: the wait for the
 /// value's earlier requests (at most one node timeout, counted from before the caller
@@ -168,49 +299,96 @@ pub(crate) fn clear_patience(nodes: &[Node]) -> Duration {
 ///
 /// The futures own what they use, so the caller can stop listening at any time and
 /// hand the stragglers to [`finish_in_background`].
-pub(crate) fn fan_out(nodes: &Arc<[Node]>, op: Arc<Op>) -> Replies {
+pub(crate) fn fan_out(
+    nodes: &Arc<[Node]>,
+    op: Op,
+) -> Round<impl Future<Output = ()> + Send + 'static> {
     fan_out_where(nodes, op, |_| true)
 }
 
 /// Like [`fan_out`], to the nodes `to` picks.
 pub(crate) fn fan_out_where(
     nodes: &Arc<[Node]>,
-    op: Arc<Op>,
+    op: Op,
     to: impl Fn(usize) -> bool,
-) -> Replies {
-    (0..nodes.len())
-        .filter(|i| to(*i))
-        .map(|i| {
-            let nodes = Arc::clone(nodes);
-            let op = Arc::clone(&op);
-            // Registered now, not at the first poll: a release started after this
-            // returns must see every request of this round.
-            let ticket = match &op.order {
-                Order::Sets(value) => Some(nodes[i].setting(value)),
-                _ => None,
-            };
-            async move {
-                let timeout = match &op.order {
-                    Order::Clears(value) => {
-                        if !crate::mutants::UNORDERED_RELEASE {
-                            nodes[i].settled(value).await;
-                        }
-                        nodes[i].clear_timeout()
-                    }
-                    _ => nodes[i].timeout(),
-                };
-                let reply = nodes[i].run_within(op.request(), timeout).await;
-                drop(ticket);
-                (i, reply)
+) -> Round<impl Future<Output = ()> + Send + 'static> {
+    let picked = (0..nodes.len()).filter(|i| to(*i)).count();
+    let shared = Arc::new(Shared {
+        op,
+        replies: Mutex::new(Arrivals {
+            slots: PerNode::empty(picked),
+            read: 0,
+            filled: 0,
+        }),
+    });
+    let requests = (0..nodes.len()).filter(|i| to(*i)).map(|i| {
+        // Registered now, not at the first poll: a release started after this
+        // returns must see every request of this round.
+        let ticket = match &shared.op.order {
+            Order::Sets(value) => Some(nodes[i].setting(value)),
+            _ => None,
+        };
+        request_on(Arc::clone(nodes), Arc::clone(&shared), i, ticket)
+    });
+    Round {
+        // Sized exactly: `join_all` collects into one boxed slice of the futures.
+        requests: join_all(Exactly::new(requests, picked)),
+        shared,
+        remaining: picked,
+    }
+}
+
+/// The request of a round to node `i`, which leaves its reply in the round's queue;
+/// `ticket` keeps the node's releases of the value after it.
+async fn request_on(nodes: Arc<[Node]>, shared: Arc<Shared>, i: usize, ticket: Option<SetTicket>) {
+    let op = &shared.op;
+    let timeout = match &op.order {
+        Order::Clears(value) => {
+            if !crate::mutants::UNORDERED_RELEASE {
+                nodes[i].settled(value).await;
             }
-            .boxed()
-        })
-        .collect()
+            nodes[i].clear_timeout()
+        }
+        _ => nodes[i].timeout(),
+    };
+    let reply = nodes[i].run_within(op.request(), timeout).await;
+    drop(ticket);
+    lock(&shared.replies).push((i, reply));
+}
+
+/// An iterator that says how many items it has (`Filter` cannot), so that collecting it
+/// allocates once.
+struct Exactly<I> {
+    inner: I,
+    left: usize,
+}
+
+impl<I> Exactly<I> {
+    fn new(inner: I, len: usize) -> Self {
+        Self { inner, left: len }
+    }
+}
+
+impl<I: Iterator> Iterator for Exactly<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
 
 /// Lets requests that were already sent finish without anyone waiting for them, and
 /// logs their failures.
-pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
+pub(crate) fn finish_in_background<F>(mut rest: Round<F>, what: &'static str)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     // Replies that are in already need no task: on a healthy cluster the stragglers
     // usually are, and a spawn per operation is most of what this would cost.
     while let Some(Some((node, reply))) = rest.next().now_or_never() {
@@ -235,14 +413,14 @@ pub(crate) fn finish_in_background(mut rest: Replies, what: &'static str) {
 
 /// Replies a caller is still collecting; whatever is left of them when it is dropped
 /// (decided, or cancelled mid-way) goes on in the background.
-pub(crate) struct Collecting {
-    replies: Option<Replies>,
+pub(crate) struct Collecting<F: Future<Output = ()> + Send + 'static> {
+    replies: Option<Round<F>>,
     what: &'static str,
     until: Option<tokio::time::Instant>,
 }
 
-impl Collecting {
-    pub(crate) fn new(replies: Replies, what: &'static str) -> Self {
+impl<F: Future<Output = ()> + Send + 'static> Collecting<F> {
+    pub(crate) fn new(replies: Round<F>, what: &'static str) -> Self {
         Self {
             replies: Some(replies),
             what,
@@ -273,12 +451,12 @@ impl Collecting {
     }
 
     /// The replies not read yet, for the caller to finish its own way.
-    pub(crate) fn into_rest(mut self) -> Option<Replies> {
+    pub(crate) fn into_rest(mut self) -> Option<Round<F>> {
         self.replies.take()
     }
 }
 
-impl Drop for Collecting {
+impl<F: Future<Output = ()> + Send + 'static> Drop for Collecting<F> {
     fn drop(&mut self) {
         if let Some(rest) = self.replies.take() {
             finish_in_background(rest, self.what);
@@ -292,11 +470,62 @@ pub(crate) struct Votes<T> {
     /// Why the failed votes failed, in the order they came.
     pub(crate) causes: Vec<NodeError>,
     /// Per node, what it answered (`None`: not heard from, failed, or not counted).
-    pub(crate) answers: Vec<Option<T>>,
-    /// Per node, whether a reply came (so its request ran there).
-    pub(crate) heard: Vec<bool>,
-    /// Per node, whether its request ended, with a reply or a failure.
-    pub(crate) ended: Vec<bool>,
+    pub(crate) answers: PerNode<T>,
+    /// The nodes from which a reply came (so their request ran there).
+    pub(crate) heard: NodeSet,
+    /// The nodes whose request ended, with a reply or a failure.
+    pub(crate) ended: NodeSet,
+}
+
+/// A set of node indexes: the bits of one word for up to 64 nodes, with no allocation
+/// (a round of every operation has two), a vector beyond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeSet {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl NodeSet {
+    /// The empty set of nodes `0..n`.
+    pub(crate) fn new(n: usize) -> Self {
+        if n <= 64 {
+            Self::Bits(0)
+        } else {
+            Self::Many(vec![false; n])
+        }
+    }
+
+    /// Puts node `i` in the set (`in_set`) or takes it out.
+    pub(crate) fn set(&mut self, i: usize, in_set: bool) {
+        match self {
+            Self::Bits(bits) => {
+                let bit = u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i));
+                if let Some(bit) = bit {
+                    if in_set {
+                        *bits |= bit;
+                    } else {
+                        *bits &= !bit;
+                    }
+                }
+            }
+            Self::Many(v) => {
+                if let Some(slot) = v.get_mut(i) {
+                    *slot = in_set;
+                }
+            }
+        }
+    }
+
+    /// Whether node `i` is in the set.
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        match self {
+            Self::Bits(bits) => u32::try_from(i)
+                .ok()
+                .and_then(|i| bits.checked_shr(i))
+                .is_some_and(|b| b & 1 == 1),
+            Self::Many(v) => v.get(i).copied().unwrap_or(false),
+        }
+    }
 }
 
 /// Whose replies count: every answer, or only the votes of nodes not in restart
@@ -311,8 +540,8 @@ pub(crate) enum Count {
 /// `done(&tally)` (or every node replied), each reply through `classify`; a reply no
 /// Redis running our scripts would give is a failed vote with its cause. What is not
 /// read stays in `replies`, for its owner to finish in the background.
-pub(crate) async fn collect<T>(
-    replies: &mut Collecting,
+pub(crate) async fn collect<T, F: Future<Output = ()> + Send + 'static>(
+    replies: &mut Collecting<F>,
     nodes: &[Node],
     count: Count,
     classify: impl Fn(&Value) -> Result<(Vote, T), String>,
@@ -322,13 +551,13 @@ pub(crate) async fn collect<T>(
     let mut votes = Votes {
         tally: Tally::new(n),
         causes: Vec::new(),
-        answers: (0..n).map(|_| None).collect(),
-        heard: vec![false; n],
-        ended: vec![false; n],
+        answers: PerNode::empty(n),
+        heard: NodeSet::new(n),
+        ended: NodeSet::new(n),
     };
     while let Some((node, reply)) = replies.next().await {
-        votes.heard[node] = reply.is_ok();
-        votes.ended[node] = true;
+        votes.heard.set(node, reply.is_ok());
+        votes.ended.set(node, true);
         let reply = match count {
             Count::Votes => nodes[node].counted(reply),
             Count::Answers => reply,
@@ -384,7 +613,7 @@ pub(crate) fn release_in_background(
 ) {
     metrics::background_release(what);
     handle.spawn(async move {
-        let mut replies = fan_out(&nodes, Arc::new(op));
+        let mut replies = fan_out(&nodes, op);
         let mut failed = 0usize;
         while let Some((node, reply)) = replies.next().await {
             if let Err(e) = reply {
@@ -394,4 +623,60 @@ pub(crate) fn release_in_background(
         }
         tracing::debug!(failed, "{what}: background release done");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Arrivals, NodeSet, PerNode};
+    use crate::error::{NodeError, NodeErrorKind};
+
+    /// The replies of a round come out in the order they went in, in place for up to
+    /// 8 nodes and in a vector beyond, and a full round takes no more.
+    #[test]
+    fn arrivals_come_out_in_the_order_they_came() {
+        for n in [1, 5, 8, 9, 20] {
+            let mut arrivals = Arrivals {
+                slots: PerNode::empty(n),
+                read: 0,
+                filled: 0,
+            };
+            assert_eq!(matches!(arrivals.slots, PerNode::Inline(..)), n <= 8);
+            assert_eq!(arrivals.slots.len(), n);
+            let order: Vec<usize> = (0..n).rev().collect();
+            for (k, node) in order.iter().enumerate() {
+                arrivals.push((*node, Ok(redis::Value::Int(k as i64))));
+                if k % 2 == 1 {
+                    let (got, _) = arrivals.pop().expect("a reply is in");
+                    assert_eq!(got, order[k / 2]);
+                }
+            }
+            let err = NodeError::new(0, "x:1".into(), NodeErrorKind::Protocol("full".into()));
+            arrivals.push((n, Err(err)));
+            let rest: Vec<usize> = std::iter::from_fn(|| arrivals.pop()).map(|r| r.0).collect();
+            assert_eq!(rest, order[n / 2..], "n {n}");
+        }
+    }
+
+    /// Against the naive oracle, a vector of flags, in both forms (64 nodes and fewer
+    /// in one word, more in a vector), at the edges of the word.
+    #[test]
+    fn a_node_set_is_a_vector_of_flags() {
+        for n in [1, 5, 63, 64, 65, 130] {
+            let mut set = NodeSet::new(n);
+            let mut oracle = vec![false; n];
+            assert_eq!(matches!(set, NodeSet::Bits(_)), n <= 64);
+            for (step, i) in [0, n - 1, n / 2, 0, n - 1].into_iter().enumerate() {
+                let on = step != 3;
+                set.set(i, on);
+                oracle[i] = on;
+                for (j, flag) in oracle.iter().enumerate() {
+                    assert_eq!(set.contains(j), *flag, "n {n}, node {j} after step {step}");
+                }
+            }
+            // Out of range: never in the set, and setting it changes nothing.
+            set.set(n + 64, true);
+            assert!(!set.contains(n + 64));
+            assert!((0..n).all(|j| set.contains(j) == oracle[j]));
+        }
+    }
 }

@@ -75,10 +75,12 @@ mod layout;
 mod rwlock;
 mod semaphore;
 
+#[cfg(test)]
+pub(crate) use exclusive::acquire_one;
 pub(crate) use exclusive::{
-    acquire_many, acquire_one, acquire_or_queue, extend, extend_heal, fenced_acquire, hold_release,
-    release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_HEAL_LUA, EXTEND_LUA,
-    FENCED_ACQUIRE_LUA, RELEASE_LUA,
+    acquire_many, acquire_one_for, acquire_or_queue, extend, extend_heal, fenced_acquire,
+    hold_release, release, set_nx, wait_join, wake_next, ACQUIRE_ONE_LUA, EXTEND_HEAL_LUA,
+    EXTEND_LUA, FENCED_ACQUIRE_LUA, RELEASE_LUA,
 };
 pub(crate) use inspect::inspect;
 
@@ -112,23 +114,58 @@ impl Call {
     /// Both of the command's buffers are sized once for the whole request: built
     /// argument by argument they would grow (and be copied) four or five times, on
     /// every acquisition and release.
-    fn new<K: AsRef<str>>(script: &'static Script, keys: &[K]) -> Self {
-        let sha = script.get_hash();
+    fn new<K: AsRef<[u8]>>(script: &'static Script, keys: &[K]) -> Self {
         let key_bytes: usize = keys.iter().map(|k| k.as_ref().len()).sum();
+        let mut call = Self::sized(script, keys.len(), key_bytes);
+        for key in keys {
+            call.cmd.arg(key.as_ref());
+        }
+        call
+    }
+
+    /// Like [`new`](Self::new) with `keys`, then each of them again with `suffix` (a
+    /// lock key's auxiliary key, such as its wait queue), written straight into the
+    /// command rather than made as strings first.
+    fn with_suffixed(script: &'static Script, keys: &[String], suffix: &str) -> Self {
+        let key_bytes: usize = keys.iter().map(|k| 2 * k.len() + suffix.len()).sum();
+        let mut call = Self::sized(script, 2 * keys.len(), key_bytes);
+        for key in keys {
+            call.cmd.arg(key.as_str());
+        }
+        for key in keys {
+            call.cmd.arg(Joined(key, suffix));
+        }
+        call
+    }
+
+    /// `EVALSHA <sha> <keys>`, with room for `keys` keys of `key_bytes` bytes in all and
+    /// the arguments.
+    fn sized(script: &'static Script, keys: usize, key_bytes: usize) -> Self {
+        let sha = script.get_hash();
         let mut cmd = redis::Cmd::with_capacity(
-            3 + keys.len() + ARGS_ROOM,
+            3 + keys + ARGS_ROOM,
             "EVALSHA".len() + sha.len() + 4 + key_bytes + ARG_BYTES_ROOM,
         );
-        cmd.arg("EVALSHA").arg(sha).arg(keys.len());
-        for key in keys {
-            cmd.arg(key.as_ref());
-        }
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
         Self { script, cmd }
     }
 
     fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.cmd.arg(arg);
         self
+    }
+}
+
+/// Two strings written as one argument.
+struct Joined<'a>(&'a str, &'a str);
+
+impl ToRedisArgs for Joined<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        // Into a command's own buffer, which cannot fail.
+        let _ = arg.write_all(self.0.as_bytes());
+        let _ = arg.write_all(self.1.as_bytes());
     }
 }
 

@@ -112,28 +112,39 @@ impl ClusterVote {
             // Never a plain `SET NX` here: the cluster client re-sends a request by itself
             // after a broken connection or a redirect, and a `SET NX` whose first try had
             // landed would then answer "not set" for this owner's own value, a refusal
-            // that nothing undoes. The script counts its own value as set.
+            // that nothing undoes. The script that replaces it counts its own value as set.
+            Request::Set(set) => {
+                let call = crate::scripts::acquire_one_for(set);
+                self.run_script(conn, &call).await
+            }
             // A cluster vote has no restart quarantine (its failover is its own), so an
             // extension heals there.
-            Request::Set { resend: call, .. }
-            | Request::Script(call)
-            | Request::Heal { heal: call, .. } => {
-                let cmd = self.keys.map_cmd(&call.cmd);
-                match cmd.query_async::<Value>(conn).await {
-                    // NOSCRIPT (a master restarted, or failed over): load the script on
-                    // the master that said so, not on every node (`SCRIPT LOAD`'s
-                    // default route): the others have it or will ask, and a master
-                    // that is down or paused is not waited for.
-                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        let Some(route) = script_route(&cmd) else {
-                            return Err(e);
-                        };
-                        call.script.load_async(&mut Pinned { conn, route }).await?;
-                        cmd.query_async(conn).await
-                    }
-                    other => other,
-                }
+            Request::Script(call) | Request::Heal { heal: call, .. } => {
+                self.run_script(conn, call).await
             }
+        }
+    }
+
+    /// Runs `call`, loading its script where a master answers NOSCRIPT.
+    async fn run_script(
+        &self,
+        conn: &mut ClusterConnection,
+        call: &crate::scripts::Call,
+    ) -> RedisResult<Value> {
+        let cmd = self.keys.map_cmd(&call.cmd);
+        match cmd.query_async::<Value>(conn).await {
+            // NOSCRIPT (a master restarted, or failed over): load the script on
+            // the master that said so, not on every node (`SCRIPT LOAD`'s
+            // default route): the others have it or will ask, and a master
+            // that is down or paused is not waited for.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let Some(route) = script_route(&cmd) else {
+                    return Err(e);
+                };
+                call.script.load_async(&mut Pinned { conn, route }).await?;
+                cmd.query_async(conn).await
+            }
+            other => other,
         }
     }
 }

@@ -223,7 +223,7 @@ impl LockGuard {
             let started = Instant::now();
             let op = held.release_op();
             // Cancelled once sent, the rest still goes out (see `# Cancel safety`).
-            let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "release")
+            let mut replies = Collecting::new(fan_out(&inner.nodes, op), "release")
                 .until(round::clear_patience(&inner.nodes));
             // Once a quorum answered (released or not held), nobody can be kept from
             // the lock by this owner; the rest finish in the background. Every answer

@@ -5,13 +5,11 @@
 pub(crate) enum Request<'a> {
     Cmd(&'a redis::Cmd),
     Script(&'a crate::scripts::Call),
-    /// A plain `SET NX`, and the script to send instead if it must be sent again: the
-    /// first one may have been applied with its reply lost, and a re-sent `SET NX` would
-    /// then find this owner's own value and answer "not set".
-    Set {
-        cmd: &'a redis::Cmd,
-        resend: &'a crate::scripts::Call,
-    },
+    /// A plain `SET NX` of [`set_nx`](crate::scripts::set_nx). If it must be sent again,
+    /// [`acquire_one_for`](crate::scripts::acquire_one_for) goes instead: the first one
+    /// may have been applied with its reply lost, and a re-sent `SET NX` would then find
+    /// this owner's own value and answer "not set".
+    Set(&'a redis::Cmd),
     /// An extension that re-sets the value where the key is missing (`heal`), unless
     /// the node is in restart quarantine when the request is sent: then `plain`. Decided
     /// after the connection was made, when a restart has been judged.
@@ -19,14 +17,4 @@ pub(crate) enum Request<'a> {
         heal: &'a crate::scripts::Call,
         plain: &'a crate::scripts::Call,
     },
-}
-
-impl<'a> Request<'a> {
-    /// What to send when the first try may have landed.
-    pub(super) fn resend(self) -> Self {
-        match self {
-            Self::Set { resend, .. } => Self::Script(resend),
-            other => other,
-        }
-    }
 }

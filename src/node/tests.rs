@@ -33,3 +33,37 @@ fn the_pause_between_tries_grows_to_a_cap() {
     assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16, 16, 16, 16, 16]);
     assert_eq!(reconnect_pause(u32::MAX), Duration::from_millis(16));
 }
+
+fn unconnected_node() -> Node {
+    let client = Client::open("redis://127.0.0.1:1").expect("url");
+    let second = Duration::from_secs(1);
+    Node::new(0, client, second, second, None)
+}
+
+/// A release of a value waits for every request that may still set it on the node, and
+/// for no other value's.
+#[tokio::test]
+async fn settled_waits_for_the_values_own_setters_only() {
+    use futures::FutureExt;
+    let node = unconnected_node();
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    assert!(
+        node.settled(&a).now_or_never().is_some(),
+        "no setter: settled"
+    );
+    let first = node.setting(&a);
+    let second = node.setting(&a);
+    let other = node.setting(&b);
+    let settled = node.settled(&a);
+    tokio::pin!(settled);
+    assert!(settled.as_mut().now_or_never().is_none());
+    drop(first);
+    drop(other);
+    assert!(
+        settled.as_mut().now_or_never().is_none(),
+        "one setter still out"
+    );
+    drop(second);
+    assert!(settled.as_mut().now_or_never().is_some());
+    assert!(lock(&node.setters.counts).is_empty(), "counts forgotten");
+}

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::future::Future;
+
 use redis::Value;
 
 use super::claim::{best_slot, Answer, Claim, Try, UndoPlan};
@@ -17,7 +18,7 @@ use crate::guard::{Held, LockGuard};
 use crate::mutants;
 use crate::node::Node;
 use crate::quorum::{self, Outcome, Tally, Vote};
-use crate::round::{self, fan_out, fan_out_where, Collecting, Count, Replies};
+use crate::round::{self, fan_out, fan_out_where, Collecting, Count, NodeSet, Round};
 
 /// What one attempt came to.
 // `Won` is the common case and lives for one step: boxing the guard would cost an
@@ -110,7 +111,7 @@ impl Redlock {
         // with the release), and a queued acquire must reach every node's wait queue.
         // Whatever a lost attempt's stragglers set is undone below, after them on each
         // node (see `Node::settled`).
-        let mut replies = Collecting::new(fan_out(&inner.nodes, Arc::new(op)), "acquire");
+        let mut replies = Collecting::new(fan_out(&inner.nodes, op), "acquire");
         // A semaphore's votes count per slot: a permit is won once one slot has a
         // quorum, lost once none can get one. (Counted per node, the mutant: any granted
         // slot is a yes.)
@@ -150,11 +151,10 @@ impl Redlock {
             votes.tally.outcome() == Some(Outcome::Won)
         };
         // Nodes that answered "not set" hold nothing of this attempt to undo.
-        let refused: Vec<bool> = votes
-            .answers
-            .iter()
-            .map(|a| a.is_some_and(Answer::refuses))
-            .collect();
+        let mut refused = NodeSet::new(votes.answers.len());
+        for (node, answer) in votes.answers.iter().enumerate() {
+            refused.set(node, answer.is_some_and(Answer::refuses));
+        }
         let refuses = move |value: &Value| reading.classify(value).is_ok_and(Answer::refuses);
         if won {
             let elapsed = clock.since(start);
@@ -236,49 +236,50 @@ impl Redlock {
 ///   answer "not set": under contention that is every node, and the undo costs nothing.
 ///
 /// On each node the undo runs after this attempt's own request (see `Node::settled`).
-async fn undo_failed<T>(
+async fn undo_failed<T, F>(
     undo: &mut Undo,
     votes: &round::Votes<T>,
-    refused: &[bool],
-    pending: Option<Replies>,
+    refused: &NodeSet,
+    pending: Option<Round<F>>,
     refuses: impl Fn(&Value) -> bool + Send + 'static,
-) {
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
     let Some((nodes, plan, value)) = undo.disarm() else {
         return;
     };
-    let op = Arc::new(plan.op(&value));
     if let (Some(mut rest), Ok(handle)) = (
         pending.filter(|r| !r.is_empty()),
         tokio::runtime::Handle::try_current(),
     ) {
-        let (nodes, op) = (Arc::clone(&nodes), Arc::clone(&op));
+        let (nodes, plan, value) = (Arc::clone(&nodes), plan.clone(), Arc::clone(&value));
         handle.spawn(async move {
             while let Some((node, reply)) = rest.next().await {
                 if matches!(&reply, Ok(value) if refuses(value)) {
                     continue;
                 }
-                let mut undo = fan_out_where(&nodes, Arc::clone(&op), |i| i == node);
+                let mut undo = fan_out_where(&nodes, plan.op(&value), |i| i == node);
                 if let Some((_, Err(e))) = undo.next().await {
                     tracing::debug!(node, error = %e, "undo failed on a node; its key expires with the ttl");
                 }
             }
         });
     }
-    let now = |i: usize| votes.ended[i] && !refused[i];
+    let now = |i: usize| votes.ended.contains(i) && !refused.contains(i);
     if !(0..nodes.len()).any(now) {
         return;
     }
     // Dropped mid-way (the acquisition cancelled), the rest still goes out.
-    let mut replies = Collecting::new(fan_out_where(&nodes, op, now), "undo")
+    let mut replies = Collecting::new(fan_out_where(&nodes, plan.op(&value), now), "undo")
         .until(round::clear_patience(&nodes));
     let mut waiting = (0..nodes.len())
-        .filter(|i| votes.heard[*i] && !refused[*i])
+        .filter(|i| votes.heard.contains(*i) && !refused.contains(*i))
         .count();
     while waiting > 0 {
         let Some((node, reply)) = replies.next().await else {
             break;
         };
-        if votes.heard[node] {
+        if votes.heard.contains(node) {
             waiting -= 1;
         }
         if let Err(e) = reply {

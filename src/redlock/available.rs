@@ -1,7 +1,5 @@
 //! `available()`: which permits of a semaphore a quorum of nodes reports free.
 
-use std::sync::Arc;
-
 use redis::Value;
 
 use super::claim::check_permits;
@@ -23,10 +21,7 @@ impl Redlock {
         let key = self.key_of(resource);
         let slots: Vec<String> = (0..permits).map(|i| kind::permit_key(&key, i)).collect();
         let call = scripts::permit_taken(&slots);
-        let mut replies = Collecting::new(
-            fan_out(&self.inner.nodes, Arc::new(Op::free(call))),
-            "available",
-        );
+        let mut replies = Collecting::new(fan_out(&self.inner.nodes, Op::free(call)), "available");
         let votes = round::collect(
             &mut replies,
             &self.inner.nodes,

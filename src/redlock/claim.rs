@@ -143,6 +143,7 @@ pub(super) fn best_slot(counts: &[AtomicUsize]) -> (usize, usize) {
 
 /// What undoes a failed attempt, made into a request only when one is sent: most
 /// attempts win and never send it.
+#[derive(Clone)]
 pub(super) enum UndoPlan {
     /// Compare-and-delete of these keys (lock keys, or a semaphore's slot keys).
     Release(Arc<[String]>),

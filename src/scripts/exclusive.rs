@@ -32,10 +32,27 @@ pub(crate) fn set_nx(key: &str, value: &str, ttl_ms: u64) -> redis::Cmd {
     cmd
 }
 
-/// [`ACQUIRE_ONE`] of `key` for `value`: what replaces [`set_nx`] when it is sent again.
+/// [`ACQUIRE_ONE`] of `key` for `value`.
+#[cfg(test)]
 pub(crate) fn acquire_one(key: &str, value: &str, ttl_ms: u64) -> Call {
     let mut call = Call::new(&ACQUIRE_ONE, &[key]);
     call.arg(value).arg(ttl_ms);
+    call
+}
+
+/// [`ACQUIRE_ONE`] with the key, value and ttl of `set`, a command of [`set_nx`]: what
+/// replaces it when it is sent again. Built only then, from the command itself: most
+/// acquisitions never re-send, and building it with every `SET` cost two allocations.
+pub(crate) fn acquire_one_for(set: &redis::Cmd) -> Call {
+    // `SET key value NX PX ttl`: the words at 1, 2 and 5.
+    let mut words: [&[u8]; 6] = [&[]; 6];
+    for (word, arg) in words.iter_mut().zip(set.args_iter()) {
+        if let redis::Arg::Simple(bytes) = arg {
+            *word = bytes;
+        }
+    }
+    let mut call = Call::new(&ACQUIRE_ONE, &[words[1]]);
+    call.arg(words[2]).arg(words[5]);
     call
 }
 
@@ -85,11 +102,7 @@ pub(crate) fn fenced_acquire(
 /// released key's wait queue (`<key>:waiters`) is woken.
 pub(crate) fn release(keys: &[String], value: &str, wake: Option<&str>) -> Call {
     let mut call = match wake {
-        Some(_) => {
-            let queues = keys.iter().map(|k| format!("{k}{QUEUE_SUFFIX}"));
-            let all: Vec<String> = keys.iter().cloned().chain(queues).collect();
-            Call::new(&RELEASE, &all)
-        }
+        Some(_) => Call::with_suffixed(&RELEASE, keys, QUEUE_SUFFIX),
         None => Call::new(&RELEASE, keys),
     };
     call.arg(value).arg(wake.unwrap_or(""));

@@ -34,6 +34,7 @@ fn exclusive_scripts_send_their_keys_then_their_arguments() {
     let fences = strings(&["a:fence", "b:fence"]);
     let cases: Vec<(Call, &[&str], &[&str])> = vec![
         (acquire_one("k", "v", 7), &["k"], &["v", "7"]),
+        (acquire_one_for(&set_nx("k", "v", 7)), &["k"], &["v", "7"]),
         (
             acquire_or_queue("k", "k:waiters", "v", 7, "m", true, 9),
             &["k", "k:waiters"],

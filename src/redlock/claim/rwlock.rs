@@ -66,7 +66,7 @@ impl ReadWrite {
             Some(value) => Op::clearing(call, value),
             None => Op::free(call),
         };
-        let replies = fan_out(&redlock.inner.nodes, Arc::new(op));
+        let replies = fan_out(&redlock.inner.nodes, op);
         round::finish_in_background(replies, "withdraw a waiting reader or writer");
     }
 }

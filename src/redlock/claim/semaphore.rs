@@ -62,7 +62,7 @@ impl Semaphore {
         }
         let op = Op::release(&others, value, false);
         round::finish_in_background(
-            fan_out_where(&redlock.inner.nodes, Arc::new(op), trim),
+            fan_out_where(&redlock.inner.nodes, op, trim),
             "release other permit slots",
         );
     }
