@@ -24,10 +24,9 @@ async fn an_exclusive_acquire_is_refused_while_a_reader_holds() {
     let reader = bounded(reading.lock("doc:1").read().ttl(LONG).try_acquire())
         .await
         .expect("reader");
-    let plain = bounded(other.try_acquire("doc:1", LONG)).await;
-    assert!(plain.as_ref().is_err_and(|e| e.is_conflict()), "{plain:?}");
-    // A peer (node-redlock, redsync, a script) takes a lock with SET NX on each node,
-    // once the reader is on each (its acquire returned when a quorum admitted it).
+    // The reader's acquire returned when a quorum admitted it; its request to the last
+    // node may still be on its way, and an exclusive attempt that got there first would
+    // keep it out of that node for good. Both checks below start once it is on each.
     let conns = direct(&cluster).await;
     eventually("the reader is on every node", || {
         let mut conns = conns.clone();
@@ -37,6 +36,9 @@ async fn an_exclusive_acquire_is_refused_while_a_reader_holds() {
         }
     })
     .await;
+    let plain = bounded(other.try_acquire("doc:1", LONG)).await;
+    assert!(plain.as_ref().is_err_and(|e| e.is_conflict()), "{plain:?}");
+    // A peer (node-redlock, redsync, a script) takes a lock with SET NX on each node.
     for mut c in conns {
         let set: Option<String> = redis::cmd("SET")
             .arg("doc:1")
@@ -82,6 +84,10 @@ async fn a_reader_whose_attempt_fails_keeps_its_turn() {
     let w1 = bounded(lock.lock("doc").write().ttl(LONG).try_acquire())
         .await
         .expect("first writer");
+    // The writer's grant returned at a quorum: on a node its request has not reached
+    // yet the reader would be admitted (and the writer refused there), and would never
+    // wait on that node. The reader comes once the writer is on each.
+    support::on_every_node(&cluster, "doc").await;
     // The reader's grant must leave 1.7 s of its 2 s: with 2 x 200 ms of latency an
     // attempt cannot, without it one can.
     let reader = {
