@@ -74,6 +74,7 @@ impl Config {
             scripts: Scripts::of_crate(),
             token_from_counters: false,
             count_any_slot: false,
+            quorum_half: false,
             patience: 4,
             wipes: 0,
             quarantine: None,

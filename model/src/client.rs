@@ -250,7 +250,7 @@ pub fn answer(cfg: &Config, state: &mut State, c: u8, node: u8, reply: &Reply) {
         Phase::Extending(mut hold, _) => {
             if won && timely {
                 hold.valid_until = promised(cfg, r.start, r.ttl);
-            } else if !won && tally(&r).lost_to_owner() {
+            } else if !won && tally(cfg, &r).lost_to_owner() {
                 hold.valid_until = hold.valid_until.min(state.now * 1000);
             }
             client.phase = Phase::Holding(hold);
@@ -336,8 +336,12 @@ fn classify_acquire(kind: Kind, fenced: bool, reply: &Reply) -> Answer {
     }
 }
 
-fn tally(r: &Round) -> Tally {
+fn tally(cfg: &Config, r: &Round) -> Tally {
     let mut t = Tally::new(r.answers.len());
+    if cfg.quorum_half {
+        // The mutant's rule, on the crate's own tally: half the nodes make a "quorum".
+        t.quorum = r.answers.len() / 2;
+    }
     for a in &r.answers {
         match a {
             Answer::Pending => {}
@@ -365,7 +369,7 @@ fn best_slot(r: &Round) -> (u8, usize) {
 
 /// `Some(won)` once the round is decided, as the crate's vote collector decides it.
 fn decide(cfg: &Config, r: &Round, extending: bool) -> Option<bool> {
-    let t = tally(r);
+    let t = tally(cfg, r);
     let per_slot = matches!(cfg.kind, Kind::Permits(_)) && !cfg.count_any_slot;
     if per_slot && !extending {
         // Won once one slot has a quorum; lost once none can get one.

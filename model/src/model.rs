@@ -117,6 +117,9 @@ pub struct Config {
     /// The `semaphore_count` client rule: a permit is won on a quorum of grants of any
     /// slot, not of one slot.
     pub count_any_slot: bool,
+    /// The `quorum_half` client rule: half the nodes (`n / 2`, no majority) count as a
+    /// quorum when a round is decided.
+    pub quorum_half: bool,
     /// How long (ms) a refused reader keeps its place and a refused writer its intent
     /// (reader-writer lock: the scripts' patience argument).
     pub patience: u64,

@@ -167,6 +167,17 @@ fn mutant_semaphore_count_is_caught() {
     assert_found(&check("semaphore_count", cfg), NO_TWO_HOLDERS);
 }
 
+/// `quorum_half`: half the nodes (1 of 3) make a "quorum", which is no majority: two
+/// clients each win on a node of their own.
+#[test]
+fn mutant_quorum_half_is_caught() {
+    let mut cfg = Config::exclusive(Bound::Small, &[]);
+    cfg.quorum_half = true;
+    (cfg.max_skew, cfg.horizon, cfg.max_steps) = (0, 0, None);
+    cfg.stop_at = Some(NO_TWO_HOLDERS);
+    assert_found(&check("quorum_half", cfg), NO_TWO_HOLDERS);
+}
+
 /// The reader-writer lock with the crate's scripts: a reader and a writer; two writers;
 /// a reader and an exclusive owner of the same key (kept out by the readers marker).
 #[test]
