@@ -35,15 +35,7 @@ const SHORT_MS: u64 = 1_500;
 const SHORT_EXTENSIONS: usize = 3;
 
 fn spec() -> MgrSpec {
-    MgrSpec {
-        fencing: false,
-        retry_count: 0,
-        retry_delay_ms: 0,
-        jitter_ms: 0,
-        drift: 0.01,
-        node_timeout_ms: NODE_TIMEOUT_MS,
-        wake: true,
-    }
+    MgrSpec::one_attempt(NODE_TIMEOUT_MS)
 }
 
 fn step(op: Op) -> Step {

@@ -118,6 +118,22 @@ pub struct MgrSpec {
     pub wake: bool,
 }
 
+impl MgrSpec {
+    /// A manager of the probes (the flap probe, the late-delivery probe): one attempt,
+    /// no pause, no fencing, wake-ups on, with this node timeout.
+    pub fn one_attempt(node_timeout_ms: u64) -> Self {
+        Self {
+            fencing: false,
+            retry_count: 0,
+            retry_delay_ms: 0,
+            jitter_ms: 0,
+            drift: 0.01,
+            node_timeout_ms,
+            wake: true,
+        }
+    }
+}
+
 impl fmt::Display for MgrSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -11,15 +11,7 @@ const PROBE_CYCLES: usize = 12;
 /// A manager that can carry a request through a short flap: its node timeout leaves
 /// room to connect again and send a request once more, also on a loaded machine.
 fn probe_spec() -> MgrSpec {
-    MgrSpec {
-        fencing: false,
-        retry_count: 0,
-        retry_delay_ms: 0,
-        jitter_ms: 0,
-        drift: 0.01,
-        node_timeout_ms: 250,
-        wake: true,
-    }
+    MgrSpec::one_attempt(250)
 }
 
 /// The end of the tail: one more client, with a fresh manager, takes and releases a lock
