@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Answer, Claim, Reading, Try, UndoPlan, Wait, Win};
 use crate::config::Config;
 use crate::error::ConflictReason;
-use crate::kind::{LockKind, READERS_SUFFIX};
+use crate::kind::LockKind;
 use crate::redlock::Redlock;
 use crate::round::{self, fan_out, Op};
 use crate::scripts::{self, RwKeys};
@@ -38,10 +38,11 @@ impl ReadWrite {
         let inner = &redlock.inner;
         let config = &inner.config;
         let key = redlock.key_of(resource);
+        let rw = RwKeys::of(&key);
         Self {
             names: Arc::from([resource.to_owned()]),
-            rw: RwKeys::of(&key),
-            readers: format!("{key}{READERS_SUFFIX}").into(),
+            readers: Arc::from(rw.readers.as_str()),
+            rw,
             key: Arc::from([key]),
             write,
             // Writers take tokens from the exclusive lock's counter.
