@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 all=(skip_validity plain_del constant_value quorum_half incr_max semaphore_count
      old_belief keep_alive_here unordered_release free_queue_attempt stalled_subscription
-     lower_extend)
+     lower_extend read_beside_writer write_beside_readers)
 mutants=("${@:-${all[@]}}")
 base="${MUTANT_TARGET_BASE:-$PWD/target/mutants}"
 failed=()
@@ -21,7 +21,7 @@ failed=()
 # root, whose default members hold both, so each mutant's library builds once.
 test_of() {
   case "$1" in
-    semaphore_count) echo "it rw_and_permits::mutant_$1" ;;
+    semaphore_count|read_beside_writer|write_beside_readers) echo "it rw_and_permits::mutant_$1" ;;
     *) echo "safety safety::mutant_$1" ;;
   esac
 }

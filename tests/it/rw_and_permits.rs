@@ -1,6 +1,7 @@
 //! Reader-writer locks and counting semaphores against real servers, under contention:
 //! n + 1 contenders on n permits (checked by C5/C6), faults of a minority of nodes
-//! during use, and the per-node-counting semaphore mutant caught. What each kind
+//! during use, and the per-node-counting semaphore mutant and the two reader-writer
+//! mutants caught. What each kind
 //! promises on its own (readers share, a writer excludes, expiry, fencing, leases) is
 //! tested in `rw_semantics.rs`.
 
@@ -237,6 +238,89 @@ async fn mutant_semaphore_count() {
             assert_eq!(held.len(), 2, "A and B hold, C is refused");
         }
         Some("semaphore_count") => assert_eq!(flagged, vec![Check::Permits], "C6 must catch it"),
+        Some(other) => println!("under mutant {other}: not judged"),
+    }
+}
+
+/// The writer (client 1) and the reader (client 2) of [`one_beside_the_other`].
+const WRITER: u32 = 1;
+
+/// `first` takes "doc", then `second` tries once (no wait) while `first` holds it; both
+/// are released, the second first. Returns what C5 flags (the first violation) and
+/// whether the second got in.
+async fn one_beside_the_other(
+    cluster: &Cluster,
+    first: (u32, fn(LockRequest<'static>) -> LockRequest<'static>),
+    second: (u32, fn(LockRequest<'static>) -> LockRequest<'static>),
+) -> (Vec<Check>, bool) {
+    let rec = Recorder::new();
+    let (a, b) = (manager(cluster), manager(cluster));
+    let held = take(
+        &rec,
+        (first.0, 0),
+        "doc",
+        (first.1)(a.lock("doc").ttl(LONG)),
+    )
+    .await;
+    let held = held.expect("the first holder gets in on an idle resource");
+    let beside = (second.1)(b.lock("doc").ttl(LONG)).try_acquire();
+    let beside = crate::support::recorded(&rec, (second.0, 0), "doc", beside).await;
+    let got_in = beside.is_some();
+    if let Some(guard) = beside {
+        give_back(&rec, (second.0, 0), guard).await;
+    }
+    give_back(&rec, (first.0, 0), held).await;
+    let found = checker::read_write(&rec.history(), |hold| hold.client == WRITER);
+    (found.iter().map(|v| v.check).take(1).collect(), got_in)
+}
+
+/// `read_beside_writer` (`READ_ACQUIRE` without its check of the lock key's holder), on
+/// real servers: a reader asks while a writer holds the resource. The crate refuses
+/// it; the mutant lets it in beside the writer, and C5 must say so. (The model checker
+/// catches the same text: model/tests/model.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutant_read_beside_writer() {
+    let cluster = cluster(3).await;
+    let (flagged, got_in) = one_beside_the_other(
+        &cluster,
+        (WRITER, LockRequest::write),
+        (2, LockRequest::read),
+    )
+    .await;
+    println!("mutant_read_beside_writer: reader got in: {got_in}, flagged {flagged:?}");
+    match crate::support::active_mutant() {
+        None => {
+            assert!(!got_in, "a reader is refused while a writer holds");
+            assert!(flagged.is_empty(), "C5 clean: {flagged:?}");
+        }
+        Some("read_beside_writer") => {
+            assert_eq!(flagged, vec![Check::ReadWrite], "C5 must catch it")
+        }
+        Some(other) => println!("under mutant {other}: not judged"),
+    }
+}
+
+/// `write_beside_readers` (`WRITE_ACQUIRE` without its count of the live readers), on
+/// real servers: a writer asks while a reader holds the resource. The crate refuses it;
+/// the mutant grants it beside the reader, and C5 must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutant_write_beside_readers() {
+    let cluster = cluster(3).await;
+    let (flagged, got_in) = one_beside_the_other(
+        &cluster,
+        (2, LockRequest::read),
+        (WRITER, LockRequest::write),
+    )
+    .await;
+    println!("mutant_write_beside_readers: writer got in: {got_in}, flagged {flagged:?}");
+    match crate::support::active_mutant() {
+        None => {
+            assert!(!got_in, "a writer is refused while a reader holds");
+            assert!(flagged.is_empty(), "C5 clean: {flagged:?}");
+        }
+        Some("write_beside_readers") => {
+            assert_eq!(flagged, vec![Check::ReadWrite], "C5 must catch it")
+        }
         Some(other) => println!("under mutant {other}: not judged"),
     }
 }

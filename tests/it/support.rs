@@ -241,6 +241,14 @@ pub fn active_mutant() -> Option<&'static str> {
             cfg!(redlock_mutant = "stalled_subscription"),
             "stalled_subscription",
         ),
+        (
+            cfg!(redlock_mutant = "read_beside_writer"),
+            "read_beside_writer",
+        ),
+        (
+            cfg!(redlock_mutant = "write_beside_readers"),
+            "write_beside_readers",
+        ),
     ]
     .into_iter()
     .find(|(on, _)| *on)
