@@ -504,6 +504,33 @@ fn try_run() -> Result<(), String> {
         None,
     );
 
+    // The same on a current-thread runtime: one task needs no second worker, and a
+    // multi-thread runtime's wake-ups of its idle worker (futex, eventfd) are part of
+    // scenario 1's figures for every async subject. Informative; the targets are on 1.
+    eprintln!("scenario 1c: uncontended, direct, current-thread runtime");
+    let rt1 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let s1c = interleaved(
+        &rt1,
+        &s,
+        Phase {
+            scenario: "s1c",
+            kinds: &all,
+            urls: &direct,
+            tasks: 1,
+            dur: s.secs(1.0),
+        },
+        None,
+    )?;
+    drop(rt1);
+    report::table(
+        "1c. Uncontended as in 1, every async subject on a current-thread runtime",
+        &s1c,
+        None,
+    );
+
     parallel_scenario(&rt, &s, &direct)?;
     contention_scenarios(&rt, &s, &direct)?;
 
