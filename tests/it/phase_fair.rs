@@ -40,9 +40,16 @@ fn client(cluster: &Cluster) -> Redlock {
 }
 
 /// Writes in a loop on `doc` until `stop`, each right after the last (so a writer is
-/// always waiting), recording each hold as client `id`. Returns how many it made.
-fn writer(cluster: &Cluster, rec: &Recorder, id: u32, stop: &Arc<AtomicBool>) -> WriterTask {
+/// always waiting), recording each hold as client `id` and counting it in `written`.
+fn writer(
+    cluster: &Cluster,
+    rec: &Recorder,
+    id: u32,
+    stop: &Arc<AtomicBool>,
+    written: &Arc<AtomicU64>,
+) -> WriterTask {
     let (lock, rec, stop) = (client(cluster), rec.clone(), Arc::clone(stop));
+    let written = Arc::clone(written);
     tokio::spawn(async move {
         let mut op = 0;
         while !stop.load(Ordering::SeqCst) {
@@ -51,14 +58,14 @@ fn writer(cluster: &Cluster, rec: &Recorder, id: u32, stop: &Arc<AtomicBool>) ->
             if let Some(guard) = guard {
                 tokio::time::sleep(HOLD).await;
                 crate::support::release(&rec, (id, op), guard).await;
+                written.fetch_add(1, Ordering::SeqCst);
             }
             op += 1;
         }
-        op
     })
 }
 
-type WriterTask = tokio::task::JoinHandle<u64>;
+type WriterTask = tokio::task::JoinHandle<()>;
 
 /// Writers are clients 100 and up.
 fn is_writer(hold: &checker::Hold) -> bool {
@@ -70,15 +77,23 @@ async fn a_stream_of_writers_does_not_starve_readers() {
     let cluster = cluster(3).await;
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
     let writers: Vec<WriterTask> = (100..102)
-        .map(|id| writer(&cluster, &rec, id, &stop))
+        .map(|id| writer(&cluster, &rec, id, &stop, &written))
         .collect();
     let longest = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = (0..4u32)
         .map(|id| {
             let (lock, rec, longest) = (client(&cluster), rec.clone(), Arc::clone(&longest));
+            let written = Arc::clone(&written);
             tokio::spawn(async move {
-                for op in 0..5 {
+                // At least READS reads each, and on until the writers have written
+                // WRITES times (a loaded machine slows them more than the readers), so
+                // that every bound below was measured beside a stream of writers.
+                for op in 0..MAX_READS {
+                    if op >= READS && written.load(Ordering::SeqCst) >= WRITES {
+                        break;
+                    }
                     let started = Instant::now();
                     let request = lock.lock("doc").read().ttl(TTL).wait(WAIT);
                     let guard = crate::support::recorded(&rec, (id, op), "doc", request.acquire())
@@ -98,10 +113,10 @@ async fn a_stream_of_writers_does_not_starve_readers() {
     for r in readers {
         bounded(r).await.expect("reader task");
     }
+    let writes = written.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
-    let mut writes = 0;
     for w in writers {
-        writes += bounded(w).await.expect("writer task");
+        bounded(w).await.expect("writer task");
     }
     let longest = Duration::from_micros(longest.load(Ordering::SeqCst));
     println!("phase_fair: longest read wait {longest:?}; {writes} writes meanwhile");
@@ -109,10 +124,19 @@ async fn a_stream_of_writers_does_not_starve_readers() {
         longest < READ_BOUND,
         "a reader waited {longest:?}, over the bound of {READ_BOUND:?}"
     );
-    assert!(writes >= 5, "the writers kept writing meanwhile: {writes}");
+    assert!(
+        writes >= WRITES,
+        "the writers kept writing meanwhile: {writes} in {MAX_READS} reads of each reader"
+    );
     let violations = checker::read_write(&rec.history(), is_writer);
     assert!(violations.is_empty(), "C5: {violations:?}");
 }
+
+/// Reads each reader makes at least, and at most, in the test above; and the writes
+/// the writers must have made before the readers stop.
+const READS: u64 = 5;
+const MAX_READS: u64 = 40;
+const WRITES: u64 = 5;
 
 /// Whether the sorted set `key` has members on a quorum of the nodes.
 async fn on_quorum(cluster: &Cluster, key: &str) -> bool {
