@@ -485,19 +485,19 @@ fn try_run() -> Result<(), String> {
         return Ok(());
     }
 
-    eprintln!("scenario 1: uncontended, direct");
-    let s1 = interleaved(
-        &rt,
-        &s,
-        Phase {
-            scenario: "s1",
+    // One task on the direct URLs, every subject, on `rt`.
+    let uncontended = |rt: &Runtime, scenario: &str| {
+        let phase = Phase {
+            scenario,
             kinds: &all,
             urls: &direct,
             tasks: 1,
             dur: s.secs(1.0),
-        },
-        None,
-    )?;
+        };
+        interleaved(rt, &s, phase, None)
+    };
+    eprintln!("scenario 1: uncontended, direct");
+    let s1 = uncontended(&rt, "s1")?;
     report::table(
         "1. Uncontended: one task, lock + unlock of fresh keys (direct to the nodes)",
         &s1,
@@ -512,18 +512,7 @@ fn try_run() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let s1c = interleaved(
-        &rt1,
-        &s,
-        Phase {
-            scenario: "s1c",
-            kinds: &all,
-            urls: &direct,
-            tasks: 1,
-            dur: s.secs(1.0),
-        },
-        None,
-    )?;
+    let s1c = uncontended(&rt1, "s1c")?;
     drop(rt1);
     report::table(
         "1c. Uncontended as in 1, every async subject on a current-thread runtime",
