@@ -255,6 +255,29 @@ pub fn active_mutant() -> Option<&'static str> {
     .map(|(_, name)| name)
 }
 
+/// Waits until no request of the acquisition of `key` that just returned can still
+/// land: every node stores `key`, or its requests' deadline has passed (taken as three
+/// of their `node_timeout`s from now, since each ends within one after it was made,
+/// before the acquisition returned). A request that ran out while its connection was
+/// still being made (a loaded machine) was never sent and never lands, so waiting for
+/// the key on every node alone can wait for ever (seen in a CI dry run); and after its
+/// deadline a request is neither sent nor sent again.
+pub async fn landed_or_abandoned(cluster: &Cluster, key: &str, node_timeout: Duration) {
+    let abandoned_by = Instant::now() + node_timeout * 3;
+    let conns = direct(cluster).await;
+    eventually(
+        &format!("`{key}` on every node, or its requests over"),
+        || {
+            let mut conns = conns.clone();
+            async move {
+                let everywhere = values(&mut conns, key).await.iter().all(Option::is_some);
+                everywhere || Instant::now() >= abandoned_by
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits until every node (read directly) stores `key`: an acquisition returns at a
 /// quorum, and a request of it still on its way to a node that a test then restarts or
 /// edits would land afterwards (re-sent on a new connection within its deadline).

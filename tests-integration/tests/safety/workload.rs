@@ -100,13 +100,16 @@ pub fn manager(cluster: &Cluster, fencing: bool) -> Redlock {
 
 /// A manager for the step-by-step scenarios: a node timeout and retries generous
 /// enough for a loaded machine, since there each acquisition's outcome is the point.
+/// The node timeout of [`patient`]'s managers.
+pub const PATIENT_NODE_TIMEOUT: Duration = Duration::from_millis(300);
+
 pub fn patient(cluster: &Cluster, fencing: bool) -> Redlock {
     Redlock::builder()
         .nodes(cluster.urls())
         .retry_count(10)
         .retry_delay(RETRY_DELAY)
         .retry_jitter(RETRY_JITTER)
-        .node_timeout(Duration::from_millis(300))
+        .node_timeout(PATIENT_NODE_TIMEOUT)
         .fencing(fencing)
         .build()
         .expect("valid config")
