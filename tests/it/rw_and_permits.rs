@@ -1,9 +1,8 @@
 //! Reader-writer locks and counting semaphores against real servers, under contention:
 //! n + 1 contenders on n permits (checked by C5/C6), faults of a minority of nodes
 //! during use, and the per-node-counting semaphore mutant and the two reader-writer
-//! mutants caught. What each kind
-//! promises on its own (readers share, a writer excludes, expiry, fencing, leases) is
-//! tested in `rw_semantics.rs`.
+//! mutants caught. What each kind promises on its own (readers share, a writer
+//! excludes, expiry, fencing, leases) is tested in `rw_semantics.rs`.
 
 use std::time::Duration;
 
