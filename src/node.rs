@@ -214,11 +214,30 @@ impl Node {
         timeout: Duration,
     ) -> Result<Value, NodeError> {
         match tokio::time::timeout(timeout, self.run_unbounded(request)).await {
-            Ok(Ok(value)) => {
+            Ok(reply) => self.answered(reply),
+            Err(_) => Err(self.timed_out(timeout)),
+        }
+    }
+
+    /// Runs `request` of a round, with no deadline of its own: the round has one for
+    /// all its requests (`round::fan_out_where`) and calls
+    /// [`timed_out`](Self::timed_out) for each it gave up on.
+    pub(crate) async fn run_in_round(&self, request: Request<'_>) -> Result<Value, NodeError> {
+        let reply = self.run_unbounded(request).await;
+        self.answered(reply)
+    }
+
+    /// The outcome of a request that ended before its deadline.
+    fn answered(
+        &self,
+        reply: Result<Value, (RedisError, Option<u64>)>,
+    ) -> Result<Value, NodeError> {
+        match reply {
+            Ok(value) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 Ok(value)
             }
-            Ok(Err((e, generation))) => {
+            Err((e, generation)) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                     self.reset(generation);
                 }
@@ -226,17 +245,20 @@ impl Node {
                 crate::metrics::node_error(&err);
                 Err(err)
             }
-            Err(_) => {
-                let n = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= TIMEOUTS_BEFORE_RECONNECT {
-                    self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                    self.reset(None);
-                }
-                let err = self.error(NodeErrorKind::Timeout(timeout));
-                crate::metrics::node_error(&err);
-                Err(err)
-            }
         }
+    }
+
+    /// A request to this node ran out of `timeout`: counted (a connection that times
+    /// out [`TIMEOUTS_BEFORE_RECONNECT`] times in a row is made anew), and the error.
+    pub(crate) fn timed_out(&self, timeout: Duration) -> NodeError {
+        let n = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= TIMEOUTS_BEFORE_RECONNECT {
+            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+            self.reset(None);
+        }
+        let err = self.error(NodeErrorKind::Timeout(timeout));
+        crate::metrics::node_error(&err);
+        err
     }
 
     /// Runs `request` again on a new connection whenever the one it went out on turned

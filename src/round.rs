@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{join_all, JoinAll};
+use futures::future::{join_all, Either, JoinAll};
 use futures::FutureExt;
 use redis::Value;
+use tokio::time::Instant;
 
-use crate::clock::instant_after;
 use crate::error::NodeError;
 use crate::metrics;
 use crate::node::{Node, SetTicket};
@@ -30,10 +30,12 @@ pub(crate) use votes::{collect, no_quorum, Count, NodeSet, Votes};
 
 pub(crate) type Reply = (usize, Result<Value, NodeError>);
 
-/// What the requests of one round share: the request, and the replies that came in and
-/// were not read yet, in the order they came.
+/// What the requests of one round share: the request, its deadline, and the replies
+/// that came in and were not read yet, in the order they came.
 struct Shared {
     op: Op,
+    /// When the round gives up on every request still out (see [`fan_out_where`]).
+    deadline: Instant,
     replies: Mutex<Arrivals>,
 }
 
@@ -44,10 +46,30 @@ struct Arrivals {
     /// The next slot to read, and the next to fill.
     read: usize,
     filled: usize,
+    /// Nodes that left their reply, or were not asked: a reply that comes after the
+    /// round gave up on its node is not counted twice.
+    ended: NodeSet,
+    /// Per node, the ticket that keeps the node's releases of the value after its
+    /// request (requests that may set a value): given up when the request ends, or when
+    /// the round gives up on it. A request the round gave up on is never polled again,
+    /// so it can no longer be sent or re-sent.
+    tickets: PerNode<SetTicket>,
+    /// Until when the caller waits (`Collecting::until`), and whether that has passed.
+    patience: Option<Instant>,
+    patience_over: bool,
 }
 
 impl Arrivals {
+    /// Leaves node `reply.0`'s reply (or timeout), unless it has one, and gives up
+    /// its ticket.
     fn push(&mut self, reply: Reply) {
+        if self.ended.contains(reply.0) {
+            return;
+        }
+        self.ended.set(reply.0, true);
+        if let Some(ticket) = self.tickets.get_mut(reply.0) {
+            drop(ticket.take());
+        }
         // Never full: one reply per node of the round.
         if let Some(slot) = self.slots.get_mut(self.filled) {
             *slot = Some(reply);
@@ -105,7 +127,8 @@ impl<T> std::ops::DerefMut for PerNode<T> {
 }
 
 /// The requests of one round, sent to each node at once; [`next`](Self::next) gives
-/// each reply with its node's index as it comes.
+/// each reply with its node's index as it comes, and a timeout for each node still out
+/// at the round's deadline.
 ///
 /// One future per node, all of one type, kept unboxed side by side (`join_all`, which
 /// polls each of up to 30 futures in one allocation); each leaves its reply in the
@@ -123,10 +146,14 @@ pub(crate) struct Round<F: Future<Output = ()>> {
     shared: Arc<Shared>,
     /// Replies not read yet (still out, or in the queue).
     remaining: usize,
+    /// Whether `next` ends when the caller's patience does (`Collecting::until`); off
+    /// once the round goes on in the background.
+    patient: bool,
 }
 
 impl<F: Future<Output = ()>> Round<F> {
-    /// The next reply, or `None` once every node's reply was read.
+    /// The next reply, or `None` once every node's reply was read (or, for a caller
+    /// with a patience, once it ran out).
     pub(crate) async fn next(&mut self) -> Option<Reply> {
         std::future::poll_fn(|cx| self.poll_reply(cx)).await
     }
@@ -144,11 +171,13 @@ impl<F: Future<Output = ()>> Round<F> {
             return Poll::Ready(Some(reply));
         }
         // Polled only while a request is still out (its reply is not in the queue), so
-        // never after `JoinAll` completed. What it yields is `()` per node: the replies
-        // went to the queue.
+        // never after `JoinAll` completed (the deadline's future ends only once every
+        // node has a reply). What it yields is `()` per future: the replies went to
+        // the queue.
         let _ = Pin::new(&mut self.requests).poll(cx);
         match self.take() {
             Some(reply) => Poll::Ready(Some(reply)),
+            None if self.patient && lock(&self.shared.replies).patience_over => Poll::Ready(None),
             None => Poll::Pending,
         }
     }
@@ -183,53 +212,114 @@ pub(crate) fn fan_out(
 }
 
 /// Like [`fan_out`], to the nodes `to` picks.
+///
+/// The round has one deadline for all its requests, one node timeout from now (a
+/// release or undo: the wait for its value's setters, at most one node timeout, and
+/// [`Node::clear_timeout`]): a single timer beside the requests, where a timer per
+/// request cost a timer entry per node per round. At the deadline each request still
+/// out is reported as timed out and counted on its node.
 pub(crate) fn fan_out_where(
     nodes: &Arc<[Node]>,
     op: Op,
     to: impl Fn(usize) -> bool,
 ) -> Round<impl Future<Output = ()> + Send + 'static> {
     let picked = (0..nodes.len()).filter(|i| to(*i)).count();
+    let clears = matches!(op.order, Order::Clears(_));
+    let longest = (0..nodes.len())
+        .filter(|i| to(*i))
+        .map(|i| request_timeout(&nodes[i], clears))
+        .max()
+        .unwrap_or_default();
+    let mut ended = NodeSet::new(nodes.len());
+    for i in (0..nodes.len()).filter(|i| !to(*i)) {
+        ended.set(i, true);
+    }
     let shared = Arc::new(Shared {
         op,
+        deadline: deadline_after(longest),
         replies: Mutex::new(Arrivals {
             slots: PerNode::empty(picked),
             read: 0,
             filled: 0,
+            ended,
+            tickets: PerNode::empty(nodes.len()),
+            patience: None,
+            patience_over: false,
         }),
     });
-    let requests = (0..nodes.len()).filter(|i| to(*i)).map(|i| {
+    if let Order::Sets(value) = &shared.op.order {
         // Registered now, not at the first poll: a release started after this
         // returns must see every request of this round.
-        let ticket = match &shared.op.order {
-            Order::Sets(value) => Some(nodes[i].setting(value)),
-            _ => None,
-        };
-        request_on(Arc::clone(nodes), Arc::clone(&shared), i, ticket)
-    });
+        let mut arrivals = lock(&shared.replies);
+        for i in (0..nodes.len()).filter(|i| to(*i)) {
+            if let Some(slot) = arrivals.tickets.get_mut(i) {
+                *slot = Some(nodes[i].setting(value));
+            }
+        }
+    }
+    let requests = (0..nodes.len())
+        .filter(|i| to(*i))
+        .map(|i| Either::Left(request_on(Arc::clone(nodes), Arc::clone(&shared), i)));
+    let deadline = std::iter::once(Either::Right(expire(
+        Arc::clone(nodes),
+        Arc::clone(&shared),
+    )));
     Round {
         // Sized exactly: `join_all` collects into one boxed slice of the futures.
-        requests: join_all(Exactly::new(requests, picked)),
+        requests: join_all(Exactly::new(requests.chain(deadline), picked + 1)),
         shared,
         remaining: picked,
+        patient: false,
     }
 }
 
-/// The request of a round to node `i`, which leaves its reply in the round's queue;
-/// `ticket` keeps the node's releases of the value after it.
-async fn request_on(nodes: Arc<[Node]>, shared: Arc<Shared>, i: usize, ticket: Option<SetTicket>) {
+/// How long a request of a round to `node` may take.
+fn request_timeout(node: &Node, clears: bool) -> Duration {
+    if clears {
+        node.timeout().saturating_add(node.clear_timeout())
+    } else {
+        node.timeout()
+    }
+}
+
+/// `after` from now, on tokio's clock; far ahead if it cannot be told.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
+/// The request of a round to node `i`, which leaves its reply in the round's queue
+/// and gives up its ticket (see `Arrivals::tickets`).
+async fn request_on(nodes: Arc<[Node]>, shared: Arc<Shared>, i: usize) {
     let op = &shared.op;
-    let timeout = match &op.order {
-        Order::Clears(value) => {
-            if !crate::mutants::UNORDERED_RELEASE {
-                nodes[i].settled(value).await;
-            }
-            nodes[i].clear_timeout()
+    if let Order::Clears(value) = &op.order {
+        if !crate::mutants::UNORDERED_RELEASE {
+            nodes[i].settled(value).await;
         }
-        _ => nodes[i].timeout(),
-    };
-    let reply = nodes[i].run_within(op.request(), timeout).await;
-    drop(ticket);
+    }
+    let reply = nodes[i].run_in_round(op.request()).await;
     lock(&shared.replies).push((i, reply));
+}
+
+/// The round's deadline: wakes the caller when its patience ends, then at the deadline
+/// reports a timeout for every node still out (counted on the node, which makes its
+/// connection anew after a few in a row).
+async fn expire(nodes: Arc<[Node]>, shared: Arc<Shared>) {
+    let patience = lock(&shared.replies).patience;
+    if let Some(patience) = patience.filter(|p| *p < shared.deadline) {
+        tokio::time::sleep_until(patience).await;
+        lock(&shared.replies).patience_over = true;
+    }
+    tokio::time::sleep_until(shared.deadline).await;
+    let clears = matches!(shared.op.order, Order::Clears(_));
+    let mut arrivals = lock(&shared.replies);
+    for (i, node) in nodes.iter().enumerate() {
+        if !arrivals.ended.contains(i) {
+            let timeout = request_timeout(node, clears);
+            arrivals.push((i, Err(node.timed_out(timeout))));
+        }
+    }
 }
 
 /// An iterator that says how many items it has (`Filter` cannot), so that collecting it
@@ -265,6 +355,7 @@ pub(crate) fn finish_in_background<F>(mut rest: Round<F>, what: &'static str)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    rest.patient = false;
     // Replies that are in already need no task: on a healthy cluster the stragglers
     // usually are, and a spawn per operation is most of what this would cost.
     while let Some(Some((node, reply))) = rest.next().now_or_never() {
@@ -292,7 +383,6 @@ where
 pub(crate) struct Collecting<F: Future<Output = ()> + Send + 'static> {
     replies: Option<Round<F>>,
     what: &'static str,
-    until: Option<tokio::time::Instant>,
 }
 
 impl<F: Future<Output = ()> + Send + 'static> Collecting<F> {
@@ -300,35 +390,33 @@ impl<F: Future<Output = ()> + Send + 'static> Collecting<F> {
         Self {
             replies: Some(replies),
             what,
-            until: None,
         }
     }
 
     /// Stops collecting after the caller has waited `patience`: the replies still out
     /// go on in the background when this is dropped. For releases and undos, whose
     /// requests may run longer than their callers should wait (see
-    /// `node::CLEAR_TIMEOUTS`).
+    /// `node::CLEAR_TIMEOUTS`). The round's own deadline timer wakes the caller then;
+    /// call it before the first reply is awaited.
     pub(crate) fn until(mut self, patience: Duration) -> Self {
-        self.until = Some(tokio::time::Instant::from_std(instant_after(patience)));
+        if let Some(round) = self.replies.as_mut() {
+            round.patient = true;
+            lock(&round.shared.replies).patience = Some(deadline_after(patience));
+        }
         self
     }
 
     /// The next reply, or `None` when every node answered (or the caller's patience
     /// ran out).
     pub(crate) async fn next(&mut self) -> Option<Reply> {
-        let replies = self.replies.as_mut()?;
-        match self.until {
-            Some(until) => tokio::time::timeout_at(until, replies.next())
-                .await
-                .ok()
-                .flatten(),
-            None => replies.next().await,
-        }
+        self.replies.as_mut()?.next().await
     }
 
     /// The replies not read yet, for the caller to finish its own way.
     pub(crate) fn into_rest(mut self) -> Option<Round<F>> {
-        self.replies.take()
+        let mut rest = self.replies.take()?;
+        rest.patient = false;
+        Some(rest)
     }
 }
 
