@@ -91,8 +91,9 @@ const WAIT: Duration = Duration::from_secs(20);
 /// with the `SET NX`'s re-send script built only when it is re-sent; 84 with the
 /// release's wait-queue keys written straight into its command; 79 with the nodes'
 /// setter tickets counted instead of locked; 74 with the rounds' node flags in one word;
-/// 70 with each round's replies and answers in place.
-const MAX_ALLOCATIONS: usize = 70;
+/// 70 with each round's replies and answers in place; 60 with each request sent on the
+/// multiplexed connection directly, not through the box of redis-rs's `ConnectionLike`.
+const MAX_ALLOCATIONS: usize = 60;
 /// Tasks spawned per lock + unlock, at most: one per round (acquire, release) for its
 /// stragglers, when their replies are not in at the quorum.
 const MAX_TASKS: usize = 2;
