@@ -55,7 +55,7 @@ impl<T> Default for Local<T> {
 
 /// Per key, whether a task of this manager holds or competes for it (an entry exists),
 /// and who waits behind it.
-pub(crate) struct LocalQueues<T>(Mutex<HashMap<String, Local<T>>>);
+pub(crate) struct LocalQueues<T>(Mutex<HashMap<Arc<str>, Local<T>>>);
 
 impl<T> Default for LocalQueues<T> {
     fn default() -> Self {
@@ -76,12 +76,12 @@ impl<T> LocalQueues<T> {
     /// else a place at the end of its queue.
     pub(crate) fn enter(
         self: &Arc<Self>,
-        key: &str,
+        key: Arc<str>,
     ) -> Result<LocalTurn<T>, oneshot::Receiver<Turn<T>>> {
         let mut map = lock(&self.0);
-        match map.get_mut(key) {
+        match map.get_mut(&*key) {
             None => {
-                map.insert(key.to_owned(), Local::default());
+                map.insert(Arc::clone(&key), Local::default());
                 Ok(LocalTurn::new(self, key))
             }
             Some(local) => {
@@ -93,23 +93,23 @@ impl<T> LocalQueues<T> {
     }
 
     /// Gives the turn to the next waiter that still waits, or frees the key.
-    fn pass_on(self: &Arc<Self>, key: &str) {
+    fn pass_on(self: &Arc<Self>, key: &Arc<str>) {
         loop {
             let next = {
                 let mut map = lock(&self.0);
-                let Some(local) = map.get_mut(key) else {
+                let Some(local) = map.get_mut(&**key) else {
                     return;
                 };
                 local.handovers = 0;
                 match local.waiters.pop_front() {
                     Some(next) => next,
                     None => {
-                        map.remove(key);
+                        map.remove(&**key);
                         return;
                     }
                 }
             };
-            match next.send(Turn::Compete(LocalTurn::new(self, key))) {
+            match next.send(Turn::Compete(LocalTurn::new(self, Arc::clone(key)))) {
                 Ok(()) => return,
                 // That waiter was cancelled: the turn comes back, unused; try the next.
                 Err(Turn::Compete(turn)) => turn.disarm(),
@@ -129,12 +129,12 @@ impl<T> LocalQueues<T> {
 
     /// Hands `held` to the next waiter, if there is one and the hand-over bound allows;
     /// gives it back otherwise (to be released on the nodes).
-    fn give_to_next(self: &Arc<Self>, key: &str, held: T) -> Result<(), T> {
+    fn give_to_next(self: &Arc<Self>, key: &Arc<str>, held: T) -> Result<(), T> {
         let mut held = held;
         loop {
             let next = {
                 let mut map = lock(&self.0);
-                let Some(local) = map.get_mut(key) else {
+                let Some(local) = map.get_mut(&**key) else {
                     return Err(held);
                 };
                 if local.handovers >= MAX_LOCAL_HANDOVERS || local.waiters.is_empty() {
@@ -146,7 +146,7 @@ impl<T> LocalQueues<T> {
             let Some(next) = next else {
                 return Err(held);
             };
-            match next.send(Turn::Handed(held, LocalTurn::new(self, key))) {
+            match next.send(Turn::Handed(held, LocalTurn::new(self, Arc::clone(key)))) {
                 Ok(()) => return Ok(()),
                 Err(Turn::Handed(back, turn)) => {
                     // Cancelled meanwhile: the lock comes back; its turn is ours again.
@@ -166,7 +166,8 @@ impl<T> LocalQueues<T> {
 /// Dropping it passes the turn to the next local waiter (who then competes on the nodes).
 pub(crate) struct LocalTurn<T> {
     queues: Arc<LocalQueues<T>>,
-    key: String,
+    /// Shared with the queues' map entry: one allocation per turn.
+    key: Arc<str>,
     armed: bool,
 }
 
@@ -177,10 +178,10 @@ impl<T> fmt::Debug for LocalTurn<T> {
 }
 
 impl<T> LocalTurn<T> {
-    fn new(queues: &Arc<LocalQueues<T>>, key: &str) -> Self {
+    fn new(queues: &Arc<LocalQueues<T>>, key: Arc<str>) -> Self {
         Self {
             queues: Arc::clone(queues),
-            key: key.to_owned(),
+            key,
             armed: true,
         }
     }

@@ -92,8 +92,9 @@ const WAIT: Duration = Duration::from_secs(20);
 /// release's wait-queue keys written straight into its command; 79 with the nodes'
 /// setter tickets counted instead of locked; 74 with the rounds' node flags in one word;
 /// 70 with each round's replies and answers in place; 60 with each request sent on the
-/// multiplexed connection directly, not through the box of redis-rs's `ConnectionLike`.
-const MAX_ALLOCATIONS: usize = 60;
+/// multiplexed connection directly, not through the box of redis-rs's `ConnectionLike`;
+/// 58 with the local turn's key made once and shared with the local queues' entry.
+const MAX_ALLOCATIONS: usize = 58;
 /// Tasks spawned per lock + unlock, at most: one per round (acquire, release) for its
 /// stragglers, when their replies are not in at the quorum.
 const MAX_TASKS: usize = 2;

@@ -367,8 +367,13 @@ impl Redlock {
         if !local {
             return self.run_exclusive(resources, ttl_ms, want).await;
         }
-        let key = self.key_of(resources[0]);
-        let turn = match self.local.enter(&key) {
+        // One allocation for the turn's key, shared with the local queues' entry.
+        let key: Arc<str> = if config.key_prefix.is_empty() {
+            Arc::from(resources[0])
+        } else {
+            Arc::from(self.key_of(resources[0]))
+        };
+        let turn = match self.local.enter(key) {
             Ok(turn) => Some(turn),
             Err(waiting) => {
                 // As long as the retries could have waited on the nodes, or the budget.
