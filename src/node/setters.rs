@@ -63,6 +63,10 @@ impl Node {
     /// that it runs on the node after every earlier request carrying the value, first
     /// connections and re-sends included. Bounded by the node timeout of those requests.
     pub(crate) async fn settled(&self, value: &str) {
+        // Nothing to wait for, the common case: no need to listen.
+        if !lock(&self.setters.counts).contains_key(value) {
+            return;
+        }
         loop {
             // Listening before looking: a count that reaches zero after the look
             // wakes this one (`notify_waiters` wakes only those already listening).
