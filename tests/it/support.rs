@@ -255,14 +255,23 @@ pub fn active_mutant() -> Option<&'static str> {
     .map(|(_, name)| name)
 }
 
-/// Waits until no request of the acquisition of `key` that just returned can still
-/// land: every node stores `key`, or its requests' deadline has passed (taken as three
-/// of their `node_timeout`s from now, since each ends within one after it was made,
-/// before the acquisition returned). A request that ran out while its connection was
-/// still being made (a loaded machine) was never sent and never lands, so waiting for
-/// the key on every node alone can wait for ever (seen in a CI dry run); and after its
-/// deadline a request is neither sent nor sent again.
-pub async fn landed_or_abandoned(cluster: &Cluster, key: &str, node_timeout: Duration) {
+/// Waits until no request of the acquisition of `key` that `redlock` just made can
+/// still land: its deadline has passed (taken as three of its `node_timeout`s from now,
+/// since each request ends within one after it was made, before the acquisition
+/// returned), or every node stores `key` and every reply on `redlock`'s connections is
+/// back. A request that ran out while its connection was still being made (a loaded
+/// machine) was never sent and never lands, so waiting for the key on every node alone
+/// can wait for ever (seen in a CI dry run). And a request that landed may still have
+/// its reply on the way: were its connection broken then (a test restarting the node),
+/// the request would be sent again on a new one, to the restarted node (seen under load).
+/// A read through the same manager's connections comes back after every earlier reply
+/// on them, so once every node answers it nothing of the acquisition is sent again.
+pub async fn landed_or_abandoned(
+    cluster: &Cluster,
+    redlock: &Redlock,
+    key: &str,
+    node_timeout: Duration,
+) {
     let abandoned_by = Instant::now() + node_timeout * 3;
     let conns = direct(cluster).await;
     eventually(
@@ -276,6 +285,16 @@ pub async fn landed_or_abandoned(cluster: &Cluster, key: &str, node_timeout: Dur
         },
     )
     .await;
+    let left = abandoned_by.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return;
+    }
+    match tokio::time::timeout(left, redlock.inspect(key)).await {
+        Ok(Ok(info)) if info.unknown_nodes() == 0 => {}
+        // A node did not answer: its replies cannot be known to be back; wait out the
+        // requests' deadline.
+        _ => tokio::time::sleep(abandoned_by.saturating_duration_since(Instant::now())).await,
+    }
 }
 
 /// Waits until every node (read directly) stores `key`: an acquisition returns at a

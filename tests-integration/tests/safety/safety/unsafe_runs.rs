@@ -26,7 +26,7 @@ async fn unsafe_restart_without_persistence() {
     // Its requests must have landed (or be over) before the restarts: one still on
     // its way would be sent again on the new connection (within its deadline) and set
     // the key on the restarted node, which is the acquisition doing its job (seen in CI).
-    crate::support::landed_or_abandoned(&cluster, "r", workload::PATIENT_NODE_TIMEOUT).await;
+    crate::support::landed_or_abandoned(&cluster, &a, "r", workload::PATIENT_NODE_TIMEOUT).await;
     for i in 0..2 {
         cluster.node(i).restart().await.expect("restart");
     }
@@ -178,7 +178,7 @@ async fn unsafe_power_loss() {
     // a node being restored (the round decides at a quorum) would be re-sent to the old
     // data and raise its counter, and the retry of the next holder would then get a
     // fresh token instead of the one handed out twice.
-    support::landed_or_abandoned(&cluster, "r", workload::PATIENT_NODE_TIMEOUT).await;
+    support::landed_or_abandoned(&cluster, &a, "r", workload::PATIENT_NODE_TIMEOUT).await;
     for i in 0..2 {
         let node = cluster.node(i);
         node.kill().await.expect("kill");
