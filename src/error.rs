@@ -60,6 +60,8 @@ pub enum Error {
     /// it, as with a split vote in Raft. A contender whose requests were still on their
     /// way during that read may win just after it; the attempt after the pause then
     /// meets it as a [`Error::Conflict`], which keeps meaning "held by another owner".
+    /// The same is reported when the nodes that refused held a lock whose keys expired
+    /// between the attempt and that read: it is free now, and the advice holds.
     #[error(
         "`{resource}` is held by no one: simultaneous attempts split the nodes ({held_elsewhere} \
          of {nodes} held by others at the last of {attempts} attempt(s)); try again after a \
