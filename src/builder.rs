@@ -272,7 +272,7 @@ impl RedlockBuilder {
     /// The longest matching prefix wins; an empty prefix covers every resource. Every
     /// client that locks these resources with fencing must use the same rules, or they
     /// draw from different counters. Not available with a Redis Cluster vote
-    /// ([`cluster_node`](Self::cluster_node)): one counter key lives in one slot, the
+    /// (`cluster_node`, feature `cluster`): one counter key lives in one slot, the
     /// resources in many, and a script's keys must share one; `build()` refuses it.
     ///
     /// ```no_run
