@@ -190,6 +190,13 @@ pub(crate) fn instant_after(d: Duration) -> Instant {
     now.checked_add(d.min(FAR_FUTURE)).unwrap_or(now)
 }
 
+/// Like [`instant_after`], on tokio's clock (which a test may pause): for deadlines that
+/// tokio's timers wait for.
+pub(crate) fn tokio_instant_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(FAR_FUTURE)).unwrap_or(now)
+}
+
 #[cfg(target_os = "linux")]
 fn boottime() -> Option<Duration> {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;

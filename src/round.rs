@@ -15,6 +15,7 @@ use futures::FutureExt;
 use redis::Value;
 use tokio::time::Instant;
 
+use crate::clock::tokio_instant_after;
 use crate::error::NodeError;
 use crate::metrics;
 use crate::node::{Node, SetTicket};
@@ -231,32 +232,29 @@ pub(crate) fn fan_out_where(
         .max()
         .unwrap_or_default();
     let mut ended = NodeSet::new(nodes.len());
-    for i in (0..nodes.len()).filter(|i| !to(*i)) {
-        ended.set(i, true);
+    // Registered now, not at the first poll: a release started after this returns
+    // must see every request of this round.
+    let mut tickets = PerNode::empty(nodes.len());
+    for i in 0..nodes.len() {
+        if !to(i) {
+            ended.set(i, true);
+        } else if let (Order::Sets(value), Some(slot)) = (&op.order, tickets.get_mut(i)) {
+            *slot = Some(nodes[i].setting(value));
+        }
     }
     let shared = Arc::new(Shared {
         op,
-        deadline: deadline_after(longest),
+        deadline: tokio_instant_after(longest),
         replies: Mutex::new(Arrivals {
             slots: PerNode::empty(picked),
             read: 0,
             filled: 0,
             ended,
-            tickets: PerNode::empty(nodes.len()),
+            tickets,
             patience: None,
             patience_over: false,
         }),
     });
-    if let Order::Sets(value) = &shared.op.order {
-        // Registered now, not at the first poll: a release started after this
-        // returns must see every request of this round.
-        let mut arrivals = lock(&shared.replies);
-        for i in (0..nodes.len()).filter(|i| to(*i)) {
-            if let Some(slot) = arrivals.tickets.get_mut(i) {
-                *slot = Some(nodes[i].setting(value));
-            }
-        }
-    }
     let requests = (0..nodes.len())
         .filter(|i| to(*i))
         .map(|i| Either::Left(request_on(Arc::clone(nodes), Arc::clone(&shared), i)));
@@ -280,13 +278,6 @@ fn request_timeout(node: &Node, clears: bool) -> Duration {
     } else {
         node.timeout()
     }
-}
-
-/// `after` from now, on tokio's clock; far ahead if it cannot be told.
-fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 /// The request of a round to node `i`, which leaves its reply in the round's queue
@@ -401,7 +392,7 @@ impl<F: Future<Output = ()> + Send + 'static> Collecting<F> {
     pub(crate) fn until(mut self, patience: Duration) -> Self {
         if let Some(round) = self.replies.as_mut() {
             round.patient = true;
-            lock(&round.shared.replies).patience = Some(deadline_after(patience));
+            lock(&round.shared.replies).patience = Some(tokio_instant_after(patience));
         }
         self
     }
