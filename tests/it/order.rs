@@ -166,3 +166,66 @@ async fn the_late_delivery_fault_lands_held_requests_after_newer_ones() {
     })
     .await;
 }
+
+/// A lost attempt whose `SET` lands on a slow node after the round gave up on it (its
+/// reply comes past the node timeout) is undone there at once: the round's deadline
+/// gives up the request's setter ticket, so the undo that waits for its value's setters
+/// on that node goes out then, after the `SET`, instead of waiting for the round it is
+/// part of to end (which waits for the undo: the undo would run out unsent and leave the
+/// key for its whole ttl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_attempt_is_undone_on_a_node_whose_reply_came_too_late() {
+    let cluster = cluster(3).await;
+    let redlock = manager(&cluster);
+    warm(&redlock).await;
+    let mut conns = direct(&cluster).await;
+    // Another owner holds nodes 0 and 1: the attempt is lost as soon as they refuse.
+    for conn in &mut conns[..2] {
+        set_on(conn, "undo:late", "other-owner", 60_000).await;
+    }
+    // Node 2 is free but slow: the `SET` lands after 150 ms, its reply would come back
+    // after 300 ms, past the 200 ms node timeout.
+    cluster
+        .node(2)
+        .set_latency(Duration::from_millis(150))
+        .await
+        .unwrap();
+    let err = bounded(redlock.try_acquire("undo:late", Duration::from_secs(60)))
+        .await
+        .expect_err("two of three nodes are held by another owner");
+    assert!(err.is_conflict(), "{err}");
+    // The attempt's value lands on node 2 ...
+    let node2 = conns[2].clone();
+    eventually("the late SET on node 2", || {
+        let mut c = [node2.clone()];
+        async move { values(&mut c, "undo:late").await[0].is_some() }
+    })
+    .await;
+    // ... and the undo, sent at the round's deadline, removes it well within its ttl.
+    assert_gone_on(&node2, "undo:late", Duration::from_secs(3)).await;
+    // The other owner's keys are untouched.
+    let vals = values(&mut conns, "undo:late").await;
+    assert_eq!(
+        vals[..2],
+        [
+            Some("other-owner".to_owned()),
+            Some("other-owner".to_owned())
+        ]
+    );
+    cluster.clear_faults().await.unwrap();
+}
+
+/// Waits up to `within` for `key` to be gone from the node `conn` reads, directly.
+async fn assert_gone_on(conn: &redis::aio::MultiplexedConnection, key: &str, within: Duration) {
+    let gone = tokio::time::timeout(within, async {
+        loop {
+            let mut c = [conn.clone()];
+            if values(&mut c, key).await[0].is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "`{key}` still on the node after {within:?}");
+}
